@@ -1,0 +1,825 @@
+"""The failover protocol core: one `Node` for both hosts, with no sockets, no clock and no netlink.
+
+Adapters feed it events (`receive_datagram`, `handle_timer`, `command`, and the results of the actions
+it asked for) together with `now`, a float of seconds; it answers with actions pulled by
+`pop_actions()`: datagrams to send, the VIP to claim or release, announcements, health checks, probes,
+and progress for the operator. `get_timer()` says when it next wants `handle_timer`.
+
+A swap, seen from the two sides (E is the swap's epoch):
+
+    source (holds the VIP)                 target
+    Prepare(E) ------------------------->  check own health
+               <-------------------------  Prepared(E)          (or Refused)
+    release VIP, Released(E) ----------->  claim VIP, announce
+               <-------------------------  Claimed(E)           (or ClaimFailed -> source reclaims)
+    Done(E) ---------------------------->
+
+Safety: the source releases before the target claims, so the VIP is never on two hosts. The target
+claims only if Released arrives within `step_timeout` of its Prepared; the source reclaims on its own
+only after `step_timeout` without an answer *and* a probe in which nobody answered for the VIP. If both
+hosts ever hold the VIP anyway (a partition, a manual mistake), heartbeats settle it: the newer holding
+epoch keeps it, the home node wins a tie.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from failover import wire
+
+MOVES = ("swap", "unswap")
+
+
+@dataclass(frozen=True)
+class Timing:
+    heartbeat_interval: float = 0.05
+    dead_after: float = 0.25
+    step_timeout: float = 1.0
+    announce_schedule: tuple[float, ...] = (0.0, 0.2, 1.1, 2.3)
+
+    @property
+    def retransmit(self) -> float:
+        # Swap messages are resent faster than heartbeats: a lost datagram should cost milliseconds.
+        return min(0.02, self.heartbeat_interval)
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    cluster: str
+    name: str
+    peer: str
+    home: bool  # this node is the VIP's home (unswap target)
+    digest: str  # hex digest of the cluster file
+    keys: tuple[bytes, ...]  # first signs, all verify (key rotation)
+    timing: Timing
+    boot: int  # orders this run's messages after any earlier run's
+
+
+# --- actions (outputs) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    epoch: int
+    why: str  # "swap", "rollback"
+
+
+@dataclass(frozen=True)
+class Release:
+    epoch: int
+    why: str  # "swap", "settle"
+
+
+@dataclass(frozen=True)
+class Announce:
+    round: int
+
+
+@dataclass(frozen=True)
+class CheckHealth:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    command: int
+    step: str
+    elapsed_ms: float
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    move: str
+    epoch: int
+    source: str
+    target: str
+    reason: str
+    duration_ms: float
+    unserved_ms: float | None
+    rolled_back: bool
+    steps: tuple[tuple[str, float], ...]
+    holder: str | None  # who holds the VIP when the move ended, as far as this node knows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "move": self.move,
+            "epoch": self.epoch,
+            "source": self.source,
+            "target": self.target,
+            "reason": self.reason,
+            "duration_ms": round(self.duration_ms, 3),
+            "unserved_ms": None if self.unserved_ms is None else round(self.unserved_ms, 3),
+            "rolled_back": self.rolled_back,
+            "steps": [{"step": s, "ms": round(ms, 3)} for s, ms in self.steps],
+            "holder": self.holder,
+        }
+
+
+@dataclass(frozen=True)
+class Finished:
+    command: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something an operator may want in the log."""
+
+    event: str
+    detail: dict[str, Any]
+
+
+Action = Send | Claim | Release | Announce | CheckHealth | Probe | Progress | Finished | Notice
+
+
+# --- a swap in progress ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    epoch: int
+    move: str
+    role: str  # "source" or "target"
+    source: str
+    target: str
+    state: str
+    started: float
+    command: int | None
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    deadline: float | None = None
+    outbox: wire.Message | None = None  # resent every retransmit interval while resend_at is set
+    resend_at: float | None = None
+    replies: dict[str, wire.Message] = field(default_factory=dict)  # answer to a duplicate of each kind
+    finished: bool = False
+    probed: bool = False
+    # Timing pieces for the unserved window, measured on each side with its own clock.
+    release_started: float | None = None
+    release_ms: float | None = None
+    released_sent: float | None = None
+    released_received: float | None = None
+    claim_started: float | None = None
+
+    def elapsed_ms(self, now: float) -> float:
+        return (now - self.started) * 1000.0
+
+
+class Node:
+    """One agent's protocol state. Both hosts run the same code."""
+
+    def __init__(self, setup: NodeSetup, *, holds: bool, held_epoch: int, epoch: int, now: float) -> None:
+        self.setup = setup
+        self.timing = setup.timing
+        self.holds = holds
+        self.held_epoch = held_epoch
+        self.epoch = max(epoch, held_epoch)
+        self.peer_epoch = 0
+        self.peer_heartbeat: wire.Heartbeat | None = None
+        self.peer_seen: float | None = None
+        self.run: _Run | None = None
+        self.last_outcome: Outcome | None = None
+        self.rejected: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
+        self._actions: list[Action] = []
+        self._seq = itertools.count(1)
+        self._commands = itertools.count(1)
+        self._replay = wire.ReplayGuard()
+        self._next_heartbeat = now
+        self._announce_due: list[float] = []
+        self._announce_round = 0
+        self._settle_announced = -1.0
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def pop_actions(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def get_timer(self) -> float:
+        deadlines = [self._next_heartbeat]
+        if self._announce_due:
+            deadlines.append(self._announce_due[0])
+        run = self.run
+        if run is not None:
+            if run.resend_at is not None:
+                deadlines.append(run.resend_at)
+            if run.deadline is not None:
+                deadlines.append(run.deadline)
+        return min(deadlines)
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    def peer_alive(self, now: float) -> bool:
+        return self.peer_seen is not None and now - self.peer_seen <= self.timing.dead_after
+
+    def peer_holds(self) -> bool:
+        return self.peer_heartbeat is not None and self.peer_heartbeat.holds_vip
+
+    def busy(self) -> bool:
+        return self.run is not None and not self.run.finished
+
+    def status(self, now: float) -> dict[str, Any]:
+        hb = self.peer_heartbeat
+        run = self.run
+        return {
+            "node": self.setup.name,
+            "holds_vip": self.holds,
+            "held_epoch": self.held_epoch,
+            "epoch": self.epoch,
+            "peer": {
+                "name": self.setup.peer,
+                "alive": self.peer_alive(now),
+                "heartbeat_age_ms": None
+                if self.peer_seen is None
+                else round((now - self.peer_seen) * 1000, 1),
+                "holds_vip": None if hb is None else hb.holds_vip,
+                "held_epoch": None if hb is None else hb.held_epoch,
+                "digest": None if hb is None else hb.digest,
+            },
+            "digest": self.setup.digest,
+            "digests_equal": None if hb is None else hb.digest == self.setup.digest,
+            "swap_in_progress": None
+            if run is None or run.finished
+            else {
+                "epoch": run.epoch,
+                "move": run.move,
+                "role": run.role,
+                "state": run.state,
+            },
+            "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
+            "rejected": dict(self.rejected),
+            "received": dict(self.received),
+            "sent": dict(self.sent),
+        }
+
+    # --- events: operator ----------------------------------------------------------------------------
+
+    def command(self, move: str, now: float) -> int:
+        """Start a swap or unswap; progress and the outcome come as actions tagged with the returned id."""
+        cid = next(self._commands)
+        me, peer = self.setup.name, self.setup.peer
+        if self.holds:
+            source, target = me, peer
+        elif self.peer_holds() and self.peer_alive(now):
+            source, target = peer, me
+        else:
+            source = target = ""
+        reason = self._refusal(move, source, target, now)
+        epoch = max(self.epoch, self.peer_epoch) + 1
+        if reason:
+            self._finish_refused(cid, move, epoch, source, target, reason, now)
+            return cid
+        self.epoch = epoch
+        run = _Run(
+            epoch=epoch,
+            move=move,
+            role="source" if source == me else "target",
+            source=source,
+            target=target,
+            state="",
+            started=now,
+            command=cid,
+        )
+        self.run = run
+        self._step(run, "preflight", now)
+        if run.role == "source":
+            self._start_prepare(run, now)
+        else:
+            run.state = "requested"
+            self._transmit(run, wire.SwapRequest(epoch=epoch, move=move), now)
+            run.deadline = now + self.timing.step_timeout
+        return cid
+
+    def _refusal(self, move: str, source: str, target: str, now: float) -> str:
+        me, peer = self.setup.name, self.setup.peer
+        if move not in MOVES:
+            return f"unknown move {move!r}"
+        if self.busy():
+            assert self.run is not None
+            return f"a {self.run.move} is already in progress (epoch {self.run.epoch})"
+        if not self.peer_alive(now):
+            if self.peer_seen is None:
+                return f"peer {peer} has not been heard from; is its agent running?"
+            silent_ms = (now - self.peer_seen) * 1000
+            return f"peer {peer} is not answering heartbeats (last heard {silent_ms:.0f} ms ago)"
+        hb = self.peer_heartbeat
+        if hb is not None and hb.digest != self.setup.digest:
+            return (
+                f"cluster files differ between {me} ({self.setup.digest[:12]}) and {peer} "
+                f"({hb.digest[:12]}); copy the same file to both hosts"
+            )
+        if self.holds and self.peer_holds():
+            return f"both {me} and {peer} hold the VIP; wait for them to settle"
+        if not source:
+            return "no node holds the VIP"
+        if move == "unswap":
+            home = me if self.setup.home else peer
+            if source == home:
+                return f"the VIP is already on its home node {home}"
+        return ""
+
+    def _finish_refused(
+        self, cid: int, move: str, epoch: int, source: str, target: str, reason: str, now: float
+    ) -> None:
+        holder = self.setup.name if self.holds else (self.setup.peer if self.peer_holds() else None)
+        outcome = Outcome(
+            ok=False,
+            move=move,
+            epoch=epoch,
+            source=source,
+            target=target,
+            reason=reason,
+            duration_ms=0.0,
+            unserved_ms=None,
+            rolled_back=False,
+            steps=(),
+            holder=holder,
+        )
+        self._actions.append(Finished(cid, outcome))
+
+    # --- events: the network -------------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        try:
+            env = wire.decode(data, self.setup.keys)
+        except wire.WireError as err:
+            self._reject(err.reason, now)
+            return
+        if env.cluster != self.setup.cluster:
+            self._reject("cluster", now)
+            return
+        if env.sender != self.setup.peer:
+            self._reject("sender", now)
+            return
+        if not self._replay.accept(env):
+            self._reject("replay", now)
+            return
+        self.peer_seen = now
+        msg = env.message
+        self.received[msg.kind] += 1
+        if isinstance(msg, wire.Heartbeat):
+            self._on_heartbeat(msg, now)
+            return
+        run = self.run
+        if isinstance(msg, wire.SwapRequest):
+            self._on_swap_request(msg, now)
+        elif isinstance(msg, wire.Prepare):
+            self._on_prepare(msg, now)
+        elif run is None or msg.epoch != run.epoch:
+            # A late message of another epoch: at most answer a released target so it does not wait.
+            if isinstance(msg, wire.Released):
+                self._send(wire.ClaimFailed(epoch=msg.epoch, reason="no swap of that epoch here"))
+            return
+        elif isinstance(msg, wire.Prepared):
+            self._on_prepared(run, now)
+        elif isinstance(msg, wire.Refused):
+            self._on_refused(run, msg, now)
+        elif isinstance(msg, wire.Released):
+            self._on_released(run, msg, now)
+        elif isinstance(msg, wire.Claimed):
+            self._on_claimed(run, msg, now)
+        elif isinstance(msg, wire.ClaimFailed):
+            self._on_claim_failed(run, msg, now)
+        elif isinstance(msg, wire.Abort):
+            self._on_abort(run, msg, now)
+        elif isinstance(msg, wire.Done) and run.role == "target" and run.state == "claimed":
+            run.state, run.resend_at, run.deadline = "acknowledged", None, None
+
+    def _reject(self, reason: str, now: float) -> None:
+        self.rejected[reason] += 1
+        self._actions.append(Notice("datagram-rejected", {"reason": reason}))
+
+    def _on_heartbeat(self, hb: wire.Heartbeat, now: float) -> None:
+        self.peer_heartbeat = hb
+        self.peer_epoch = max(self.peer_epoch, hb.epoch)
+        if not (self.holds and hb.holds_vip) or self._changing_vip():
+            return
+        # Both hold the VIP: the newer holding epoch keeps it, the home node wins a tie.
+        mine = (self.held_epoch, self.setup.home)
+        theirs = (hb.held_epoch, not self.setup.home)
+        if theirs > mine:
+            self._actions.append(
+                Notice("settle", {"keeps": self.setup.peer, "mine": mine[0], "theirs": theirs[0]})
+            )
+            self._actions.append(Release(self.held_epoch, "settle"))
+        elif now - self._settle_announced >= self.timing.dead_after:
+            # The peer will release; re-announce so clients that followed it come back.
+            self._settle_announced = now
+            self._schedule_announce(now)
+
+    def _changing_vip(self) -> bool:
+        run = self.run
+        return run is not None and run.state in ("releasing", "claiming", "reclaiming")
+
+    # source side
+
+    def _on_swap_request(self, msg: wire.SwapRequest, now: float) -> None:
+        run = self.run
+        if run is not None and run.epoch == msg.epoch:
+            return  # a duplicate; our Prepare is being resent on its own
+        reason = ""
+        if self.busy():
+            reason = "a swap is already in progress"
+        elif msg.epoch <= self.epoch:
+            reason = f"stale epoch {msg.epoch} (current {self.epoch})"
+        elif not self.holds:
+            reason = f"{self.setup.name} does not hold the VIP"
+        else:
+            reason = self._refusal(msg.move, self.setup.name, self.setup.peer, now)
+        if reason:
+            self._send(wire.Refused(epoch=msg.epoch, reason=reason))
+            return
+        self.epoch = msg.epoch
+        run = _Run(
+            epoch=msg.epoch,
+            move=msg.move,
+            role="source",
+            source=self.setup.name,
+            target=self.setup.peer,
+            state="",
+            started=now,
+            command=None,
+        )
+        self.run = run
+        self._start_prepare(run, now)
+
+    def _start_prepare(self, run: _Run, now: float) -> None:
+        run.state = "preparing"
+        run.deadline = now + self.timing.step_timeout
+        self._transmit(run, wire.Prepare(epoch=run.epoch, move=run.move, digest=self.setup.digest), now)
+
+    def _on_prepared(self, run: _Run, now: float) -> None:
+        if run.role != "source":
+            return
+        if run.state == "preparing":
+            self._step(run, "target-ready", now)
+            run.state = "releasing"
+            run.resend_at = run.deadline = None
+            run.release_started = now
+            self._actions.append(Release(run.epoch, "swap"))
+        elif "prepared" in run.replies:
+            self._send(run.replies["prepared"])
+
+    def _on_refused(self, run: _Run, msg: wire.Refused, now: float) -> None:
+        if run.state in ("preparing", "requested"):
+            self._finish(run, ok=False, reason=f"{self.setup.peer} refused: {msg.reason}", now=now)
+
+    def release_done(self, epoch: int, ok: bool, error: str, now: float) -> None:
+        """The adapter's answer to Release: the VIP is gone from this host (ok) or not."""
+        run = self.run
+        swap = run is not None and run.epoch == epoch and run.state == "releasing"
+        if ok:
+            self._set_holds(False, now)
+        if not swap:
+            if ok:
+                self._actions.append(Notice("released", {"epoch": epoch}))
+            return
+        assert run is not None
+        if not ok:
+            self._send(wire.Abort(epoch=epoch, reason=f"release failed: {error}"))
+            self._finish(run, ok=False, reason=f"release failed on {self.setup.name}: {error}", now=now)
+            return
+        assert run.release_started is not None
+        run.release_ms = (now - run.release_started) * 1000.0
+        self._step(run, "released", now)
+        run.state = "handed-over"
+        run.released_sent = now
+        run.deadline = now + self.timing.step_timeout
+        released = wire.Released(epoch=epoch, release_ms=run.release_ms)
+        run.replies["prepared"] = released
+        self._transmit(run, released, now)
+
+    def _on_claimed(self, run: _Run, msg: wire.Claimed, now: float) -> None:
+        if run.role != "source":
+            return
+        done = wire.Done(epoch=run.epoch)
+        if run.state in ("handed-over", "probing"):
+            self._step(run, "target-claimed", now)
+            unserved = None
+            if run.released_sent is not None and run.release_ms is not None:
+                # Split the round trip: half of (our wait minus the target's turnaround) is one way.
+                one_way = max(0.0, ((now - run.released_sent) * 1000.0 - msg.turnaround_ms) / 2.0)
+                unserved = run.release_ms + one_way + msg.claim_ms
+            run.replies["claimed"] = done
+            self._send(done)
+            self._finish(run, ok=True, reason="", now=now, unserved_ms=unserved)
+        elif "claimed" in run.replies:
+            self._send(run.replies["claimed"])
+
+    def _on_claim_failed(self, run: _Run, msg: wire.ClaimFailed, now: float) -> None:
+        if run.role == "source" and run.state in ("handed-over", "probing"):
+            self._step(run, "target-claim-failed", now)
+            self._reclaim(run, f"{self.setup.peer} could not claim the VIP: {msg.reason}", now)
+
+    def probe_done(self, epoch: int, answered_by: list[str], now: float) -> None:
+        """The adapter's answer to Probe: the MACs that answered for the VIP (empty: nobody holds it)."""
+        run = self.run
+        if run is None or run.epoch != epoch or run.state != "probing":
+            return
+        if not answered_by:
+            self._step(run, "probe-silent", now)
+            self._reclaim(
+                run,
+                f"{self.setup.peer} did not confirm the claim within "
+                f"{self.timing.step_timeout * 1000:.0f} ms",
+                now,
+            )
+            return
+        self._step(run, "probe-answered", now)
+        if run.probed:
+            self._finish(
+                run,
+                ok=False,
+                now=now,
+                holder=None,
+                reason=f"{self.setup.peer} did not confirm the claim, but {', '.join(answered_by)} "
+                "answers for the VIP: not reclaiming",
+            )
+            return
+        # Someone holds the VIP: most likely the target, whose answer was lost. Wait once more.
+        run.probed = True
+        run.state = "handed-over"
+        run.deadline = now + self.timing.step_timeout
+        run.resend_at = now
+
+    def _reclaim(self, run: _Run, reason: str, now: float) -> None:
+        run.state = "reclaiming"
+        run.resend_at = run.deadline = None
+        abort = wire.Abort(epoch=run.epoch, reason=reason)
+        run.replies["rollback-reason"] = abort
+        self._send(abort)  # a target still waiting in its ready window stops waiting
+        self.epoch = max(self.epoch, run.epoch + 1)
+        self._actions.append(Claim(run.epoch + 1, "rollback"))
+
+    # target side
+
+    def _on_prepare(self, msg: wire.Prepare, now: float) -> None:
+        run = self.run
+        if run is not None and run.epoch == msg.epoch and run.role == "target":
+            if run.state == "requested":
+                self._start_health(run, now)
+            elif "prepare" in run.replies:
+                self._send(run.replies["prepare"])
+            return
+        reason = ""
+        if self.busy():
+            reason = "a swap is already in progress"
+        elif msg.epoch <= self.epoch:
+            reason = f"stale epoch {msg.epoch} (current {self.epoch})"
+        elif msg.digest != self.setup.digest:
+            reason = f"cluster files differ ({self.setup.name} has {self.setup.digest[:12]})"
+        elif self.holds:
+            reason = f"{self.setup.name} already holds the VIP"
+        if reason:
+            self._send(wire.Refused(epoch=msg.epoch, reason=reason))
+            return
+        self.epoch = msg.epoch
+        run = _Run(
+            epoch=msg.epoch,
+            move=msg.move,
+            role="target",
+            source=self.setup.peer,
+            target=self.setup.name,
+            state="",
+            started=now,
+            command=None,
+        )
+        self.run = run
+        self._start_health(run, now)
+
+    def _start_health(self, run: _Run, now: float) -> None:
+        self._step(run, "prepare-received", now)
+        run.state = "checking"
+        run.resend_at = run.deadline = None
+        self._actions.append(CheckHealth(run.epoch))
+
+    def health_done(self, epoch: int, ok: bool, detail: str, now: float) -> None:
+        """The adapter's answer to CheckHealth: is this node's own service healthy."""
+        run = self.run
+        if run is None or run.epoch != epoch or run.state != "checking":
+            return
+        if not ok:
+            refused = wire.Refused(epoch=epoch, reason=f"{self.setup.name} is not healthy: {detail}")
+            run.replies["prepare"] = refused
+            self._send(refused)
+            self._finish(run, ok=False, reason=refused.reason, now=now)
+            return
+        self._step(run, "healthy", now)
+        run.state = "ready"
+        run.deadline = now + self.timing.step_timeout
+        prepared = wire.Prepared(epoch=epoch)
+        run.replies["prepare"] = prepared
+        self._transmit(run, prepared, now)
+
+    def _on_released(self, run: _Run, msg: wire.Released, now: float) -> None:
+        if run.role != "target":
+            return
+        if run.state == "ready":
+            self._step(run, "source-released", now)
+            run.state = "claiming"
+            run.resend_at = run.deadline = None
+            run.released_received = run.claim_started = now
+            self._actions.append(Claim(run.epoch, "swap"))
+        elif "released" in run.replies:
+            self._send(run.replies["released"])
+        elif run.finished and run.state not in ("claiming",):
+            self._send(wire.ClaimFailed(epoch=run.epoch, reason="the ready window had expired"))
+
+    def claim_done(self, epoch: int, ok: bool, error: str, now: float) -> None:
+        """The adapter's answer to Claim: the VIP is on this host (ok) or not."""
+        if ok:
+            self._set_holds(True, now)
+            self.held_epoch = max(self.held_epoch, epoch)
+            self.epoch = max(self.epoch, epoch)
+            self._schedule_announce(now)
+        run = self.run
+        if run is None:
+            return
+        if run.state == "claiming" and run.epoch == epoch:
+            assert run.claim_started is not None and run.released_received is not None
+            if not ok:
+                failed = wire.ClaimFailed(epoch=epoch, reason=error)
+                run.replies["released"] = failed
+                self._send(failed)
+                self._finish(
+                    run,
+                    ok=False,
+                    now=now,
+                    holder=None,
+                    reason=f"claim failed on {self.setup.name}: {error}; rolling back to {run.source}",
+                )
+                return
+            self._step(run, "claimed", now)
+            claim_ms = (now - run.claim_started) * 1000.0
+            claimed = wire.Claimed(
+                epoch=epoch, turnaround_ms=(now - run.released_received) * 1000.0, claim_ms=claim_ms
+            )
+            run.replies["released"] = claimed
+            self._transmit(run, claimed, now)
+            run.deadline = now + self.timing.step_timeout
+            self._finish(run, ok=True, reason="", now=now, keep_state="claimed")
+        elif run.state == "reclaiming" and run.epoch + 1 == epoch:
+            abort = run.replies["rollback-reason"]
+            assert isinstance(abort, wire.Abort)
+            if ok:
+                self._step(run, "reclaimed", now)
+                self._finish(
+                    run,
+                    ok=False,
+                    rolled_back=True,
+                    now=now,
+                    reason=f"{abort.reason}; rolled back to {self.setup.name}",
+                )
+            else:
+                self._finish(
+                    run,
+                    ok=False,
+                    now=now,
+                    holder=None,
+                    reason=f"{abort.reason}; and reclaiming failed: {error}. THE VIP MAY BE ON NO HOST",
+                )
+
+    def _on_abort(self, run: _Run, msg: wire.Abort, now: float) -> None:
+        if run.role == "target" and run.state in ("requested", "checking", "ready"):
+            self._finish(run, ok=False, reason=f"{self.setup.peer} aborted: {msg.reason}", now=now)
+
+    # --- events: the host ------------------------------------------------------------------------------
+
+    def observe_vip(self, held: bool, now: float) -> None:
+        """What netlink says about the VIP on this host; it wins over what the core believed."""
+        if held != self.holds and not self._changing_vip():
+            self._actions.append(Notice("vip-changed-behind-our-back", {"held": held}))
+            self._set_holds(held, now)
+
+    # --- timers -------------------------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        if now >= self._next_heartbeat:
+            self._send(
+                wire.Heartbeat(
+                    epoch=self.epoch,
+                    holds_vip=self.holds,
+                    held_epoch=self.held_epoch,
+                    digest=self.setup.digest,
+                )
+            )
+            self._next_heartbeat = now + self.timing.heartbeat_interval
+        while self._announce_due and now >= self._announce_due[0]:
+            self._announce_due.pop(0)
+            if self.holds:
+                self._actions.append(Announce(self._announce_round))
+                self._announce_round += 1
+        run = self.run
+        if run is None:
+            return
+        if run.resend_at is not None and now >= run.resend_at and run.outbox is not None:
+            self._send(run.outbox)
+            run.resend_at = now + self.timing.retransmit
+        if run.deadline is not None and now >= run.deadline:
+            run.deadline = None
+            self._on_deadline(run, now)
+
+    def _on_deadline(self, run: _Run, now: float) -> None:
+        ms = f"{self.timing.step_timeout * 1000:.0f} ms"
+        peer = self.setup.peer
+        if run.state == "preparing":
+            self._send(wire.Abort(epoch=run.epoch, reason="prepare timed out"))
+            self._finish(
+                run, ok=False, reason=f"{peer} did not get ready within {ms}; nothing changed", now=now
+            )
+        elif run.state == "requested":
+            self._finish(run, ok=False, reason=f"{peer} did not start the swap within {ms}", now=now)
+        elif run.state == "ready":
+            self._finish(run, ok=False, reason=f"{peer} did not release the VIP within {ms}", now=now)
+        elif run.state == "handed-over":
+            run.state = "probing"
+            run.resend_at = None
+            self._actions.append(Probe(run.epoch))
+        elif run.state == "claimed":
+            run.state, run.resend_at = "unacknowledged", None
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _set_holds(self, holds: bool, now: float) -> None:
+        if holds != self.holds:
+            self.holds = holds
+            self._next_heartbeat = now  # the peer learns at once, not one interval later
+
+    def _send(self, msg: wire.Message) -> None:
+        env = wire.Envelope(
+            cluster=self.setup.cluster,
+            sender=self.setup.name,
+            boot=self.setup.boot,
+            seq=next(self._seq),
+            message=msg,
+        )
+        self.sent[msg.kind] += 1
+        self._actions.append(Send(wire.encode(env, self.setup.keys[0])))
+
+    def _transmit(self, run: _Run, msg: wire.Message, now: float) -> None:
+        """Send now and keep resending until the state moves on."""
+        run.outbox = msg
+        self._send(msg)
+        run.resend_at = now + self.timing.retransmit
+
+    def _step(self, run: _Run, step: str, now: float) -> None:
+        elapsed = run.elapsed_ms(now)
+        run.steps.append((step, elapsed))
+        if run.command is not None:
+            self._actions.append(Progress(run.command, step, elapsed, {"epoch": run.epoch}))
+
+    def _schedule_announce(self, now: float) -> None:
+        self._announce_round = 0
+        self._announce_due = [now + offset for offset in self.timing.announce_schedule]
+
+    def _finish(
+        self,
+        run: _Run,
+        *,
+        ok: bool,
+        reason: str,
+        now: float,
+        unserved_ms: float | None = None,
+        rolled_back: bool = False,
+        holder: str | None = "",
+        keep_state: str = "done",
+    ) -> None:
+        run.finished = True
+        run.state = keep_state if ok else "failed"
+        if keep_state == "done" or not ok:
+            run.resend_at = run.deadline = None
+        if holder == "":
+            holder = self.setup.name if self.holds else (self.setup.peer if ok or self.peer_holds() else None)
+        outcome = Outcome(
+            ok=ok,
+            move=run.move,
+            epoch=run.epoch,
+            source=run.source,
+            target=run.target,
+            reason=reason,
+            duration_ms=run.elapsed_ms(now),
+            unserved_ms=unserved_ms,
+            rolled_back=rolled_back,
+            steps=tuple(run.steps),
+            holder=holder,
+        )
+        self.last_outcome = outcome
+        self._actions.append(Notice("move-finished", outcome.to_json()))
+        if run.command is not None:
+            self._actions.append(Finished(run.command, outcome))

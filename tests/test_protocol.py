@@ -1,0 +1,305 @@
+"""The protocol core, driven through a NodePair with a fake clock: no sockets, no root."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from failover import protocol, wire
+from tests.nodepair import KEY, MACS, LinkFaults, NodePair
+
+
+def settled(pair: NodePair) -> NodePair:
+    pair.run(0.3)  # a few heartbeats: both sides know each other
+    return pair
+
+
+def test_swap_from_holder_moves_vip_and_reports_steps() -> None:
+    pair = settled(NodePair())
+    cid = pair.command("live", "swap")
+    pair.run(0.1)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok, out
+    assert pair.vip_on == {"backup"}
+    assert (out.source, out.target, out.holder) == ("live", "backup", "backup")
+    assert [s for s, _ in out.steps] == ["preflight", "target-ready", "released", "target-claimed"]
+    assert [p.step for p in pair.progress["live"]] == [s for s, _ in out.steps]
+    # Release (0.3 ms) + one way (0.2 ms) + claim (0.3 ms) in the fake world.
+    assert out.unserved_ms == pytest.approx(0.8, abs=0.01)
+    assert pair.announces["backup"] >= 1 and pair.announces["live"] == 0
+    pair.run(3)
+    assert pair.announces["backup"] == 4  # the whole default schedule: 0, 0.2, 1.1, 2.3 s
+    assert pair.nodes["backup"].held_epoch == out.epoch
+
+
+def test_swap_from_target_is_driven_by_the_holder() -> None:
+    pair = settled(NodePair())
+    cid = pair.command("backup", "swap")
+    pair.run(0.1)
+    out = pair.outcome("backup", cid)
+    assert out is not None and out.ok, out
+    assert pair.vip_on == {"backup"}
+    assert [s for s, _ in out.steps] == ["preflight", "prepare-received", "healthy", "source-released", "claimed"]
+
+
+def test_unswap_goes_home_and_refuses_when_already_home() -> None:
+    pair = settled(NodePair())
+    refused = pair.command("live", "unswap")
+    out = pair.outcome("live", refused)
+    assert out is not None and not out.ok and "already on its home node live" in out.reason
+    pair.command("live", "swap")
+    pair.run(0.2)
+    cid = pair.command("backup", "unswap")
+    pair.run(0.2)
+    out = pair.outcome("backup", cid)
+    assert out is not None and out.ok and pair.vip_on == {"live"}
+    assert out.epoch == 2 and pair.nodes["live"].held_epoch == 2
+
+
+def test_unswap_refused_while_home_unhealthy() -> None:
+    pair = settled(NodePair())
+    pair.command("live", "swap")
+    pair.run(0.2)
+    pair.healthy["live"] = False
+    cid = pair.command("backup", "unswap")
+    pair.run(0.2)
+    out = pair.outcome("backup", cid)
+    assert out is not None and not out.ok
+    assert out.reason == "live refused: live is not healthy: HTTP 503"
+    assert pair.vip_on == {"backup"}
+
+
+def test_swap_refused_when_digests_differ_and_nothing_changes() -> None:
+    pair = NodePair()
+    pair.digest["backup"] = "e" * 64
+    pair.nodes["backup"] = pair._make("backup", "live")
+    settled(pair)
+    cid = pair.command("live", "swap")
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and "cluster files differ" in out.reason
+    pair.run(1)
+    assert pair.vip_on == {"live"}
+    assert pair.nodes["live"].status(pair.now)["digests_equal"] is False
+
+
+def test_swap_refused_when_peer_is_down() -> None:
+    pair = settled(NodePair())
+    pair.kill("backup")
+    pair.run(0.3)
+    cid = pair.command("live", "swap")
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok
+    assert out.reason.startswith("peer backup is not answering heartbeats (last heard")
+    assert pair.vip_on == {"live"}
+
+
+def test_target_claim_failure_rolls_back_to_source() -> None:
+    pair = settled(NodePair())
+    pair.claim_fails.add("backup")
+    cid = pair.command("live", "swap")
+    pair.run(0.2)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and out.rolled_back
+    assert "backup could not claim the VIP: injected: netlink add failed" in out.reason
+    assert out.reason.endswith("rolled back to live")
+    assert pair.vip_on == {"live"}
+    assert pair.nodes["live"].held_epoch == out.epoch + 1
+
+
+def test_target_killed_after_release_rolls_back_after_silent_probe() -> None:
+    pair = settled(NodePair())
+
+    def kill_target_once_released(p: NodePair) -> None:
+        if not p.vip_on and p.alive["backup"]:
+            p.kill("backup")
+
+    pair.checks.append(kill_target_once_released)
+    cid = pair.command("live", "swap")
+    pair.run(2)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.rolled_back
+    assert pair.vip_on == {"live"}
+    steps = dict(out.steps)
+    # Released, then exactly one step timeout of silence, then the probe, then the reclaim.
+    assert steps["probe-silent"] - steps["released"] == pytest.approx(1000 + 80, abs=1)
+
+
+def test_lost_claimed_does_not_make_source_reclaim_a_held_vip() -> None:
+    pair = settled(NodePair())
+
+    def partition_once_claimed(p: NodePair) -> None:
+        if "backup" in p.vip_on:
+            p.faults.partitioned = True
+
+    pair.checks.append(partition_once_claimed)
+    cid = pair.command("live", "swap")
+    pair.run(3)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and not out.rolled_back
+    assert MACS["backup"] in out.reason and "not reclaiming" in out.reason
+    assert pair.vip_on == {"backup"}
+
+
+def test_prepare_timeout_is_exact_and_changes_nothing() -> None:
+    pair = settled(NodePair())
+    pair.faults.partitioned = True
+    cid = pair.command("live", "swap")
+    pair.run(2)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok
+    assert out.reason == "backup did not get ready within 1000 ms; nothing changed"
+    assert out.duration_ms == pytest.approx(1000.0)
+    assert pair.vip_on == {"live"}
+
+
+def test_swap_survives_loss_duplication_and_reordering() -> None:
+    for seed in range(20):
+        pair = settled(NodePair(seed=seed, faults=LinkFaults(drop=0.3, duplicate=0.3, delay=(0.0, 0.01))))
+        cid = pair.command("live", "swap")
+        pair.run(3)
+        out = pair.outcome("live", cid)
+        assert out is not None, seed
+        assert len(pair.vip_on) == 1, seed
+        if out.ok:
+            assert pair.vip_on == {"backup"}, seed
+
+
+def test_both_holding_settles_to_home_on_equal_epochs() -> None:
+    pair = settled(NodePair())
+    pair.vip_on.add("backup")  # someone adds the VIP by hand on the standby
+    pair.nodes["backup"].observe_vip(True, pair.now)
+    pair.run(0.2)
+    assert pair.vip_on == {"live"}
+    assert any(n.event == "settle" for name, n in pair.notices if name == "backup")
+    assert pair.announces["live"] >= 1  # the keeper re-announces
+
+
+def test_both_holding_settles_to_newest_epoch() -> None:
+    pair = settled(NodePair())
+    pair.command("live", "swap")
+    pair.run(0.3)
+    pair.vip_on.add("live")
+    pair.nodes["live"].observe_vip(True, pair.now)
+    pair.run(0.2)
+    assert pair.vip_on == {"backup"}
+
+
+def test_agent_restart_on_holder_keeps_vip() -> None:
+    pair = settled(NodePair())
+    pair.kill("live")
+    pair.run(0.1)
+    pair.restart("live", boot=2)
+    pair.run(0.5)
+    assert pair.vip_on == {"live"}
+    assert pair.nodes["backup"].peer_alive(pair.now)
+    cid = pair.command("live", "swap")
+    pair.run(0.2)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok
+
+
+def test_heartbeat_timer_is_exact() -> None:
+    pair = NodePair()
+    node = pair.nodes["live"]
+    assert node.get_timer() == pair.now
+    node.handle_timer(pair.now)
+    sends = [a for a in node.pop_actions() if isinstance(a, protocol.Send)]
+    assert len(sends) == 1
+    assert node.get_timer() == pytest.approx(pair.now + 0.05)
+
+
+def test_bad_datagrams_are_counted_and_change_nothing() -> None:
+    pair = settled(NodePair())
+    live = pair.nodes["live"]
+    before = live.status(pair.now)
+    good = wire.encode(
+        wire.Envelope("web", "backup", 1, 10**9, wire.Prepare(epoch=99, move="swap", digest="d" * 64)),
+        b"x" * 32,
+    )
+    live.receive_datagram(b"garbage", pair.now)
+    live.receive_datagram(good, pair.now)  # wrong key
+    other = wire.encode(wire.Envelope("db", "backup", 1, 10**9, wire.Done(epoch=1)), KEY)
+    live.receive_datagram(other, pair.now)
+    stranger = wire.encode(wire.Envelope("web", "mallory", 1, 10**9, wire.Done(epoch=1)), KEY)
+    live.receive_datagram(stranger, pair.now)
+    assert live.rejected == {"not-failover": 1, "auth": 1, "cluster": 1, "sender": 1}
+    after = live.status(pair.now)
+    for key in ("holds_vip", "epoch", "held_epoch", "swap_in_progress"):
+        assert after[key] == before[key]
+    assert not any(isinstance(a, protocol.Send) and a is not None for a in live.pop_actions()
+                   if not isinstance(a, protocol.Notice))
+
+
+def test_replayed_datagram_is_rejected() -> None:
+    pair = settled(NodePair())
+    live = pair.nodes["live"]
+    data = wire.encode(wire.Envelope("web", "backup", 1, 10**9, wire.SwapRequest(epoch=50, move="swap")), KEY)
+    live.receive_datagram(data, pair.now)
+    live.pop_actions()
+    live.receive_datagram(data, pair.now)
+    assert live.rejected["replay"] == 1
+
+
+# --- the property test --------------------------------------------------------------------------------
+
+ops = st.one_of(
+    st.tuples(st.just("command"), st.sampled_from(["live", "backup"]), st.sampled_from(["swap", "unswap"])),
+    st.tuples(st.just("run"), st.floats(0.0, 1.5)),
+    st.tuples(st.just("faults"), st.floats(0, 0.6), st.floats(0, 0.5), st.floats(0, 0.02)),
+    st.tuples(st.just("partition"), st.booleans()),
+    st.tuples(st.just("unhealthy"), st.sampled_from(["live", "backup"]), st.booleans()),
+    st.tuples(st.just("claim-fails"), st.sampled_from(["live", "backup"]), st.booleans()),
+    st.tuples(st.just("kill"), st.sampled_from(["live", "backup"])),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), steps=st.lists(ops, max_size=25))
+def test_random_commands_and_faults_keep_the_safety_rules(seed: int, steps: list[tuple[object, ...]]) -> None:
+    pair = NodePair(seed=seed)
+    boot = 2
+
+    def never_two_holders(p: NodePair) -> None:
+        assert len(p.vip_on) <= 1, f"split brain at t={p.now}: {p.vip_on}"
+
+    def done_means_target_holds(p: NodePair) -> None:
+        # Checked the moment each outcome appears: a move reported done ended with the target holding.
+        for name in ("live", "backup"):
+            for f in p.finished[name][checked[name]:]:
+                if f.outcome.ok:
+                    assert p.vip_on == {f.outcome.target}, f.outcome
+            checked[name] = len(p.finished[name])
+
+    checked = {"live": 0, "backup": 0}
+    pair.checks += [never_two_holders, done_means_target_holds]
+    pair.run(0.3)
+    for step in steps:
+        kind = step[0]
+        if kind == "command" and pair.alive[str(step[1])]:
+            pair.command(str(step[1]), str(step[2]))
+        elif kind == "run":
+            pair.run(float(step[1]))  # type: ignore[arg-type]
+        elif kind == "faults":
+            pair.faults.drop, pair.faults.duplicate = float(step[1]), float(step[2])  # type: ignore[arg-type]
+            pair.faults.delay = (0.0, float(step[3]))  # type: ignore[arg-type]
+        elif kind == "partition":
+            pair.faults.partitioned = bool(step[1])
+        elif kind == "unhealthy":
+            pair.healthy[str(step[1])] = not step[2]
+        elif kind == "claim-fails":
+            (pair.claim_fails.add if step[2] else pair.claim_fails.discard)(str(step[1]))
+        elif kind == "kill" and pair.alive[str(step[1])]:
+            pair.kill(str(step[1]))
+            pair.run(0.05)
+            pair.restart(str(step[1]), boot=boot)
+            boot += 1
+    # Faults stop: exactly one holder, and both agree on who it is.
+    pair.faults = LinkFaults()
+    pair.claim_fails.clear()
+    pair.run(4)
+    assert len(pair.vip_on) == 1
+    holder = next(iter(pair.vip_on))
+    for name, node in pair.nodes.items():
+        assert node.holds == (name == holder)
+        assert node.peer_holds() == (name != holder)

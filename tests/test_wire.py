@@ -1,0 +1,133 @@
+"""Wire format: round trips, authentication, replays and garbage."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from failover import wire
+
+KEY = bytes(range(32))
+OLD_KEY = bytes(range(32, 64))
+
+SAMPLES: list[wire.Message] = [
+    wire.Heartbeat(epoch=3, holds_vip=True, held_epoch=2, digest="ab" * 32),
+    wire.SwapRequest(epoch=4, move="unswap"),
+    wire.Prepare(epoch=4, move="swap", digest="cd" * 32),
+    wire.Prepared(epoch=4),
+    wire.Refused(epoch=4, reason="backup is not healthy: HTTP 503"),
+    wire.Released(epoch=4, release_ms=0.25),
+    wire.Claimed(epoch=4, turnaround_ms=0.4, claim_ms=0.3),
+    wire.ClaimFailed(epoch=4, reason="EPERM"),
+    wire.Abort(epoch=4, reason="prepare timed out"),
+    wire.Done(epoch=4),
+]
+
+
+def envelope(msg: wire.Message, seq: int = 7) -> wire.Envelope:
+    return wire.Envelope(cluster="web", sender="live", boot=1_700_000_000_000_000_000, seq=seq, message=msg)
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.kind)
+def test_round_trip(msg: wire.Message) -> None:
+    env = envelope(msg)
+    assert wire.decode(wire.encode(env, KEY), (KEY,)) == env
+
+
+def test_every_kind_has_a_sample() -> None:
+    assert {m.kind for m in SAMPLES} == set(wire.MESSAGE_TYPES)
+
+
+def test_every_single_flipped_bit_is_rejected() -> None:
+    data = wire.encode(envelope(SAMPLES[0]), KEY)
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(wire.WireError):
+            wire.decode(bytes(flipped), (KEY,))
+
+
+def test_wrong_key_rejected_and_previous_key_accepted() -> None:
+    data = wire.encode(envelope(SAMPLES[3]), OLD_KEY)
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(data, (KEY,))
+    assert err.value.reason == "auth"
+    assert wire.decode(data, (KEY, OLD_KEY)).message == SAMPLES[3]
+
+
+def test_replay_and_old_boot_rejected() -> None:
+    guard = wire.ReplayGuard()
+    first = envelope(SAMPLES[0], seq=5)
+    assert guard.accept(first)
+    assert not guard.accept(first)
+    assert not guard.accept(envelope(SAMPLES[0], seq=4))
+    assert guard.accept(envelope(SAMPLES[0], seq=6))
+    old_boot = dataclasses.replace(first, boot=first.boot - 1, seq=10**6)
+    assert not guard.accept(old_boot)
+    new_boot = dataclasses.replace(first, boot=first.boot + 1, seq=1)
+    assert guard.accept(new_boot)
+
+
+@pytest.mark.parametrize("cut", [0, 1, 2, 3, 10, 33, -1, -32, -33])
+def test_truncated_rejected(cut: int) -> None:
+    data = wire.encode(envelope(SAMPLES[1]), KEY)
+    with pytest.raises(wire.WireError):
+        wire.decode(data[:cut], (KEY,))
+
+
+def test_oversized_rejected() -> None:
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(b"FO\x01" + b"x" * 2000, (KEY,))
+    assert err.value.reason == "oversized"
+
+
+def test_other_version_rejected() -> None:
+    data = bytearray(wire.encode(envelope(SAMPLES[1]), KEY))
+    data[2] = 2
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(bytes(data), (KEY,))
+    assert err.value.reason == "version"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[]",
+        b"{}",
+        b'{"c":"web","s":"live","b":1,"n":1,"k":"nope","m":{}}',
+        b'{"c":"web","s":"live","b":1,"n":1,"k":"done","m":{"epoch":"1"}}',
+        b'{"c":"web","s":"live","b":1,"n":true,"k":"done","m":{"epoch":1}}',
+        b'{"c":"web","s":"live","b":1,"n":1,"k":"heartbeat","m":{"epoch":1}}',
+        b'{"c":"web","s":"live","b":1,"n":1,"k":"done","m":[]}',
+        b"\xff\xfe not json",
+    ],
+)
+def test_authenticated_but_malformed_rejected(payload: bytes) -> None:
+    """Even a key holder cannot crash the decoder."""
+    import hashlib
+    import hmac
+
+    head = b"FO\x01" + payload
+    data = head + hmac.new(KEY, head, hashlib.sha256).digest()
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(data, (KEY,))
+    assert err.value.reason == "malformed"
+
+
+@settings(max_examples=2000)
+@given(st.binary(max_size=1500))
+def test_random_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode(data, (KEY,))
+
+
+@settings(max_examples=500)
+@given(st.integers(0, 10**9), st.booleans(), st.text(max_size=200))
+def test_generated_messages_round_trip(epoch: int, holds: bool, reason: str) -> None:
+    for msg in (wire.Heartbeat(epoch=epoch, holds_vip=holds, held_epoch=epoch, digest="0" * 64),
+                wire.Refused(epoch=epoch, reason=reason)):
+        env = envelope(msg)
+        assert wire.decode(wire.encode(env, KEY), (KEY,)) == env
