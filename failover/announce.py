@@ -1,0 +1,265 @@
+"""Link-layer announcements for the VIP: gratuitous ARP, unsolicited neighbour advertisements, targeted
+ARP/NS to stragglers, and the RFC 5227 / DAD-style probe that asks whether anyone holds the VIP.
+
+The only module that imports scapy. Scapy only *builds and parses* frames; sending goes through one plain
+long-lived ``AF_PACKET`` socket per interface, so the critical path (``Announcer.announce``) is a few
+``send()`` calls of bytes built at start-up. The scapy layers are imported with this module (~0.3 s), which
+the agent does at start, never during a swap. It makes no protocol decisions: when and how often to
+announce is the caller's business.
+
+Why both ARP forms (see FIELD.md): switches and routers disagree on which one they honour. Linux takes
+either as gratuitous when sender IP = target IP; a reply must also carry target MAC = sender MAC.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from collections.abc import Iterable
+from ipaddress import IPv4Address, IPv6Address
+
+from scapy.layers.inet6 import (
+    ICMPv6ND_NA,
+    ICMPv6ND_NS,
+    ICMPv6NDOptDstLLAddr,
+    ICMPv6NDOptSrcLLAddr,
+    IPv6,
+)
+from scapy.layers.l2 import ARP, Ether
+
+__all__ = [
+    "GARP_REPLY",
+    "GARP_REQUEST",
+    "UNSOLICITED_NA",
+    "AnnounceError",
+    "Announcer",
+    "IPAddress",
+    "probe",
+]
+
+IPAddress = IPv4Address | IPv6Address
+
+GARP_REQUEST = "garp-request"
+GARP_REPLY = "garp-reply"
+UNSOLICITED_NA = "unsolicited-na"
+
+ETH_P_ARP = 0x0806
+ETH_P_IPV6 = 0x86DD
+PACKET_OUTGOING = 4
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+ZERO_MAC = "00:00:00:00:00:00"
+ALL_NODES = IPv6Address("ff02::1")
+ALL_NODES_MAC = "33:33:00:00:00:01"
+_MAX_FRAMES_READ = 10_000  # a bound on the probe's receive loop, far above any real segment's chatter
+
+
+class AnnounceError(Exception):
+    """A packet socket could not be opened or a frame not sent; one line naming the interface."""
+
+
+def _oserror(interface: str, action: str, exc: OSError) -> AnnounceError:
+    if exc.errno == errno.ENODEV:
+        return AnnounceError(f"interface {interface} not found")
+    code = exc.errno or 0
+    name = errno.errorcode.get(code, str(code))
+    return AnnounceError(f"{action} on {interface}: {os.strerror(code)} ({name})")
+
+
+def _open_packet_socket(interface: str, proto: int) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
+    try:
+        sock.bind((interface, proto))
+    except OSError as exc:
+        sock.close()
+        raise _oserror(interface, "open packet socket", exc) from exc
+    return sock
+
+
+def _solicited_node(ip: IPv6Address) -> tuple[IPv6Address, str]:
+    low = int(ip) & 0xFFFFFF
+    group = IPv6Address(int(IPv6Address("ff02::1:ff00:0")) | low)
+    mac = "33:33:ff:" + ":".join(f"{(low >> s) & 0xFF:02x}" for s in (16, 8, 0))
+    return group, mac
+
+
+def _norm_mac(mac: str) -> str:
+    return mac.lower()
+
+
+def build_frames(vip: IPAddress, mac: str) -> dict[str, bytes]:
+    """The gratuitous frames for ``vip`` held at ``mac``, by form name."""
+    if isinstance(vip, IPv4Address):
+        return {
+            GARP_REQUEST: bytes(
+                Ether(dst=BROADCAST, src=mac)
+                / ARP(op=1, hwsrc=mac, psrc=str(vip), hwdst=ZERO_MAC, pdst=str(vip))
+            ),
+            GARP_REPLY: bytes(
+                Ether(dst=BROADCAST, src=mac) / ARP(op=2, hwsrc=mac, psrc=str(vip), hwdst=mac, pdst=str(vip))
+            ),
+        }
+    return {
+        UNSOLICITED_NA: bytes(
+            Ether(dst=ALL_NODES_MAC, src=mac)
+            / IPv6(src=str(vip), dst=str(ALL_NODES), hlim=255)
+            / ICMPv6ND_NA(R=0, S=0, O=1, tgt=str(vip))
+            / ICMPv6NDOptDstLLAddr(lladdr=mac)
+        )
+    }
+
+
+def build_tell(vip: IPAddress, mac: str, ip: IPAddress, dst_mac: str) -> bytes:
+    """An ordinary who-has ``ip`` from ``vip``/``mac``, sent to ``dst_mac`` only (NS for IPv6)."""
+    if isinstance(vip, IPv4Address):
+        if not isinstance(ip, IPv4Address):
+            raise ValueError(f"cannot tell IPv6 {ip} about IPv4 VIP {vip}")
+        return bytes(
+            Ether(dst=dst_mac, src=mac) / ARP(op=1, hwsrc=mac, psrc=str(vip), hwdst=ZERO_MAC, pdst=str(ip))
+        )
+    if not isinstance(ip, IPv6Address):
+        raise ValueError(f"cannot tell IPv4 {ip} about IPv6 VIP {vip}")
+    return bytes(
+        Ether(dst=dst_mac, src=mac)
+        / IPv6(src=str(vip), dst=str(ip), hlim=255)
+        / ICMPv6ND_NS(tgt=str(ip))
+        / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+    )
+
+
+def build_probe(vip: IPAddress, mac: str) -> bytes:
+    """RFC 5227 ARP probe (sender IP 0.0.0.0), or a DAD neighbour solicitation from :: for IPv6."""
+    if isinstance(vip, IPv4Address):
+        return bytes(
+            Ether(dst=BROADCAST, src=mac)
+            / ARP(op=1, hwsrc=mac, psrc="0.0.0.0", hwdst=ZERO_MAC, pdst=str(vip))
+        )
+    group, group_mac = _solicited_node(vip)
+    # No source link-layer option: RFC 4861 forbids it when the source is the unspecified address.
+    return bytes(
+        Ether(dst=group_mac, src=mac) / IPv6(src="::", dst=str(group), hlim=255) / ICMPv6ND_NS(tgt=str(vip))
+    )
+
+
+class Announcer:
+    """Gratuitous announcements for one VIP on one interface, through one long-lived packet socket."""
+
+    interface: str
+    vip: IPAddress
+    mac: str
+    frames: dict[str, bytes]  # form name -> prebuilt frame; GARP_REQUEST+GARP_REPLY, or UNSOLICITED_NA
+
+    def __init__(self, interface: str, vip: IPAddress, mac: str) -> None:
+        self.interface = interface
+        self.vip = vip
+        self.mac = _norm_mac(mac)
+        self.frames = build_frames(vip, self.mac)
+        self._tell_cache: dict[tuple[IPAddress, str], bytes] = {}
+        # Protocol 0: the kernel delivers no frames to a send-only socket, so no receive queue fills up.
+        self._sock = _open_packet_socket(interface, 0)
+
+    def announce(self, forms: Iterable[str] | None = None) -> int:
+        """Send each gratuitous form once (all of them by default); return the number of frames sent."""
+        frames = self.frames.values() if forms is None else [self.frames[name] for name in forms]
+        sent = 0
+        for frame in frames:
+            self._send(frame, "announce")
+            sent += 1
+        return sent
+
+    def tell(self, ip: IPAddress, mac: str) -> None:
+        """Make one straggler at ``ip``/``mac`` learn the VIP's MAC even if it drops gratuitous frames."""
+        key = (ip, _norm_mac(mac))
+        frame = self._tell_cache.get(key)
+        if frame is None:
+            frame = build_tell(self.vip, self.mac, ip, key[1])
+            if len(self._tell_cache) < 4096:
+                self._tell_cache[key] = frame
+        self._send(frame, f"tell {ip}")
+
+    def _send(self, frame: bytes, action: str) -> None:
+        try:
+            self._sock.send(frame)
+        except OSError as exc:
+            raise _oserror(self.interface, action, exc) from exc
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
+    """The MAC of another host that this frame shows holding (or probing for) ``vip``, else None."""
+    eth = Ether(frame)
+    src = str(eth.src).lower()
+    if src == our_mac:
+        return None
+    if isinstance(vip, IPv4Address):
+        if ARP not in eth:
+            return None
+        arp = eth[ARP]
+        hwsrc = str(arp.hwsrc).lower()
+        if hwsrc == our_mac:
+            return None
+        vip_s = str(vip)
+        if arp.psrc == vip_s:
+            return hwsrc  # a reply from the holder, or its own announcement
+        if arp.op == 1 and arp.psrc == "0.0.0.0" and arp.pdst == vip_s:
+            return hwsrc  # someone else probing for it at the same time
+        return None
+    if ICMPv6ND_NA in eth:
+        na = eth[ICMPv6ND_NA]
+        if IPv6Address(na.tgt) != vip:
+            return None
+        if ICMPv6NDOptDstLLAddr in eth:
+            return str(eth[ICMPv6NDOptDstLLAddr].lladdr).lower()
+        return src
+    if ICMPv6ND_NS in eth and IPv6 in eth:
+        ns = eth[ICMPv6ND_NS]
+        if IPv6Address(ns.tgt) == vip and IPv6Address(eth[IPv6].src) == IPv6Address("::"):
+            return src  # another DAD probe for the same address
+    return None
+
+
+def probe(
+    interface: str, vip: IPAddress, mac: str, *, count: int = 3, interval_ms: int = 20, wait_ms: int = 60
+) -> list[str]:
+    """Ask whether anyone holds ``vip``: the sorted distinct MACs that answered, [] when nobody did.
+
+    Sends ``count`` probes ``interval_ms`` apart and listens ``wait_ms`` after the last; blocking and
+    bounded by about ``(count - 1) * interval_ms + wait_ms``, so run it in a thread from asyncio.
+    """
+    our_mac = _norm_mac(mac)
+    proto = ETH_P_ARP if isinstance(vip, IPv4Address) else ETH_P_IPV6
+    frame = build_probe(vip, our_mac)
+    found: set[str] = set()
+    sock = _open_packet_socket(interface, proto)
+    try:
+        sent = 0
+        next_send = time.monotonic()
+        end = next_send + (max(count, 1) - 1) * interval_ms / 1000 + wait_ms / 1000
+        for _ in range(_MAX_FRAMES_READ):
+            now = time.monotonic()
+            if sent < count and now >= next_send:
+                try:
+                    sock.send(frame)
+                except OSError as exc:
+                    raise _oserror(interface, "probe", exc) from exc
+                sent += 1
+                next_send = now + interval_ms / 1000
+            if now >= end and sent >= count:
+                break
+            until = min(next_send, end) if sent < count else end
+            sock.settimeout(max(until - now, 0.0005))
+            try:
+                data, addr = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            if addr[2] == PACKET_OUTGOING:
+                continue
+            claimant = _claimant(data, vip, our_mac)
+            if claimant is not None:
+                found.add(claimant)
+    finally:
+        sock.close()
+    return sorted(found)

@@ -1,0 +1,239 @@
+"""Netlink adapter: puts the VIP on an interface, takes it off, and tells whether it is there.
+
+The only module that imports pyroute2. It makes no protocol decisions: the caller decides when to claim
+or release, this module only carries it out and reports what the kernel said.
+
+The agent runs inside its namespace already (``ip netns exec``) and inside an asyncio loop, so everything
+here goes through ``pyroute2.AsyncIPRoute`` (the synchronous ``IPRoute`` refuses to run in a live loop).
+``netns`` is for tests and tools; it is opened with ``flags=0`` so that a misspelt name is an error
+instead of a freshly created, empty namespace.
+
+``claim`` and ``release`` sit on the critical path of a swap (between them the VIP is on no host): each is
+one netlink request and its acknowledgement, with no dump before or after. Measured on a veth inside a
+namespace (pyroute2 0.9.7, 100 rounds): median 0.2-0.35 ms each, max 0.6-1 ms on an idle machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import AsyncGenerator
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+
+__all__ = ["IPInterface", "NetlinkError", "VipLink", "local_addresses"]
+
+IPInterface = IPv4Interface | IPv6Interface
+
+# Not exported by pyroute2 under a stable name; values from <linux/if_addr.h> and <linux/if.h>.
+IFA_F_NODAD = 0x02
+IFF_UP = 0x1
+_UP_OPERSTATES = frozenset({"UP", "UNKNOWN"})
+
+
+class NetlinkError(Exception):
+    """A netlink request failed; the message is one line naming the interface or address and the cause."""
+
+
+def _code(exc: BaseException) -> int | None:
+    # pyroute2's NetlinkError carries the kernel's errno in .code; socket failures are plain OSErrors.
+    code = getattr(exc, "code", None)
+    if code is None and isinstance(exc, OSError):
+        code = exc.errno
+    return code if isinstance(code, int) else None
+
+
+def _describe(exc: BaseException) -> str:
+    code = _code(exc)
+    if code is not None and code > 0:
+        return f"{os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _connect(netns: str | None, groups: int = 0) -> Any:
+    """Open an rtnetlink socket, in ``netns`` if given, and make sure the namespace exists."""
+    kwargs: dict[str, Any] = {"groups": groups} if groups else {}
+    if netns is not None:
+        kwargs.update(netns=netns, flags=0)
+    ipr = AsyncIPRoute(**kwargs)
+    try:
+        # pyroute2 opens lazily: force it now so that a missing namespace fails here, with its name.
+        await ipr.setup_endpoint()
+    except FileNotFoundError as exc:
+        ipr.close()
+        raise NetlinkError(f"network namespace {netns} not found") from exc
+    except OSError as exc:
+        ipr.close()
+        where = f"network namespace {netns}" if netns else "rtnetlink"
+        raise NetlinkError(f"cannot open {where}: {_describe(exc)}") from exc
+    return ipr
+
+
+def _msg_address(msg: Any) -> IPv4Address | IPv6Address | None:
+    # For IPv4 IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on point-to-point links).
+    raw = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+    if not raw:
+        return None
+    return ip_address(raw)
+
+
+class VipLink:
+    """One VIP on one interface, with a long-lived rtnetlink socket."""
+
+    interface: str
+    ifindex: int
+    mac: str
+    vip: IPInterface
+
+    def __init__(
+        self, ipr: Any, interface: str, ifindex: int, mac: str, vip: IPInterface, netns: str | None
+    ) -> None:
+        self._ipr = ipr
+        self._netns = netns
+        self.interface = interface
+        self.ifindex = ifindex
+        self.mac = mac
+        self.vip = vip
+        self._family = socket.AF_INET if vip.version == 4 else socket.AF_INET6
+
+    @classmethod
+    async def open(cls, interface: str, vip: IPInterface, netns: str | None = None) -> VipLink:
+        ipr = await _connect(netns)
+        try:
+            links = await ipr.link("get", ifname=interface)
+        except _PyrouteNetlinkError as exc:
+            ipr.close()
+            if exc.code == errno.ENODEV:
+                raise NetlinkError(f"interface {interface} not found") from exc
+            raise NetlinkError(f"interface {interface}: {_describe(exc)}") from exc
+        except OSError as exc:
+            ipr.close()
+            raise NetlinkError(f"interface {interface}: {_describe(exc)}") from exc
+        link = links[0]
+        mac = str(link.get("IFLA_ADDRESS") or "").lower()
+        return cls(ipr, interface, int(link["index"]), mac, vip, netns)
+
+    def _addr_args(self) -> dict[str, Any]:
+        return {
+            "index": self.ifindex,
+            "family": self._family,
+            "address": str(self.vip.ip),
+            "prefixlen": self.vip.network.prefixlen,
+        }
+
+    async def _held_prefixes(self) -> list[int]:
+        """Prefix lengths under which the VIP address is on this interface now (a fresh dump)."""
+        want = self.vip.ip
+        found: list[int] = []
+        try:
+            async for msg in await self._ipr.addr("dump", index=self.ifindex, family=self._family):
+                if msg.get("index") == self.ifindex and _msg_address(msg) == want:
+                    found.append(int(msg["prefixlen"]))
+        except (_PyrouteNetlinkError, OSError) as exc:
+            raise NetlinkError(f"list addresses on {self.interface}: {_describe(exc)}") from exc
+        return found
+
+    async def holds(self) -> bool:
+        """Whether the VIP address (with any prefix) is on this interface, from a fresh dump."""
+        return bool(await self._held_prefixes())
+
+    async def claim(self) -> None:
+        """Add the VIP with its prefix (IPv6 without DAD); already present is success."""
+        args = self._addr_args()
+        if self.vip.version == 6:
+            args["flags"] = IFA_F_NODAD
+        try:
+            await self._ipr.addr("add", **args)
+        except (_PyrouteNetlinkError, OSError) as exc:
+            if _code(exc) == errno.EEXIST:
+                return
+            raise NetlinkError(f"claim {self.vip} on {self.interface}: {_describe(exc)}") from exc
+
+    async def release(self) -> None:
+        """Delete the VIP; already absent is success. Afterwards ``holds()`` is false.
+
+        The kernel deletes only an exact address/prefix match, so when the VIP was put there by hand with
+        another prefix the first request fails with EADDRNOTAVAIL; only then (off the normal path) a
+        dump finds the prefixes actually in use and each is deleted.
+        """
+        try:
+            await self._delete(self.vip.network.prefixlen)
+            return
+        except (_PyrouteNetlinkError, OSError) as exc:
+            if _code(exc) != errno.EADDRNOTAVAIL:
+                raise NetlinkError(f"release {self.vip} on {self.interface}: {_describe(exc)}") from exc
+        for prefixlen in await self._held_prefixes():
+            try:
+                await self._delete(prefixlen)
+            except (_PyrouteNetlinkError, OSError) as exc:
+                if _code(exc) != errno.EADDRNOTAVAIL:
+                    where = f"{self.vip.ip}/{prefixlen} on {self.interface}"
+                    raise NetlinkError(f"release {where}: {_describe(exc)}") from exc
+
+    async def _delete(self, prefixlen: int) -> None:
+        await self._ipr.addr("del", **{**self._addr_args(), "prefixlen": prefixlen})
+
+    async def link_up(self) -> bool:
+        """Whether the interface is administratively up and its operstate is UP (or UNKNOWN, as for dummy)."""
+        try:
+            links = await self._ipr.link("get", index=self.ifindex)
+        except (_PyrouteNetlinkError, OSError) as exc:
+            raise NetlinkError(f"interface {self.interface}: {_describe(exc)}") from exc
+        link = links[0]
+        return bool(link["flags"] & IFF_UP) and link.get("IFLA_OPERSTATE") in _UP_OPERSTATES
+
+    async def watch_vip(self) -> AsyncGenerator[bool, None]:
+        """Yield whether the VIP is held: once when subscribed, then on every RTM_NEWADDR/RTM_DELADDR for it.
+
+        Uses its own subscribed socket, so it can run alongside claim/release. Subscribing comes before
+        the first dump, so no change between the two is lost. ``aclose()`` it to close that socket.
+        """
+        group = RTMGRP_IPV4_IFADDR if self.vip.version == 4 else RTMGRP_IPV6_IFADDR
+        mon = await _connect(self._netns, groups=group)
+        try:
+            await mon.bind(groups=group)
+            yield await self.holds()
+            want = self.vip.ip
+            while True:
+                received = 0
+                try:
+                    async for msg in mon.get():
+                        received += 1
+                        event = msg.get("event")
+                        if event not in ("RTM_NEWADDR", "RTM_DELADDR"):
+                            continue
+                        if msg.get("index") != self.ifindex or _msg_address(msg) != want:
+                            continue
+                        yield event == "RTM_NEWADDR"
+                except (_PyrouteNetlinkError, OSError) as exc:
+                    raise NetlinkError(f"watch {self.vip} on {self.interface}: {_describe(exc)}") from exc
+                if not received:
+                    # pyroute2 ends a read with nothing in it only when the socket was closed or lost.
+                    raise NetlinkError(f"watch {self.vip} on {self.interface}: netlink socket closed")
+        finally:
+            mon.close()
+
+    async def close(self) -> None:
+        self._ipr.close()
+
+
+async def local_addresses(netns: str | None = None) -> set[IPv4Address | IPv6Address]:
+    """Every address on every interface (of ``netns`` if given)."""
+    ipr = await _connect(netns)
+    found: set[IPv4Address | IPv6Address] = set()
+    try:
+        async for msg in await ipr.addr("dump"):
+            addr = _msg_address(msg)
+            if addr is not None:
+                found.add(addr)
+    except (_PyrouteNetlinkError, OSError) as exc:
+        raise NetlinkError(f"list addresses: {_describe(exc)}") from exc
+    finally:
+        ipr.close()
+    return found
