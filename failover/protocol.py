@@ -720,11 +720,7 @@ class Node:
                 )
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
-        while self._announce_due and now >= self._announce_due[0]:
-            self._announce_due.pop(0)
-            if self.holds:
-                self._actions.append(Announce(self._announce_round))
-                self._announce_round += 1
+        self._announce_if_due(now)
         run = self.run
         if run is None:
             return
@@ -787,6 +783,14 @@ class Node:
     def _schedule_announce(self, now: float) -> None:
         self._announce_round = 0
         self._announce_due = [now + offset for offset in self.timing.announce_schedule]
+        self._announce_if_due(now)  # the first round goes out at once, not a timer tick later
+
+    def _announce_if_due(self, now: float) -> None:
+        while self._announce_due and now >= self._announce_due[0]:
+            self._announce_due.pop(0)
+            if self.holds:
+                self._actions.append(Announce(self._announce_round))
+                self._announce_round += 1
 
     def _finish(
         self,

@@ -57,8 +57,14 @@ class NodePair:
 
     def _make(self, name: str, peer: str, boot: int = 1) -> Node:
         setup = NodeSetup(
-            cluster="web", name=name, peer=peer, home=name == "live", digest=self.digest[name],
-            keys=(KEY,), timing=self.timing, boot=boot,
+            cluster="web",
+            name=name,
+            peer=peer,
+            home=name == "live",
+            digest=self.digest[name],
+            keys=(KEY,),
+            timing=self.timing,
+            boot=boot,
         )
         return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
 
@@ -129,12 +135,16 @@ class NodePair:
             self.at(self.now + self.op_delay, lambda: self._release(name, node, action.epoch))
         elif isinstance(action, protocol.CheckHealth):
             ok = self.healthy[name]
-            self.at(self.now + self.health_delay,
-                    lambda: self._live(name, node) and node.health_done(action.epoch, ok, "HTTP 503", self.now))
+            self.at(
+                self.now + self.health_delay,
+                lambda: self._live(name, node) and node.health_done(action.epoch, ok, "HTTP 503", self.now),
+            )
         elif isinstance(action, protocol.Probe):
             macs = sorted(MACS[h] for h in self.vip_on if h != name)
-            self.at(self.now + 0.08,
-                    lambda: self._live(name, node) and node.probe_done(action.epoch, macs, self.now))
+            self.at(
+                self.now + 0.08,
+                lambda: self._live(name, node) and node.probe_done(action.epoch, macs, self.now),
+            )
         elif isinstance(action, protocol.Announce):
             self.announces[name] += 1
         elif isinstance(action, protocol.Progress):

@@ -40,7 +40,13 @@ def test_swap_from_target_is_driven_by_the_holder() -> None:
     out = pair.outcome("backup", cid)
     assert out is not None and out.ok, out
     assert pair.vip_on == {"backup"}
-    assert [s for s, _ in out.steps] == ["preflight", "prepare-received", "healthy", "source-released", "claimed"]
+    assert [s for s, _ in out.steps] == [
+        "preflight",
+        "prepare-received",
+        "healthy",
+        "source-released",
+        "claimed",
+    ]
 
 
 def test_unswap_goes_home_and_refuses_when_already_home() -> None:
@@ -227,8 +233,11 @@ def test_bad_datagrams_are_counted_and_change_nothing() -> None:
     after = live.status(pair.now)
     for key in ("holds_vip", "epoch", "held_epoch", "swap_in_progress"):
         assert after[key] == before[key]
-    assert not any(isinstance(a, protocol.Send) and a is not None for a in live.pop_actions()
-                   if not isinstance(a, protocol.Notice))
+    assert not any(
+        isinstance(a, protocol.Send) and a is not None
+        for a in live.pop_actions()
+        if not isinstance(a, protocol.Notice)
+    )
 
 
 def test_replayed_datagram_is_rejected() -> None:
@@ -266,7 +275,7 @@ def test_random_commands_and_faults_keep_the_safety_rules(seed: int, steps: list
     def done_means_target_holds(p: NodePair) -> None:
         # Checked the moment each outcome appears: a move reported done ended with the target holding.
         for name in ("live", "backup"):
-            for f in p.finished[name][checked[name]:]:
+            for f in p.finished[name][checked[name] :]:
                 if f.outcome.ok:
                     assert p.vip_on == {f.outcome.target}, f.outcome
             checked[name] = len(p.finished[name])

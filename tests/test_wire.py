@@ -127,7 +127,9 @@ def test_random_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
 @settings(max_examples=500)
 @given(st.integers(0, 10**9), st.booleans(), st.text(max_size=200))
 def test_generated_messages_round_trip(epoch: int, holds: bool, reason: str) -> None:
-    for msg in (wire.Heartbeat(epoch=epoch, holds_vip=holds, held_epoch=epoch, digest="0" * 64),
-                wire.Refused(epoch=epoch, reason=reason)):
+    for msg in (
+        wire.Heartbeat(epoch=epoch, holds_vip=holds, held_epoch=epoch, digest="0" * 64),
+        wire.Refused(epoch=epoch, reason=reason),
+    ):
         env = envelope(msg)
         assert wire.decode(wire.encode(env, KEY), (KEY,)) == env

@@ -1,0 +1,345 @@
+"""The agent daemon: the one place that reads the clock and wires the adapters to the protocol core.
+
+It owns the asyncio loop: a UDP endpoint for heartbeats and swap messages, one timer re-armed from
+`Node.get_timer()`, the netlink watcher, the control socket, and the tasks that carry out the core's
+actions. It makes no protocol decisions of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from failover import announce, control, protocol
+from failover.config import ClusterConfig, NodeConfig, keys_for
+from failover.netlink import NetlinkError, VipLink, local_addresses
+
+log = structlog.get_logger("failover.agent")
+
+# Test-only fault injection (the chaos and rollback tests): never set in production.
+FAULT_ENV = "FAILOVER_TEST_FAULT"
+
+
+class AgentError(Exception):
+    """The agent cannot start; the message is one line."""
+
+
+@dataclass(frozen=True)
+class PersistentState:
+    epoch: int = 0
+    held_epoch: int = 0
+
+
+def load_state(state_dir: Path) -> PersistentState:
+    try:
+        doc = json.loads((state_dir / "state.json").read_text())
+        return PersistentState(epoch=int(doc["epoch"]), held_epoch=int(doc["held_epoch"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return PersistentState()
+
+
+def save_state(state_dir: Path, state: PersistentState) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = state_dir / "state.json.tmp"
+    tmp.write_text(json.dumps({"epoch": state.epoch, "held_epoch": state.held_epoch}))
+    os.replace(tmp, state_dir / "state.json")
+
+
+def check_health(url: str, timeout: float) -> tuple[bool, str]:
+    """GET the node's own health URL; healthy means a 2xx answer."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    try:
+        with opener.open(url, timeout=timeout) as resp:
+            status = int(resp.status)
+    except urllib.error.HTTPError as err:
+        return False, f"HTTP {err.code} from {url}"
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        return False, f"{url}: {reason}"
+    return (200 <= status < 300), f"HTTP {status} from {url}"
+
+
+async def find_own_node(config: ClusterConfig) -> NodeConfig:
+    """The node whose address is on this host."""
+    local = await local_addresses()
+    mine = [n for n in config.nodes if n.address in local]
+    if len(mine) != 1:
+        names = ", ".join(n.name for n in config.nodes)
+        found = "none" if not mine else "both"
+        raise AgentError(
+            f"{config.source}: {found} of the node addresses ({names}) are on this host; use --node"
+        )
+    return mine[0]
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.agent.on_datagram(data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp-error", error=str(exc))
+
+
+class Agent:
+    def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
+        self.config = config
+        self.node = node
+        self.peer = config.peer_of(node.name)
+        self.fault = os.environ.get(FAULT_ENV, "")
+        self.loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiters: dict[int, asyncio.Queue[protocol.Progress | protocol.Finished]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop = asyncio.Event()
+        self._persisted = PersistentState()
+        self.announced = 0
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    # --- start and stop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg, node = self.config, self.node
+        keys = keys_for(cfg.auth)
+        try:
+            self.link = await VipLink.open(node.interface, cfg.vip.address)
+        except NetlinkError as err:
+            raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
+        try:
+            self.announcer = announce.Announcer(node.interface, cfg.vip.ip, self.link.mac)
+        except announce.AnnounceError as err:
+            raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
+        holds = await self.link.holds()
+        state = load_state(node.state_dir)
+        self._persisted = state
+        setup = protocol.NodeSetup(
+            cluster=cfg.cluster,
+            name=node.name,
+            peer=self.peer.name,
+            home=node.home,
+            digest=cfg.digest.hex(),
+            keys=keys,
+            timing=protocol.Timing(
+                heartbeat_interval=cfg.heartbeat.interval_ms / 1000,
+                dead_after=cfg.heartbeat.dead_after_ms / 1000,
+                step_timeout=cfg.swap.step_timeout_ms / 1000,
+                announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
+            ),
+            boot=time.time_ns(),
+        )
+        # An agent never claims at start; it keeps what netlink says it holds.
+        self.core = protocol.Node(
+            setup, holds=holds, held_epoch=state.held_epoch, epoch=state.epoch, now=self.now()
+        )
+        try:
+            self.transport, _ = await self.loop.create_datagram_endpoint(
+                lambda: _Datagrams(self), local_addr=(str(node.address), cfg.heartbeat.port)
+            )
+        except OSError as err:
+            where = f"{node.address}:{cfg.heartbeat.port}"
+            raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
+        self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
+        try:
+            server = await control.serve(node.control_socket, self.on_control)
+        except control.ControlError as err:
+            raise AgentError(str(err)) from None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stop.set)
+        watcher = asyncio.create_task(self._watch_vip())
+        log.info(
+            "agent-started", cluster=cfg.cluster, node=node.name, peer=self.peer.name, holds_vip=holds,
+            vip=str(cfg.vip.address), interface=node.interface, epoch=state.epoch,
+            test_fault=self.fault or None,
+        )
+        self._pump()
+        try:
+            await self._stop.wait()
+        finally:
+            # The VIP stays where it is: restarting or stopping the agent must never cause an outage.
+            watcher.cancel()
+            server.close()
+            with contextlib.suppress(OSError):
+                node.control_socket.unlink()
+            self.transport.close()
+            self.announcer.close()
+            for task in self._tasks:
+                task.cancel()
+            await self.link.close()
+            log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
+
+    # --- events in ---------------------------------------------------------------------------------
+
+    def on_datagram(self, data: bytes) -> None:
+        self.core.receive_datagram(data, self.now())
+        self._pump()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.core.handle_timer(self.now())
+        self._pump()
+
+    async def _watch_vip(self) -> None:
+        try:
+            async for held in self.link.watch_vip():
+                self.core.observe_vip(held, self.now())
+                self._pump()
+        except NetlinkError as err:
+            log.error("vip-watch-failed", error=str(err))
+
+    async def on_control(self, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
+        cmd = request["cmd"]
+        if cmd == "status":
+            return {"type": "done", "status": await self.status()}
+        if cmd in protocol.MOVES:
+            return await self._run_move(cmd, reply)
+        return {"type": "error", "error": f"unknown command {cmd!r}"}
+
+    async def _run_move(self, move: str, reply: control.Reply) -> dict[str, Any]:
+        cid = self.core.command(move, self.now())
+        queue: asyncio.Queue[protocol.Progress | protocol.Finished] = asyncio.Queue()
+        self._waiters[cid] = queue
+        self._pump()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, protocol.Finished):
+                    return {"type": "done", "outcome": item.outcome.to_json()}
+                with contextlib.suppress(ConnectionError):
+                    await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
+        finally:
+            del self._waiters[cid]
+
+    async def status(self) -> dict[str, Any]:
+        status = self.core.status(self.now())
+        try:
+            status["holds_vip_netlink"] = await self.link.holds()
+        except NetlinkError as err:
+            status["holds_vip_netlink"] = None
+            status["netlink_error"] = str(err)
+        status.update(
+            cluster=self.config.cluster,
+            vip=str(self.config.vip.address),
+            interface=self.node.interface,
+            announcements_sent=self.announced,
+        )
+        return status
+
+    # --- actions out ---------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        for action in self.core.pop_actions():
+            self._carry_out(action)
+        state = PersistentState(epoch=self.core.epoch, held_epoch=self.core.held_epoch)
+        if state != self._persisted:
+            self._persisted = state
+            try:
+                save_state(self.node.state_dir, state)
+            except OSError as err:
+                log.error("state-save-failed", error=str(err))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self.core.get_timer(), self._on_timer)
+
+    def _carry_out(self, action: protocol.Action) -> None:
+        if isinstance(action, protocol.Send):
+            self.transport.sendto(action.data, self.peer_addr)
+        elif isinstance(action, protocol.Announce):
+            try:
+                self.announced += self.announcer.announce()
+            except announce.AnnounceError as err:
+                log.error("announce-failed", error=str(err))
+            log.info("announced", round=action.round)
+        elif isinstance(action, protocol.Claim):
+            self._spawn(self._claim(action))
+        elif isinstance(action, protocol.Release):
+            self._spawn(self._release(action))
+        elif isinstance(action, protocol.CheckHealth):
+            self._spawn(self._check_health(action))
+        elif isinstance(action, protocol.Probe):
+            self._spawn(self._probe(action))
+        elif isinstance(action, protocol.Progress | protocol.Finished):
+            queue = self._waiters.get(action.command)
+            if queue is not None:
+                queue.put_nowait(action)
+        elif isinstance(action, protocol.Notice):
+            if action.event != "datagram-rejected":
+                log.info(action.event, **action.detail)
+            else:
+                log.debug(action.event, **action.detail)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _claim(self, action: protocol.Claim) -> None:
+        ok, error = True, ""
+        try:
+            if self.fault == "hang-before-claim" and action.why == "swap":
+                log.warning("test-fault-hanging-before-claim")
+                await asyncio.sleep(3600)
+            if self.fault == "claim-fails" and action.why == "swap":
+                raise NetlinkError("injected test fault: netlink add refused")
+            await asyncio.wait_for(self.link.claim(), self.config.swap.step_timeout_ms / 1000)
+        except (NetlinkError, TimeoutError) as err:
+            ok, error = False, str(err) or "netlink add timed out"
+        log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None)
+        self.core.claim_done(action.epoch, ok, error, self.now())
+        self._pump()
+
+    async def _release(self, action: protocol.Release) -> None:
+        ok, error = True, ""
+        try:
+            await asyncio.wait_for(self.link.release(), self.config.swap.step_timeout_ms / 1000)
+        except (NetlinkError, TimeoutError) as err:
+            ok, error = False, str(err) or "netlink delete timed out"
+        self.core.release_done(action.epoch, ok, error, self.now())
+        self._pump()
+        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None)
+
+    async def _check_health(self, action: protocol.CheckHealth) -> None:
+        ok, detail = await asyncio.to_thread(
+            check_health, self.node.health_url, self.config.health.timeout_ms / 1000
+        )
+        log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
+        self.core.health_done(action.epoch, ok, detail, self.now())
+        self._pump()
+
+    async def _probe(self, action: protocol.Probe) -> None:
+        try:
+            macs = await asyncio.to_thread(
+                announce.probe, self.node.interface, self.config.vip.ip, self.link.mac
+            )
+        except announce.AnnounceError as err:
+            # Without a probe we cannot tell; assume someone holds it rather than risk two holders.
+            log.error("probe-failed", error=str(err))
+            macs = ["unknown (probe failed)"]
+        log.info("probe", epoch=action.epoch, answered_by=macs)
+        self.core.probe_done(action.epoch, macs, self.now())
+        self._pump()
+
+
+async def _main(config: ClusterConfig, node_name: str | None) -> None:
+    node = config.node(node_name) if node_name else await find_own_node(config)
+    agent = Agent(config, node)
+    await agent.run()
+
+
+def run_agent(config: ClusterConfig, node_name: str | None) -> None:
+    """Run the agent in the foreground until SIGTERM/SIGINT. Raises AgentError when it cannot start."""
+    asyncio.run(_main(config, node_name))

@@ -1,0 +1,144 @@
+"""The CLI <-> agent control protocol over a Unix socket.
+
+One request per connection: the client sends one JSON line; the agent answers with JSON lines, zero or
+more `{"type": "progress", ...}` and then exactly one ending in `{"type": "done", ...}` or
+`{"type": "error", "error": "..."}`. The client reads until it sees that marker, with a timeout.
+Only root (or the agent's own user) may connect: checked with SO_PEERCRED on every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ENDINGS = ("done", "error")
+MAX_REQUEST = 4096
+REQUEST_TIMEOUT = 5.0  # a client that connects and never speaks is dropped after this
+
+Reply = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Reply], Awaitable[dict[str, Any]]]
+
+
+class ControlError(Exception):
+    """The agent could not be reached or answered with an error; the message is one line."""
+
+
+def encode_line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def claim_socket_path(path: Path) -> None:
+    """Make `path` free for a new agent: refuse if a live agent answers there, remove a stale file."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not stat.S_ISSOCK(path.lstat().st_mode):
+        raise ControlError(f"{path}: exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale: the agent that made it is gone
+        return
+    except OSError as err:
+        raise ControlError(f"{path}: cannot tell whether an agent is running: {err}") from None
+    finally:
+        probe.close()
+    raise ControlError(f"{path}: another agent is already running for this cluster and node")
+
+
+async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    claim_socket_path(path)
+    own_uid = os.geteuid()
+
+    async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def reply(obj: dict[str, Any]) -> None:
+            writer.write(encode_line(obj))
+            await writer.drain()
+
+        try:
+            sock = writer.get_extra_info("socket")
+            uid = peer_uid(sock)
+            if uid not in (0, own_uid):
+                await reply({"type": "error", "error": f"uid {uid} may not control the agent; run as root"})
+                return
+            try:
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            except (TimeoutError, ValueError):
+                await reply({"type": "error", "error": "no complete request line in time"})
+                return
+            request = _parse_request(line)
+            if isinstance(request, str):
+                await reply({"type": "error", "error": request})
+                return
+            final = await handler(request, reply)
+            await reply(final)
+        except (ConnectionError, BrokenPipeError):
+            pass  # the CLI went away; the agent carries on
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    server = await asyncio.start_unix_server(on_client, path=str(path), limit=MAX_REQUEST)
+    os.chmod(path, 0o600)
+    return server
+
+
+def _parse_request(line: bytes) -> dict[str, Any] | str:
+    if not line.endswith(b"\n"):
+        return "request too long or not terminated by a newline"
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return "request is not JSON"
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return "request must be a JSON object with a string 'cmd'"
+    return request
+
+
+def request(path: Path, req: dict[str, Any], *, timeout: float) -> Iterator[dict[str, Any]]:
+    """Send one request and yield every reply line; the last one yielded is the done/error marker."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except FileNotFoundError:
+            raise ControlError(f"no agent socket at {path}; is `failover agent` running?") from None
+        except ConnectionRefusedError:
+            raise ControlError(f"stale agent socket at {path}: no agent is running") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}; run as root") from None
+        sock.sendall(encode_line(req))
+        buf = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise ControlError(f"the agent did not answer within {timeout:.0f} s") from None
+            if not chunk:
+                raise ControlError("the agent closed the connection without an answer")
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                obj = json.loads(line)
+                yield obj
+                if obj.get("type") in ENDINGS:
+                    return
+    finally:
+        sock.close()
