@@ -298,9 +298,11 @@ class Agent:
             await asyncio.wait_for(self.link.claim(), self.config.swap.step_timeout_ms / 1000)
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink add timed out"
-        log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None)
-        self.core.claim_done(action.epoch, ok, error, self.now())
+        done_at = self.now()
+        self.core.claim_done(action.epoch, ok, error, done_at)
         self._pump()
+        # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
+        log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 
     async def _release(self, action: protocol.Release) -> None:
         ok, error = True, ""
@@ -308,9 +310,10 @@ class Agent:
             await asyncio.wait_for(self.link.release(), self.config.swap.step_timeout_ms / 1000)
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink delete timed out"
-        self.core.release_done(action.epoch, ok, error, self.now())
+        done_at = self.now()
+        self.core.release_done(action.epoch, ok, error, done_at)
         self._pump()
-        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None)
+        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 
     async def _check_health(self, action: protocol.CheckHealth) -> None:
         ok, detail = await asyncio.to_thread(

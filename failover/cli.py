@@ -1,0 +1,205 @@
+"""Operator commands: `failover agent|swap|unswap|status|lab ...`, their output and exit codes.
+
+Exit codes: 0 done; 1 the move failed or was refused (the VIP is left on a working holder and the
+reason is printed); 2 bad usage or a bad cluster file; 3 the local agent could not be reached.
+The CLI never imports the agent's adapters (scapy is slow to import) except to run the agent itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from failover import control
+from failover.config import ClusterConfig, ConfigError, NodeConfig, load_config
+
+DEFAULT_CONFIG = Path(os.environ.get("FAILOVER_CONFIG", "/etc/failover/cluster.yaml"))
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+EXAMPLES = """\
+examples:
+  failover agent -c /etc/failover/cluster.yaml          run the agent (systemd runs this)
+  failover status                                       both nodes, who holds the VIP
+  failover swap                                         move the VIP to the peer, prove it moved
+  failover unswap                                       move it back home once home is healthy
+  failover swap --json                                  the same, as one JSON document
+  failover lab rehearse                                 rehearse swap + unswap in a namespace lab (root)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="failover", description="Heartbeat-style IP failover for machine swaps.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
+                        help=f"cluster file (default {DEFAULT_CONFIG}, or $FAILOVER_CONFIG)")
+        sp.add_argument("--node", help="the node this host plays (default: the one whose address is local)")
+
+    agent = sub.add_parser("agent", help="run the agent daemon in the foreground")
+    with_config(agent)
+    agent.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                       help="JSON log lines (default: when stdout is not a terminal)")
+    for move, text in (("swap", "move the VIP from its holder to the peer"),
+                       ("unswap", "move the VIP back to its home node")):
+        sp = sub.add_parser(move, help=text)
+        with_config(sp)
+        sp.add_argument("--json", action="store_true", help="print one JSON document")
+        sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
+    status = sub.add_parser("status", help="both nodes, who holds the VIP, heartbeat age, last move")
+    with_config(status)
+    status.add_argument("--json", action="store_true")
+
+    lab = sub.add_parser("lab", help="the network-namespace lab (root)")
+    labsub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
+    rehearse = labsub.add_parser(
+        "rehearse", help="build a lab, swap and unswap under load, report, tear down"
+    )
+    rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
+    rehearse.add_argument("--keep-workdir", action="store_true", help="keep logs and configs afterwards")
+    bench = labsub.add_parser("bench", help="N swap/unswap pairs under load; prints figures")
+    bench.add_argument("-n", "--pairs", type=int, default=10)
+    bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    labsub.add_parser("up", help="build a lab and leave it running")
+    labsub.add_parser("down", help="tear down the lab made by `lab up`")
+    ex = labsub.add_parser("exec", help="run a command in a lab host's namespace")
+    ex.add_argument("host")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "lab":
+            from failover.lab.commands import run
+
+            return run(args)
+        config = load_config(args.config)
+        if args.command == "agent":
+            return _agent(config, args)
+        node = _own_node(config, args.node)
+        if args.command == "status":
+            return _status(node, args.json)
+        return _move(args.command, node, args.json, args.timeout)
+    except ConfigError as err:
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except control.ControlError as err:
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _agent(config: ClusterConfig, args: argparse.Namespace) -> int:
+    from failover import logs
+    from failover.agent import AgentError, run_agent
+
+    logs.configure(json_output=args.log_json)
+    try:
+        run_agent(config, args.node)
+    except AgentError as err:
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _own_node(config: ClusterConfig, name: str | None) -> NodeConfig:
+    if name:
+        return config.node(name)
+    # A node address is ours if we can bind to it; no netlink needed for that.
+    local = [n for n in config.nodes if _is_local(n)]
+    if len(local) != 1:
+        names = ", ".join(n.name for n in config.nodes)
+        found = "none" if not local else "both"
+        raise ConfigError(f"{found} of the node addresses ({names}) are on this host; use --node",
+                          file=str(config.source), field="nodes")
+    return local[0]
+
+
+def _is_local(node: NodeConfig) -> bool:
+    family = socket.AF_INET if node.address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((str(node.address), 0))
+        except OSError:
+            return False
+    return True
+
+
+def _status(node: NodeConfig, as_json: bool) -> int:
+    final = _last(control.request(node.control_socket, {"cmd": "status"}, timeout=5.0))
+    st = final["status"]
+    if as_json:
+        print(json.dumps(st, indent=2))
+        return EXIT_OK
+    peer = st["peer"]
+    holder = (st["node"] if st["holds_vip_netlink"] else
+              peer["name"] if peer["holds_vip"] else "nobody")
+    print(f"cluster {st['cluster']}: VIP {st['vip']} held by {holder}")
+    print(f"  {st['node']:<10} (this host)  holds VIP: {_yes(st['holds_vip_netlink'])} (netlink)  "
+          f"epoch {st['epoch']}")
+    age = peer["heartbeat_age_ms"]
+    print(f"  {peer['name']:<10} (peer)       holds VIP: {_yes(peer['holds_vip'])} (its netlink)  "
+          f"heartbeat {'never' if age is None else f'{age:.0f} ms ago'}"
+          f"{'' if peer['alive'] else '  NOT ALIVE'}")
+    equal = st["digests_equal"]
+    print(f"  cluster files: {'equal' if equal else 'unknown' if equal is None else 'DIFFERENT'}")
+    last = st["last_move"]
+    if last:
+        verdict = "ok" if last["ok"] else f"failed: {last['reason']}"
+        print(f"  last move: {last['move']} {last['source']} -> {last['target']} (epoch {last['epoch']}) "
+              f"{verdict}")
+    if st["rejected"]:
+        print(f"  rejected datagrams: {st['rejected']}")
+    return EXIT_OK
+
+
+def _yes(value: bool | None) -> str:
+    return "unknown" if value is None else "yes" if value else "no"
+
+
+def _move(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
+    steps: list[dict[str, Any]] = []
+    final: dict[str, Any] = {}
+    for reply in control.request(node.control_socket, {"cmd": move}, timeout=timeout):
+        if reply["type"] == "progress":
+            steps.append(reply)
+            if not as_json:
+                print(f"  {reply['step']:<22} {reply['ms']:>9.1f} ms", flush=True)
+        else:
+            final = reply
+    if final.get("type") == "error":
+        print(f"failover: agent refused: {final['error']}", file=sys.stderr)
+        return EXIT_FAILED
+    outcome = final["outcome"]
+    if as_json:
+        print(json.dumps(outcome, indent=2))
+    elif outcome["ok"]:
+        unserved = outcome["unserved_ms"]
+        extra = "" if unserved is None else f", VIP on no host for ~{unserved:.2f} ms"
+        print(f"{move} done: VIP on {outcome['holder']} (epoch {outcome['epoch']}) "
+              f"in {outcome['duration_ms']:.1f} ms{extra}")
+    else:
+        print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
+    return EXIT_OK if outcome["ok"] else EXIT_FAILED
+
+
+def _last(replies: Iterator[dict[str, Any]]) -> dict[str, Any]:
+    final: dict[str, Any] = {}
+    for reply in replies:
+        final = reply
+    if final.get("type") == "error":
+        raise control.ControlError(f"agent answered: {final['error']}")
+    return final

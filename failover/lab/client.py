@@ -1,0 +1,412 @@
+"""Bounded HTTP client load for the lab, and the pure functions that read its records back.
+
+Run inside the client namespace: ``python -m failover.lab.client --target 203.0.113.10 --out FILE``.
+Every interval it opens a new connection for one request; alongside, one keep-alive connection asks every
+keep-alive interval. It stops at the duration, the request cap, SIGTERM/SIGINT or when the stop file
+appears, and writes ``{"records": [[t_start, t_end, ok, served_by_or_error], ...], "keepalive": {...}}``
+with ``time.monotonic()`` times; CLOCK_MONOTONIC is shared by all namespaces, so records line up with
+the lab's own events. ``Request``, ``load_records``, ``summarize`` and ``first_served_by`` do no I/O
+beyond reading that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from failover.lab.netns import stop_group
+
+if TYPE_CHECKING:
+    from failover.lab.netns import Lab
+
+MAX_DURATION_S = 900.0
+MAX_REQUESTS = 200_000
+MAX_IN_FLIGHT = 8_000
+_READ_LIMIT = 64 * 1024
+_STOP_FILE_POLL_S = 0.02
+
+
+# --- pure: records and their summary ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    start: float
+    end: float
+    ok: bool
+    served_by: str  # the body (who served) when ok, else the error
+
+
+def load_records(path: Path) -> tuple[list[Request], dict[str, int]]:
+    data = json.loads(Path(path).read_text())
+    records = [Request(float(s), float(e), bool(ok), str(who)) for s, e, ok, who in data["records"]]
+    keepalive = {str(k): int(v) for k, v in data.get("keepalive", {}).items()}
+    return records, keepalive
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    requests: int
+    failed: int
+    stalled_over_1s: int
+    max_gap_ms: float
+    served_by: dict[str, int]
+
+
+def summarize(
+    records: Sequence[Request], since: float | None = None, until: float | None = None
+) -> LoadSummary:
+    """Requests started in [since, until]; the gap is between consecutive successful response ends."""
+    window = [
+        r for r in records if (since is None or r.start >= since) and (until is None or r.start <= until)
+    ]
+    ok = [r for r in window if r.ok]
+    ends = sorted(r.end for r in ok)
+    max_gap = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
+    return LoadSummary(
+        requests=len(window),
+        failed=len(window) - len(ok),
+        stalled_over_1s=sum(1 for r in ok if r.end - r.start >= 1.0),
+        max_gap_ms=max_gap * 1000.0,
+        served_by=dict(Counter(r.served_by for r in ok)),
+    )
+
+
+def first_served_by(records: Sequence[Request], who: str, after: float) -> Request | None:
+    """The first successful request served by ``who`` that ended after ``after`` (by end time)."""
+    hits = [r for r in records if r.ok and r.served_by == who and r.end > after]
+    return min(hits, key=lambda r: r.end, default=None)
+
+
+# --- the load itself (asyncio, runs inside the client namespace) --------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    target: str
+    port: int = 80
+    interval_s: float = 0.005
+    timeout_s: float = 2.0
+    duration_s: float = 30.0
+    max_requests: int = 20_000
+    keepalive_interval_s: float = 0.05
+    stop_file: Path | None = None
+
+
+def _parse_response(raw: bytes) -> tuple[int, str]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/"):
+        raise ValueError(f"bad status line {head[:40]!r}")
+    return int(status_line[1]), body.decode(errors="replace").strip()
+
+
+def _error_name(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+class _Load:
+    def __init__(self, opts: LoadOptions) -> None:
+        self.opts = opts
+        self.records: list[list[Any]] = []
+        self.keepalive = {"requests": 0, "resets": 0, "connects": 0}
+        self.skipped = 0
+        self.stop = asyncio.Event()
+
+    async def one_request(self) -> None:
+        start = time.monotonic()
+        ok, who = False, "error"
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(self.opts.timeout_s):
+                reader, writer = await asyncio.open_connection(self.opts.target, self.opts.port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                raw = await reader.read(-1)
+            status, body = _parse_response(raw)
+            ok, who = status == 200, body if status == 200 else f"http {status}"
+        except asyncio.CancelledError:
+            who = "cancelled"
+            raise
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            who = _error_name(exc)
+        finally:
+            if writer is not None:
+                writer.close()
+            self.records.append([start, time.monotonic(), ok, who])
+
+    async def keepalive_loop(self) -> None:
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        request = b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n"
+        while not self.stop.is_set():
+            try:
+                async with asyncio.timeout(self.opts.timeout_s):
+                    if writer is None or reader is None:
+                        reader, writer = await asyncio.open_connection(self.opts.target, self.opts.port)
+                        self.keepalive["connects"] += 1
+                    writer.write(request)
+                    await writer.drain()
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    headers = head.decode(errors="replace").lower()
+                    length = 0
+                    for line in headers.split("\r\n"):
+                        if line.startswith("content-length:"):
+                            length = int(line.split(":", 1)[1])
+                    if length:
+                        await reader.readexactly(length)
+                self.keepalive["requests"] += 1
+                if "connection: close" in headers:
+                    # An orderly close (nginx's keepalive_requests cap) is not a reset.
+                    writer.close()
+                    reader = writer = None
+            except (
+                OSError,
+                ValueError,
+                TimeoutError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+            ):
+                self.keepalive["resets"] += 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.opts.keepalive_interval_s)
+        if writer is not None:
+            writer.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        opts = self.opts
+        begin = time.monotonic()
+        deadline = begin + min(opts.duration_s, MAX_DURATION_S)
+        max_requests = min(opts.max_requests, MAX_REQUESTS)
+        tasks: set[asyncio.Task[None]] = set()
+        keepalive = asyncio.create_task(self.keepalive_loop())
+        print(f"ready {begin:.6f}", flush=True)
+        started = 0
+        next_at = begin
+        next_stop_check = begin
+        while started < max_requests and not self.stop.is_set():
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if opts.stop_file is not None and now >= next_stop_check:
+                next_stop_check = now + _STOP_FILE_POLL_S
+                if opts.stop_file.exists():
+                    break
+            if now >= next_at:
+                if len(tasks) < MAX_IN_FLIGHT:
+                    task = asyncio.create_task(self.one_request())
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    started += 1
+                else:
+                    self.skipped += 1
+                # Keep the schedule, but never burst to catch up after a stall.
+                next_at = max(next_at + opts.interval_s, now)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), max(0.0, min(next_at, deadline) - time.monotonic()))
+        self.stop.set()
+        if tasks:
+            _done, pending = await asyncio.wait(set(tasks), timeout=opts.timeout_s + 0.5)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        keepalive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(keepalive, timeout=opts.timeout_s + 0.5)
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "records": sorted(self.records, key=lambda r: float(r[0])),
+            "keepalive": dict(self.keepalive),
+            "skipped": self.skipped,
+        }
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, MAX_IN_FLIGHT + 256) if hard != resource.RLIM_INFINITY else MAX_IN_FLIGHT + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def run_load(opts: LoadOptions, out: Path) -> dict[str, Any]:
+    _raise_nofile()
+    load = _Load(opts)
+    try:
+        asyncio.run(load.run())
+    finally:
+        result = load.result()
+        _write_atomic(out, result)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m failover.lab.client", description=__doc__.split("\n")[0])
+    p.add_argument("--target", required=True)
+    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--interval-ms", type=float, default=5.0)
+    p.add_argument("--timeout-ms", type=float, default=2000.0)
+    p.add_argument("--duration-s", type=float, default=30.0)
+    p.add_argument("--max-requests", type=int, default=20_000)
+    p.add_argument("--keepalive-interval-ms", type=float, default=50.0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--stop-file", type=Path, default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("interval_ms", "timeout_ms", "keepalive_interval_ms"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
+    opts = LoadOptions(
+        target=args.target,
+        port=args.port,
+        interval_s=args.interval_ms / 1000.0,
+        timeout_s=args.timeout_ms / 1000.0,
+        duration_s=max(0.0, min(args.duration_s, MAX_DURATION_S)),
+        max_requests=max(0, min(args.max_requests, MAX_REQUESTS)),
+        keepalive_interval_s=args.keepalive_interval_ms / 1000.0,
+        stop_file=args.stop_file,
+    )
+    result = run_load(opts, args.out)
+    failed = sum(1 for r in result["records"] if not r[2])
+    print(
+        f"done requests={len(result['records'])} failed={failed} keepalive={result['keepalive']}", flush=True
+    )
+    return 0
+
+
+# --- orchestration from the lab side ------------------------------------------------------------------
+
+
+class ClientLoad:
+    """The load as a process in one lab host's namespace; its files live in a fresh dir under workdir."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        host: str,
+        target: str,
+        workdir: Path,
+        *,
+        port: int = 80,
+        interval_ms: float = 5.0,
+        timeout_ms: float = 2000.0,
+        duration_s: float = 30.0,
+        max_requests: int = 20_000,
+        keepalive_interval_ms: float = 50.0,
+    ) -> None:
+        self.lab = lab
+        self.host = host
+        self.target = target
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=f"load-{host}-", dir=workdir)).resolve()
+        self.out = self.dir / "load.json"
+        self.stop_file = self.dir / "stop"
+        self.stderr_path = self.dir / "stderr.log"
+        self.timeout_s = timeout_ms / 1000.0
+        self.argv = [
+            sys.executable, "-m", "failover.lab.client",
+            "--target", target, "--port", str(port),
+            "--interval-ms", str(interval_ms), "--timeout-ms", str(timeout_ms),
+            "--duration-s", str(duration_s), "--max-requests", str(max_requests),
+            "--keepalive-interval-ms", str(keepalive_interval_ms),
+            "--out", str(self.out), "--stop-file", str(self.stop_file),
+        ]  # fmt: skip
+        self.started_at: float | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout: float = 10.0) -> float:
+        """Start the load and return once it is issuing requests; returns its monotonic start time."""
+        package_root = str(Path(__file__).resolve().parents[2])
+        paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        with self.stderr_path.open("wb") as err:
+            proc = self.lab.popen(self.host, self.argv, stdout=subprocess.PIPE, stderr=err, env=env)
+        self._proc = proc
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        deadline = time.monotonic() + ready_timeout
+        buf = b""
+        for _ in range(int(ready_timeout / 0.01) + 1):
+            with contextlib.suppress(BlockingIOError):
+                buf += proc.stdout.read() or b""
+            if b"\n" in buf:
+                word, _, stamp = buf.split(b"\n", 1)[0].decode().partition(" ")
+                if word == "ready":
+                    self.started_at = float(stamp)
+                    return self.started_at
+            if proc.poll() is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        self._proc = None
+        self._reap(proc, ())
+        raise RuntimeError(f"client load on {self.host} did not start:\n{self._stderr_tail()}")
+
+    def stop(self) -> Path:
+        """Touch the stop file, wait (bounded) for the results, return the out path."""
+        self.stop_file.touch()
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            # In-flight requests may take up to the timeout after the stop file is seen.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=self.timeout_s + 5.0)
+            self._reap(proc, (signal.SIGTERM,))
+        if not self.out.exists():
+            raise RuntimeError(f"client load on {self.host} wrote no results:\n{self._stderr_tail()}")
+        return self.out
+
+    def records(self) -> list[Request]:
+        return load_records(self.out)[0]
+
+    def keepalive(self) -> dict[str, int]:
+        return load_records(self.out)[1]
+
+    def _reap(self, proc: subprocess.Popen[bytes], signals: Sequence[signal.Signals]) -> None:
+        stop_group(proc, signals, self.timeout_s + 3.0)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    def _stderr_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no stderr: {exc})"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""A whole failover cluster in the namespace lab: nginx and an agent on live and backup, a client.
+
+Used by `failover lab rehearse|up|bench` and by the integration tests. The agents are real processes
+(`python -m failover agent`) in their namespaces, configured by a generated cluster file and key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from failover import control
+from failover.lab.netns import VIP, Lab, stop_group
+from failover.lab.nginx import Nginx
+
+SERVERS = ("live", "backup")
+
+
+def cluster_document(lab: Lab, workdir: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The cluster file for this lab: one file for both agents, with per-node paths in workdir."""
+    nodes: dict[str, Any] = {}
+    for name in SERVERS:
+        host = lab.host(name)
+        nodes[name] = {
+            "address": str(host.address),
+            "home": name == "live",
+            "health_url": f"http://{host.address}/",
+            "access_log": str(workdir / name / "access.log"),
+            "control_socket": str(workdir / name / "agent.sock"),
+            "state_dir": str(workdir / name / "state"),
+        }
+    doc: dict[str, Any] = {
+        "cluster": "lab",
+        "vip": {"address": str(VIP), "interface": "eth0"},
+        "auth": {"key_file": str(workdir / "lab.key")},
+        "heartbeat": {"port": 5405, "interval_ms": 50, "dead_after_ms": 250},
+        "announce": {"schedule_ms": [0, 200, 1100, 2300]},
+        "swap": {"step_timeout_ms": 1000},
+        "health": {"timeout_ms": 1000},
+        "nodes": nodes,
+    }
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            doc[key] = {**doc[key], **value}
+        else:
+            doc[key] = value
+    return doc
+
+
+class LabCluster:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        hosts: tuple[str, ...] = ("live", "backup", "client"),
+        overrides: Mapping[str, Any] | None = None,
+        keep_workdir: bool = False,
+    ) -> None:
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="failover-lab-")).resolve()
+        self.keep_workdir = keep_workdir
+        self.lab = Lab(hosts=hosts)
+        self.overrides = overrides
+        self.config_path = self.workdir / "cluster.yaml"
+        self.nginx: dict[str, Nginx] = {}
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+
+    def __enter__(self) -> LabCluster:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # --- building ----------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.lab.up()
+        key = self.workdir / "lab.key"
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        self.write_config(cluster_document(self.lab, self.workdir, self.overrides))
+        for name in SERVERS:
+            self.nginx[name] = Nginx(self.lab, name, self.workdir)
+            self.nginx[name].start()
+        # The lab starts like production: the VIP on its home node, put there by the operator.
+        self.lab.run("live", ["ip", "addr", "add", str(VIP), "dev", "eth0"])
+        for name in SERVERS:
+            self.start_agent(name)
+        self.wait_ready()
+
+    def write_config(self, doc: Mapping[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
+
+    def start_agent(self, name: str, env: Mapping[str, str] | None = None) -> None:
+        log = (self.workdir / name / "agent.log").open("ab")
+        package_root = str(Path(__file__).resolve().parents[2])
+        full_env = {**os.environ, "PYTHONPATH": package_root, **(env or {})}
+        argv = [sys.executable, "-m", "failover", "agent", "-c", str(self.config_path), "--node", name,
+                "--log-json"]
+        self.agents[name] = self.lab.popen(name, argv, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        log.close()
+
+    def stop_agent(self, name: str, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        proc = self.agents.pop(name, None)
+        if proc is None:
+            return None
+        if sig == signal.SIGKILL:
+            proc.kill()
+        else:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop_group(proc, (signal.SIGKILL,), 2.0)
+            return None
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        """Until both agents answer and each hears the other."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                if all(self.status(name)["peer"]["alive"] for name in SERVERS):
+                    return
+            except control.ControlError as err:
+                last = str(err)
+            for name, proc in self.agents.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"agent {name} exited with {proc.returncode}:\n{self.agent_log(name)}")
+            time.sleep(0.05)
+        raise RuntimeError(f"agents not ready within {timeout:.0f} s ({last})")
+
+    def down(self) -> None:
+        for name in list(self.agents):
+            self.stop_agent(name)
+        for server in self.nginx.values():
+            server.stop()
+        self.lab.down()
+        if self._own_workdir and not self.keep_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # --- using --------------------------------------------------------------------------------------
+
+    def socket(self, name: str) -> Path:
+        return self.workdir / name / "agent.sock"
+
+    def status(self, name: str) -> dict[str, Any]:
+        replies = list(control.request(self.socket(name), {"cmd": "status"}, timeout=5.0))
+        final = replies[-1]
+        if final["type"] != "done":
+            raise control.ControlError(final.get("error", "no status"))
+        status: dict[str, Any] = final["status"]
+        return status
+
+    def move(self, move: str, via: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Run `failover swap|unswap` for real (the CLI in via's namespace); returns its JSON outcome."""
+        argv = [sys.executable, "-m", "failover", move, "-c", str(self.config_path), "--node", via, "--json"]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        started = time.monotonic()
+        done = self.lab.run(via, argv, check=False, timeout=timeout, env=env)
+        ended = time.monotonic()
+        try:
+            outcome: dict[str, Any] = json.loads(done.stdout)
+        except ValueError:
+            outcome = {"ok": False, "reason": (done.stderr or done.stdout).strip()}
+        outcome.update(exit_code=done.returncode, started=started, ended=ended, stderr=done.stderr.strip())
+        return outcome
+
+    def holders(self) -> list[str]:
+        return [h for h in self.lab.holders(str(VIP.ip)) if h in SERVERS]
+
+    def agent_log(self, name: str, tail: int = 40) -> str:
+        path = self.workdir / name / "agent.log"
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-tail:])
+        return ""
+
+    def agent_events(self, name: str) -> list[dict[str, Any]]:
+        events = []
+        with contextlib.suppress(OSError):
+            for line in (self.workdir / name / "agent.log").read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    events.append(json.loads(line))
+        return events

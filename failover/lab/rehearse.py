@@ -1,0 +1,141 @@
+"""`failover lab rehearse`: swap and unswap under client load in a fresh lab, and the report of it.
+
+The report is measured, not believed: who holds the VIP comes from netlink in every namespace, the
+client's neighbour entry from the client's own table, the unserved window from the agents' release
+and claim timestamps (one monotonic clock for all namespaces), and the gaps from the client's records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from failover.lab.client import ClientLoad, Request, summarize
+from failover.lab.cluster import LabCluster
+from failover.lab.netns import VIP
+
+Say = Callable[[str], None]
+
+SETTLE_S = 1.0  # client load before, between and after the moves
+
+
+def unserved_ms(cluster: LabCluster, source: str, target: str, started: float, ended: float) -> float | None:
+    """From the source's release to the target's claim, both confirmed by netlink, on one clock."""
+    release = [e["at"] for e in cluster.agent_events(source)
+               if e.get("event") == "release" and e.get("ok") and started <= e.get("at", 0) <= ended]
+    claim = [e["at"] for e in cluster.agent_events(target)
+             if e.get("event") == "claim" and e.get("ok") and started <= e.get("at", 0) <= ended]
+    if not release or not claim:
+        return None
+    return round(float(claim[-1] - release[-1]) * 1000.0, 3)
+
+
+def move_report(cluster: LabCluster, outcome: dict[str, Any], records: list[Request]) -> dict[str, Any]:
+    started, ended = outcome["started"], outcome["ended"]
+    window = summarize(records, since=started - 0.2, until=ended + SETTLE_S / 2)
+    # Gaps between responses that *arrived* around the move (a stalled request arrives a second later).
+    ends = sorted(r.end for r in records if r.ok and started - 0.2 <= r.end <= ended + SETTLE_S / 2)
+    max_gap_ms = max((b - a for a, b in zip(ends, ends[1:], strict=False)), default=0.0) * 1000.0
+    report = {
+        "ok": bool(outcome.get("ok")) and outcome.get("exit_code") == 0,
+        "duration_ms": outcome.get("duration_ms"),
+        "unserved_ms": outcome.get("lab_unserved_ms"),
+        "unserved_ms_estimated_by_agents": outcome.get("unserved_ms"),
+        "holder": outcome.get("holder_by_netlink"),
+        "client_neighbour_mac": outcome.get("client_neighbour_mac"),
+        "client_neighbour_moved": outcome.get("client_neighbour_moved"),
+        "failed": window.failed,
+        "stalled_over_1s": window.stalled_over_1s,
+        "max_gap_ms": round(max_gap_ms, 3),
+        "reason": outcome.get("reason", ""),
+        "steps": outcome.get("steps", []),
+    }
+    return report
+
+
+def do_move(cluster: LabCluster, move: str, via: str, source: str, target: str) -> dict[str, Any]:
+    outcome = cluster.move(move, via=via)
+    outcome["lab_unserved_ms"] = unserved_ms(cluster, source, target, outcome["started"], outcome["ended"])
+    holders = cluster.holders()
+    outcome["holder_by_netlink"] = holders[0] if len(holders) == 1 else holders
+    mac = cluster.lab.neighbour_mac("client", str(VIP.ip))
+    outcome["client_neighbour_mac"] = mac
+    outcome["client_neighbour_moved"] = mac == cluster.lab.host(target).mac
+    return outcome
+
+
+def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = None) -> dict[str, Any]:
+    t0 = time.monotonic()
+
+    def step(text: str) -> None:
+        say(f"[{(time.monotonic() - t0):6.2f} s] {text}")
+
+    with LabCluster(workdir, keep_workdir=keep_workdir) as cluster:
+        step(f"lab up: namespaces {cluster.lab.prefix}-*, nginx on live and backup, agents heard each other")
+        load = ClientLoad(cluster.lab, "client", str(VIP.ip), cluster.workdir / "client", duration_s=120)
+        load.start()
+        step("client load started: a new connection to the VIP every 5 ms, plus one keep-alive connection")
+        time.sleep(SETTLE_S)
+        swap = do_move(cluster, "swap", via="live", source="live", target="backup")
+        step(f"swap (run on live): {_verdict(swap)}")
+        time.sleep(SETTLE_S)
+        # unswap from the other side: the non-holder asks the holder to hand over.
+        unswap = do_move(cluster, "unswap", via="live", source="backup", target="live")
+        step(f"unswap (run on live, the target): {_verdict(unswap)}")
+        time.sleep(SETTLE_S)
+        load.stop()
+        records = load.records()
+        keepalive = load.keepalive()
+        total = summarize(records)
+        report: dict[str, Any] = {
+            "ok": False,
+            "lab": cluster.lab.prefix,
+            "workdir": str(cluster.workdir) if keep_workdir else None,
+            "swap": move_report(cluster, swap, records),
+            "unswap": move_report(cluster, unswap, records),
+            "client": {
+                "requests": total.requests,
+                "failed": total.failed,
+                "stalled_over_1s": total.stalled_over_1s,
+                "max_gap_ms": round(total.max_gap_ms, 3),
+                "keepalive_requests": keepalive.get("requests", 0),
+                "keepalive_resets": keepalive.get("resets", 0),
+            },
+            "served_by": {"live": total.served_by.get("live", 0), "backup": total.served_by.get("backup", 0)},
+        }
+    report["ok"] = bool(
+        report["swap"]["ok"] and report["unswap"]["ok"] and report["client"]["failed"] == 0
+        and report["served_by"]["backup"] > 0
+    )
+    step("lab torn down")
+    return report
+
+
+def _verdict(outcome: dict[str, Any]) -> str:
+    if outcome.get("ok") and outcome.get("exit_code") == 0:
+        unserved = outcome.get("lab_unserved_ms")
+        return (f"ok in {outcome.get('duration_ms', 0):.1f} ms, VIP on {outcome['holder_by_netlink']}, "
+                f"on no host for {unserved} ms, client ARP moved: {outcome['client_neighbour_moved']}")
+    return f"FAILED: {outcome.get('reason')}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["", f"rehearsal {'PASSED' if report['ok'] else 'FAILED'}"]
+    for move in ("swap", "unswap"):
+        m = report[move]
+        lines.append(
+            f"  {move:<7} ok={m['ok']!s:<5} duration {m['duration_ms']} ms  unserved {m['unserved_ms']} ms  "
+            f"client max gap {m['max_gap_ms']} ms  failed {m['failed']}  stalled {m['stalled_over_1s']}"
+        )
+        if not m["ok"]:
+            lines.append(f"          reason: {m['reason']}")
+    c = report["client"]
+    lines.append(
+        f"  client  {c['requests']} requests, {c['failed']} failed, {c['stalled_over_1s']} stalled >= 1 s, "
+        f"max gap {c['max_gap_ms']} ms; keep-alive {c['keepalive_requests']} requests, "
+        f"{c['keepalive_resets']} resets"
+    )
+    lines.append(f"  served  live {report['served_by']['live']}, backup {report['served_by']['backup']}")
+    return "\n".join(lines)
