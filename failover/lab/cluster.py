@@ -111,12 +111,15 @@ class LabCluster:
     def write_config(self, doc: Mapping[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
 
-    def start_agent(self, name: str, env: Mapping[str, str] | None = None) -> None:
+    def start_agent(
+        self, name: str, env: Mapping[str, str] | None = None, config: Path | None = None
+    ) -> None:
+        """Start `name`'s agent; `config` gives it a cluster file of its own (default: the shared one)."""
         log = (self.workdir / name / "agent.log").open("ab")
         package_root = str(Path(__file__).resolve().parents[2])
         full_env = {**os.environ, "PYTHONPATH": package_root, **(env or {})}
-        argv = [sys.executable, "-m", "failover", "agent", "-c", str(self.config_path), "--node", name,
-                "--log-json"]
+        argv = [sys.executable, "-m", "failover", "agent", "-c", str(config or self.config_path),
+                "--node", name, "--log-json"]
         self.agents[name] = self.lab.popen(name, argv, stdout=log, stderr=subprocess.STDOUT, env=full_env)
         log.close()
 
