@@ -56,6 +56,30 @@ def save_state(state_dir: Path, state: PersistentState) -> None:
     os.replace(tmp, state_dir / "state.json")
 
 
+def drain_blocker(interface: str, family: int, proc: Path = Path("/proc/sys/net/ipv4/conf")) -> str:
+    """Why the lo drain copy would still answer ARP for the VIP here ("" when it is safe).
+
+    Linux answers ARP for any local address on any interface unless arp_ignore says otherwise, and with
+    arp_announce < 2 it may use the VIP as the sender of its own ARP requests, which would pull clients
+    back. IPv6 answers neighbour solicitations only for addresses on the receiving interface.
+    """
+    if family == 6:
+        return ""
+
+    def value(name: str) -> int:
+        # The kernel uses the larger of the `all` and the per-interface setting for both.
+        return max(int((proc / conf / name).read_text()) for conf in ("all", interface))
+
+    try:
+        ignore, announce_level = value("arp_ignore"), value("arp_announce")
+    except (OSError, ValueError) as err:
+        return f"cannot read arp sysctls: {err}"
+    if ignore not in (1, 2, 8) or announce_level != 2:
+        return (f"arp_ignore={ignore} arp_announce={announce_level} on {interface}; "
+                f"drain needs arp_ignore=1 and arp_announce=2")
+    return ""
+
+
 def check_health(url: str, timeout: float) -> tuple[bool, str]:
     """GET the node's own health URL; healthy means a 2xx answer."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
@@ -106,6 +130,7 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
+        self._drain_end: asyncio.TimerHandle | None = None
         self.announced = 0
 
     def now(self) -> float:
@@ -125,6 +150,11 @@ class Agent:
         except announce.AnnounceError as err:
             raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
         holds = await self.link.holds()
+        self.drain_blocker = drain_blocker(node.interface, cfg.vip.family) if cfg.swap.drain_ms else "off"
+        if await self.link.draining():
+            # Left by an agent that died while draining: it answers no ARP, but end it.
+            await self.link.end_drain()
+            log.info("stale-drain-removed")
         state = load_state(node.state_dir)
         self._persisted = state
         setup = protocol.NodeSetup(
@@ -164,7 +194,7 @@ class Agent:
         log.info(
             "agent-started", cluster=cfg.cluster, node=node.name, peer=self.peer.name, holds_vip=holds,
             vip=str(cfg.vip.address), interface=node.interface, epoch=state.epoch,
-            test_fault=self.fault or None,
+            drain=self.drain_blocker or f"{cfg.swap.drain_ms} ms", test_fault=self.fault or None,
         )
         self._pump()
         try:
@@ -301,19 +331,41 @@ class Agent:
         done_at = self.now()
         self.core.claim_done(action.epoch, ok, error, done_at)
         self._pump()
+        if ok and self._drain_end is not None:
+            self._schedule_drain_end(0)  # holding it on the interface again: the lo copy goes now
         # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
         log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 
     async def _release(self, action: protocol.Release) -> None:
         ok, error = True, ""
+        drain = not self.drain_blocker
         try:
+            if drain:
+                await asyncio.wait_for(self.link.start_drain(), self.config.swap.step_timeout_ms / 1000)
             await asyncio.wait_for(self.link.release(), self.config.swap.step_timeout_ms / 1000)
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink delete timed out"
         done_at = self.now()
         self.core.release_done(action.epoch, ok, error, done_at)
         self._pump()
-        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
+        if drain:
+            self._schedule_drain_end(self.config.swap.drain_ms / 1000)
+        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at,
+                 drain=drain)
+
+    def _schedule_drain_end(self, delay: float) -> None:
+        if self._drain_end is not None:
+            self._drain_end.cancel()
+        self._drain_end = self.loop.call_later(delay, lambda: self._spawn(self._end_drain()))
+
+    async def _end_drain(self) -> None:
+        self._drain_end = None
+        try:
+            await self.link.end_drain()
+        except NetlinkError as err:
+            log.error("drain-end-failed", error=str(err))
+            return
+        log.info("drain-ended", at=self.now())
 
     async def _check_health(self, action: protocol.CheckHealth) -> None:
         ok, detail = await asyncio.to_thread(

@@ -96,6 +96,9 @@ class AnnounceConfig:
 @dataclass(frozen=True)
 class SwapConfig:
     step_timeout_ms: int = 1000
+    # After releasing, the old holder keeps accepting packets for the VIP (ARP-silent) this long, so
+    # connections that left clients before the announcement reached them are still served. 0: off.
+    drain_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -663,9 +666,10 @@ def load_config(path: Path | str) -> ClusterConfig:
     auth = _load_auth(top)
     heartbeat = _load_heartbeat(top)
     announce = _load_announce(top)
-    swap = top.section("swap", optional=("step_timeout_ms",))
+    swap = top.section("swap", optional=("step_timeout_ms", "drain_ms"))
     health = top.section("health", optional=("timeout_ms",))
     step_timeout = swap.integer("step_timeout_ms", SwapConfig.step_timeout_ms, 50, 60_000)
+    drain = swap.integer("drain_ms", SwapConfig.drain_ms, 0, 60_000)
     health_timeout = health.integer("timeout_ms", HealthConfig.timeout_ms, 50, 60_000)
     confirm = _load_confirm(top)
     nodes = _load_nodes(top, cluster, vip)
@@ -675,7 +679,7 @@ def load_config(path: Path | str) -> ClusterConfig:
         auth=auth,
         heartbeat=heartbeat,
         announce=announce,
-        swap=SwapConfig(step_timeout_ms=step_timeout),
+        swap=SwapConfig(step_timeout_ms=step_timeout, drain_ms=drain),
         health=HealthConfig(timeout_ms=health_timeout),
         confirm=confirm,
         nodes=nodes,

@@ -101,6 +101,7 @@ class VipLink:
         self.mac = mac
         self.vip = vip
         self._family = socket.AF_INET if vip.version == 4 else socket.AF_INET6
+        self._lo_index = 1
 
     @classmethod
     async def open(cls, interface: str, vip: IPInterface, netns: str | None = None) -> VipLink:
@@ -117,7 +118,13 @@ class VipLink:
             raise NetlinkError(f"interface {interface}: {_describe(exc)}") from exc
         link = links[0]
         mac = str(link.get("IFLA_ADDRESS") or "").lower()
-        return cls(ipr, interface, int(link["index"]), mac, vip, netns)
+        vip_link = cls(ipr, interface, int(link["index"]), mac, vip, netns)
+        try:
+            vip_link._lo_index = int((await ipr.link("get", ifname="lo"))[0]["index"])
+        except (_PyrouteNetlinkError, OSError) as exc:
+            ipr.close()
+            raise NetlinkError(f"interface lo: {_describe(exc)}") from exc
+        return vip_link
 
     def _addr_args(self) -> dict[str, Any]:
         return {
@@ -154,6 +161,44 @@ class VipLink:
             if _code(exc) == errno.EEXIST:
                 return
             raise NetlinkError(f"claim {self.vip} on {self.interface}: {_describe(exc)}") from exc
+
+    def _drain_args(self) -> dict[str, Any]:
+        return {
+            "index": self._lo_index,
+            "family": self._family,
+            "address": str(self.vip.ip),
+            "prefixlen": self.vip.max_prefixlen,
+        }
+
+    async def start_drain(self) -> None:
+        """Keep accepting packets for the VIP without answering ARP/ND for it: a host copy on lo.
+
+        Only safe with arp_ignore >= 1 and arp_announce = 2 on the interface (IPv4); see the agent.
+        """
+        try:
+            await self._ipr.addr("add", **self._drain_args())
+        except (_PyrouteNetlinkError, OSError) as exc:
+            if _code(exc) != errno.EEXIST:
+                raise NetlinkError(f"drain copy of {self.vip.ip} on lo: {_describe(exc)}") from exc
+
+    async def end_drain(self) -> None:
+        """Remove the lo copy left by ``start_drain``; absent is success."""
+        try:
+            await self._ipr.addr("del", **self._drain_args())
+        except (_PyrouteNetlinkError, OSError) as exc:
+            if _code(exc) != errno.EADDRNOTAVAIL:
+                raise NetlinkError(f"drain copy of {self.vip.ip} on lo: {_describe(exc)}") from exc
+
+    async def draining(self) -> bool:
+        """Whether the lo copy of the VIP is there."""
+        want = self.vip.ip
+        try:
+            async for msg in await self._ipr.addr("dump", index=self._lo_index, family=self._family):
+                if msg.get("index") == self._lo_index and _msg_address(msg) == want:
+                    return True
+        except (_PyrouteNetlinkError, OSError) as exc:
+            raise NetlinkError(f"list addresses on lo: {_describe(exc)}") from exc
+        return False
 
     async def release(self) -> None:
         """Delete the VIP; already absent is success. Afterwards ``holds()`` is false.

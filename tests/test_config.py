@@ -46,6 +46,7 @@ announce:
   schedule_ms: [0, 200, 1100, 2300]
 swap:
   step_timeout_ms: 1000
+  drain_ms: 1000
 health:
   timeout_ms: 1000
 confirm:
@@ -118,7 +119,7 @@ def test_example_loads_with_exact_values() -> None:
     assert cfg.auth == AuthConfig(key_file=Path("/etc/failover/web.key"), previous_key_file=None)
     assert cfg.heartbeat == HeartbeatConfig(port=5405, interval_ms=50, dead_after_ms=250)
     assert cfg.announce == AnnounceConfig(schedule_ms=(0, 200, 1100, 2300))
-    assert cfg.swap == SwapConfig(step_timeout_ms=1000)
+    assert cfg.swap == SwapConfig(step_timeout_ms=1000, drain_ms=1000)
     assert cfg.health == HealthConfig(timeout_ms=1000)
     assert cfg.confirm == ConfirmConfig(
         mode="traffic",
@@ -325,7 +326,7 @@ ERRORS = [
     ("  within_s: 10\n", "  within_s: false  #<\n", "confirm.within_s", "expected a number"),
     ("    home: true\n", "    home: 'yes'  #<\n", "nodes.live.home", "expected true or false"),
     ("  interface: eth0\n", "  interface: [eth0]  #<\n", "vip.interface", "expected a string"),
-    ("swap:\n  step_timeout_ms: 1000\n", "swap: 1000  #<\n", "swap", "expected a mapping"),
+    ("swap:\n  step_timeout_ms: 1000\n  drain_ms: 1000\n", "swap: 1000  #<\n", "swap", "expected a mapping"),
     (
         "  schedule_ms: [0, 200, 1100, 2300]\n",
         "  schedule_ms: 0  #<\n",

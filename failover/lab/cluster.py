@@ -100,6 +100,12 @@ class LabCluster:
             f.write(secrets.token_hex(32))
         self.write_config(cluster_document(self.lab, self.workdir, self.overrides))
         for name in SERVERS:
+            # As the README asks of real hosts: ARP only for addresses on the interface itself, so the
+            # old holder's drain copy of the VIP (on lo) stays silent.
+            for conf in ("all", "eth0"):
+                self.lab.set_sysctl(name, f"net.ipv4.conf.{conf}.arp_ignore", "1")
+                self.lab.set_sysctl(name, f"net.ipv4.conf.{conf}.arp_announce", "2")
+        for name in SERVERS:
             self.nginx[name] = Nginx(self.lab, name, self.workdir)
             self.nginx[name].start()
         # The lab starts like production: the VIP on its home node, put there by the operator.

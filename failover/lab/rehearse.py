@@ -7,6 +7,7 @@ and claim timestamps (one monotonic clock for all namespaces), and the gaps from
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,7 @@ def move_report(cluster: LabCluster, outcome: dict[str, Any], records: list[Requ
     window = summarize(records, since=started - 0.2, until=ended + SETTLE_S / 2)
     # Gaps between responses that *arrived* around the move (a stalled request arrives a second later).
     ends = sorted(r.end for r in records if r.ok and started - 0.2 <= r.end <= ended + SETTLE_S / 2)
-    max_gap_ms = max((b - a for a, b in zip(ends, ends[1:], strict=False)), default=0.0) * 1000.0
+    max_gap_ms = max((b - a for a, b in itertools.pairwise(ends)), default=0.0) * 1000.0
     report = {
         "ok": bool(outcome.get("ok")) and outcome.get("exit_code") == 0,
         "duration_ms": outcome.get("duration_ms"),
