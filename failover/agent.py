@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from failover import announce, control, protocol
+from failover import announce, control, protocol, sdnotify
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.netlink import NetlinkError, VipLink, local_addresses
 
@@ -197,10 +197,16 @@ class Agent:
             drain=self.drain_blocker or f"{cfg.swap.drain_ms} ms", test_fault=self.fault or None,
         )
         self._pump()
+        # Sockets are bound and the VIP's state is known: tell systemd (Type=notify) we are up.
+        sdnotify.notify(f"READY=1\nSTATUS=node {node.name}, holds VIP: {'yes' if holds else 'no'}")
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._watchdog(interval)
         try:
             await self._stop.wait()
         finally:
             # The VIP stays where it is: restarting or stopping the agent must never cause an outage.
+            sdnotify.notify("STOPPING=1")
             watcher.cancel()
             server.close()
             with contextlib.suppress(OSError):
@@ -211,6 +217,11 @@ class Agent:
                 task.cancel()
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
+
+    def _watchdog(self, interval: float) -> None:
+        # Pinged from the loop itself: a stuck loop stops the pings and systemd restarts the agent.
+        sdnotify.notify("WATCHDOG=1")
+        self.loop.call_later(interval, self._watchdog, interval)
 
     # --- events in ---------------------------------------------------------------------------------
 
