@@ -104,6 +104,23 @@ class SwapConfig:
 @dataclass(frozen=True)
 class HealthConfig:
     timeout_ms: int = 1000
+    # The holder checks its own health_url every `self_check_every_ms` (0: never); after
+    # `self_check_fails` failures in a row, with a healthy peer, it hands the VIP over.
+    self_check_every_ms: int = 0
+    self_check_fails: int = 3
+
+
+@dataclass(frozen=True)
+class TakeoverConfig:
+    """The unplanned takeover when the holder goes silent."""
+
+    automatic: bool = True  # false: report a silent holder, never take over
+    fence: tuple[str, ...] = ()  # argv run (no shell) before claiming; non-zero exit: no takeover
+    fence_timeout_ms: int = 5000
+    # RFC 5227 probes before claiming: any answer means someone still holds the VIP.
+    probe_count: int = 3
+    probe_interval_ms: int = 20
+    probe_wait_ms: int = 60
 
 
 @dataclass(frozen=True)
@@ -140,6 +157,7 @@ class ClusterConfig:
     nodes: tuple[NodeConfig, NodeConfig]
     source: Path
     digest: bytes
+    takeover: TakeoverConfig = TakeoverConfig()
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -561,6 +579,28 @@ def _load_confirm(top: _Section) -> ConfirmConfig:
     )
 
 
+def _load_takeover(top: _Section) -> TakeoverConfig:
+    sec = top.section("failover", optional=("automatic", "fence", "fence_timeout_ms"))
+    fence: list[str] = []
+    if "fence" in sec.data:
+        seq = sec.sequence("fence")
+        for i, item in enumerate(seq):
+            if not isinstance(item, str) or not item:
+                raise sec.item_error("fence", seq, i, f"expected a non-empty string, got {_kind(item)}")
+            fence.append(item)
+        if fence and not fence[0].startswith("/"):
+            raise sec.item_error("fence", seq, 0, "the program must be an absolute path (no shell, no PATH)")
+    probe = top.section("probe", optional=("count", "interval_ms", "wait_ms"))
+    return TakeoverConfig(
+        automatic=sec.boolean("automatic", TakeoverConfig.automatic),
+        fence=tuple(fence),
+        fence_timeout_ms=sec.integer("fence_timeout_ms", TakeoverConfig.fence_timeout_ms, 100, 600_000),
+        probe_count=probe.integer("count", TakeoverConfig.probe_count, 1, 20),
+        probe_interval_ms=probe.integer("interval_ms", TakeoverConfig.probe_interval_ms, 1, 5000),
+        probe_wait_ms=probe.integer("wait_ms", TakeoverConfig.probe_wait_ms, 1, 10_000),
+    )
+
+
 def _load_nodes(top: _Section, cluster: str, vip: VipConfig) -> tuple[NodeConfig, NodeConfig]:
     nodes = top.section("nodes")  # names are free, so no key list; checks duplicates only
     if len(nodes.data) != 2:
@@ -659,7 +699,7 @@ def load_config(path: Path | str) -> ClusterConfig:
         data,
         data.line,
         required=("cluster", "vip", "auth", "nodes"),
-        optional=("heartbeat", "announce", "swap", "health", "confirm"),
+        optional=("heartbeat", "announce", "swap", "health", "confirm", "failover", "probe"),
     )
     cluster = top.name("cluster")
     vip = _load_vip(top)
@@ -667,10 +707,14 @@ def load_config(path: Path | str) -> ClusterConfig:
     heartbeat = _load_heartbeat(top)
     announce = _load_announce(top)
     swap = top.section("swap", optional=("step_timeout_ms", "drain_ms"))
-    health = top.section("health", optional=("timeout_ms",))
+    health = top.section("health", optional=("timeout_ms", "self_check"))
     step_timeout = swap.integer("step_timeout_ms", SwapConfig.step_timeout_ms, 50, 60_000)
     drain = swap.integer("drain_ms", SwapConfig.drain_ms, 0, 60_000)
     health_timeout = health.integer("timeout_ms", HealthConfig.timeout_ms, 50, 60_000)
+    self_check = health.section("self_check", optional=("every_ms", "fails"))
+    self_check_every = self_check.integer("every_ms", HealthConfig.self_check_every_ms, 0, 3_600_000)
+    self_check_fails = self_check.integer("fails", HealthConfig.self_check_fails, 1, 1000)
+    takeover = _load_takeover(top)
     confirm = _load_confirm(top)
     nodes = _load_nodes(top, cluster, vip)
     return ClusterConfig(
@@ -680,7 +724,12 @@ def load_config(path: Path | str) -> ClusterConfig:
         heartbeat=heartbeat,
         announce=announce,
         swap=SwapConfig(step_timeout_ms=step_timeout, drain_ms=drain),
-        health=HealthConfig(timeout_ms=health_timeout),
+        health=HealthConfig(
+            timeout_ms=health_timeout,
+            self_check_every_ms=self_check_every,
+            self_check_fails=self_check_fails,
+        ),
+        takeover=takeover,
         confirm=confirm,
         nodes=nodes,
         source=source,

@@ -23,6 +23,7 @@ from failover.config import (
     HealthConfig,
     HeartbeatConfig,
     SwapConfig,
+    TakeoverConfig,
     keys_for,
     load_config,
     load_key,
@@ -49,6 +50,16 @@ swap:
   drain_ms: 1000
 health:
   timeout_ms: 1000
+  self_check:
+    every_ms: 500
+    fails: 3
+failover:
+  automatic: true
+  fence_timeout_ms: 5000
+probe:
+  count: 3
+  interval_ms: 20
+  wait_ms: 60
 confirm:
   mode: traffic
   requests: 3
@@ -120,7 +131,8 @@ def test_example_loads_with_exact_values() -> None:
     assert cfg.heartbeat == HeartbeatConfig(port=5405, interval_ms=50, dead_after_ms=250)
     assert cfg.announce == AnnounceConfig(schedule_ms=(0, 200, 1100, 2300))
     assert cfg.swap == SwapConfig(step_timeout_ms=1000, drain_ms=1000)
-    assert cfg.health == HealthConfig(timeout_ms=1000)
+    assert cfg.health == HealthConfig(timeout_ms=1000, self_check_every_ms=500, self_check_fails=3)
+    assert cfg.takeover == TakeoverConfig(automatic=True, fence=(), fence_timeout_ms=5000)
     assert cfg.confirm == ConfirmConfig(
         mode="traffic",
         requests=3,
@@ -285,7 +297,10 @@ def test_digest_ignores_comments_layout_and_key_order(tmp_path: Path) -> None:
         ("dead_after_ms: 250", "dead_after_ms: 251"),
         ("1100, 2300]", "1100, 2301]"),
         ("step_timeout_ms: 1000", "step_timeout_ms: 999"),
-        ("timeout_ms: 1000\nconfirm", "timeout_ms: 1001\nconfirm"),
+        ("timeout_ms: 1000\n  self_check", "timeout_ms: 1001\n  self_check"),
+        ("fails: 3\nfailover", "fails: 4\nfailover"),
+        ("automatic: true", "automatic: false"),
+        ("  count: 3", "  count: 4"),
         ("mode: traffic", "mode: none"),
         ("within_s: 10", "within_s: 11"),
         (", 203.0.113.12]", "]"),
@@ -735,3 +750,35 @@ def test_keys_for_current_then_previous(tmp_path: Path) -> None:
     os.chmod(previous, 0o644)
     with pytest.raises(ConfigError, match=r"auth\.previous_key_file: mode 0644"):
         keys_for(AuthConfig(key_file=current, previous_key_file=previous))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line_of", "field", "problem"),
+    [
+        ("  automatic: true\n", "  automatic: true\n  fence: [fence-live]\n", "fence:", "failover.fence[0]",
+         "absolute path"),
+        ("  automatic: true\n", "  automatic: true\n  fence: [/bin/true, 3]\n", "fence:", "failover.fence[1]",
+         "non-empty string"),
+        ("  automatic: true\n", "  automatic: yes please\n", "automatic:", "failover.automatic",
+         "true or false"),
+        ("  count: 3\n", "  count: 0\n", "count:", "probe.count", "between"),
+        ("    fails: 3\n", "    fails: 0\n", "fails:", "health.self_check.fails", "between"),
+    ],
+)
+def test_takeover_and_self_check_errors(
+    tmp_path: Path, old: str, new: str, line_of: str, field: str, problem: str
+) -> None:
+    text = edit(BASE, old, new)
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if line_of in row and row.strip() in new)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'cluster.yaml'}:{line}: {field}: "), message
+    assert problem in message and "\n" not in message
+
+
+def test_fence_argv_loaded(tmp_path: Path) -> None:
+    text = edit(BASE, "  automatic: true\n", "  automatic: false\n  fence: [/usr/sbin/fence, --node, live]\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.takeover.fence == ("/usr/sbin/fence", "--node", "live")
+    assert cfg.takeover.automatic is False
