@@ -75,8 +75,10 @@ def drain_blocker(interface: str, family: int, proc: Path = Path("/proc/sys/net/
     except (OSError, ValueError) as err:
         return f"cannot read arp sysctls: {err}"
     if ignore not in (1, 2, 8) or announce_level != 2:
-        return (f"arp_ignore={ignore} arp_announce={announce_level} on {interface}; "
-                f"drain needs arp_ignore=1 and arp_announce=2")
+        return (
+            f"arp_ignore={ignore} arp_announce={announce_level} on {interface}; "
+            f"drain needs arp_ignore=1 and arp_announce=2"
+        )
     return ""
 
 
@@ -131,6 +133,7 @@ class Agent:
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
         self._drain_end: asyncio.TimerHandle | None = None
+        self._stopping = False
         self.announced = 0
 
     def now(self) -> float:
@@ -171,11 +174,19 @@ class Agent:
                 announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
             ),
             boot=time.time_ns(),
+            automatic=cfg.takeover.automatic,
+            fence=bool(cfg.takeover.fence),
+            self_check_fails=cfg.health.self_check_fails,
         )
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
             setup, holds=holds, held_epoch=state.held_epoch, epoch=state.epoch, now=self.now()
         )
+        try:
+            # Before binding anything: a second agent for this node must hear "already running".
+            control.claim_socket_path(node.control_socket)
+        except control.ControlError as err:
+            raise AgentError(str(err)) from None
         try:
             self.transport, _ = await self.loop.create_datagram_endpoint(
                 lambda: _Datagrams(self), local_addr=(str(node.address), cfg.heartbeat.port)
@@ -191,10 +202,19 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         watcher = asyncio.create_task(self._watch_vip())
+        if cfg.health.self_check_every_ms:
+            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000))
         log.info(
-            "agent-started", cluster=cfg.cluster, node=node.name, peer=self.peer.name, holds_vip=holds,
-            vip=str(cfg.vip.address), interface=node.interface, epoch=state.epoch,
-            drain=self.drain_blocker or f"{cfg.swap.drain_ms} ms", test_fault=self.fault or None,
+            "agent-started",
+            cluster=cfg.cluster,
+            node=node.name,
+            peer=self.peer.name,
+            holds_vip=holds,
+            vip=str(cfg.vip.address),
+            interface=node.interface,
+            epoch=state.epoch,
+            drain=self.drain_blocker or f"{cfg.swap.drain_ms} ms",
+            test_fault=self.fault or None,
         )
         self._pump()
         # Sockets are bound and the VIP's state is known: tell systemd (Type=notify) we are up.
@@ -208,6 +228,9 @@ class Agent:
             # The VIP stays where it is: restarting or stopping the agent must never cause an outage.
             sdnotify.notify("STOPPING=1")
             watcher.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+            self._stopping = True
             server.close()
             with contextlib.suppress(OSError):
                 node.control_socket.unlink()
@@ -283,6 +306,8 @@ class Agent:
     # --- actions out ---------------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        if self._stopping:
+            return  # sockets are closing; the VIP stays as it is
         for action in self.core.pop_actions():
             self._carry_out(action)
         state = PersistentState(epoch=self.core.epoch, held_epoch=self.core.held_epoch)
@@ -304,7 +329,7 @@ class Agent:
                 self.announced += self.announcer.announce()
             except announce.AnnounceError as err:
                 log.error("announce-failed", error=str(err))
-            log.info("announced", round=action.round)
+            log.info("announced", round=action.round, at=self.now())
         elif isinstance(action, protocol.Claim):
             self._spawn(self._claim(action))
         elif isinstance(action, protocol.Release):
@@ -313,6 +338,8 @@ class Agent:
             self._spawn(self._check_health(action))
         elif isinstance(action, protocol.Probe):
             self._spawn(self._probe(action))
+        elif isinstance(action, protocol.Fence):
+            self._spawn(self._fence(action))
         elif isinstance(action, protocol.Progress | protocol.Finished):
             queue = self._waiters.get(action.command)
             if queue is not None:
@@ -361,8 +388,9 @@ class Agent:
         self._pump()
         if drain:
             self._schedule_drain_end(self.config.swap.drain_ms / 1000)
-        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at,
-                 drain=drain)
+        log.info(
+            "release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at, drain=drain
+        )
 
     def _schedule_drain_end(self, delay: float) -> None:
         if self._drain_end is not None:
@@ -386,10 +414,39 @@ class Agent:
         self.core.health_done(action.epoch, ok, detail, self.now())
         self._pump()
 
+    async def _fence(self, action: protocol.Fence) -> None:
+        t = self.config.takeover
+        env = {
+            "FAILOVER_EVENT": "fence",
+            "FAILOVER_CLUSTER": self.config.cluster,
+            "FAILOVER_NODE": self.node.name,
+            "FAILOVER_PEER": self.peer.name,
+            "FAILOVER_VIP": str(self.config.vip.address),
+        }
+        ok, detail = await run_hook(t.fence, env, t.fence_timeout_ms / 1000)
+        log.info("fence", epoch=action.epoch, ok=ok, detail=detail)
+        self.core.fence_done(action.epoch, ok, detail, self.now())
+        self._pump()
+
+    async def _self_check_loop(self, every: float) -> None:
+        timeout = min(self.config.health.timeout_ms / 1000, every)
+        while True:
+            await asyncio.sleep(every)
+            ok, detail = await asyncio.to_thread(check_health, self.node.health_url, timeout)
+            self.core.self_check_done(ok, detail, self.now())
+            self._pump()
+
     async def _probe(self, action: protocol.Probe) -> None:
         try:
+            t = self.config.takeover
             macs = await asyncio.to_thread(
-                announce.probe, self.node.interface, self.config.vip.ip, self.link.mac
+                announce.probe,
+                self.node.interface,
+                self.config.vip.ip,
+                self.link.mac,
+                count=t.probe_count,
+                interval_ms=t.probe_interval_ms,
+                wait_ms=t.probe_wait_ms,
             )
         except announce.AnnounceError as err:
             # Without a probe we cannot tell; assume someone holds it rather than risk two holders.
@@ -398,6 +455,29 @@ class Agent:
         log.info("probe", epoch=action.epoch, answered_by=macs)
         self.core.probe_done(action.epoch, macs, self.now())
         self._pump()
+
+
+async def run_hook(argv: tuple[str, ...], env: dict[str, str], timeout: float) -> tuple[bool, str]:
+    """Run an operator hook (exec, no shell) with a timeout; ok means exit status 0."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    except OSError as err:
+        return False, f"{argv[0]}: {err.strerror or err}"
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return False, f"{argv[0]}: timed out after {timeout:.1f} s"
+    tail = out.decode(errors="replace").strip().splitlines()[-1:] if out else []
+    detail = f"{argv[0]}: exit {proc.returncode}" + (f": {tail[0][:200]}" if tail else "")
+    return proc.returncode == 0, detail
 
 
 async def _main(config: ClusterConfig, node_name: str | None) -> None:

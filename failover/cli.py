@@ -161,6 +161,12 @@ def _status(node: NodeConfig, as_json: bool) -> int:
         verdict = "ok" if last["ok"] else f"failed: {last['reason']}"
         print(f"  last move: {last['move']} {last['source']} -> {last['target']} (epoch {last['epoch']}) "
               f"{verdict}")
+    takeover = st.get("last_takeover")
+    if takeover:
+        print(f"  last takeover: {'done' if takeover['ok'] else 'not done'}: {takeover['reason']}"
+              f" (probe: {takeover.get('probe')}, fence: {takeover.get('fence')})")
+    if not st["self_check"]["healthy"]:
+        print(f"  self check: FAILING ({st['self_check']['fails_in_a_row']} in a row)")
     if st["rejected"]:
         print(f"  rejected datagrams: {st['rejected']}")
     return EXIT_OK

@@ -76,11 +76,18 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
             uid = peer_uid(sock)
             if uid not in (0, own_uid):
                 await reply({"type": "error", "error": f"uid {uid} may not control the agent; run as root"})
+                # Take in what it sent before closing: closing on unread data resets the connection,
+                # and the client would see a broken pipe instead of our answer.
+                with contextlib.suppress(TimeoutError, ValueError):
+                    await asyncio.wait_for(reader.read(MAX_REQUEST), 1.0)
                 return
             try:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-            except (TimeoutError, ValueError):
+            except TimeoutError:
                 await reply({"type": "error", "error": "no complete request line in time"})
+                return
+            except ValueError:
+                await reply({"type": "error", "error": f"request longer than {MAX_REQUEST} bytes"})
                 return
             request = _parse_request(line)
             if isinstance(request, str):
@@ -124,13 +131,18 @@ def request(path: Path, req: dict[str, Any], *, timeout: float) -> Iterator[dict
             raise ControlError(f"stale agent socket at {path}: no agent is running") from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}; run as root") from None
-        sock.sendall(encode_line(req))
         buf = b""
+        try:
+            sock.sendall(encode_line(req))
+        except OSError as err:
+            raise ControlError(f"the agent closed the connection: {err}") from None
         while True:
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
                 raise ControlError(f"the agent did not answer within {timeout:.0f} s") from None
+            except OSError as err:
+                raise ControlError(f"the agent closed the connection: {err}") from None
             if not chunk:
                 raise ControlError("the agent closed the connection without an answer")
             buf += chunk

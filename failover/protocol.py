@@ -56,6 +56,10 @@ class NodeSetup:
     keys: tuple[bytes, ...]  # first signs, all verify (key rotation)
     timing: Timing
     boot: int  # orders this run's messages after any earlier run's
+    automatic: bool = True  # take over by itself when the holder goes silent
+    fence: bool = False  # run the fence hook (Fence action) before a takeover claims
+    self_check_fails: int = 3  # own health failures in a row that make the holder hand over
+    takeover_retry: float = 1.0  # after a takeover was refused (probe answered, fence failed)
 
 
 # --- actions (outputs) -------------------------------------------------------------------------
@@ -90,6 +94,11 @@ class CheckHealth:
 
 @dataclass(frozen=True)
 class Probe:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Fence:
     epoch: int
 
 
@@ -145,7 +154,7 @@ class Notice:
     detail: dict[str, Any]
 
 
-Action = Send | Claim | Release | Announce | CheckHealth | Probe | Progress | Finished | Notice
+Action = Send | Claim | Release | Announce | CheckHealth | Probe | Fence | Progress | Finished | Notice
 
 
 # --- a swap in progress ---------------------------------------------------------------------------
@@ -204,6 +213,11 @@ class Node:
         self._announce_due: list[float] = []
         self._announce_round = 0
         self._settle_announced = -1.0
+        self.last_takeover: dict[str, Any] | None = None
+        self._takeover_not_before = now
+        self._silence_reported = False
+        self.self_check_fails = 0
+        self._self_swap_not_before = now
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -213,6 +227,10 @@ class Node:
 
     def get_timer(self) -> float:
         deadlines = [self._next_heartbeat]
+        if self._may_take_over():
+            assert self.peer_seen is not None
+            # Just past dead_after: alive means "heard within dead_after", inclusive.
+            deadlines.append(max(self.peer_seen + self.timing.dead_after + 0.001, self._takeover_not_before))
         if self._announce_due:
             deadlines.append(self._announce_due[0])
         run = self.run
@@ -263,6 +281,8 @@ class Node:
                 "state": run.state,
             },
             "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
+            "last_takeover": self.last_takeover,
+            "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
             "rejected": dict(self.rejected),
             "received": dict(self.received),
             "sent": dict(self.sent),
@@ -273,6 +293,10 @@ class Node:
     def command(self, move: str, now: float) -> int:
         """Start a swap or unswap; progress and the outcome come as actions tagged with the returned id."""
         cid = next(self._commands)
+        self._start_move(move, now, cid)
+        return cid
+
+    def _start_move(self, move: str, now: float, cid: int | None) -> None:
         me, peer = self.setup.name, self.setup.peer
         if self.holds:
             source, target = me, peer
@@ -284,7 +308,7 @@ class Node:
         epoch = max(self.epoch, self.peer_epoch) + 1
         if reason:
             self._finish_refused(cid, move, epoch, source, target, reason, now)
-            return cid
+            return
         self.epoch = epoch
         run = _Run(
             epoch=epoch,
@@ -304,7 +328,6 @@ class Node:
             run.state = "requested"
             self._transmit(run, wire.SwapRequest(epoch=epoch, move=move), now)
             run.deadline = now + self.timing.step_timeout
-        return cid
 
     def _refusal(self, move: str, source: str, target: str, now: float) -> str:
         me, peer = self.setup.name, self.setup.peer
@@ -335,7 +358,7 @@ class Node:
         return ""
 
     def _finish_refused(
-        self, cid: int, move: str, epoch: int, source: str, target: str, reason: str, now: float
+        self, cid: int | None, move: str, epoch: int, source: str, target: str, reason: str, now: float
     ) -> None:
         holder = self.setup.name if self.holds else (self.setup.peer if self.peer_holds() else None)
         outcome = Outcome(
@@ -351,7 +374,10 @@ class Node:
             steps=(),
             holder=holder,
         )
-        self._actions.append(Finished(cid, outcome))
+        self.last_outcome = outcome
+        self._actions.append(Notice("move-refused", outcome.to_json()))
+        if cid is not None:
+            self._actions.append(Finished(cid, outcome))
 
     # --- events: the network -------------------------------------------------------------------------
 
@@ -408,6 +434,10 @@ class Node:
     def _on_heartbeat(self, hb: wire.Heartbeat, now: float) -> None:
         self.peer_heartbeat = hb
         self.peer_epoch = max(self.peer_epoch, hb.epoch)
+        self._silence_reported = False
+        run = self.run
+        if run is not None and run.state in ("takeover-probing", "takeover-fencing"):
+            self._finish_takeover(run, False, f"{self.setup.peer} was heard again: no takeover", now)
         if not (self.holds and hb.holds_vip) or self._changing_vip():
             return
         # Both hold the VIP: the newer holding epoch keeps it, the home node wins a tie.
@@ -425,7 +455,7 @@ class Node:
 
     def _changing_vip(self) -> bool:
         run = self.run
-        return run is not None and run.state in ("releasing", "claiming", "reclaiming")
+        return run is not None and run.state in ("releasing", "claiming", "reclaiming", "takeover-claiming")
 
     # source side
 
@@ -530,6 +560,9 @@ class Node:
     def probe_done(self, epoch: int, answered_by: list[str], now: float) -> None:
         """The adapter's answer to Probe: the MACs that answered for the VIP (empty: nobody holds it)."""
         run = self.run
+        if run is not None and run.epoch == epoch and run.state == "takeover-probing":
+            self._takeover_probed(run, answered_by, now)
+            return
         if run is None or run.epoch != epoch or run.state != "probing":
             return
         if not answered_by:
@@ -651,6 +684,13 @@ class Node:
         run = self.run
         if run is None:
             return
+        if run.state == "takeover-claiming" and run.epoch == epoch:
+            if ok:
+                self._step(run, "claimed", now)
+                self._finish_takeover(run, True, f"took over from silent {self.setup.peer}", now)
+            else:
+                self._finish_takeover(run, False, f"claim failed: {error}", now)
+            return
         if run.state == "claiming" and run.epoch == epoch:
             assert run.claim_started is not None and run.released_received is not None
             if not ok:
@@ -699,6 +739,147 @@ class Node:
         if run.role == "target" and run.state in ("requested", "checking", "ready"):
             self._finish(run, ok=False, reason=f"{self.setup.peer} aborted: {msg.reason}", now=now)
 
+    # --- unplanned takeover -------------------------------------------------------------------------------
+
+    def _may_take_over(self) -> bool:
+        """Standing by while the peer holds the VIP: its silence would be a takeover question."""
+        return (
+            not self.holds
+            and self.peer_holds()
+            and self.peer_seen is not None
+            and not self.busy()
+            and not self._silence_reported  # automatic off: said once, until the peer is heard again
+        )
+
+    def _holder_silent(self, now: float) -> None:
+        assert self.peer_seen is not None
+        silent_ms = (now - self.peer_seen) * 1000
+        peer = self.setup.peer
+        if not self.setup.automatic:
+            if not self._silence_reported:
+                self._silence_reported = True
+                self.last_takeover = {
+                    "ok": False,
+                    "at": now,
+                    "peer_silent_ms": round(silent_ms, 1),
+                    "reason": f"{peer} silent for {silent_ms:.0f} ms; automatic takeover is off",
+                }
+                self._actions.append(Notice("holder-silent", dict(self.last_takeover)))
+            return
+        epoch = max(self.epoch, self.peer_epoch) + 1
+        run = _Run(
+            epoch=epoch,
+            move="takeover",
+            role="standby",
+            source=peer,
+            target=self.setup.name,
+            state="takeover-probing",
+            started=now,
+            command=None,
+        )
+        run.replies["silent"] = wire.Abort(epoch=epoch, reason=f"{peer} silent for {silent_ms:.0f} ms")
+        self.run = run
+        self._step(run, "holder-silent", now)
+        # The network is the witness: nobody may answer for the VIP before we claim it.
+        self._actions.append(Probe(epoch))
+
+    def _takeover_probed(self, run: _Run, answered_by: list[str], now: float) -> None:
+        if answered_by:
+            self._step(run, "probe-answered", now)
+            self._finish_takeover(
+                run,
+                False,
+                f"{', '.join(answered_by)} still answers for the VIP: not claiming",
+                now,
+                probe=answered_by,
+            )
+            return
+        self._step(run, "probe-silent", now)
+        if self.setup.fence:
+            run.state = "takeover-fencing"
+            self._actions.append(Fence(run.epoch))
+            return
+        self._takeover_claim(run)
+
+    def fence_done(self, epoch: int, ok: bool, detail: str, now: float) -> None:
+        """The adapter's answer to Fence: the hook exited 0 (ok) or not, or timed out."""
+        run = self.run
+        if run is None or run.epoch != epoch or run.state != "takeover-fencing":
+            return
+        if not ok:
+            self._step(run, "fence-failed", now)
+            self._finish_takeover(run, False, f"fence hook failed: {detail}: not claiming", now, fence=detail)
+            return
+        self._step(run, "fenced", now)
+        run.replies["fence"] = wire.Abort(epoch=epoch, reason=detail)
+        self._takeover_claim(run)
+
+    def _takeover_claim(self, run: _Run) -> None:
+        run.state = "takeover-claiming"
+        self.epoch = max(self.epoch, run.epoch)
+        self._actions.append(Claim(run.epoch, "takeover"))
+
+    def _finish_takeover(
+        self,
+        run: _Run,
+        ok: bool,
+        reason: str,
+        now: float,
+        *,
+        probe: list[str] | None = None,
+        fence: str | None = None,
+    ) -> None:
+        run.finished = True
+        run.state = "done" if ok else "failed"
+        silent = run.replies["silent"]
+        assert isinstance(silent, wire.Abort)
+        fenced = run.replies.get("fence")
+        self.last_takeover = {
+            "ok": ok,
+            "at": now,
+            "epoch": run.epoch,
+            "reason": f"{silent.reason}; {reason}",
+            "probe": "answered by " + ", ".join(probe) if probe else "silent" if ok else None,
+            "fence": fence
+            if fence
+            else (
+                fenced.reason
+                if isinstance(fenced, wire.Abort)
+                else "ok"
+                if ok and self.setup.fence
+                else "none"
+            ),
+            "duration_ms": round(run.elapsed_ms(now), 3),
+            "steps": [{"step": s, "ms": round(ms, 3)} for s, ms in run.steps],
+        }
+        self._actions.append(Notice("takeover" if ok else "takeover-refused", dict(self.last_takeover)))
+        if not ok:
+            self._takeover_not_before = now + self.setup.takeover_retry
+
+    # --- the holder's own health -------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return self.self_check_fails < self.setup.self_check_fails
+
+    def self_check_done(self, ok: bool, detail: str, now: float) -> None:
+        """The adapter's periodic check of this node's own health_url."""
+        was_healthy = self.healthy()
+        self.self_check_fails = 0 if ok else self.self_check_fails + 1
+        if was_healthy != self.healthy():
+            self._actions.append(Notice("self-check", {"healthy": self.healthy(), "detail": detail}))
+            self._next_heartbeat = now  # the peer learns at once
+        if self.healthy() or not self.holds or self.busy() or now < self._self_swap_not_before:
+            return
+        hb = self.peer_heartbeat
+        if not (self.peer_alive(now) and hb is not None and hb.healthy):
+            return
+        # Our own service fails and the peer's does not: hand over with the normal coordinated swap.
+        self._self_swap_not_before = now + max(5.0, 2 * self.timing.step_timeout)
+        self._actions.append(
+            Notice("self-check-handover", {"fails": self.self_check_fails, "detail": detail})
+        )
+        self._start_move("swap", now, None)
+
     # --- events: the host ------------------------------------------------------------------------------
 
     def observe_vip(self, held: bool, now: float) -> None:
@@ -717,10 +898,18 @@ class Node:
                     holds_vip=self.holds,
                     held_epoch=self.held_epoch,
                     digest=self.setup.digest,
+                    healthy=self.healthy(),
                 )
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
         self._announce_if_due(now)
+        if (
+            self._may_take_over()
+            and self.peer_seen is not None
+            and now >= self._takeover_not_before
+            and now - self.peer_seen > self.timing.dead_after
+        ):
+            self._holder_silent(now)
         run = self.run
         if run is None:
             return
@@ -743,6 +932,9 @@ class Node:
             self._finish(run, ok=False, reason=f"{peer} did not start the swap within {ms}", now=now)
         elif run.state == "ready":
             self._finish(run, ok=False, reason=f"{peer} did not release the VIP within {ms}", now=now)
+            # The source may have released and be about to roll back on its own: give it the time to,
+            # rather than race it with a takeover probe of our own.
+            self._takeover_not_before = now + 2 * self.timing.step_timeout
         elif run.state == "handed-over":
             run.state = "probing"
             run.resend_at = None

@@ -36,6 +36,8 @@ class NodePair:
     op_delay: float = 0.0003  # netlink add/delete
     health_delay: float = 0.002
     now: float = 1000.0
+    automatic: bool = True
+    fence: bool = False
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -54,6 +56,9 @@ class NodePair:
         self.announces: dict[str, int] = {"live": 0, "backup": 0}
         self.notices: list[tuple[str, protocol.Notice]] = []
         self.checks: list[Callable[[NodePair], None]] = []
+        self.probes: list[tuple[str, float, float]] = []
+        self.probe_time = 0.08
+        self.fence_ok = True
 
     def _make(self, name: str, peer: str, boot: int = 1) -> Node:
         setup = NodeSetup(
@@ -65,6 +70,8 @@ class NodePair:
             keys=(KEY,),
             timing=self.timing,
             boot=boot,
+            automatic=self.automatic,
+            fence=self.fence,
         )
         return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
 
@@ -76,7 +83,12 @@ class NodePair:
     def run(self, seconds: float) -> None:
         """Advance the clock by `seconds`, processing every event in time order."""
         end = self.now + seconds
+        spins = 0
         while True:
+            spins += 1
+            # A core whose timer stays in the past without progress would spin here forever.
+            assert spins < 1_000_000, f"event loop spinning at t={self.now}"
+
             self._pump()
             candidates = [self._queue[0][0]] if self._queue else []
             candidates += [n.get_timer() for name, n in self.nodes.items() if self.alive[name]]
@@ -140,10 +152,17 @@ class NodePair:
                 lambda: self._live(name, node) and node.health_done(action.epoch, ok, "HTTP 503", self.now),
             )
         elif isinstance(action, protocol.Probe):
-            macs = sorted(MACS[h] for h in self.vip_on if h != name)
+            start = self.now
+            self.probes.append((name, start, start + self.probe_time))
+            self.at(start + self.probe_time, lambda: self._probed(name, node, action.epoch, start))
+        elif isinstance(action, protocol.Fence):
+            ok = self.fence_ok
             self.at(
-                self.now + 0.08,
-                lambda: self._live(name, node) and node.probe_done(action.epoch, macs, self.now),
+                self.now + 0.01,
+                lambda: (
+                    self._live(name, node)
+                    and node.fence_done(action.epoch, ok, "exit 0" if ok else "exit 1", self.now)
+                ),
             )
         elif isinstance(action, protocol.Announce):
             self.announces[name] += 1
@@ -153,6 +172,13 @@ class NodePair:
             self.finished[name].append(action)
         elif isinstance(action, protocol.Notice):
             self.notices.append((name, action))
+
+    def _probed(self, name: str, node: Node, epoch: int, start: float) -> None:
+        # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
+        answered = {h for h in self.vip_on if h != name}
+        answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}
+        if self._live(name, node):
+            node.probe_done(epoch, sorted(MACS[h] for h in answered), self.now)
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node

@@ -250,6 +250,139 @@ def test_replayed_datagram_is_rejected() -> None:
     assert live.rejected["replay"] == 1
 
 
+# --- unplanned takeover -------------------------------------------------------------------------------
+
+
+def crash(pair: NodePair, name: str) -> None:
+    """The host dies: its agent stops and nobody answers for the VIP there any more."""
+    pair.kill(name)
+    pair.vip_on.discard(name)
+
+
+def test_crash_of_holder_leads_to_takeover_after_silent_probe() -> None:
+    pair = settled(NodePair())
+    crash(pair, "live")
+    pair.run(1)
+    last_heartbeat = pair.nodes["backup"].peer_seen  # the last one still in flight at the crash
+    assert pair.vip_on == {"backup"}
+    takeover = pair.nodes["backup"].last_takeover
+    assert takeover is not None and takeover["ok"] and takeover["probe"] == "silent"
+    assert takeover["fence"] == "none"
+    assert takeover["reason"].startswith("live silent for ")
+    assert [s["step"] for s in takeover["steps"]] == ["holder-silent", "probe-silent", "claimed"]
+    # Silent for dead_after (250 ms, plus the 1 ms margin), then the 80 ms probe and the claim.
+    assert last_heartbeat is not None
+    assert takeover["at"] - last_heartbeat == pytest.approx(0.251 + 0.08 + 0.0003, abs=0.002)
+    assert pair.announces["backup"] >= 1
+    assert pair.nodes["backup"].held_epoch == 1
+
+
+def test_heartbeats_cut_but_holder_answers_probe_means_no_takeover() -> None:
+    pair = settled(NodePair())
+    pair.faults.partitioned = True
+    pair.run(5)
+    assert pair.vip_on == {"live"}
+    takeover = pair.nodes["backup"].last_takeover
+    assert takeover is not None and not takeover["ok"]
+    assert f"{MACS['live']} still answers for the VIP: not claiming" in takeover["reason"]
+    assert takeover["probe"] == f"answered by {MACS['live']}"
+    probes = [p for p in pair.probes if p[0] == "backup"]
+    assert 4 <= len(probes) <= 6  # re-checked about once a second, not in a tight loop
+    pair.faults.partitioned = False
+    pair.run(0.5)
+    assert pair.nodes["backup"].status(pair.now)["peer"]["alive"]
+
+
+def test_no_takeover_when_automatic_is_off() -> None:
+    pair = settled(NodePair(automatic=False))
+    crash(pair, "live")
+    pair.run(2)
+    assert pair.vip_on == set()
+    takeover = pair.nodes["backup"].last_takeover
+    assert takeover is not None and "automatic takeover is off" in takeover["reason"]
+    assert not [p for p in pair.probes if p[0] == "backup"]
+
+
+def test_failing_fence_blocks_takeover_and_passing_fence_allows_it() -> None:
+    pair = settled(NodePair(fence=True))
+    pair.fence_ok = False
+    crash(pair, "live")
+    pair.run(2)
+    assert pair.vip_on == set()
+    takeover = pair.nodes["backup"].last_takeover
+    assert takeover is not None and not takeover["ok"] and "fence hook failed: exit 1" in takeover["reason"]
+    pair.fence_ok = True
+    pair.run(1.5)
+    assert pair.vip_on == {"backup"}
+    takeover = pair.nodes["backup"].last_takeover
+    assert takeover is not None and takeover["ok"] and takeover["fence"] == "exit 0"
+
+
+def test_no_preemption_when_home_comes_back() -> None:
+    pair = settled(NodePair())
+    crash(pair, "live")
+    pair.run(1)
+    pair.restart("live", boot=2)
+    pair.run(3)
+    assert pair.vip_on == {"backup"}
+    assert not pair.nodes["live"].holds and pair.nodes["live"].peer_holds()
+
+
+def test_agents_never_claim_at_start_without_a_known_holder() -> None:
+    pair = NodePair()
+    pair.vip_on.clear()
+    pair.nodes = {"live": pair._make("live", "backup"), "backup": pair._make("backup", "live")}
+    pair.run(3)
+    assert pair.vip_on == set()
+    assert not pair.probes
+
+
+def test_holder_heard_again_during_probe_aborts_takeover() -> None:
+    pair = settled(NodePair())
+    pair.probe_time = 0.5
+    pair.faults.partitioned = True
+    pair.vip_on.discard("live")  # and it stops answering, so the probe would be silent
+
+    def heal_during_probe(p: NodePair) -> None:
+        if p.probes and p.faults.partitioned:
+            p.faults.partitioned = False
+            p.vip_on.add("live")
+
+    pair.checks.append(heal_during_probe)
+    pair.run(2)
+    assert pair.vip_on == {"live"}
+    takeover = pair.nodes["backup"].last_takeover
+    assert takeover is not None and "was heard again" in takeover["reason"]
+
+
+def test_unhealthy_holder_hands_over_to_healthy_peer() -> None:
+    pair = settled(NodePair())
+    live = pair.nodes["live"]
+    for _ in range(2):
+        live.self_check_done(False, "HTTP 502", pair.now)
+        pair.run(0.1)
+    assert pair.vip_on == {"live"}  # two failures: not yet
+    live.self_check_done(False, "HTTP 502", pair.now)
+    pair.run(0.3)
+    assert pair.vip_on == {"backup"}
+    assert live.last_outcome is not None and live.last_outcome.ok
+    assert any(n.event == "self-check-handover" for name, n in pair.notices if name == "live")
+    # The peer saw live unhealthy in its heartbeats, so it will not hand back by itself.
+    assert pair.nodes["backup"].peer_heartbeat is not None
+    assert pair.nodes["backup"].peer_heartbeat.healthy is False
+
+
+def test_unhealthy_holder_keeps_vip_when_peer_is_unhealthy_too() -> None:
+    pair = settled(NodePair())
+    for _ in range(3):
+        pair.nodes["backup"].self_check_done(False, "HTTP 502", pair.now)
+    pair.run(0.1)
+    for _ in range(5):
+        pair.nodes["live"].self_check_done(False, "HTTP 502", pair.now)
+        pair.run(0.1)
+    assert pair.vip_on == {"live"}
+
+
 # --- the property test --------------------------------------------------------------------------------
 
 ops = st.one_of(
@@ -260,6 +393,7 @@ ops = st.one_of(
     st.tuples(st.just("unhealthy"), st.sampled_from(["live", "backup"]), st.booleans()),
     st.tuples(st.just("claim-fails"), st.sampled_from(["live", "backup"]), st.booleans()),
     st.tuples(st.just("kill"), st.sampled_from(["live", "backup"])),
+    st.tuples(st.just("crash"), st.sampled_from(["live", "backup"]), st.floats(0.0, 2.0)),
 )
 
 
@@ -303,10 +437,19 @@ def test_random_commands_and_faults_keep_the_safety_rules(seed: int, steps: list
             pair.run(0.05)
             pair.restart(str(step[1]), boot=boot)
             boot += 1
-    # Faults stop: exactly one holder, and both agree on who it is.
+        elif kind == "crash" and pair.alive[str(step[1])]:
+            crash(pair, str(step[1]))
+            pair.run(float(step[2]))  # type: ignore[arg-type]
+            pair.restart(str(step[1]), boot=boot)  # it reboots without the VIP
+            boot += 1
+    # Faults stop: exactly one holder (unless crashes left nobody to take over), both agree on who.
     pair.faults = LinkFaults()
     pair.claim_fails.clear()
-    pair.run(4)
+    pair.run(6)
+    if not pair.vip_on:
+        # Only possible when the holder crashed while the standby had no live holder to watch.
+        assert any(step[0] == "crash" for step in steps)
+        return
     assert len(pair.vip_on) == 1
     holder = next(iter(pair.vip_on))
     for name, node in pair.nodes.items():

@@ -352,10 +352,13 @@ class Lab:
         return None
 
     def holders(self, ip: str) -> list[str]:
-        """Names of the hosts whose namespaces have ip assigned on any interface."""
+        """Names of the hosts that have ip on their lab interface: the ones that answer for it.
+
+        A copy on lo (failover's ARP-silent drain after a release) does not count.
+        """
         names = []
         for name, host in self.hosts.items():
-            out = _ip(["-n", host.netns, "-j", "address", "show"]).stdout.strip()
+            out = _ip(["-n", host.netns, "-j", "address", "show", "dev", host.interface]).stdout.strip()
             for link in json.loads(out) if out else []:
                 if any(info.get("local") == ip for info in link.get("addr_info", [])):
                     names.append(name)

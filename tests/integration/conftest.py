@@ -1,0 +1,123 @@
+"""Fixtures for the root integration tests: a whole cluster in a fresh namespace lab per test.
+
+Every test here needs root (network namespaces), iproute2 and nginx; without them the whole directory is
+skipped with the reason. A failing test gets the tail of both agents' logs attached to its report, taken
+while the lab is still up. Every lab is torn down, pass or fail, and teardown checks that none of its
+namespaces outlived it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failover.lab.cluster import SERVERS, LabCluster
+from failover.lab.netns import HOST_PLAN, LAB_SUBNET, VIP
+
+REPO = Path(__file__).resolve().parents[2]
+VIP_IP = str(VIP.ip)
+CLIENT = "client"
+CLIENT_IP = str(LAB_SUBNET.network_address + HOST_PLAN[CLIENT])
+
+
+def _missing() -> str:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    for tool in ("ip", "nginx", "curl"):
+        if shutil.which(tool) is None:
+            return f"needs `{tool}` on PATH"
+    return ""
+
+
+SKIP_REASON = _missing()
+
+
+@pytest.fixture(autouse=True)
+def _needs_root_and_nginx() -> None:
+    if SKIP_REASON:
+        pytest.skip(f"integration tests: {SKIP_REASON}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.when == "call" and report.failed and isinstance(cluster, LabCluster):
+        for name in SERVERS:
+            report.sections.append((f"agent log tail: {name}", cluster.agent_log(name, tail=60)))
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    out = subprocess.run(["ip", "-j", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [e["name"] for e in json.loads(out or "[]") if e["name"].startswith(f"{prefix}-")]
+
+
+@pytest.fixture
+def cluster() -> Iterator[LabCluster]:
+    """live holds the VIP, backup stands by, client can reach both; agents hear each other."""
+    lab_cluster = LabCluster()
+    prefix = lab_cluster.lab.prefix
+    try:
+        with lab_cluster:
+            yield lab_cluster
+    finally:
+        left = lab_namespaces(prefix)
+        assert not left, f"namespaces left behind by the lab: {left}"
+
+
+# --- helpers shared by the test modules ------------------------------------------------------------
+
+
+def package_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def failover_cli(
+    cluster: LabCluster, host: str, *args: str, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """`python -m failover ARGS` for real, inside host's namespace."""
+    argv = [sys.executable, "-m", "failover", *args]
+    return cluster.lab.run(host, argv, check=False, timeout=timeout, env=package_env())
+
+
+def fetch(cluster: LabCluster, host: str = CLIENT, target: str = VIP_IP) -> str:
+    """One HTTP GET from host to target: the body (who served it), or '' when it failed."""
+    argv = ["curl", "-s", "--max-time", "2", f"http://{target}/"]
+    return cluster.lab.run(host, argv, check=False, timeout=5).stdout.strip()
+
+
+def restart_agent(cluster: LabCluster, name: str, env: dict[str, str] | None = None,
+                  config: Path | None = None) -> None:
+    """Stop name's agent (SIGTERM) and start it again, with a test fault or a file of its own."""
+    cluster.stop_agent(name)
+    cluster.start_agent(name, env=env, config=config)
+    cluster.wait_ready()
+
+
+def vip_holders(cluster: LabCluster, interface: str = "eth0") -> list[str]:
+    """The servers with the VIP on interface: eth0 holds it for real (answers ARP), lo is a drain copy.
+
+    `cluster.holders()` counts an address on any interface, so for drain_ms after a release it still
+    names the old holder, whose ARP-silent copy on lo serves packets sent before the announcement landed.
+    """
+    names = []
+    for name in SERVERS:
+        argv = ["ip", "-n", cluster.lab.host(name).netns, "-j", "address", "show", "dev", interface]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+        for link in json.loads(out or "[]"):
+            if any(info.get("local") == VIP_IP for info in link.get("addr_info", [])):
+                names.append(name)
+    return names
+
+
+def events(cluster: LabCluster, name: str, event: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.agent_events(name) if e.get("event") == event]
