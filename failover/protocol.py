@@ -60,6 +60,9 @@ class NodeSetup:
     fence: bool = False  # run the fence hook (Fence action) before a takeover claims
     self_check_fails: int = 3  # own health failures in a row that make the holder hand over
     takeover_retry: float = 1.0  # after a takeover was refused (probe answered, fence failed)
+    confirm: str = "none"  # "traffic" | "canary" | "none": how the new holder proves clients arrived
+    confirm_requests: int = 3
+    confirm_within: float = 10.0
 
 
 # --- actions (outputs) -------------------------------------------------------------------------
@@ -103,6 +106,26 @@ class Fence:
 
 
 @dataclass(frozen=True)
+class Watch:
+    """Start following the access log now: requests after this moment may confirm the move."""
+
+    epoch: int
+    canary: bool  # count only the source's canary requests for this epoch
+
+
+@dataclass(frozen=True)
+class Unwatch:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Canary:
+    """Send a few marked HTTP requests to the VIP (quiet hours: no real clients to wait for)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
 class Progress:
     command: int
     step: str
@@ -123,6 +146,9 @@ class Outcome:
     rolled_back: bool
     steps: tuple[tuple[str, float], ...]
     holder: str | None  # who holds the VIP when the move ended, as far as this node knows
+    confirmed: bool | None = None  # None: confirmation is off
+    confirm_ms: float | None = None  # from the claim to the request that confirmed the move
+    evidence: dict[str, Any] | None = None  # requests counted, first clients
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +163,9 @@ class Outcome:
             "rolled_back": self.rolled_back,
             "steps": [{"step": s, "ms": round(ms, 3)} for s, ms in self.steps],
             "holder": self.holder,
+            "confirmed": self.confirmed,
+            "confirm_ms": None if self.confirm_ms is None else round(self.confirm_ms, 3),
+            "evidence": self.evidence,
         }
 
 
@@ -154,7 +183,21 @@ class Notice:
     detail: dict[str, Any]
 
 
-Action = Send | Claim | Release | Announce | CheckHealth | Probe | Fence | Progress | Finished | Notice
+Action = (
+    Send
+    | Claim
+    | Release
+    | Announce
+    | CheckHealth
+    | Probe
+    | Fence
+    | Watch
+    | Unwatch
+    | Canary
+    | Progress
+    | Finished
+    | Notice
+)
 
 
 # --- a swap in progress ---------------------------------------------------------------------------
@@ -183,6 +226,9 @@ class _Run:
     released_sent: float | None = None
     released_received: float | None = None
     claim_started: float | None = None
+    claimed_at: float | None = None
+    unserved_ms: float | None = None
+    watching: bool = False
 
     def elapsed_ms(self, now: float) -> float:
         return (now - self.started) * 1000.0
@@ -424,7 +470,16 @@ class Node:
             self._on_claim_failed(run, msg, now)
         elif isinstance(msg, wire.Abort):
             self._on_abort(run, msg, now)
-        elif isinstance(msg, wire.Done) and run.role == "target" and run.state == "claimed":
+        elif isinstance(msg, wire.Done) and run.role == "target":
+            if run.state == "claimed":
+                run.state, run.resend_at, run.deadline = "acknowledged", None, None
+            elif run.state == "confirming":
+                run.resend_at = None  # the source knows we claimed; now we wait for clients
+        elif isinstance(msg, wire.Confirmed):
+            self._on_confirmed(run, msg, now)
+        elif isinstance(msg, wire.HandBack):
+            self._on_hand_back(run, msg, now)
+        elif isinstance(msg, wire.Ack) and run.role == "target" and run.state in ("confirmed", "handed-back"):
             run.state, run.resend_at, run.deadline = "acknowledged", None, None
 
     def _reject(self, reason: str, now: float) -> None:
@@ -513,6 +568,9 @@ class Node:
     def release_done(self, epoch: int, ok: bool, error: str, now: float) -> None:
         """The adapter's answer to Release: the VIP is gone from this host (ok) or not."""
         run = self.run
+        if run is not None and run.epoch == epoch and run.state == "handing-back":
+            self._handed_back(run, ok, error, now)
+            return
         swap = run is not None and run.epoch == epoch and run.state == "releasing"
         if ok:
             self._set_holds(False, now)
@@ -535,6 +593,36 @@ class Node:
         run.replies["prepared"] = released
         self._transmit(run, released, now)
 
+    def _handed_back(self, run: _Run, ok: bool, error: str, now: float) -> None:
+        within = f"{self.setup.confirm_within:g} s"
+        what = "no canary request" if self.setup.confirm == "canary" else "no client request"
+        if not ok:
+            # We still hold it and it works as far as we know: keep it rather than leave nobody.
+            self._finish(
+                run,
+                ok=False,
+                now=now,
+                confirmed=False,
+                reason=f"{what} reached {self.setup.name} within {within}, and releasing failed: "
+                f"{error}; the VIP stays on {self.setup.name}",
+            )
+            return
+        reason = f"{what} reached {self.setup.name} within {within}"
+        hand_back = wire.HandBack(epoch=run.epoch, reason=reason)
+        run.replies["released"] = hand_back
+        self._transmit(run, hand_back, now)
+        run.deadline = now + self.timing.step_timeout
+        self._finish(
+            run,
+            ok=False,
+            now=now,
+            rolled_back=True,
+            confirmed=False,
+            holder=run.source,
+            keep_state="handed-back",
+            reason=f"{reason}; rolled back to {run.source}",
+        )
+
     def _on_claimed(self, run: _Run, msg: wire.Claimed, now: float) -> None:
         if run.role != "source":
             return
@@ -548,7 +636,16 @@ class Node:
                 unserved = run.release_ms + one_way + msg.claim_ms
             run.replies["claimed"] = done
             self._send(done)
-            self._finish(run, ok=True, reason="", now=now, unserved_ms=unserved)
+            if self.setup.confirm == "none":
+                self._finish(run, ok=True, reason="", now=now, unserved_ms=unserved)
+                return
+            run.unserved_ms = unserved
+            run.state = "awaiting-confirmation"
+            run.resend_at = None
+            run.probed = True  # a silent target after this: one probe decides
+            run.deadline = now + self.setup.confirm_within + self.timing.step_timeout
+            if self.setup.confirm == "canary":
+                self._actions.append(Canary(run.epoch))
         elif "claimed" in run.replies:
             self._send(run.replies["claimed"])
 
@@ -600,7 +697,70 @@ class Node:
         self.epoch = max(self.epoch, run.epoch + 1)
         self._actions.append(Claim(run.epoch + 1, "rollback"))
 
+    def _on_confirmed(self, run: _Run, msg: wire.Confirmed, now: float) -> None:
+        if run.role != "source":
+            return
+        ack = wire.Ack(epoch=run.epoch, of=msg.kind)
+        self._send(ack)
+        if run.state not in ("awaiting-confirmation", "probing"):
+            return
+        self._step(run, "confirmed", now)
+        evidence = {"requests": msg.requests, "clients": [c for c in msg.clients.split(",") if c]}
+        self._finish(
+            run,
+            ok=True,
+            reason="",
+            now=now,
+            unserved_ms=run.unserved_ms,
+            confirmed=True,
+            confirm_ms=msg.confirm_ms,
+            evidence=evidence,
+        )
+
+    def _on_hand_back(self, run: _Run, msg: wire.HandBack, now: float) -> None:
+        if run.role != "source":
+            return
+        self._send(wire.Ack(epoch=run.epoch, of=msg.kind))
+        if run.state not in ("awaiting-confirmation", "probing"):
+            return
+        self._step(run, "target-handed-back", now)
+        self._reclaim(run, msg.reason, now)
+
     # target side
+
+    def traffic_seen(self, epoch: int, requests: int, clients: list[str], now: float) -> None:
+        """The adapter's running count of requests in the access log since Watch (canary or real)."""
+        run = self.run
+        if run is None or run.epoch != epoch or run.state != "confirming":
+            return
+        if requests < self.setup.confirm_requests:
+            return
+        assert run.claimed_at is not None
+        confirm_ms = (now - run.claimed_at) * 1000.0
+        self._step(run, "confirmed", now)
+        confirmed = wire.Confirmed(
+            epoch=epoch, requests=requests, clients=",".join(clients[:10]), confirm_ms=confirm_ms
+        )
+        run.replies["released"] = confirmed
+        self._transmit(run, confirmed, now)
+        run.deadline = now + self.timing.step_timeout
+        self._finish(
+            run,
+            ok=True,
+            reason="",
+            now=now,
+            keep_state="confirmed",
+            confirmed=True,
+            confirm_ms=confirm_ms,
+            evidence={"requests": requests, "clients": clients[:10]},
+        )
+
+    def _hand_back(self, run: _Run, now: float) -> None:
+        """Not confirmed in time: release first, then tell the source to take the VIP back."""
+        self._step(run, "not-confirmed", now)
+        run.state = "handing-back"
+        run.resend_at = None
+        self._actions.append(Release(run.epoch, "hand-back"))
 
     def _on_prepare(self, msg: wire.Prepare, now: float) -> None:
         run = self.run
@@ -641,6 +801,10 @@ class Node:
         run.state = "checking"
         run.resend_at = run.deadline = None
         self._actions.append(CheckHealth(run.epoch))
+        if self.setup.confirm != "none":
+            # From now on: requests logged after this point may prove the move.
+            run.watching = True
+            self._actions.append(Watch(run.epoch, canary=self.setup.confirm == "canary"))
 
     def health_done(self, epoch: int, ok: bool, detail: str, now: float) -> None:
         """The adapter's answer to CheckHealth: is this node's own service healthy."""
@@ -711,9 +875,14 @@ class Node:
                 epoch=epoch, turnaround_ms=(now - run.released_received) * 1000.0, claim_ms=claim_ms
             )
             run.replies["released"] = claimed
+            run.claimed_at = now
             self._transmit(run, claimed, now)
-            run.deadline = now + self.timing.step_timeout
-            self._finish(run, ok=True, reason="", now=now, keep_state="claimed")
+            if self.setup.confirm == "none":
+                run.deadline = now + self.timing.step_timeout
+                self._finish(run, ok=True, reason="", now=now, keep_state="claimed")
+            else:
+                run.state = "confirming"
+                run.deadline = now + self.setup.confirm_within
         elif run.state == "reclaiming" and run.epoch + 1 == epoch:
             abort = run.replies["rollback-reason"]
             assert isinstance(abort, wire.Abort)
@@ -941,6 +1110,14 @@ class Node:
             self._actions.append(Probe(run.epoch))
         elif run.state == "claimed":
             run.state, run.resend_at = "unacknowledged", None
+        elif run.state == "confirming":
+            self._hand_back(run, now)
+        elif run.state in ("confirmed", "handed-back"):
+            run.state, run.resend_at = "unacknowledged", None
+        elif run.state == "awaiting-confirmation":
+            self._step(run, "confirmation-timeout", now)
+            run.state = "probing"
+            self._actions.append(Probe(run.epoch))
 
     # --- helpers --------------------------------------------------------------------------------------------
 
@@ -995,11 +1172,19 @@ class Node:
         rolled_back: bool = False,
         holder: str | None = "",
         keep_state: str = "done",
+        confirmed: bool | None = None,
+        confirm_ms: float | None = None,
+        evidence: dict[str, Any] | None = None,
     ) -> None:
         run.finished = True
-        run.state = keep_state if ok else "failed"
-        if keep_state == "done" or not ok:
+        run.state = keep_state if ok or keep_state == "handed-back" else "failed"
+        if keep_state == "done" or (not ok and keep_state != "handed-back"):
             run.resend_at = run.deadline = None
+        if run.watching:
+            run.watching = False
+            self._actions.append(Unwatch(run.epoch))
+        if confirmed is None and self.setup.confirm != "none" and run.move in MOVES:
+            confirmed = False
         if holder == "":
             holder = self.setup.name if self.holds else (self.setup.peer if ok or self.peer_holds() else None)
         outcome = Outcome(
@@ -1014,6 +1199,9 @@ class Node:
             rolled_back=rolled_back,
             steps=tuple(run.steps),
             holder=holder,
+            confirmed=confirmed,
+            confirm_ms=confirm_ms,
+            evidence=evidence,
         )
         self.last_outcome = outcome
         self._actions.append(Notice("move-finished", outcome.to_json()))

@@ -104,6 +104,30 @@ class Done(Message):
     kind: ClassVar[str] = "done"
 
 
+@dataclass(frozen=True)
+class Confirmed(Message):
+    """The new holder's access log shows the clients arrived: the move is proven."""
+
+    kind: ClassVar[str] = "confirmed"
+    requests: int
+    clients: str  # comma-separated, the first few
+    confirm_ms: float  # from the claim (first announcement) to the confirming request
+
+
+@dataclass(frozen=True)
+class HandBack(Message):
+    """Not confirmed in time: the new holder has released the VIP; the old one takes it back."""
+
+    kind: ClassVar[str] = "hand-back"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ack(Message):
+    kind: ClassVar[str] = "ack"
+    of: str  # the kind acknowledged
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
@@ -117,6 +141,9 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ClaimFailed,
         Abort,
         Done,
+        Confirmed,
+        HandBack,
+        Ack,
     )
 }
 

@@ -38,6 +38,8 @@ class NodePair:
     now: float = 1000.0
     automatic: bool = True
     fence: bool = False
+    confirm: str = "none"
+    confirm_within: float = 2.0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -59,6 +61,12 @@ class NodePair:
         self.probes: list[tuple[str, float, float]] = []
         self.probe_time = 0.08
         self.fence_ok = True
+        # Clients follow the announcement to whoever holds the VIP (False: quiet hours, or a holder
+        # whose web server logs nothing); canaries reach the holder's log.
+        self.clients_follow = True
+        self.canary_reaches = True
+        self.watching: dict[str, tuple[int, bool]] = {}
+        self.canaries = 0
 
     def _make(self, name: str, peer: str, boot: int = 1) -> Node:
         setup = NodeSetup(
@@ -72,6 +80,8 @@ class NodePair:
             boot=boot,
             automatic=self.automatic,
             fence=self.fence,
+            confirm=self.confirm,
+            confirm_within=self.confirm_within,
         )
         return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
 
@@ -164,6 +174,15 @@ class NodePair:
                     and node.fence_done(action.epoch, ok, "exit 0" if ok else "exit 1", self.now)
                 ),
             )
+        elif isinstance(action, protocol.Watch):
+            self.watching[name] = (action.epoch, action.canary)
+        elif isinstance(action, protocol.Unwatch):
+            self.watching.pop(name, None)
+        elif isinstance(action, protocol.Canary):
+            self.canaries += 1
+            if self.canary_reaches:
+                for holder in self.vip_on:
+                    self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
         elif isinstance(action, protocol.Announce):
             self.announces[name] += 1
         elif isinstance(action, protocol.Progress):
@@ -191,6 +210,15 @@ class NodePair:
             return
         self.vip_on.add(name)
         node.claim_done(epoch, True, "", self.now)
+        if self.clients_follow:
+            self.at(self.now + 0.005, lambda: self._traffic(name, canary=False))
+
+    def _traffic(self, name: str, canary: bool) -> None:
+        """Three requests land in `name`'s access log, if it still holds the VIP and watches."""
+        watch = self.watching.get(name)
+        if watch is None or name not in self.vip_on or watch[1] != canary or not self.alive[name]:
+            return
+        self.nodes[name].traffic_seen(watch[0], 3, ["203.0.113.100"], self.now)
 
     def _release(self, name: str, node: Node, epoch: int) -> None:
         if not self._live(name, node):

@@ -383,6 +383,92 @@ def test_unhealthy_holder_keeps_vip_when_peer_is_unhealthy_too() -> None:
     assert pair.vip_on == {"live"}
 
 
+# --- confirmation and rollback ---------------------------------------------------------------------------
+
+
+def test_swap_is_done_only_once_the_new_holders_log_shows_clients() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    cid = pair.command("live", "swap")
+    pair.run(0.1)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.confirmed is True
+    assert out.evidence == {"requests": 3, "clients": ["203.0.113.100"]}
+    assert out.confirm_ms == pytest.approx(5.0, abs=0.01)  # the fake clients arrive 5 ms after the claim
+    assert [s for s, _ in out.steps][-2:] == ["target-claimed", "confirmed"]
+    assert pair.vip_on == {"backup"}
+    assert pair.watching == {}  # the log is no longer followed
+
+
+def test_unconfirmed_swap_hands_back_and_rolls_back() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    pair.clients_follow = False
+    pair.checks.append(lambda p: None if len(p.vip_on) <= 1 else pytest.fail(f"two holders: {p.vip_on}"))
+    cid = pair.command("live", "swap")
+    pair.run(3)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and out.rolled_back and out.confirmed is False
+    assert out.reason == "no client request reached backup within 2 s; rolled back to live"
+    assert pair.vip_on == {"live"}
+    steps = dict(out.steps)
+    # The deadline is 2 s after backup's claim; the hand-back and the reclaim follow within milliseconds.
+    assert steps["reclaimed"] - steps["target-claimed"] == pytest.approx(2000, abs=5)
+    assert pair.nodes["live"].held_epoch == out.epoch + 1
+
+
+def test_target_side_command_reports_the_rollback_too() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    pair.clients_follow = False
+    cid = pair.command("backup", "swap")
+    pair.run(3)
+    out = pair.outcome("backup", cid)
+    assert out is not None and not out.ok and out.rolled_back
+    assert out.reason.endswith("; rolled back to live")
+    assert pair.vip_on == {"live"}
+
+
+def test_canary_mode_confirms_without_clients() -> None:
+    pair = settled(NodePair(confirm="canary"))
+    pair.clients_follow = False
+    cid = pair.command("live", "swap")
+    pair.run(0.2)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.confirmed is True
+    assert pair.canaries == 1 and pair.vip_on == {"backup"}
+
+
+def test_real_clients_do_not_confirm_a_canary_move() -> None:
+    pair = settled(NodePair(confirm="canary"))
+    pair.canary_reaches = False  # the clients' requests arrive, the marked ones do not
+    cid = pair.command("live", "swap")
+    pair.run(3)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.rolled_back and "no canary request reached backup" in out.reason
+
+
+def test_confirmation_off_reports_unconfirmed() -> None:
+    pair = settled(NodePair(confirm="none"))
+    cid = pair.command("live", "swap")
+    pair.run(0.1)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.confirmed is None and pair.watching == {}
+
+
+def test_target_crash_while_confirming_rolls_back_after_silent_probe() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    pair.clients_follow = False
+
+    def crash_target_once_it_holds(p: NodePair) -> None:
+        if "backup" in p.vip_on and p.alive["backup"]:
+            crash(p, "backup")
+
+    pair.checks.append(crash_target_once_it_holds)
+    cid = pair.command("live", "swap")
+    pair.run(5)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.rolled_back and pair.vip_on == {"live"}
+    assert "confirmation-timeout" in dict(out.steps)
+
+
 # --- the property test --------------------------------------------------------------------------------
 
 ops = st.one_of(
@@ -394,13 +480,20 @@ ops = st.one_of(
     st.tuples(st.just("claim-fails"), st.sampled_from(["live", "backup"]), st.booleans()),
     st.tuples(st.just("kill"), st.sampled_from(["live", "backup"])),
     st.tuples(st.just("crash"), st.sampled_from(["live", "backup"]), st.floats(0.0, 2.0)),
+    st.tuples(st.just("clients"), st.booleans()),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2**16), steps=st.lists(ops, max_size=25))
-def test_random_commands_and_faults_keep_the_safety_rules(seed: int, steps: list[tuple[object, ...]]) -> None:
-    pair = NodePair(seed=seed)
+@given(
+    seed=st.integers(0, 2**16),
+    confirm=st.sampled_from(["none", "traffic", "canary"]),
+    steps=st.lists(ops, max_size=25),
+)
+def test_random_commands_and_faults_keep_the_safety_rules(
+    seed: int, confirm: str, steps: list[tuple[object, ...]]
+) -> None:
+    pair = NodePair(seed=seed, confirm=confirm)
     boot = 2
 
     def never_two_holders(p: NodePair) -> None:
@@ -437,6 +530,8 @@ def test_random_commands_and_faults_keep_the_safety_rules(seed: int, steps: list
             pair.run(0.05)
             pair.restart(str(step[1]), boot=boot)
             boot += 1
+        elif kind == "clients":
+            pair.clients_follow = pair.canary_reaches = bool(step[1])
         elif kind == "crash" and pair.alive[str(step[1])]:
             crash(pair, str(step[1]))
             pair.run(float(step[2]))  # type: ignore[arg-type]

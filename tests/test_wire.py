@@ -24,6 +24,9 @@ SAMPLES: list[wire.Message] = [
     wire.ClaimFailed(epoch=4, reason="EPERM"),
     wire.Abort(epoch=4, reason="prepare timed out"),
     wire.Done(epoch=4),
+    wire.Confirmed(epoch=4, requests=7, clients="203.0.113.100,2001:db8::100", confirm_ms=3.5),
+    wire.HandBack(epoch=4, reason="no client request reached backup within 10 s"),
+    wire.Ack(epoch=4, of="confirmed"),
 ]
 
 
