@@ -11,17 +11,20 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from failover import announce, control, protocol, sdnotify
+from failover import announce, control, handoff, protocol, sdnotify
+from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.netlink import NetlinkError, VipLink, local_addresses
 
@@ -109,6 +112,50 @@ async def find_own_node(config: ClusterConfig) -> NodeConfig:
     return mine[0]
 
 
+FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
+
+
+def canary_token(cluster: str, epoch: int) -> str:
+    return f"{cluster}-{epoch}"
+
+
+def canary_url(health_url: str, vip: Any, token: str) -> str:
+    """The target's health URL aimed at the VIP, marked so its log line is recognised."""
+    parts = urllib.parse.urlsplit(health_url)
+    host = f"[{vip}]" if ":" in str(vip) else str(vip)
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    query = f"{parts.query}&" if parts.query else ""
+    return urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path or "/", f"{query}failover-canary={token}", "")
+    )
+
+
+@dataclass
+class _Watch:
+    """One move's look at the access log: what counts, and what was counted so far."""
+
+    epoch: int
+    follower: LogFollower
+    canary_token: str | None  # canary mode: only requests carrying it count
+    ignore: tuple[str, ...]
+    count: int = 0
+    clients: list[str] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    def add(self, entries: list[LogEntry]) -> None:
+        if self.canary_token is not None:
+            marker = f"failover-canary={self.canary_token}"
+            canaries = [e for e in entries if e.request is not None and marker in e.request]
+            self.count += len(canaries)
+            for e in canaries:
+                if e.client not in self.clients:
+                    self.clients.append(e.client)
+            return
+        count, first = count_clients(entries, self.ignore)
+        self.count += count
+        self.clients += [c for c in first if c not in self.clients][: 10 - len(self.clients)]
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -134,6 +181,9 @@ class Agent:
         self._persisted = PersistentState()
         self._drain_end: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._watch: _Watch | None = None
+        self._handoff: asyncio.Task[None] | None = None
+        self._handoff_end: asyncio.TimerHandle | None = None
         self.announced = 0
 
     def now(self) -> float:
@@ -158,6 +208,9 @@ class Agent:
             # Left by an agent that died while draining: it answers no ARP, but end it.
             await self.link.end_drain()
             log.info("stale-drain-removed")
+        if shutil.which("nft"):
+            with contextlib.suppress(handoff.HandoffError, TimeoutError):
+                await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
         setup = protocol.NodeSetup(
@@ -177,6 +230,10 @@ class Agent:
             automatic=cfg.takeover.automatic,
             fence=bool(cfg.takeover.fence),
             self_check_fails=cfg.health.self_check_fails,
+            confirm=cfg.confirm.mode,
+            confirm_requests=cfg.confirm.requests,
+            confirm_within=cfg.confirm.within_s,
+            drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
         )
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
@@ -228,6 +285,11 @@ class Agent:
             # The VIP stays where it is: restarting or stopping the agent must never cause an outage.
             sdnotify.notify("STOPPING=1")
             watcher.cancel()
+            self._stop_watch(None)
+            if self._handoff_end is not None:
+                # A handoff outliving the agent would send segments to a host that stopped draining.
+                self._handoff_end.cancel()
+                await self._remove_handoff(-1)
             if self._timer is not None:
                 self._timer.cancel()
             self._stopping = True
@@ -340,6 +402,20 @@ class Agent:
             self._spawn(self._probe(action))
         elif isinstance(action, protocol.Fence):
             self._spawn(self._fence(action))
+        elif isinstance(action, protocol.Handoff):
+            if self._handoff_end is not None:
+                self._handoff_end.cancel()
+            self._handoff = asyncio.create_task(self._install_handoff(action.epoch))
+        elif isinstance(action, protocol.EndHandoff):
+            self._handoff_end = self.loop.call_later(
+                action.after, lambda: self._spawn(self._remove_handoff(action.epoch))
+            )
+        elif isinstance(action, protocol.Watch):
+            self._start_watch(action)
+        elif isinstance(action, protocol.Unwatch):
+            self._stop_watch(action.epoch)
+        elif isinstance(action, protocol.Canary):
+            self._spawn(self._canary(action))
         elif isinstance(action, protocol.Progress | protocol.Finished):
             queue = self._waiters.get(action.command)
             if queue is not None:
@@ -410,9 +486,91 @@ class Agent:
         ok, detail = await asyncio.to_thread(
             check_health, self.node.health_url, self.config.health.timeout_ms / 1000
         )
+        if self._handoff is not None:
+            await self._handoff  # in place before we say we are ready, hence before we claim
         log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
         self.core.health_done(action.epoch, ok, detail, self.now())
         self._pump()
+
+    # --- connection handoff to the draining old holder -----------------------------------------------
+
+    async def _install_handoff(self, epoch: int) -> None:
+        try:
+            await handoff.install(
+                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface
+            )
+        except (handoff.HandoffError, TimeoutError) as err:
+            log.warning("handoff-unavailable", epoch=epoch, error=str(err))
+            return
+        log.info("handoff-installed", epoch=epoch, to=str(self.peer.address), at=self.now())
+
+    async def _remove_handoff(self, epoch: int) -> None:
+        self._handoff_end = None
+        self._handoff = None
+        try:
+            handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
+        except (handoff.HandoffError, TimeoutError) as err:
+            log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
+            return
+        log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)
+
+    # --- confirmation: the access log, and canaries -------------------------------------------------
+
+    def _start_watch(self, action: protocol.Watch) -> None:
+        self._stop_watch(None)
+        cfg = self.config.confirm
+        follower = LogFollower(self.node.access_log, LogFormat.named(cfg.log_format))
+        follower.start_at_end()  # only what is logged from now on can prove the move
+        token = canary_token(self.config.cluster, action.epoch) if action.canary else None
+        watch = _Watch(action.epoch, follower, token, tuple(str(a) for a in cfg.ignore_clients))
+        watch.task = asyncio.create_task(self._follow(watch))
+        self._watch = watch
+        log.info(
+            "watching-access-log", epoch=action.epoch, path=str(self.node.access_log), canary=action.canary
+        )
+
+    def _stop_watch(self, epoch: int | None) -> None:
+        watch = self._watch
+        if watch is None or (epoch is not None and watch.epoch != epoch):
+            return
+        self._watch = None
+        if watch.task is not None:
+            watch.task.cancel()
+        watch.follower.close()
+        stats = watch.follower.stats
+        log.info(
+            "stopped-watching-access-log",
+            epoch=watch.epoch,
+            counted=watch.count,
+            lines=stats.lines,
+            unparsed=stats.unparsed,
+            error=watch.follower.last_error,
+        )
+
+    async def _follow(self, watch: _Watch) -> None:
+        while True:
+            entries = watch.follower.poll()  # small, non-blocking reads of a regular file
+            if entries:
+                watch.add(entries)
+                self.core.traffic_seen(watch.epoch, watch.count, watch.clients, self.now())
+                self._pump()
+            await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def _canary(self, action: protocol.Canary) -> None:
+        # The drain copy of the VIP would answer our own canaries locally: end it first.
+        if self._drain_end is not None:
+            self._drain_end.cancel()
+            await self._end_drain()
+        url = canary_url(
+            self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
+        )
+        timeout = self.config.health.timeout_ms / 1000
+        results = []
+        for _ in range(self.config.confirm.requests):
+            _ok, detail = await asyncio.to_thread(check_health, url, timeout)
+            results.append(detail)
+            await asyncio.sleep(0.05)
+        log.info("canary", epoch=action.epoch, url=url, results=results)
 
     async def _fence(self, action: protocol.Fence) -> None:
         t = self.config.takeover

@@ -46,6 +46,7 @@ GARP_REPLY = "garp-reply"
 UNSOLICITED_NA = "unsolicited-na"
 
 ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 PACKET_OUTGOING = 4
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -186,6 +187,23 @@ class Announcer:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def frame_source(frame: bytes) -> tuple[str, IPAddress] | None:
+    """(source MAC, source IP) of an untagged Ethernet IPv4 or IPv6 frame; None for anything else.
+
+    Plain slicing rather than scapy: it runs once per straggler frame and only needs fixed offsets, and
+    it also works on a frame truncated to its headers by a socket filter.
+    """
+    if len(frame) < 14:
+        return None
+    mac = frame[6:12].hex(":")
+    ethertype = int.from_bytes(frame[12:14], "big")
+    if ethertype == ETH_P_IP and len(frame) >= 34 and frame[14] >> 4 == 4:
+        return mac, IPv4Address(frame[26:30])
+    if ethertype == ETH_P_IPV6 and len(frame) >= 54 and frame[14] >> 4 == 6:
+        return mac, IPv6Address(frame[22:38])
+    return None
 
 
 def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:

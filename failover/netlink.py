@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
@@ -26,13 +26,15 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
-__all__ = ["IPInterface", "NetlinkError", "VipLink", "local_addresses"]
+__all__ = ["IPInterface", "NetlinkError", "VipLink", "local_addresses", "neighbour_ips"]
 
 IPInterface = IPv4Interface | IPv6Interface
 
 # Not exported by pyroute2 under a stable name; values from <linux/if_addr.h> and <linux/if.h>.
 IFA_F_NODAD = 0x02
 IFF_UP = 0x1
+# <linux/neighbour.h>: entries in these states carry a link-layer address worth trusting.
+_NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
 _UP_OPERSTATES = frozenset({"UP", "UNKNOWN"})
 
 
@@ -282,3 +284,50 @@ async def local_addresses(netns: str | None = None) -> set[IPv4Address | IPv6Add
     finally:
         ipr.close()
     return found
+
+
+async def neighbour_ips(
+    macs: Iterable[str], netns: str | None = None, *, interface: str | None = None, version: int | None = None
+) -> dict[str, list[IPv4Address | IPv6Address]]:
+    """The neighbour-table addresses whose lladdr is each of ``macs`` (of ``interface`` and IP ``version``
+    if given), best first: entries in a valid state before failed ones, global before link-local. A MAC
+    with no entry is absent from the result. One dump; for finding a straggler's address on the segment.
+    """
+    wanted = {mac.lower() for mac in macs}
+    found: dict[str, list[tuple[bool, bool, IPv4Address | IPv6Address]]] = {}
+    if not wanted:
+        return {}
+    kwargs: dict[str, Any] = {}
+    if version is not None:
+        kwargs["family"] = socket.AF_INET if version == 4 else socket.AF_INET6
+    ipr = await _connect(netns)
+    try:
+        if interface is not None:
+            try:
+                links = await ipr.link("get", ifname=interface)
+            except (_PyrouteNetlinkError, OSError) as exc:
+                if _code(exc) == errno.ENODEV:
+                    raise NetlinkError(f"interface {interface} not found") from exc
+                raise NetlinkError(f"interface {interface}: {_describe(exc)}") from exc
+            kwargs["ifindex"] = int(links[0]["index"])
+        try:
+            async for msg in await ipr.neigh("dump", **kwargs):
+                mac = str(msg.get("NDA_LLADDR") or "").lower()
+                raw = msg.get("NDA_DST")
+                if mac not in wanted or not raw:
+                    continue
+                if "ifindex" in kwargs and msg.get("ifindex") != kwargs["ifindex"]:
+                    continue
+                ip = ip_address(raw)
+                if version is not None and ip.version != version:
+                    continue
+                valid = bool(int(msg.get("state") or 0) & _NUD_VALID)
+                found.setdefault(mac, []).append((not valid, ip.is_link_local, ip))
+        except (_PyrouteNetlinkError, OSError) as exc:
+            raise NetlinkError(f"list neighbours: {_describe(exc)}") from exc
+    finally:
+        ipr.close()
+    return {
+        mac: [ip for _, _, ip in sorted(entries, key=lambda e: (e[0], e[1], e[2].version, int(e[2])))]
+        for mac, entries in found.items()
+    }

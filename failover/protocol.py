@@ -63,6 +63,7 @@ class NodeSetup:
     confirm: str = "none"  # "traffic" | "canary" | "none": how the new holder proves clients arrived
     confirm_requests: int = 3
     confirm_within: float = 10.0
+    drain: float = 0.0  # seconds this node keeps serving in-flight connections after it releases
 
 
 # --- actions (outputs) -------------------------------------------------------------------------
@@ -103,6 +104,19 @@ class Probe:
 @dataclass(frozen=True)
 class Fence:
     epoch: int
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Pass segments of connections we do not own to the draining old holder (before we claim)."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
+class EndHandoff:
+    epoch: int
+    after: float  # seconds from now
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,8 @@ Action = (
     | CheckHealth
     | Probe
     | Fence
+    | Handoff
+    | EndHandoff
     | Watch
     | Unwatch
     | Canary
@@ -229,6 +245,8 @@ class _Run:
     claimed_at: float | None = None
     unserved_ms: float | None = None
     watching: bool = False
+    peer_drain: float = 0.0
+    handoff: bool = False  # a Handoff is in place and no EndHandoff has been asked for yet
 
     def elapsed_ms(self, now: float) -> float:
         return (now - self.started) * 1000.0
@@ -510,7 +528,8 @@ class Node:
 
     def _changing_vip(self) -> bool:
         run = self.run
-        return run is not None and run.state in ("releasing", "claiming", "reclaiming", "takeover-claiming")
+        changing = ("releasing", "claiming", "reclaiming", "takeover-claiming", "handing-back")
+        return run is not None and run.state in changing
 
     # source side
 
@@ -547,7 +566,13 @@ class Node:
     def _start_prepare(self, run: _Run, now: float) -> None:
         run.state = "preparing"
         run.deadline = now + self.timing.step_timeout
-        self._transmit(run, wire.Prepare(epoch=run.epoch, move=run.move, digest=self.setup.digest), now)
+        self._transmit(
+            run,
+            wire.Prepare(
+                epoch=run.epoch, move=run.move, digest=self.setup.digest, drain_ms=self.setup.drain * 1000
+            ),
+            now,
+        )
 
     def _on_prepared(self, run: _Run, now: float) -> None:
         if run.role != "source":
@@ -766,6 +791,7 @@ class Node:
         run = self.run
         if run is not None and run.epoch == msg.epoch and run.role == "target":
             if run.state == "requested":
+                run.peer_drain = msg.drain_ms / 1000
                 self._start_health(run, now)
             elif "prepare" in run.replies:
                 self._send(run.replies["prepare"])
@@ -792,6 +818,7 @@ class Node:
             state="",
             started=now,
             command=None,
+            peer_drain=msg.drain_ms / 1000,
         )
         self.run = run
         self._start_health(run, now)
@@ -800,6 +827,10 @@ class Node:
         self._step(run, "prepare-received", now)
         run.state = "checking"
         run.resend_at = run.deadline = None
+        if run.peer_drain > 0:
+            # In place before we claim: the adapter finishes it before it reports the health check.
+            run.handoff = True
+            self._actions.append(Handoff(run.epoch))
         self._actions.append(CheckHealth(run.epoch))
         if self.setup.confirm != "none":
             # From now on: requests logged after this point may prove the move.
@@ -870,6 +901,10 @@ class Node:
                 )
                 return
             self._step(run, "claimed", now)
+            if run.handoff:
+                # The source drains for peer_drain after its release, a moment before our claim.
+                run.handoff = False
+                self._actions.append(EndHandoff(epoch, after=run.peer_drain * 0.8))
             claim_ms = (now - run.claim_started) * 1000.0
             claimed = wire.Claimed(
                 epoch=epoch, turnaround_ms=(now - run.released_received) * 1000.0, claim_ms=claim_ms
@@ -1183,6 +1218,9 @@ class Node:
         if run.watching:
             run.watching = False
             self._actions.append(Unwatch(run.epoch))
+        if run.handoff:
+            run.handoff = False
+            self._actions.append(EndHandoff(run.epoch, after=0.0))
         if confirmed is None and self.setup.confirm != "none" and run.move in MOVES:
             confirmed = False
         if holder == "":

@@ -60,6 +60,7 @@ class Prepare(Message):
     kind: ClassVar[str] = "prepare"
     move: str
     digest: str
+    drain_ms: float = 0.0  # how long the source will keep serving in-flight connections after release
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,13 @@ def cluster_document(lab: Lab, workdir: Path, overrides: Mapping[str, Any] | Non
         "announce": {"schedule_ms": [0, 200, 1100, 2300]},
         "swap": {"step_timeout_ms": 1000},
         "health": {"timeout_ms": 1000},
+        # The lab's clients prove a move; health checks and the nodes themselves do not count.
+        "confirm": {
+            "mode": "traffic",
+            "requests": 3,
+            "within_s": 5,
+            "ignore_clients": ["127.0.0.1", *(str(lab.host(n).address) for n in SERVERS)],
+        },
         "nodes": nodes,
     }
     for key, value in (overrides or {}).items():

@@ -155,7 +155,7 @@ def _del_vip(lab: Lab, host: str) -> None:
     lab.run(host, ["ip", "address", "del", str(VIP), "dev", "eth0"], check=False, timeout=5)
 
 
-def _link_up(lab: Lab, host: str) -> None:
+def link_up(lab: Lab, host: str) -> None:
     lab.run(host, ["ip", "link", "set", "eth0", "up"], check=False, timeout=5)
 
 
@@ -221,7 +221,7 @@ class Contender:
             stop_group(proc, (signal.SIGKILL,), 2.0)
         self.procs.clear()
         for host in SERVERS:
-            _link_up(self.lab, host)
+            link_up(self.lab, host)
             _del_vip(self.lab, host)
 
     def daemon_pids(self) -> dict[str, int]:
@@ -441,16 +441,48 @@ def describe(kind: type[Contender]) -> str:
 FAILOVER_NAME = "failover"
 FAILOVER_LABEL = "failover swap (confirm: none)"
 FAILOVER_ACTIONS = {"planned": "`failover swap` (CLI on live)", "crash": "link down + SIGKILL agent"}
-FAILOVER_UNSUPPORTED = {"crash": "n/a (takeover not implemented)"}
+FAILOVER_UNSUPPORTED: dict[str, str] = {}
 FAILOVER_CONFIG = (
     "LabCluster's cluster file: heartbeat 50 ms, dead after 250 ms, announce schedule 0/200/1100/2300 ms, "
-    "swap step timeout 1 s, drain 1 s; swap run as `failover swap --json` on live"
+    "swap step timeout 1 s, drain 1 s, probe 3 x 20 ms + 60 ms wait; swap run as `failover swap --json` on live"
 )
-TAKEOVER_IMPLEMENTED = False
+TAKEOVER_IMPLEMENTED = True
+# The crash of live with timers tightened for the 150 ms floor, heartbeats still every 50 ms. dead_after
+# cannot go lower (the config demands >= 2 x interval); the probe stays, shortened: 2 probes 10 ms
+# apart and 20 ms of listening, which a holder on the same segment answers in well under a millisecond.
+FAILOVER_TUNED_NAME = "failover-tuned"
+FAILOVER_TUNED_LABEL = "failover tuned (dead after 100 ms, probe 2 x 10 ms + 20 ms)"
+FAILOVER_TUNED: dict[str, Any] = {
+    "heartbeat": {"dead_after_ms": 100},
+    "probe": {"count": 2, "interval_ms": 10, "wait_ms": 20},
+}
+FAILOVER_TUNED_CONFIG = (
+    "LabCluster's cluster file with `heartbeat: {interval_ms: 50, dead_after_ms: 100}` and "
+    "`probe: {count: 2, interval_ms: 10, wait_ms: 20}`; everything else as the failover row"
+)
+# The heartbeat-loss soak: netem on the heartbeat port only, on both servers' eth0.
+SOAK_NAME = "soak"
+HEARTBEAT_PORT = 5405
+SOAK_NETEM = ("loss", "30%", "delay", "50ms", "20ms")
+
+
+def heartbeat_netem(port: int = HEARTBEAT_PORT, netem: Sequence[str] = SOAK_NETEM) -> list[list[str]]:
+    """tc commands (for one host's eth0) that put netem on UDP to `port` only.
+
+    A prio qdisc with a 4th band that the priomap never uses: only the u32 filter (IPv4, UDP, that
+    destination port) sends packets there, so HTTP and ARP keep the plain bands.
+    """
+    return [
+        ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio", "bands", "4"],
+        ["tc", "qdisc", "add", "dev", "eth0", "parent", "1:4", "handle", "40:", "netem", *netem],
+        ["tc", "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+         "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff",
+         "flowid", "1:4"],
+    ]  # fmt: skip
 
 
 def known_names() -> list[str]:
-    return [FAILOVER_NAME, *(kind.name for kind in CONTENDERS)]
+    return [FAILOVER_NAME, FAILOVER_TUNED_NAME, SOAK_NAME, *(kind.name for kind in CONTENDERS)]
 
 
 def environment_versions() -> dict[str, Any]:

@@ -44,6 +44,9 @@ def move_report(cluster: LabCluster, outcome: dict[str, Any], records: list[Requ
         "duration_ms": outcome.get("duration_ms"),
         "unserved_ms": outcome.get("lab_unserved_ms"),
         "unserved_ms_estimated_by_agents": outcome.get("unserved_ms"),
+        "confirmed": outcome.get("confirmed"),
+        "confirm_ms": outcome.get("confirm_ms"),
+        "evidence": outcome.get("evidence"),
         "holder": outcome.get("holder_by_netlink"),
         "client_neighbour_mac": outcome.get("client_neighbour_mac"),
         "client_neighbour_moved": outcome.get("client_neighbour_moved"),
@@ -118,7 +121,9 @@ def _verdict(outcome: dict[str, Any]) -> str:
     if outcome.get("ok") and outcome.get("exit_code") == 0:
         unserved = outcome.get("lab_unserved_ms")
         return (f"ok in {outcome.get('duration_ms', 0):.1f} ms, VIP on {outcome['holder_by_netlink']}, "
-                f"on no host for {unserved} ms, client ARP moved: {outcome['client_neighbour_moved']}")
+                f"on no host for {unserved} ms, client ARP moved: {outcome['client_neighbour_moved']}, "
+                f"confirmed by the access log {outcome.get('confirm_ms')} ms after the claim "
+                f"({(outcome.get('evidence') or {}).get('requests')} requests)")
     return f"FAILED: {outcome.get('reason')}"
 
 
@@ -128,7 +133,8 @@ def format_report(report: dict[str, Any]) -> str:
         m = report[move]
         lines.append(
             f"  {move:<7} ok={m['ok']!s:<5} duration {m['duration_ms']} ms  unserved {m['unserved_ms']} ms  "
-            f"client max gap {m['max_gap_ms']} ms  failed {m['failed']}  stalled {m['stalled_over_1s']}"
+            f"client max gap {m['max_gap_ms']} ms  failed {m['failed']}  stalled {m['stalled_over_1s']}  "
+            f"confirmed {m['confirmed']} in {m['confirm_ms']} ms"
         )
         if not m["ok"]:
             lines.append(f"          reason: {m['reason']}")

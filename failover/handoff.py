@@ -1,0 +1,94 @@
+"""Connection handoff during a swap: the only module that speaks to nftables.
+
+While the old holder drains (the VIP ARP-silent on its lo), the new holder passes TCP segments of
+connections it does not own to it, instead of answering them with a reset: a connection whose
+handshake began on the old holder just before the announcement reached the client finishes there.
+The kernel's socket lookup tells the two apart: a segment (not SYN, not RST) that only finds the
+wildcard listener belongs to no connection here. `dup to` keeps the VIP as destination and sends
+the copy to the old holder's MAC; the original is dropped.
+
+Limits: only for services whose listening socket is bound to the wildcard address (0.0.0.0 / ::);
+a service bound to the VIP itself never matches and keeps today's behaviour (reset).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from ipaddress import IPv4Address, IPv6Address
+
+IPAddress = IPv4Address | IPv6Address
+
+_SAFE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class HandoffError(Exception):
+    """nft refused or is missing; the message is one line."""
+
+
+def table_name(cluster: str) -> str:
+    return f"failover_{cluster.replace('-', '_').replace('.', '_')}"
+
+
+def ruleset(cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str) -> str:
+    if vip.version != old_holder.version:
+        raise HandoffError(f"the VIP {vip} and the old holder's address {old_holder} differ in family")
+    if not _SAFE.fullmatch(interface) or not _SAFE.fullmatch(cluster):
+        raise HandoffError(f"refusing unusual names in an nft rule: {interface!r}, {cluster!r}")
+    family = "ip" if vip.version == 4 else "ip6"
+    return (
+        f"table {family} {table_name(cluster)} {{\n"
+        "  chain handoff {\n"
+        "    type filter hook prerouting priority mangle; policy accept;\n"
+        f'    iifname "{interface}" {family} daddr {vip} tcp flags & (syn | rst) == 0 '
+        f'socket wildcard 1 counter dup to {old_holder} device "{interface}" drop\n'
+        "  }\n"
+        "}\n"
+    )
+
+
+async def _nft(args: list[str], stdin: str | None = None) -> tuple[int, str]:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "nft",
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as err:
+        raise HandoffError(f"nft: {err.strerror or err}") from None
+    out, _ = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 5.0)
+    return int(proc.returncode or 0), out.decode(errors="replace").strip()
+
+
+async def install(cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str) -> None:
+    """Put the handoff rule in place (replacing an older one of this cluster)."""
+    await remove(cluster, vip.version)
+    code, out = await _nft(["-f", "-"], ruleset(cluster, vip, old_holder, interface))
+    if code != 0:
+        raise HandoffError(f"nft -f: {out.splitlines()[0] if out else f'exit {code}'}")
+
+
+async def remove(cluster: str, version: int) -> int:
+    """Take the rule away (absent is fine); returns how many segments it handed off."""
+    family = "ip" if version == 4 else "ip6"
+    code, out = await _nft(["-j", "list", "table", family, table_name(cluster)])
+    handed_off = _counted_packets(out) if code == 0 else 0
+    await _nft(["delete", "table", family, table_name(cluster)])
+    return handed_off
+
+
+def _counted_packets(listing: str) -> int:
+    try:
+        doc = json.loads(listing)
+    except ValueError:
+        return 0
+    total = 0
+    for item in doc.get("nftables", []):
+        for expr in item.get("rule", {}).get("expr", []):
+            counter = expr.get("counter") if isinstance(expr, dict) else None
+            if isinstance(counter, dict):
+                total += int(counter.get("packets", 0))
+    return total
