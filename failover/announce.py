@@ -36,6 +36,7 @@ __all__ = [
     "AnnounceError",
     "Announcer",
     "IPAddress",
+    "frame_source",
     "probe",
 ]
 

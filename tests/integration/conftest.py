@@ -8,18 +8,23 @@ namespaces outlived it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from failover.lab.client import ClientLoad
 from failover.lab.cluster import SERVERS, LabCluster
+from failover.lab.contenders import link_down
 from failover.lab.netns import HOST_PLAN, LAB_SUBNET, VIP
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,3 +126,47 @@ def vip_holders(cluster: LabCluster, interface: str = "eth0") -> list[str]:
 
 def events(cluster: LabCluster, name: str, event: str) -> list[dict[str, Any]]:
     return [e for e in cluster.agent_events(name) if e.get("event") == event]
+
+
+@contextlib.contextmanager
+def lab_cluster(
+    overrides: Mapping[str, Any] | None = None, workdir: Path | None = None
+) -> Iterator[LabCluster]:
+    """A LabCluster with its own cluster-file overrides; torn down and checked like the `cluster` fixture."""
+    built = LabCluster(workdir, overrides=overrides)
+    prefix = built.lab.prefix
+    try:
+        with built:
+            yield built
+    finally:
+        left = lab_namespaces(prefix)
+        assert not left, f"namespaces left behind by the lab: {left}"
+
+
+def client_load(cluster: LabCluster, duration_s: float = 60.0) -> ClientLoad:
+    """The standard client load (a new connection every 5 ms, one keep-alive) against the VIP, started."""
+    load = ClientLoad(cluster.lab, CLIENT, VIP_IP, cluster.workdir / "client", duration_s=duration_s)
+    load.start()
+    return load
+
+
+def crash(cluster: LabCluster, name: str = "live") -> float:
+    """name dies: its eth0 set down in its namespace, then its agent SIGKILLed; returns the time before."""
+    started = time.monotonic()
+    link_down(cluster.lab, name)
+    cluster.stop_agent(name, signal.SIGKILL)
+    return started
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Figures the tests measured (user property `figure`), so `pytest -q` shows them."""
+    figures = [
+        (report.nodeid, value)
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        for name, value in getattr(report, "user_properties", [])
+        if name == "figure"
+    ]
+    if figures:
+        terminalreporter.section("measured")
+        for nodeid, value in figures:
+            terminalreporter.write_line(f"{nodeid.rsplit('::', 1)[-1]}: {value}")
