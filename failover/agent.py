@@ -18,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from failover import announce, control, handoff, protocol, sdnotify
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.netlink import NetlinkError, VipLink, local_addresses
+from failover.stragglers import StragglerWatch
 
 log = structlog.get_logger("failover.agent")
 
@@ -113,6 +115,7 @@ async def find_own_node(config: ClusterConfig) -> NodeConfig:
 
 
 FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
+STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
 
 
 def canary_token(cluster: str, epoch: int) -> str:
@@ -183,6 +186,7 @@ class Agent:
         self._stopping = False
         self._watch: _Watch | None = None
         self._handoff: asyncio.Task[None] | None = None
+        self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self._handoff_end: asyncio.TimerHandle | None = None
         self.announced = 0
 
@@ -234,6 +238,7 @@ class Agent:
             confirm_requests=cfg.confirm.requests,
             confirm_within=cfg.confirm.within_s,
             drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
+            straggler_window=cfg.confirm.straggler_window_ms / 1000,
         )
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
@@ -286,6 +291,7 @@ class Agent:
             sdnotify.notify("STOPPING=1")
             watcher.cancel()
             self._stop_watch(None)
+            self._unwatch_stragglers(None)
             if self._handoff_end is not None:
                 # A handoff outliving the agent would send segments to a host that stopped draining.
                 self._handoff_end.cancel()
@@ -410,6 +416,16 @@ class Agent:
             self._handoff_end = self.loop.call_later(
                 action.after, lambda: self._spawn(self._remove_handoff(action.epoch))
             )
+        elif isinstance(action, protocol.WatchStragglers):
+            self._watch_stragglers(action.epoch)
+        elif isinstance(action, protocol.UnwatchStragglers):
+            self._unwatch_stragglers(action.epoch)
+        elif isinstance(action, protocol.Tell):
+            try:
+                self.announcer.tell(ip_address(action.ip), action.mac)
+                log.info("told-straggler", ip=action.ip, mac=action.mac)
+            except (announce.AnnounceError, ValueError) as err:
+                log.error("tell-failed", ip=action.ip, mac=action.mac, error=str(err))
         elif isinstance(action, protocol.Watch):
             self._start_watch(action)
         elif isinstance(action, protocol.Unwatch):
@@ -491,6 +507,40 @@ class Agent:
         log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
         self.core.health_done(action.epoch, ok, detail, self.now())
         self._pump()
+
+    # --- stragglers: clients still sending to us after we released -----------------------------------
+
+    def _watch_stragglers(self, epoch: int) -> None:
+        self._unwatch_stragglers(None)
+        try:
+            watch = StragglerWatch(self.node.interface, self.config.vip.ip, self.link.mac)
+            watch.start()
+        except announce.AnnounceError as err:
+            log.error("straggler-watch-failed", epoch=epoch, error=str(err))
+            return
+        self._stragglers = (epoch, watch, asyncio.create_task(self._report_stragglers(epoch, watch)))
+
+    async def _report_stragglers(self, epoch: int, watch: StragglerWatch) -> None:
+        while True:
+            await asyncio.sleep(STRAGGLER_REPORT_INTERVAL)
+            # The new holder's own frames are the connection handoff at work, not a straggler.
+            seen = [
+                (s.mac, s.ip, watch.last_seen(s.mac) or 0.0)
+                for s in watch.stragglers()
+                if s.ip != str(self.peer.address)
+            ]
+            if seen:
+                self.core.stragglers_seen(epoch, seen, self.now())
+                self._pump()
+
+    def _unwatch_stragglers(self, epoch: int | None) -> None:
+        if self._stragglers is None or (epoch is not None and self._stragglers[0] != epoch):
+            return
+        watched, watch, task = self._stragglers
+        self._stragglers = None
+        task.cancel()
+        watch.stop()
+        log.info("straggler-watch-ended", epoch=watched, frames_seen=watch.frames_seen)
 
     # --- connection handoff to the draining old holder -----------------------------------------------
 

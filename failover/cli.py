@@ -197,6 +197,17 @@ def _move(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
         extra = "" if unserved is None else f", VIP on no host for ~{unserved:.2f} ms"
         print(f"{move} done: VIP on {outcome['holder']} (epoch {outcome['epoch']}) "
               f"in {outcome['duration_ms']:.1f} ms{extra}")
+        if outcome.get("confirmed"):
+            evidence = outcome.get("evidence") or {}
+            clients = ", ".join(evidence.get("clients", []))
+            print(f"  confirmed: {evidence.get('requests')} requests in {outcome['holder']}'s access log "
+                  f"{outcome['confirm_ms']:.1f} ms after the claim, from {clients}")
+        elif outcome.get("confirmed") is None:
+            print("  NOT confirmed: confirmation is off (confirm.mode: none); "
+                  "check the new holder's access log")
+        for straggler in outcome.get("stragglers") or []:
+            verdict = "moved after a targeted ARP request" if straggler["moved"] else "DID NOT MOVE"
+            print(f"  straggler {straggler['ip']} ({straggler['mac']}): {verdict}")
     else:
         print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED

@@ -130,6 +130,9 @@ class ConfirmConfig:
     within_s: float = 10.0
     ignore_clients: tuple[IPAddress, ...] = ()
     log_format: str = "combined"
+    # After a release the old holder watches this long for clients still sending to its MAC; the new
+    # holder sends each a targeted ARP request, and the outcome names the ones that never moved. 0: off.
+    straggler_window_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -564,7 +567,10 @@ def _load_log_format(sec: _Section) -> str:
 
 def _load_confirm(top: _Section) -> ConfirmConfig:
     d = ConfirmConfig()
-    sec = top.section("confirm", optional=("mode", "requests", "within_s", "ignore_clients", "log_format"))
+    sec = top.section(
+        "confirm",
+        optional=("mode", "requests", "within_s", "ignore_clients", "log_format", "straggler_window_ms"),
+    )
     mode = sec.choice("mode", d.mode, _CONFIRM_MODES)
     requests = sec.integer("requests", d.requests, 1, 10_000)
     within_s = sec.number("within_s", d.within_s, 3600)
@@ -574,8 +580,14 @@ def _load_confirm(top: _Section) -> ConfirmConfig:
         for i, value in enumerate(seq):
             ignore.append(_ip(value, partial(sec.item_error, "ignore_clients", seq, i)))
     log_format = _load_log_format(sec)
+    window = sec.integer("straggler_window_ms", d.straggler_window_ms, 0, 600_000)
     return ConfirmConfig(
-        mode=mode, requests=requests, within_s=within_s, ignore_clients=tuple(ignore), log_format=log_format
+        mode=mode,
+        requests=requests,
+        within_s=within_s,
+        ignore_clients=tuple(ignore),
+        log_format=log_format,
+        straggler_window_ms=window,
     )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from failover import wire
 
 MOVES = ("swap", "unswap")
+STRAGGLER_GRACE = 0.1  # seconds: frames sent before a client could have heard the announcement
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class NodeSetup:
     confirm_requests: int = 3
     confirm_within: float = 10.0
     drain: float = 0.0  # seconds this node keeps serving in-flight connections after it releases
+    straggler_window: float = 0.0  # seconds the old holder watches for clients still sending to it
 
 
 # --- actions (outputs) -------------------------------------------------------------------------
@@ -120,6 +122,24 @@ class EndHandoff:
 
 
 @dataclass(frozen=True)
+class WatchStragglers:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class UnwatchStragglers:
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Tell:
+    """A targeted ARP request / NS to one straggler: the VIP is at our MAC now."""
+
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
 class Watch:
     """Start following the access log now: requests after this moment may confirm the move."""
 
@@ -163,6 +183,7 @@ class Outcome:
     confirmed: bool | None = None  # None: confirmation is off
     confirm_ms: float | None = None  # from the claim to the request that confirmed the move
     evidence: dict[str, Any] | None = None  # requests counted, first clients
+    stragglers: tuple[dict[str, Any], ...] = ()  # {ip, mac, moved}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,6 +201,7 @@ class Outcome:
             "confirmed": self.confirmed,
             "confirm_ms": None if self.confirm_ms is None else round(self.confirm_ms, 3),
             "evidence": self.evidence,
+            "stragglers": list(self.stragglers),
         }
 
 
@@ -207,6 +229,9 @@ Action = (
     | Fence
     | Handoff
     | EndHandoff
+    | WatchStragglers
+    | UnwatchStragglers
+    | Tell
     | Watch
     | Unwatch
     | Canary
@@ -247,6 +272,10 @@ class _Run:
     watching: bool = False
     peer_drain: float = 0.0
     handoff: bool = False  # a Handoff is in place and no EndHandoff has been asked for yet
+    straggler_until: float | None = None  # watching for stragglers until then (source)
+    claimed_seen: float | None = None  # when the source learnt of the claim: later frames are stragglers
+    stragglers: dict[str, dict[str, Any]] = field(default_factory=dict)  # mac -> ip, told, last_seen
+    done_kwargs: dict[str, Any] | None = None  # a finished move waiting for the straggler window
 
     def elapsed_ms(self, now: float) -> float:
         return (now - self.started) * 1000.0
@@ -493,6 +522,12 @@ class Node:
                 run.state, run.resend_at, run.deadline = "acknowledged", None, None
             elif run.state == "confirming":
                 run.resend_at = None  # the source knows we claimed; now we wait for clients
+        elif isinstance(msg, wire.TellStragglers):
+            if run.role == "target":
+                for entry in msg.entries.split(","):
+                    ip, _, mac = entry.partition("=")
+                    if ip and mac:
+                        self._actions.append(Tell(ip, mac))
         elif isinstance(msg, wire.Confirmed):
             self._on_confirmed(run, msg, now)
         elif isinstance(msg, wire.HandBack):
@@ -617,6 +652,10 @@ class Node:
         released = wire.Released(epoch=epoch, release_ms=run.release_ms)
         run.replies["prepared"] = released
         self._transmit(run, released, now)
+        if self.setup.straggler_window > 0:
+            # After Released is out: opening the watch must not delay the target's claim.
+            run.straggler_until = now + self.setup.straggler_window
+            self._actions.append(WatchStragglers(epoch))
 
     def _handed_back(self, run: _Run, ok: bool, error: str, now: float) -> None:
         within = f"{self.setup.confirm_within:g} s"
@@ -654,6 +693,7 @@ class Node:
         done = wire.Done(epoch=run.epoch)
         if run.state in ("handed-over", "probing"):
             self._step(run, "target-claimed", now)
+            run.claimed_seen = now
             unserved = None
             if run.released_sent is not None and run.release_ms is not None:
                 # Split the round trip: half of (our wait minus the target's turnaround) is one way.
@@ -662,7 +702,7 @@ class Node:
             run.replies["claimed"] = done
             self._send(done)
             if self.setup.confirm == "none":
-                self._finish(run, ok=True, reason="", now=now, unserved_ms=unserved)
+                self._finish_source_ok(run, now, unserved_ms=unserved)
                 return
             run.unserved_ms = unserved
             run.state = "awaiting-confirmation"
@@ -731,15 +771,52 @@ class Node:
             return
         self._step(run, "confirmed", now)
         evidence = {"requests": msg.requests, "clients": [c for c in msg.clients.split(",") if c]}
-        self._finish(
+        self._finish_source_ok(
             run,
-            ok=True,
-            reason="",
-            now=now,
+            now,
             unserved_ms=run.unserved_ms,
             confirmed=True,
             confirm_ms=msg.confirm_ms,
             evidence=evidence,
+        )
+
+    def _finish_source_ok(self, run: _Run, now: float, **kwargs: Any) -> None:
+        """Done, unless the straggler window is still open: then done when it closes."""
+        if run.straggler_until is not None and now < run.straggler_until:
+            run.state = "collecting-stragglers"
+            run.done_kwargs = kwargs
+            run.resend_at = None
+            run.deadline = run.straggler_until
+            return
+        self._finish(run, ok=True, reason="", now=now, **kwargs)
+
+    def stragglers_seen(self, epoch: int, seen: list[tuple[str, str, float]], now: float) -> None:
+        """The adapter's view of frames still reaching us for the VIP: (mac, ip, last seen) per sender."""
+        run = self.run
+        if run is None or run.epoch != epoch or run.role != "source" or run.claimed_seen is None:
+            return
+        if run.finished or run.straggler_until is None:
+            return
+        grace = run.claimed_seen + STRAGGLER_GRACE  # frames already on their way at the claim do not count
+        new = False
+        for mac, ip, last_seen in seen:
+            if last_seen < grace:
+                continue
+            known = run.stragglers.setdefault(mac, {"ip": ip, "told": None, "last_seen": last_seen})
+            known["last_seen"] = max(known["last_seen"], last_seen)
+            if known["told"] is None:
+                known["told"] = now
+                new = True
+        if new:
+            entries = ",".join(f"{v['ip']}={mac}" for mac, v in run.stragglers.items())
+            self._actions.append(Notice("stragglers", {"epoch": epoch, "entries": entries}))
+            self._send(wire.TellStragglers(epoch=epoch, entries=entries))
+
+    def _straggler_report(self, run: _Run) -> tuple[dict[str, Any], ...]:
+        # Moved: nothing more from that MAC once the new holder had a moment to tell it.
+        return tuple(
+            {"ip": v["ip"], "mac": mac, "moved": v["last_seen"] < v["told"] + STRAGGLER_GRACE}
+            for mac, v in run.stragglers.items()
         )
 
     def _on_hand_back(self, run: _Run, msg: wire.HandBack, now: float) -> None:
@@ -1149,6 +1226,8 @@ class Node:
             self._hand_back(run, now)
         elif run.state in ("confirmed", "handed-back"):
             run.state, run.resend_at = "unacknowledged", None
+        elif run.state == "collecting-stragglers":
+            self._finish(run, ok=True, reason="", now=now, **(run.done_kwargs or {}))
         elif run.state == "awaiting-confirmation":
             self._step(run, "confirmation-timeout", now)
             run.state = "probing"
@@ -1221,6 +1300,9 @@ class Node:
         if run.handoff:
             run.handoff = False
             self._actions.append(EndHandoff(run.epoch, after=0.0))
+        if run.straggler_until is not None:
+            run.straggler_until = None
+            self._actions.append(UnwatchStragglers(run.epoch))
         if confirmed is None and self.setup.confirm != "none" and run.move in MOVES:
             confirmed = False
         if holder == "":
@@ -1240,6 +1322,7 @@ class Node:
             confirmed=confirmed,
             confirm_ms=confirm_ms,
             evidence=evidence,
+            stragglers=self._straggler_report(run) if ok else (),
         )
         self.last_outcome = outcome
         self._actions.append(Notice("move-finished", outcome.to_json()))

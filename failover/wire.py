@@ -124,6 +124,14 @@ class HandBack(Message):
 
 
 @dataclass(frozen=True)
+class TellStragglers(Message):
+    """Clients still sending to the old holder: the new holder tells each where the VIP is now."""
+
+    kind: ClassVar[str] = "tell-stragglers"
+    entries: str  # "ip=mac,ip=mac"
+
+
+@dataclass(frozen=True)
 class Ack(Message):
     kind: ClassVar[str] = "ack"
     of: str  # the kind acknowledged
@@ -144,6 +152,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Done,
         Confirmed,
         HandBack,
+        TellStragglers,
         Ack,
     )
 }

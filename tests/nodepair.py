@@ -40,6 +40,7 @@ class NodePair:
     fence: bool = False
     confirm: str = "none"
     confirm_within: float = 2.0
+    straggler_window: float = 0.0
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -67,6 +68,8 @@ class NodePair:
         self.canary_reaches = True
         self.watching: dict[str, tuple[int, bool]] = {}
         self.canaries = 0
+        self.tells: list[tuple[str, str, str]] = []  # (who told, ip, mac)
+        self.straggler_watch: dict[str, int] = {}
 
     def _make(self, name: str, peer: str, boot: int = 1) -> Node:
         setup = NodeSetup(
@@ -82,6 +85,7 @@ class NodePair:
             fence=self.fence,
             confirm=self.confirm,
             confirm_within=self.confirm_within,
+            straggler_window=self.straggler_window,
         )
         return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
 
@@ -183,6 +187,12 @@ class NodePair:
             if self.canary_reaches:
                 for holder in self.vip_on:
                     self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
+        elif isinstance(action, protocol.Tell):
+            self.tells.append((name, action.ip, action.mac))
+        elif isinstance(action, protocol.WatchStragglers):
+            self.straggler_watch[name] = action.epoch
+        elif isinstance(action, protocol.UnwatchStragglers):
+            self.straggler_watch.pop(name, None)
         elif isinstance(action, protocol.Announce):
             self.announces[name] += 1
         elif isinstance(action, protocol.Progress):

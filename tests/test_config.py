@@ -66,6 +66,7 @@ confirm:
   within_s: 10
   ignore_clients: [127.0.0.1, 203.0.113.11, 203.0.113.12]
   log_format: combined
+  straggler_window_ms: 1000
 nodes:
   live:
     address: 203.0.113.11

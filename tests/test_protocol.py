@@ -469,6 +469,53 @@ def test_target_crash_while_confirming_rolls_back_after_silent_probe() -> None:
     assert "confirmation-timeout" in dict(out.steps)
 
 
+# --- stragglers --------------------------------------------------------------------------------------------
+
+STRAGGLER = ("02:00:cb:00:71:65", "203.0.113.101")
+ROUTER = ("02:00:cb:00:71:01", "203.0.113.1")
+
+
+def test_stragglers_are_told_and_named_in_the_outcome() -> None:
+    pair = settled(NodePair(confirm="traffic", straggler_window=1.0))
+    cid = pair.command("live", "swap")
+    pair.run(0.2)  # past the grace after the claim: frames now come from clients that did not move
+    assert pair.straggler_watch == {"live": 1}
+    live = pair.nodes["live"]
+    assert live.run is not None and live.run.claimed_seen is not None
+    claimed = live.run.claimed_seen
+    # One client keeps sending to live's MAC after the claim; another frame was merely in flight.
+    live.stragglers_seen(
+        1, [(STRAGGLER[0], STRAGGLER[1], pair.now), (ROUTER[0], ROUTER[1], claimed)], pair.now
+    )
+    pair.run(0.01)
+    assert pair.tells == [("backup", STRAGGLER[1], STRAGGLER[0])]
+    told = pair.now
+    # The router keeps coming back; the client stops once told.
+    pair.run(0.3)
+    live.stragglers_seen(1, [(STRAGGLER[0], STRAGGLER[1], told), (ROUTER[0], ROUTER[1], pair.now)], pair.now)
+    pair.run(0.3)
+    live.stragglers_seen(1, [(ROUTER[0], ROUTER[1], pair.now)], pair.now)
+    assert pair.outcome("live", cid) is None  # the window is still open: not reported yet
+    pair.run(1)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.confirmed
+    assert out.stragglers == (
+        {"ip": STRAGGLER[1], "mac": STRAGGLER[0], "moved": True},
+        {"ip": ROUTER[1], "mac": ROUTER[0], "moved": False},
+    )
+    assert out.duration_ms == pytest.approx(1000, abs=5)  # waited for the window after its release
+    assert pair.straggler_watch == {}
+    assert ("backup", ROUTER[1], ROUTER[0]) in pair.tells
+
+
+def test_no_straggler_watch_when_the_window_is_off() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    cid = pair.command("live", "swap")
+    pair.run(0.1)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.stragglers == () and pair.straggler_watch == {}
+
+
 # --- the property test --------------------------------------------------------------------------------
 
 ops = st.one_of(
@@ -493,7 +540,7 @@ ops = st.one_of(
 def test_random_commands_and_faults_keep_the_safety_rules(
     seed: int, confirm: str, steps: list[tuple[object, ...]]
 ) -> None:
-    pair = NodePair(seed=seed, confirm=confirm)
+    pair = NodePair(seed=seed, confirm=confirm, straggler_window=0.5 if seed % 2 else 0.0)
     boot = 2
 
     def never_two_holders(p: NodePair) -> None:

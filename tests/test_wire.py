@@ -27,6 +27,7 @@ SAMPLES: list[wire.Message] = [
     wire.Confirmed(epoch=4, requests=7, clients="203.0.113.100,2001:db8::100", confirm_ms=3.5),
     wire.HandBack(epoch=4, reason="no client request reached backup within 10 s"),
     wire.Ack(epoch=4, of="confirmed"),
+    wire.TellStragglers(epoch=4, entries="203.0.113.101=02:00:cb:00:71:65,203.0.113.1=02:00:00:00:00:01"),
 ]
 
 

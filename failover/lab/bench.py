@@ -40,8 +40,12 @@ PRE_S = 0.5  # load before the action, to see a served client first
 SETTLE_S = 1.0  # load after the client has moved
 RECOVER_TIMEOUT_S = 15.0
 IDLE_SAMPLE_S = 3.0
-FULL_BUDGET_S = 20 * 60.0
-QUICK_BUDGET_S = 3 * 60.0
+FULL_BUDGET_S = 35 * 60.0
+QUICK_BUDGET_S = 6 * 60.0
+FULL_SOAK_S = 300.0
+QUICK_SOAK_S = 25.0
+CRASH_FLOOR_MS = 150.0  # median fault -> first response from backup, heartbeats every 50 ms
+SOAK_SAMPLE_S = 0.5
 FLOORS = {"failed": 0, "stalled_over_1s": 0, "median_max_gap_ms": 10.0}
 METRICS = ("failed", "stalled_over_1s", "max_gap_ms", "first_response_ms", "keepalive_resets")
 METRIC_TITLES = {
@@ -127,7 +131,7 @@ def fmt_spread(stats: Mapping[str, Any]) -> str:
 def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     measured = [r for r in runs if not r.get("error")]
     out: dict[str, Any] = {m: spread(r.get(m) for r in measured) for m in METRICS}
-    for extra in ("unserved_ms", "cli_duration_ms", "cli_wall_ms"):
+    for extra in ("unserved_ms", "cli_duration_ms", "cli_wall_ms", "fault_to_claim_ms", "takeover_ms"):
         if any(extra in r for r in measured):
             out[extra] = spread(r.get(extra) for r in measured)
     out["runs"] = len(measured)
@@ -143,14 +147,49 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 
 def ratios(report: Mapping[str, Any]) -> dict[str, Any]:
     """failover swap vs keepalived tuned (stop master): medians of max gap and of time to first response."""
+    return _ratios(report, cont.FAILOVER_NAME, "planned")
+
+
+def _median(report: Mapping[str, Any], row: str, scenario: str, metric: str) -> float | None:
     rows = report.get("contenders", {})
-    ours = rows.get(cont.FAILOVER_NAME, {}).get("scenarios", {}).get("planned", {}).get("stats", {})
-    theirs = rows.get("keepalived-tuned", {}).get("scenarios", {}).get("planned", {}).get("stats", {})
+    stats = rows.get(row, {}).get("scenarios", {}).get(scenario, {}).get("stats", {})
+    value = stats.get(metric, {}).get("median")
+    return None if value is None else float(value)
+
+
+def _ratios(report: Mapping[str, Any], row: str, scenario: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for metric in ("max_gap_ms", "first_response_ms"):
-        a = ours.get(metric, {}).get("median")
-        b = theirs.get(metric, {}).get("median")
+        a = _median(report, row, scenario, metric)
+        b = _median(report, "keepalived-tuned", scenario, metric)
         out[metric] = {"failover": a, "keepalived_tuned": b, "ratio": ratio(a, b)}
+    return out
+
+
+def crash_ratios(report: Mapping[str, Any]) -> dict[str, Any]:
+    """failover's crash rows (default and tuned timers) vs keepalived tuned's crash row, medians."""
+    return {row: _ratios(report, row, "crash") for row in (cont.FAILOVER_NAME, cont.FAILOVER_TUNED_NAME)}
+
+
+def takeover_floors(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Crash of live -> first response from backup <= 150 ms (median, tuned); the soak: 0 takeovers."""
+    out: dict[str, Any] = {}
+    rows = report.get("contenders", {})
+    if cont.FAILOVER_TUNED_NAME in rows:
+        crash = _median(report, cont.FAILOVER_TUNED_NAME, "crash", "first_response_ms")
+        out["crash_first_response_ms"] = {
+            "measured": crash,
+            "floor": CRASH_FLOOR_MS,
+            "met": crash is not None and crash <= CRASH_FLOOR_MS,
+        }
+    soak = report.get("soak")
+    if soak:
+        takeovers = soak.get("takeovers")
+        out["soak_takeovers"] = {
+            "measured": takeovers,
+            "floor": 0,
+            "met": soak.get("status") == "ok" and takeovers == 0 and soak.get("holders_always_live") is True,
+        }
     return out
 
 
@@ -296,9 +335,77 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"- {METRIC_TITLES[metric]}: failover {fmt_number(r['failover'])}, keepalived tuned "
                 f"{fmt_number(r['keepalived_tuned'])}, ratio {fmt_number(r['ratio'])}"
             )
+    lines += render_takeover(report)
     if report.get("truncated"):
         lines += ["", f"**Truncated**: {report['truncated']}"]
     return "\n".join(lines) + "\n"
+
+
+def render_takeover(report: Mapping[str, Any]) -> list[str]:
+    """The crash rows against keepalived tuned's, the takeover floors, and the heartbeat-loss soak."""
+    lines: list[str] = []
+    rows = report.get("contenders", {})
+    crash_rows = [
+        (name, rows[name]) for name in (cont.FAILOVER_NAME, cont.FAILOVER_TUNED_NAME)
+        if rows.get(name, {}).get("scenarios", {}).get("crash", {}).get("status") == "ok"
+    ]  # fmt: skip
+    if crash_rows:
+        lines += [
+            "",
+            "#### Unplanned takeover: crash of live (link down + SIGKILL of its agent)",
+            "",
+            "| setting | runs | fault → backup's claim (ms, its log) | silence noticed → claim (ms) "
+            "| fault → first response from backup (ms) | failed | max gap (ms) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for _, row in crash_rows:
+            stats = row["scenarios"]["crash"]["stats"]
+            lines.append(
+                f"| {row['label']} | {stats['runs']}{_errors(stats)} "
+                f"| {fmt_spread(stats.get('fault_to_claim_ms', {}))} "
+                f"| {fmt_spread(stats.get('takeover_ms', {}))} "
+                f"| {fmt_spread(stats['first_response_ms'])} | {fmt_spread(stats['failed'])} "
+                f"| {fmt_spread(stats['max_gap_ms'])} |"
+            )
+        for name, by_metric in report.get("crash_ratios", {}).items():
+            if name not in dict(crash_rows):
+                continue
+            lines += ["", f"{rows[name]['label']} vs keepalived tuned (crash), medians:"]
+            for metric, r in by_metric.items():
+                lines.append(
+                    f"- {METRIC_TITLES[metric]}: failover {fmt_number(r['failover'])}, keepalived tuned "
+                    f"{fmt_number(r['keepalived_tuned'])}, ratio {fmt_number(r['ratio'])}"
+                )
+    soak = report.get("soak")
+    if soak:
+        lines += ["", f"#### Heartbeat-loss soak ({soak.get('action', '')})", ""]
+        if soak.get("status") != "ok":
+            lines.append(f"Not run: {soak.get('reason')}.")
+        else:
+            http = soak["http"]
+            lost = ", ".join(
+                f"{h} → peer {fmt_number(v['lost_percent'])} % of {v['sent']}"
+                for h, v in soak["heartbeats"].items()
+            )
+            refused = ", ".join(f"{h} {n}" for h, n in soak["takeovers_refused"].items())
+            lines += [
+                f"- takeovers: **{soak['takeovers']}** (agents' `takeover` log events and `last_takeover`); "
+                f"VIP holders sampled every {SOAK_SAMPLE_S} s: {soak['holders']}",
+                f"- takeovers refused because live answered the probe: {refused}",
+                f"- heartbeats lost (peer's received vs sent): {lost}; nft counters {soak['nft_counters']}",
+                f"- HTTP meanwhile: {http['requests']} requests, {http['failed']} failed, median "
+                f"{fmt_number(http['median_latency_ms'])} ms, max {fmt_number(http['max_latency_ms'])} ms, "
+                f"max gap {fmt_number(http['max_gap_ms'])} ms, served by {http['served_by']}",
+            ]
+    checks = report.get("takeover_floors", {})
+    if checks:
+        verdict = ", ".join(
+            f"{name} {fmt_number(c['measured'])} (floor {fmt_number(c['floor'])}) "
+            f"{'met' if c['met'] else 'NOT met'}"
+            for name, c in checks.items()
+        )
+        lines += ["", f"Takeover floors: {verdict}."]
+    return lines
 
 
 def fmt_idle(value: float | None, digits: int) -> str:
@@ -441,6 +548,7 @@ def measure(
     figures = move_figures(load.records(), load.keepalive(), action_at, target)
     figures.update(extra)
     figures["recovered"] = moved
+    figures["action_at"] = action_at
     figures["recovered_after_s"] = round(recovered_after, 3)
     with contextlib.suppress(OSError):
         shutil.rmtree(load.dir)
@@ -496,19 +604,38 @@ def failover_moves(
         "runs": moves["swap"],
         "stats": stats["swap"],
     }
-    row["scenarios"]["crash"] = _crash_row_failover()
     return report, row
 
 
-def _crash_row_failover() -> dict[str, Any]:
-    if not cont.TAKEOVER_IMPLEMENTED:
-        return {
-            "action": cont.FAILOVER_ACTIONS["crash"],
-            "status": "n/a",
-            "reason": cont.FAILOVER_UNSUPPORTED["crash"],
-        }
-    # Ready for when takeover lands: crash_failover() measures it the way the anchors' crashes are.
-    return {"action": cont.FAILOVER_ACTIONS["crash"], "status": "pending"}
+# --- failover's unplanned takeover --------------------------------------------------------------------
+
+
+def failover_crashes(
+    name: str, overrides: Mapping[str, Any] | None, runs: int, workdir: Path, budget: Budget, say: Say
+) -> dict[str, Any]:
+    """`runs` crashes of live in one LabCluster, put back between runs; the crash scenario's result."""
+    results: list[dict[str, Any]] = []
+    with LabCluster(workdir / name, overrides=overrides) as cluster:
+        say(f"{name}: crash lab {cluster.lab.prefix} up")
+        for run in range(runs):
+            if budget.left() < 30:
+                budget.truncated = f"{name} crash stopped after {run} of {runs} runs (time budget)"
+                break
+            try:
+                result = crash_failover(cluster, workdir)
+            except BenchError as err:
+                result = {"error": str(err)}
+            result["run"] = run
+            results.append(result)
+            say(f"  crash {run + 1}/{runs}: {_run_text(result)}")
+            if run + 1 < runs:
+                restore_after_crash(cluster)
+    return {
+        "action": cont.FAILOVER_ACTIONS["crash"],
+        "status": "ok",
+        "runs": results,
+        "stats": summarize_runs(results),
+    }
 
 
 def crash_failover(cluster: LabCluster, workdir: Path) -> dict[str, Any]:
@@ -520,7 +647,144 @@ def crash_failover(cluster: LabCluster, workdir: Path) -> dict[str, Any]:
         cluster.stop_agent("live", signal.SIGKILL)
         return started, {}
 
-    return measure(cluster.lab, workdir, "live", "backup", act)
+    result = measure(cluster.lab, workdir, "live", "backup", act)
+    # measure() returns once backup holds and the client follows: backup's own account of it.
+    action_at = result["action_at"]
+    claims = [
+        e for e in cluster.agent_events("backup")
+        if e.get("event") == "claim" and e.get("ok") and e.get("why") == "takeover"
+        and float(e.get("at", 0.0)) >= action_at
+    ]  # fmt: skip
+    takeover = cluster.status("backup").get("last_takeover") or {}
+    result["fault_to_claim_ms"] = round((float(claims[0]["at"]) - action_at) * 1000.0, 3) if claims else None
+    result["takeover_ms"] = takeover.get("duration_ms") if takeover.get("ok") else None
+    result["takeover"] = takeover
+    if not claims:
+        result["error"] = f"backup did not claim by takeover: {takeover.get('reason')}"
+    return result
+
+
+def restore_after_crash(cluster: LabCluster) -> None:
+    """Back to the lab's start: agents stopped, live's link up, the VIP on live only, fresh agents."""
+    lab = cluster.lab
+    for name in cont.SERVERS:
+        cluster.stop_agent(name)
+    cont.link_up(lab, "live")
+    for name in cont.SERVERS:
+        for dev in ("eth0", "lo"):
+            lab.run(name, ["ip", "address", "del", str(VIP), "dev", dev], check=False, timeout=5)
+        shutil.rmtree(cluster.workdir / name / "state", ignore_errors=True)
+    # The client's entry still names backup's MAC; the next request resolves the VIP afresh.
+    lab.run("client", ["ip", "neigh", "del", str(VIP.ip), "dev", "eth0"], check=False, timeout=5)
+    lab.run("live", ["ip", "address", "add", str(VIP), "dev", "eth0"], timeout=5)
+    for name in cont.SERVERS:
+        cluster.start_agent(name)
+    cluster.wait_ready()
+
+
+def heartbeat_soak(
+    seconds: float, overrides: Mapping[str, Any] | None, workdir: Path, budget: Budget, say: Say
+) -> dict[str, Any]:
+    """Heartbeats lossy and jittery for `seconds` with live healthy: any takeover is a false one.
+
+    Counts takeovers from both agents' JSON logs (`takeover`) and their `last_takeover`, samples the
+    VIP's holders every 0.5 s, and runs a client load (a new connection every 20 ms) to show that the
+    HTTP path is untouched.
+    """
+    action = (
+        f"{cont.SOAK_LOSS_PERCENT} % loss, {cont.SOAK_DELAY_MS:.0f} ± {cont.SOAK_JITTER_MS:.0f} ms "
+        f"on UDP {cont.HEARTBEAT_PORT} (both servers), {seconds:.0f} s"
+    )
+    if budget.left() < seconds + 40:
+        budget.truncated = f"soak of {seconds:.0f} s not run (time budget)"
+        return {"status": "not run", "action": action, "reason": "time budget"}
+    with LabCluster(workdir / "soak", overrides=overrides) as cluster:
+        lab = cluster.lab
+        say(f"soak: lab {lab.prefix} up; {action}")
+        load = ClientLoad(
+            lab, "client", str(VIP.ip), workdir / "soak-client", interval_ms=20.0,
+            duration_s=seconds + 30, max_requests=int(seconds * 50) + 2000,
+        )  # fmt: skip
+        before = {h: cluster.status(h) for h in cont.SERVERS}
+        relay_stats = cont.start_heartbeat_impairment(lab, workdir, seconds + 5)
+        started = time.monotonic()
+        load.start()
+        holders: Counter[str] = Counter()
+        try:
+            for _ in range(int(seconds / SOAK_SAMPLE_S) + 2):
+                holders[",".join(cluster.holders()) or "none"] += 1
+                if time.monotonic() - started >= seconds:
+                    break
+                time.sleep(SOAK_SAMPLE_S)
+        finally:
+            load.stop()
+            nft = cont.stop_heartbeat_impairment(lab)
+        elapsed = time.monotonic() - started
+        after = {h: cluster.status(h) for h in cont.SERVERS}
+        events = {h: cluster.agent_events(h) for h in cont.SERVERS}
+        records = load.records()
+    relays: dict[str, Any] = {}
+    for host, path in relay_stats.items():
+        with contextlib.suppress(OSError, ValueError):
+            relays[host] = json.loads(path.read_text())
+
+    def count(host: str, event: str) -> int:
+        return sum(1 for e in events[host] if e.get("event") == event)
+
+    def delta(host: str, side: str) -> int:
+        return int(after[host][side].get("heartbeat", 0)) - int(before[host][side].get("heartbeat", 0))
+
+    total = summarize(records)
+    latencies = sorted((r.end - r.start) * 1000.0 for r in records if r.ok)
+    takeovers = sum(count(h, "takeover") for h in cont.SERVERS)
+    last = {h: after[h].get("last_takeover") for h in cont.SERVERS}
+    heartbeats: dict[str, dict[str, Any]] = {
+        h: {"sent": delta(h, "sent"), "received": delta(h, "received")} for h in cont.SERVERS
+    }
+    for host in cont.SERVERS:
+        peer = "backup" if host == "live" else "live"
+        sent, got = heartbeats[host]["sent"], heartbeats[peer]["received"]
+        heartbeats[host]["lost_percent"] = round(100.0 * (1 - got / sent), 1) if sent else None
+    result: dict[str, Any] = {
+        "status": "ok",
+        "action": action,
+        "seconds": round(elapsed, 1),
+        # The logs are the count; a last_takeover that says ok is one too, should a log line be lost.
+        "takeovers": max(takeovers, sum(1 for t in last.values() if t and t.get("ok"))),
+        "takeovers_refused": {h: count(h, "takeover-refused") for h in cont.SERVERS},
+        "probes": {h: count(h, "probe") for h in cont.SERVERS},
+        "last_takeover": last,
+        "holders": dict(holders),
+        "holders_always_live": set(holders) == {"live"},
+        "heartbeats": heartbeats,
+        "nft_counters": nft,
+        "relays": relays,
+        "http": {
+            "requests": total.requests,
+            "failed": total.failed,
+            "stalled_over_1s": total.stalled_over_1s,
+            "max_gap_ms": round(total.max_gap_ms, 3),
+            "median_latency_ms": round(statistics.median(latencies), 3) if latencies else None,
+            "max_latency_ms": round(latencies[-1], 3) if latencies else None,
+            "served_by": total.served_by,
+        },
+    }
+    say(f"  soak: {_soak_text(result)}")
+    return result
+
+
+def _soak_text(r: Mapping[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return f"not run: {r.get('reason')}"
+    http = r["http"]
+    lost = ", ".join(f"{h}->peer {v['lost_percent']} %" for h, v in r["heartbeats"].items())
+    refused = sum(r["takeovers_refused"].values())
+    return (
+        f"{r['seconds']} s, takeovers {r['takeovers']}, refused (probe answered) {refused}, "
+        f"holders {r['holders']}, heartbeats lost {lost}; HTTP {http['requests']} requests, "
+        f"failed {http['failed']}, median {fmt_number(http['median_latency_ms'])} ms, "
+        f"max gap {fmt_number(http['max_gap_ms'])} ms"
+    )
 
 
 def _failover_move(cluster: LabCluster, workdir: Path, move: str, source: str, target: str) -> dict[str, Any]:
@@ -660,6 +924,7 @@ def run_bench(
     only: Sequence[str] | None = None,
     say: Say = print,
     command: str = "",
+    soak_s: float | None = None,
 ) -> dict[str, Any]:
     quick = pairs <= 2
     runs = runs if runs is not None else (max(1, pairs) if quick else FULL_RUNS)
@@ -691,13 +956,32 @@ def run_bench(
         if cont.FAILOVER_NAME in chosen:
             own, row = failover_moves(max(1, pairs), workdir, budget, say)
             report["failover_moves"] = own
+            row["scenarios"]["crash"] = failover_crashes(cont.FAILOVER_NAME, None, runs, workdir, budget, say)
             report["contenders"][cont.FAILOVER_NAME] = row
+        if cont.FAILOVER_TUNED_NAME in chosen:
+            report["contenders"][cont.FAILOVER_TUNED_NAME] = {
+                "label": cont.FAILOVER_TUNED_LABEL,
+                "config": cont.FAILOVER_TUNED_CONFIG,
+                "overrides": cont.FAILOVER_TUNED,
+                "scenarios": {
+                    "crash": failover_crashes(
+                        cont.FAILOVER_TUNED_NAME, cont.FAILOVER_TUNED, runs, workdir, budget, say
+                    )
+                },
+                "idle": None,
+            }
         for kind in cont.CONTENDERS:
             if kind.name in chosen:
                 report["contenders"][kind.name] = contender_row(kind, runs, workdir, budget, missing, say)
+        if cont.SOAK_NAME in chosen:
+            seconds = soak_s if soak_s is not None else (QUICK_SOAK_S if quick else FULL_SOAK_S)
+            report["soak"] = heartbeat_soak(seconds, cont.FAILOVER_TUNED, workdir, budget, say)
+            report["soak"]["overrides"] = cont.FAILOVER_TUNED
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["ratios"] = ratios(report)
+    report["crash_ratios"] = crash_ratios(report)
+    report["takeover_floors"] = takeover_floors(report)
     report["truncated"] = budget.truncated
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return report
@@ -720,6 +1004,7 @@ def bench(
     only: Sequence[str] | None = None,
     md_path: Path | None = None,
     command: str | None = None,
+    soak_s: float | None = None,
 ) -> int:
     """Entry point of `failover lab bench`; returns 0 when failover met its floors, 1 otherwise."""
 
@@ -727,25 +1012,31 @@ def bench(
         print(text, file=sys.stderr, flush=True)
 
     command = command or "failover lab bench " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else [])
-    report = run_bench(pairs, runs=runs, only=only, say=say, command=command.strip())
+    report = run_bench(pairs, runs=runs, only=only, say=say, command=command.strip(), soak_s=soak_s)
     markdown = write_outputs(report, json_path or RESULTS / "latest.json", md_path or RESULTS / "latest.md")
     print(markdown)
-    checks = report.get("failover_moves", {}).get("floors", {})
-    return 0 if all(c["met"] for c in checks.values()) else 1
+    checks = [*report.get("failover_moves", {}).get("floors", {}).values()]
+    checks += report.get("takeover_floors", {}).values()
+    return 0 if all(c["met"] for c in checks) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m failover.lab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--pairs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="2 pairs, 2 runs per contender (<= 3 min)")
+    parser.add_argument("--quick", action="store_true", help="2 pairs, 2 runs per contender (<= 6 min)")
     parser.add_argument("--runs", type=int, help=f"runs per contender and scenario (default {FULL_RUNS})")
     parser.add_argument("--only", action="append", choices=cont.known_names(), help="repeatable")
+    parser.add_argument("--soak-s", type=float, help=f"heartbeat-loss soak (default {FULL_SOAK_S:.0f} s, "
+                        f"quick {QUICK_SOAK_S:.0f} s)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     args = parser.parse_args(argv)
     pairs = 2 if args.quick else args.pairs
     shown = "python -m failover.lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    return bench(pairs, args.json, runs=args.runs, only=args.only, md_path=args.md, command=shown.strip())
+    return bench(
+        pairs, args.json, runs=args.runs, only=args.only, md_path=args.md, command=shown.strip(),
+        soak_s=args.soak_s,
+    )
 
 
 if __name__ == "__main__":

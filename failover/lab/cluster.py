@@ -121,6 +121,11 @@ class LabCluster:
             self.start_agent(name)
         self.wait_ready()
 
+    def document(self) -> dict[str, Any]:
+        """The cluster file as it is now, to change and write back."""
+        doc: dict[str, Any] = yaml.safe_load(self.config_path.read_text())
+        return doc
+
     def write_config(self, doc: Mapping[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -444,7 +445,8 @@ FAILOVER_ACTIONS = {"planned": "`failover swap` (CLI on live)", "crash": "link d
 FAILOVER_UNSUPPORTED: dict[str, str] = {}
 FAILOVER_CONFIG = (
     "LabCluster's cluster file: heartbeat 50 ms, dead after 250 ms, announce schedule 0/200/1100/2300 ms, "
-    "swap step timeout 1 s, drain 1 s, probe 3 x 20 ms + 60 ms wait; swap run as `failover swap --json` on live"
+    "swap step timeout 1 s, drain 1 s, probe 3 x 20 ms + 60 ms wait; "
+    "swap run as `failover swap --json` on live"
 )
 TAKEOVER_IMPLEMENTED = True
 # The crash of live with timers tightened for the 150 ms floor, heartbeats still every 50 ms. dead_after
@@ -460,25 +462,114 @@ FAILOVER_TUNED_CONFIG = (
     "LabCluster's cluster file with `heartbeat: {interval_ms: 50, dead_after_ms: 100}` and "
     "`probe: {count: 2, interval_ms: 10, wait_ms: 20}`; everything else as the failover row"
 )
-# The heartbeat-loss soak: netem on the heartbeat port only, on both servers' eth0.
+# The heartbeat-loss soak: 30 % loss and 50 +- 20 ms of delay on the heartbeat path only, on both
+# servers. This kernel has neither netem nor prio (CONFIG_NET_SCH_NETEM, CONFIG_NET_SCH_PRIO unset), so
+# nftables does it: a random drop (numgen) and a redirect to a delaying relay in the same namespace.
+# Only datagrams from port 5405 to port 5405 match: the agents' own; the relay sends from another port.
 SOAK_NAME = "soak"
 HEARTBEAT_PORT = 5405
-SOAK_NETEM = ("loss", "30%", "delay", "50ms", "20ms")
+RELAY_PORT = 15405
+SOAK_LOSS_PERCENT = 30
+SOAK_DELAY_MS = 50.0
+SOAK_JITTER_MS = 20.0
 
 
-def heartbeat_netem(port: int = HEARTBEAT_PORT, netem: Sequence[str] = SOAK_NETEM) -> list[list[str]]:
-    """tc commands (for one host's eth0) that put netem on UDP to `port` only.
+def heartbeat_impairment_rules(
+    loss_percent: int = SOAK_LOSS_PERCENT, port: int = HEARTBEAT_PORT, relay_port: int = RELAY_PORT
+) -> str:
+    """nft rules for one server's namespace: drop loss_percent of its outgoing heartbeats at random,
+    hand the rest to the delaying relay on relay_port."""
+    match = f"udp sport {port} udp dport {port}"
+    return (
+        "table ip fo_soak {\n"
+        "  chain loss {\n"
+        "    type filter hook output priority -200; policy accept;\n"
+        f"    {match} numgen random mod 100 < {loss_percent} counter name dropped drop\n"
+        f"    {match} counter name passed\n"
+        "  }\n"
+        "  counter dropped {}\n"
+        "  counter passed {}\n"
+        "  chain delay {\n"
+        "    type nat hook output priority -100; policy accept;\n"
+        f"    {match} redirect to :{relay_port}\n"
+        "  }\n"
+        "}\n"
+    )
 
-    A prio qdisc with a 4th band that the priomap never uses: only the u32 filter (IPv4, UDP, that
-    destination port) sends packets there, so HTTP and ARP keep the plain bands.
+
+def heartbeat_relay(
+    peer: str, seconds: float, stats: str, delay_ms: float = SOAK_DELAY_MS, jitter_ms: float = SOAK_JITTER_MS,
+    port: int = HEARTBEAT_PORT, relay_port: int = RELAY_PORT,
+) -> None:  # fmt: skip
+    """Run in a server's namespace: every datagram redirected to relay_port goes on to peer:port after
+    delay_ms +- jitter_ms (uniform, so late ones may overtake: reordering, as netem's jitter does).
+    Stops after `seconds` and writes its counts as JSON to `stats`."""
+    import asyncio
+    import random
+
+    async def relay() -> None:
+        loop = asyncio.get_running_loop()
+        counts = {"received": 0, "sent": 0}
+        out, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(peer, port))
+
+        def send(data: bytes) -> None:
+            out.sendto(data)
+            counts["sent"] += 1
+
+        class Delay(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+                counts["received"] += 1
+                later = (delay_ms + random.uniform(-jitter_ms, jitter_ms)) / 1000.0
+                loop.call_later(max(later, 0.0), send, data)
+
+        inbound, _ = await loop.create_datagram_endpoint(Delay, local_addr=("0.0.0.0", relay_port))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            inbound.close()
+            out.close()
+            Path(stats).write_text(json.dumps(counts))
+
+    asyncio.run(relay())
+
+
+def start_heartbeat_impairment(lab: Lab, workdir: Path, seconds: float) -> dict[str, Path]:
+    """Loss and delay on both servers' heartbeats for `seconds`; returns each relay's stats file.
+
+    Relays are started with ``Lab.popen`` (``Lab.down`` kills them) and end on their own; the rules
+    live in the servers' namespaces and go with them.
     """
-    return [
-        ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio", "bands", "4"],
-        ["tc", "qdisc", "add", "dev", "eth0", "parent", "1:4", "handle", "40:", "netem", *netem],
-        ["tc", "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-         "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff",
-         "flowid", "1:4"],
-    ]  # fmt: skip
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": package_root}
+    stats: dict[str, Path] = {}
+    for host in SERVERS:
+        peer = lab.host("backup" if host == "live" else "live")
+        stats[host] = workdir / f"relay-{host}.json"
+        code = (
+            "from failover.lab.contenders import heartbeat_relay; "
+            f"heartbeat_relay({str(peer.address)!r}, {seconds!r}, {str(stats[host])!r})"
+        )
+        lab.popen(host, [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+    time.sleep(0.3)  # the relays bind before any heartbeat is redirected to them
+    for host in SERVERS:
+        lab.run(host, ["nft", "-f", "-"], input=heartbeat_impairment_rules(), timeout=10)
+    return stats
+
+
+def stop_heartbeat_impairment(lab: Lab) -> dict[str, dict[str, int]]:
+    """Remove the rules; returns each server's nft counters (heartbeats dropped and passed on)."""
+    counters: dict[str, dict[str, int]] = {}
+    for host in SERVERS:
+        argv = ["nft", "-j", "list", "counters", "table", "ip", "fo_soak"]
+        done = lab.run(host, argv, check=False, timeout=10)
+        found: dict[str, int] = {}
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            for item in json.loads(done.stdout or "{}")["nftables"]:
+                if "counter" in item:
+                    found[str(item["counter"]["name"])] = int(item["counter"]["packets"])
+        counters[host] = found
+        lab.run(host, ["nft", "delete", "table", "ip", "fo_soak"], check=False, timeout=10)
+    return counters
 
 
 def known_names() -> list[str]:

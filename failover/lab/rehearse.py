@@ -47,6 +47,7 @@ def move_report(cluster: LabCluster, outcome: dict[str, Any], records: list[Requ
         "confirmed": outcome.get("confirmed"),
         "confirm_ms": outcome.get("confirm_ms"),
         "evidence": outcome.get("evidence"),
+        "stragglers": outcome.get("stragglers"),
         "holder": outcome.get("holder_by_netlink"),
         "client_neighbour_mac": outcome.get("client_neighbour_mac"),
         "client_neighbour_moved": outcome.get("client_neighbour_moved"),
@@ -67,7 +68,21 @@ def do_move(cluster: LabCluster, move: str, via: str, source: str, target: str) 
     mac = cluster.lab.neighbour_mac("client", str(VIP.ip))
     outcome["client_neighbour_mac"] = mac
     outcome["client_neighbour_moved"] = mac == cluster.lab.host(target).mac
+    outcome["stragglers"] = source_stragglers(cluster, source, outcome.get("epoch"))
     return outcome
+
+
+def source_stragglers(cluster: LabCluster, source: str, epoch: Any, wait_s: float = 3.0) -> list[Any] | None:
+    """The old holder's straggler report for that move: it completes when its watch window closes."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        status = cluster.status(source)
+        last = status.get("last_move") or {}
+        if last.get("epoch") == epoch and not status.get("swap_in_progress"):
+            stragglers: list[Any] = last.get("stragglers", [])
+            return stragglers
+        time.sleep(0.05)
+    return None
 
 
 def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = None) -> dict[str, Any]:

@@ -130,10 +130,12 @@ def events(cluster: LabCluster, name: str, event: str) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def lab_cluster(
-    overrides: Mapping[str, Any] | None = None, workdir: Path | None = None
+    overrides: Mapping[str, Any] | None = None,
+    workdir: Path | None = None,
+    hosts: tuple[str, ...] = ("live", "backup", "client"),
 ) -> Iterator[LabCluster]:
     """A LabCluster with its own cluster-file overrides; torn down and checked like the `cluster` fixture."""
-    built = LabCluster(workdir, overrides=overrides)
+    built = LabCluster(workdir, overrides=overrides, hosts=hosts)
     prefix = built.lab.prefix
     try:
         with built:

@@ -303,6 +303,8 @@ def test_self_check_hands_over_by_coordinated_swap(cluster: LabCluster) -> None:
     assert vip_holders(cluster) == ["backup"]
     # 3 failures at 100 ms, then a swap: well under a second on an idle host.
     assert moved_s < 2.0, moved_s
+    # The source reports the move once its straggler window (confirm.straggler_window_ms, 1 s) closes.
+    assert cluster.lab.wait_until(lambda: cluster.status("live")["last_move"] is not None, 3.0, 0.05)
     last_move = cluster.status("live")["last_move"]
     assert last_move["ok"] is True and last_move["move"] == "swap", last_move
     assert (last_move["source"], last_move["target"]) == ("live", "backup")

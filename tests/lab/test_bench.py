@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from failover.lab import bench
+from failover.lab import contenders as cont
 from failover.lab.client import Request
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces")
@@ -203,6 +205,67 @@ def test_unknown_contender_is_refused() -> None:
         bench.run_bench(1, only=["heartbeat"])
 
 
+# --- takeover: floors, rendering, the soak's rules -----------------------------------------------------
+
+
+def crash_stats(first_response_ms: float) -> dict[str, Any]:
+    return bench.summarize_runs(
+        [{"failed": 0, "stalled_over_1s": 20, "max_gap_ms": first_response_ms, "first_response_ms":
+          first_response_ms, "keepalive_resets": 1, "fault_to_claim_ms": first_response_ms - 3,
+          "takeover_ms": 50.0}]
+    )  # fmt: skip
+
+
+def takeover_report(tuned_ms: float, takeovers: int) -> dict[str, Any]:
+    def row(label: str, ms: float) -> dict[str, Any]:
+        crash = {"status": "ok", "stats": crash_stats(ms)}
+        return {"label": label, "idle": None, "scenarios": {"crash": crash}}
+
+    report: dict[str, Any] = {
+        "contenders": {
+            "failover": row("failover default", 380.0),
+            "failover-tuned": row("failover tuned", tuned_ms),
+            "keepalived-tuned": row("keepalived tuned", 38.0),
+        },
+        "soak": {"status": "ok", "takeovers": takeovers, "holders_always_live": True, "action": "30 %",
+                 "seconds": 25.0, "takeovers_refused": {"live": 0, "backup": 12}, "holders": {"live": 50},
+                 "heartbeats": {"live": {"sent": 500, "lost_percent": 30.0}},
+                 "nft_counters": {}, "http": {"requests": 1000, "failed": 0, "median_latency_ms": 0.7,
+                                             "max_latency_ms": 5.0, "max_gap_ms": 25.0, "served_by": {}}},
+    }  # fmt: skip
+    report["crash_ratios"] = bench.crash_ratios(report)
+    report["takeover_floors"] = bench.takeover_floors(report)
+    return report
+
+
+def test_takeover_floors_judge_the_tuned_crash_median_and_the_soak() -> None:
+    good = takeover_report(140.0, 0)["takeover_floors"]
+    assert good["crash_first_response_ms"] == {"measured": 140.0, "floor": 150.0, "met": True}
+    assert good["soak_takeovers"]["met"] is True
+    bad = takeover_report(160.0, 1)["takeover_floors"]
+    assert not bad["crash_first_response_ms"]["met"] and not bad["soak_takeovers"]["met"]
+    assert bench.takeover_floors({}) == {}
+
+
+def test_crash_ratios_and_takeover_section() -> None:
+    report = takeover_report(140.0, 0)
+    assert report["crash_ratios"]["failover-tuned"]["first_response_ms"]["ratio"] == round(140 / 38, 2)
+    assert report["crash_ratios"]["failover"]["first_response_ms"]["ratio"] == 10.0
+    text = "\n".join(bench.render_takeover(report))
+    assert "| failover tuned | 1 | 137 | 50 | 140 | 0 | 140 |" in text
+    assert "takeovers: **0**" in text and "backup 12" in text
+    assert "crash_first_response_ms 140 (floor 150) met" in text
+
+
+def test_heartbeat_impairment_matches_only_the_agents_heartbeats() -> None:
+    rules = cont.heartbeat_impairment_rules()
+    matches = [line.strip() for line in rules.splitlines() if "udp" in line]
+    assert len(matches) == 3
+    assert all(m.startswith("udp sport 5405 udp dport 5405 ") for m in matches)
+    assert "numgen random mod 100 < 30" in rules and "redirect to :15405" in rules
+    assert "tcp" not in rules and "arp" not in rules
+
+
 # --- one real run -------------------------------------------------------------------------------------
 
 
@@ -213,7 +276,7 @@ def netns_names() -> set[str]:
 
 @needs_root
 @needs_tools
-def test_quick_bench_manual_and_one_failover_pair(tmp_path: Path) -> None:
+def test_quick_bench_manual_and_one_failover_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = netns_names()
     code = bench.bench(
         1,
@@ -224,7 +287,11 @@ def test_quick_bench_manual_and_one_failover_pair(tmp_path: Path) -> None:
         command="smoke",
     )
     report = json.loads((tmp_path / "b.json").read_text())
-    assert netns_names() - before == set()
+    # Only the bench's own labs (it names each prefix on stderr): other runs may share this machine.
+    said = capsys.readouterr().err
+    prefixes = set(re.findall(r"lab (fo[0-9a-f]+) up", said))
+    assert prefixes, said
+    assert {n for n in netns_names() - before if n.split("-")[0] in prefixes} == set()
     assert code in (0, 1)  # 1 only says a floor was missed, which this test does not judge
     assert set(report) >= {"mode", "contenders", "failover_moves", "ratios", "versions", "command"}
     swap = report["failover_moves"]["moves"]["swap"][0]
@@ -242,5 +309,10 @@ def test_quick_bench_manual_and_one_failover_pair(tmp_path: Path) -> None:
     assert 0 < run["first_response_ms"] < 2000
     for key in ("failed", "stalled_over_1s", "max_gap_ms", "first_response_ms", "keepalive_resets"):
         assert key in manual["planned"]["stats"]
-    assert report["contenders"]["failover"]["scenarios"]["crash"]["reason"].startswith("n/a")
+    crash = report["contenders"]["failover"]["scenarios"]["crash"]
+    assert crash["status"] == "ok", crash
+    taken = crash["runs"][0]
+    assert not taken.get("error"), taken
+    assert taken["takeover"]["ok"] is True and taken["served_by"].get("backup", 0) > 0
+    assert 0 < taken["fault_to_claim_ms"] <= taken["first_response_ms"] < 5000
     assert "| manual: ip del; ip add; one GARP | planned" in (tmp_path / "b.md").read_text()
