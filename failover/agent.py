@@ -390,6 +390,10 @@ class Agent:
         self._timer = self.loop.call_at(self.core.get_timer(), self._on_timer)
 
     def _carry_out(self, action: protocol.Action) -> None:
+        if self.fault.startswith("stop-before:") and self._fault_matches(action):
+            # Test only: freeze right here (SIGSTOP) so a test can SIGKILL us at this exact step.
+            log.warning("test-fault-stopping", before=type(action).__name__)
+            os.kill(os.getpid(), signal.SIGSTOP)
         if isinstance(action, protocol.Send):
             self.transport.sendto(action.data, self.peer_addr)
         elif isinstance(action, protocol.Announce):
@@ -441,6 +445,12 @@ class Agent:
                 log.info(action.event, **action.detail)
             else:
                 log.debug(action.event, **action.detail)
+
+    def _fault_matches(self, action: protocol.Action) -> bool:
+        """`stop-before:Release` or `stop-before:Claim:swap`: an action's class, and its `why` if given."""
+        _, _, spec = self.fault.partition(":")
+        name, _, why = spec.partition(":")
+        return type(action).__name__ == name and (not why or getattr(action, "why", None) == why)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
