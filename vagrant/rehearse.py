@@ -34,7 +34,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from failover.lab.client import Request, load_records, summarize  # noqa: E402
-from failover.lab.rehearse import SETTLE_S, format_report, move_report  # noqa: E402
+from failover.lab.rehearse import (  # noqa: E402
+    SETTLE_S,
+    client_report,
+    format_report,
+    move_report,
+    parse_outcome,
+)
 
 VIP_IP = "203.0.113.10"
 SERVERS = ("live", "backup")
@@ -268,11 +274,7 @@ def do_move(lab: Lab, move: str, source: str, target: str, offsets: dict[str, fl
     started = time.monotonic()
     done = lab.ssh("live", f"sudo failover {move} --json", timeout=MOVE_TIMEOUT_S, check=False)
     ended = time.monotonic()
-    try:
-        outcome: dict[str, Any] = json.loads(done.stdout)
-    except ValueError:
-        outcome = {"ok": False, "reason": (done.stderr or done.stdout).strip()}
-    outcome.update(exit_code=done.returncode, started=started, ended=ended, stderr=done.stderr.strip())
+    outcome = parse_outcome(done.stdout, done.stderr, done.returncode, started, ended)
     # Clock error is a few ms; the window only has to contain this move's events and no other's.
     lo, hi = started - 0.5, ended + 0.5
     release = [e["at"] for e in agent_events(lab, source, offsets[source])
@@ -386,27 +388,21 @@ def rehearse(lab: Lab, *, keep: bool = False) -> dict[str, Any]:
         records, keepalive = stop_load(lab, off["client"])
         step(f"client load stopped: {len(records)} requests")
 
-        total = summarize(records)
         during_reboot = summarize(records, since=rebooted["started"], until=rebooted["ended"])
         rebooted["client"] = {"requests": during_reboot.requests, "failed": during_reboot.failed,
                               "served_by": during_reboot.served_by}
-        # move_report reads only the outcome and the records; its `cluster` argument is unused.
+        clients = client_report(records, keepalive)
+        # The first failures, each with its start on the rehearsal's clock and its error.
+        clients["client"]["failures"] = [
+            {"at_s": round(r.start - t0, 3), "took_ms": round((r.end - r.start) * 1000, 1),
+             "error": r.served_by}
+            for r in records if not r.ok
+        ][:20]
         report.update({
-            "swap": _with_confirmation(move_report(None, swap, records), swap),  # type: ignore[arg-type]
+            "swap": move_report(swap, records),
             "reboot": {k: v for k, v in rebooted.items() if k not in ("started", "ended")},
-            "unswap": _with_confirmation(move_report(None, unswap, records), unswap),  # type: ignore[arg-type]
-            "client": {
-                "requests": total.requests,
-                "failed": total.failed,
-                "stalled_over_1s": total.stalled_over_1s,
-                "max_gap_ms": round(total.max_gap_ms, 3),
-                "keepalive_requests": keepalive.get("requests", 0),
-                "keepalive_resets": keepalive.get("resets", 0),
-                # The first failures, each with its start on the rehearsal's clock and its error.
-                "failures": [{"at_s": round(r.start - t0, 3), "took_ms": round((r.end - r.start) * 1000, 1),
-                              "error": r.served_by} for r in records if not r.ok][:20],
-            },
-            "served_by": {"live": total.served_by.get("live", 0), "backup": total.served_by.get("backup", 0)},
+            "unswap": move_report(unswap, records),
+            **clients,
             "clock": {"before_reboot": offsets, "after_reboot": offsets_after},
         })
         report["ok"] = bool(
@@ -433,14 +429,6 @@ def rehearse(lab: Lab, *, keep: bool = False) -> dict[str, Any]:
 
 def _span(what: str, started: float, ended: float, t0: float) -> dict[str, Any]:
     return {"step": what, "from_s": round(started - t0, 3), "to_s": round(ended - t0, 3)}
-
-
-def _with_confirmation(report: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
-    # Confirmation by access_log is the agents' (issue 3): pass it through when the outcome has it.
-    for key in ("confirmed", "confirmation"):
-        if key in outcome and key not in report:
-            report[key] = outcome[key]
-    return report
 
 
 def destroy(lab: Lab) -> None:

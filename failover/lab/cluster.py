@@ -197,15 +197,11 @@ class LabCluster:
         """Run `failover swap|unswap` for real (the CLI in via's namespace); returns its JSON outcome."""
         argv = [sys.executable, "-m", "failover", move, "-c", str(self.config_path), "--node", via, "--json"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        from failover.lab.rehearse import parse_outcome
+
         started = time.monotonic()
         done = self.lab.run(via, argv, check=False, timeout=timeout, env=env)
-        ended = time.monotonic()
-        try:
-            outcome: dict[str, Any] = json.loads(done.stdout)
-        except ValueError:
-            outcome = {"ok": False, "reason": (done.stderr or done.stdout).strip()}
-        outcome.update(exit_code=done.returncode, started=started, ended=ended, stderr=done.stderr.strip())
-        return outcome
+        return parse_outcome(done.stdout, done.stderr, done.returncode, started, time.monotonic())
 
     def holders(self) -> list[str]:
         return [h for h in self.lab.holders(str(VIP.ip)) if h in SERVERS]

@@ -8,6 +8,7 @@ and claim timestamps (one monotonic clock for all namespaces), and the gaps from
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ def unserved_ms(cluster: LabCluster, source: str, target: str, started: float, e
     return round(float(claim[-1] - release[-1]) * 1000.0, 3)
 
 
-def move_report(cluster: LabCluster, outcome: dict[str, Any], records: list[Request]) -> dict[str, Any]:
+def move_report(outcome: dict[str, Any], records: list[Request]) -> dict[str, Any]:
     started, ended = outcome["started"], outcome["ended"]
     window = summarize(records, since=started - 0.2, until=ended + SETTLE_S / 2)
     # Gaps between responses that *arrived* around the move (a stalled request arrives a second later).
@@ -58,6 +59,32 @@ def move_report(cluster: LabCluster, outcome: dict[str, Any], records: list[Requ
         "steps": outcome.get("steps", []),
     }
     return report
+
+
+def client_report(records: list[Request], keepalive: dict[str, int]) -> dict[str, Any]:
+    """The report's `client` and `served_by` parts, over the whole rehearsal."""
+    total = summarize(records)
+    return {
+        "client": {
+            "requests": total.requests,
+            "failed": total.failed,
+            "stalled_over_1s": total.stalled_over_1s,
+            "max_gap_ms": round(total.max_gap_ms, 3),
+            "keepalive_requests": keepalive.get("requests", 0),
+            "keepalive_resets": keepalive.get("resets", 0),
+        },
+        "served_by": {"live": total.served_by.get("live", 0), "backup": total.served_by.get("backup", 0)},
+    }
+
+
+def parse_outcome(stdout: str, stderr: str, exit_code: int, started: float, ended: float) -> dict[str, Any]:
+    """What `failover swap|unswap --json` printed, with its exit code and when it ran."""
+    try:
+        outcome: dict[str, Any] = json.loads(stdout)
+    except ValueError:
+        outcome = {"ok": False, "reason": (stderr or stdout).strip()}
+    outcome.update(exit_code=exit_code, started=started, ended=ended, stderr=stderr.strip())
+    return outcome
 
 
 def do_move(cluster: LabCluster, move: str, via: str, source: str, target: str) -> dict[str, Any]:
@@ -107,22 +134,13 @@ def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = Non
         load.stop()
         records = load.records()
         keepalive = load.keepalive()
-        total = summarize(records)
         report: dict[str, Any] = {
             "ok": False,
             "lab": cluster.lab.prefix,
             "workdir": str(cluster.workdir) if keep_workdir else None,
-            "swap": move_report(cluster, swap, records),
-            "unswap": move_report(cluster, unswap, records),
-            "client": {
-                "requests": total.requests,
-                "failed": total.failed,
-                "stalled_over_1s": total.stalled_over_1s,
-                "max_gap_ms": round(total.max_gap_ms, 3),
-                "keepalive_requests": keepalive.get("requests", 0),
-                "keepalive_resets": keepalive.get("resets", 0),
-            },
-            "served_by": {"live": total.served_by.get("live", 0), "backup": total.served_by.get("backup", 0)},
+            "swap": move_report(swap, records),
+            "unswap": move_report(unswap, records),
+            **client_report(records, keepalive),
         }
     report["ok"] = bool(
         report["swap"]["ok"] and report["unswap"]["ok"] and report["client"]["failed"] == 0
