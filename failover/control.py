@@ -8,7 +8,6 @@ Only root (or the agent's own user) may connect: checked with SO_PEERCRED on eve
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +16,10 @@ import stat
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 ENDINGS = ("done", "error")
 MAX_REQUEST = 4096
@@ -63,6 +65,8 @@ def claim_socket_path(path: Path) -> None:
 
 
 async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+    import asyncio  # here, not at the top: the CLI imports this module and must start fast
+
     claim_socket_path(path)
     own_uid = os.geteuid()
 
