@@ -24,11 +24,13 @@ from typing import Any
 
 import structlog
 
-from failover import announce, control, handoff, protocol, sdnotify
+from failover import announce, control, handoff, journal, protocol, sdnotify
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
+from failover.hooks import run_all, run_hook
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.stragglers import StragglerWatch
+from failover.sysctl import drain_blocker
 
 log = structlog.get_logger("failover.agent")
 
@@ -59,32 +61,6 @@ def save_state(state_dir: Path, state: PersistentState) -> None:
     tmp = state_dir / "state.json.tmp"
     tmp.write_text(json.dumps({"epoch": state.epoch, "held_epoch": state.held_epoch}))
     os.replace(tmp, state_dir / "state.json")
-
-
-def drain_blocker(interface: str, family: int, proc: Path = Path("/proc/sys/net/ipv4/conf")) -> str:
-    """Why the lo drain copy would still answer ARP for the VIP here ("" when it is safe).
-
-    Linux answers ARP for any local address on any interface unless arp_ignore says otherwise, and with
-    arp_announce < 2 it may use the VIP as the sender of its own ARP requests, which would pull clients
-    back. IPv6 answers neighbour solicitations only for addresses on the receiving interface.
-    """
-    if family == 6:
-        return ""
-
-    def value(name: str) -> int:
-        # The kernel uses the larger of the `all` and the per-interface setting for both.
-        return max(int((proc / conf / name).read_text()) for conf in ("all", interface))
-
-    try:
-        ignore, announce_level = value("arp_ignore"), value("arp_announce")
-    except (OSError, ValueError) as err:
-        return f"cannot read arp sysctls: {err}"
-    if ignore not in (1, 2, 8) or announce_level != 2:
-        return (
-            f"arp_ignore={ignore} arp_announce={announce_level} on {interface}; "
-            f"drain needs arp_ignore=1 and arp_announce=2"
-        )
-    return ""
 
 
 def check_health(url: str, timeout: float) -> tuple[bool, str]:
@@ -189,6 +165,8 @@ class Agent:
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self._handoff_end: asyncio.TimerHandle | None = None
         self.announced = 0
+        self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
+        self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> operator, reason, came_from
 
     def now(self) -> float:
         return self.loop.time()
@@ -239,6 +217,7 @@ class Agent:
             confirm_within=cfg.confirm.within_s,
             drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
             straggler_window=cfg.confirm.straggler_window_ms / 1000,
+            before_release=len(cfg.hooks.before_release) * cfg.hooks.timeout_ms / 1000,
         )
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
@@ -338,11 +317,29 @@ class Agent:
         if cmd == "status":
             return {"type": "done", "status": await self.status()}
         if cmd in protocol.MOVES:
-            return await self._run_move(cmd, reply)
+            return await self._run_move(cmd, request, reply)
         return {"type": "error", "error": f"unknown command {cmd!r}"}
 
-    async def _run_move(self, move: str, reply: control.Reply) -> dict[str, Any]:
-        cid = self.core.command(move, self.now())
+    async def _run_move(self, move: str, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
+        core = self.core
+        holder = self.node.name if core.holds else self.peer.name if core.peer_holds() else None
+        # Where the VIP came from, as this node's journal tells it: an unswap shows what it undoes.
+        came_from = None
+        if move == "unswap" and holder is not None:
+            with contextlib.suppress(journal.JournalError):
+                came_from = journal.came_from(self.node.journal, holder)
+        cid = core.command(move, self.now())
+        run = core.run
+        if run is not None and run.command == cid:
+            epoch = run.epoch
+        else:
+            assert core.last_outcome is not None  # refused at once: the outcome is already there
+            epoch = core.last_outcome.epoch
+        self._move_meta[epoch] = {
+            "operator": str(request.get("operator") or "unknown")[:64],
+            "operator_reason": str(request.get("reason") or "")[:500],
+            "came_from": None if came_from is None else _summary(came_from),
+        }
         queue: asyncio.Queue[protocol.Progress | protocol.Finished] = asyncio.Queue()
         self._waiters[cid] = queue
         self._pump()
@@ -350,7 +347,7 @@ class Agent:
             while True:
                 item = await queue.get()
                 if isinstance(item, protocol.Finished):
-                    return {"type": "done", "outcome": item.outcome.to_json()}
+                    return {"type": "done", "outcome": item.outcome.to_json(), "came_from": came_from}
                 with contextlib.suppress(ConnectionError):
                     await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
         finally:
@@ -408,6 +405,8 @@ class Agent:
             self._spawn(self._release(action))
         elif isinstance(action, protocol.CheckHealth):
             self._spawn(self._check_health(action))
+        elif isinstance(action, protocol.BeforeRelease):
+            self._spawn(self._before_release(action))
         elif isinstance(action, protocol.Probe):
             self._spawn(self._probe(action))
         elif isinstance(action, protocol.Fence):
@@ -445,6 +444,7 @@ class Agent:
                 log.info(action.event, **action.detail)
             else:
                 log.debug(action.event, **action.detail)
+            self._on_notice(action)
 
     def _fault_matches(self, action: protocol.Action) -> bool:
         """`stop-before:Release` or `stop-before:Claim:swap`: an action's class, and its `why` if given."""
@@ -471,6 +471,8 @@ class Agent:
         done_at = self.now()
         self.core.claim_done(action.epoch, ok, error, done_at)
         self._pump()
+        if ok:
+            self._fire_hooks("after_claim", epoch=str(action.epoch), move=action.why)
         if ok and self._drain_end is not None:
             self._schedule_drain_end(0)  # holding it on the interface again: the lo copy goes now
         # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
@@ -516,6 +518,73 @@ class Agent:
             await self._handoff  # in place before we say we are ready, hence before we claim
         log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
         self.core.health_done(action.epoch, ok, detail, self.now())
+        self._pump()
+
+    # --- journal and hooks ---------------------------------------------------------------------------
+
+    def _on_notice(self, notice: protocol.Notice) -> None:
+        """Journal every finished or refused move and every takeover; fire the hooks they call for."""
+        event, detail = notice.event, notice.detail
+        if event in ("move-finished", "move-refused"):
+            meta = self._move_meta.pop(int(detail["epoch"]), None) or {}
+            self._journal({"kind": detail["move"], "node": self.node.name, **detail, **meta})
+            me = self.node.name
+            mine = detail.get("holder") == me
+            hook = (
+                "rolled_back" if detail.get("rolled_back") and mine
+                else "confirmed" if detail.get("ok") and detail.get("confirmed") and mine
+                else None
+            )
+            if hook is not None:
+                self._fire_hooks(
+                    hook, epoch=str(detail["epoch"]), move=detail["move"], source=detail["source"],
+                    target=detail["target"], reason=detail.get("reason") or "",
+                )
+        elif event == "takeover":
+            self._journal({"kind": "takeover", "node": self.node.name, "holder": self.node.name,
+                           "source": self.peer.name, "target": self.node.name, **detail})
+            self._fire_hooks("takeover", epoch=str(detail.get("epoch")), move="takeover",
+                             source=self.peer.name, target=self.node.name, reason=detail.get("reason", ""))
+
+    def _journal(self, entry: dict[str, Any]) -> None:
+        # Synchronous on purpose: the fsync is a few ms, and an entry must be on disk before the CLI
+        # hears the outcome (Finished comes after the Notice in the same pump).
+        try:
+            journal.append(self.node.journal, entry)
+        except journal.JournalError as err:
+            log.error("journal-failed", error=str(err))
+
+    def _hook_env(self, event: str, **extra: str) -> dict[str, str]:
+        env = {
+            "FAILOVER_EVENT": event,
+            "FAILOVER_CLUSTER": self.config.cluster,
+            "FAILOVER_NODE": self.node.name,
+            "FAILOVER_PEER": self.peer.name,
+            "FAILOVER_VIP": str(self.config.vip.address),
+        }
+        env.update({f"FAILOVER_{k.upper()}": v for k, v in extra.items()})
+        return env
+
+    def _fire_hooks(self, event: str, **extra: str) -> None:
+        hooks = self.config.hooks.for_event(event)
+        if hooks:
+            self._spawn(self._run_hooks(event, hooks, self._hook_env(event, **extra)))
+
+    async def _run_hooks(self, event: str, hooks: tuple[tuple[str, ...], ...], env: dict[str, str]) -> None:
+        async with self._hook_lock:
+            ok, details = await run_all(hooks, env, self.config.hooks.timeout_ms / 1000)
+        log.info("hooks", hook_event=event, ok=ok, details=details)
+
+    async def _before_release(self, action: protocol.BeforeRelease) -> None:
+        env = self._hook_env(
+            "before_release", epoch=str(action.epoch), move=action.move, source=self.node.name,
+            target=action.target,
+        )
+        async with self._hook_lock:
+            hooks, timeout = self.config.hooks.before_release, self.config.hooks.timeout_ms / 1000
+            ok, details = await run_all(hooks, env, timeout)
+        log.info("hooks", hook_event="before_release", epoch=action.epoch, ok=ok, details=details)
+        self.core.before_release_done(action.epoch, ok, details[-1] if details else "", self.now())
         self._pump()
 
     # --- stragglers: clients still sending to us after we released -----------------------------------
@@ -675,27 +744,9 @@ class Agent:
         self._pump()
 
 
-async def run_hook(argv: tuple[str, ...], env: dict[str, str], timeout: float) -> tuple[bool, str]:
-    """Run an operator hook (exec, no shell) with a timeout; ok means exit status 0."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    except OSError as err:
-        return False, f"{argv[0]}: {err.strerror or err}"
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return False, f"{argv[0]}: timed out after {timeout:.1f} s"
-    tail = out.decode(errors="replace").strip().splitlines()[-1:] if out else []
-    detail = f"{argv[0]}: exit {proc.returncode}" + (f": {tail[0][:200]}" if tail else "")
-    return proc.returncode == 0, detail
+def _summary(entry: dict[str, Any]) -> dict[str, Any]:
+    keys = ("at", "kind", "epoch", "source", "target", "holder", "operator", "operator_reason")
+    return {k: entry.get(k) for k in keys}
 
 
 async def _main(config: ClusterConfig, node_name: str | None) -> None:

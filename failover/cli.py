@@ -1,4 +1,6 @@
-"""Operator commands: `failover agent|swap|unswap|status|lab ...`, their output and exit codes.
+"""Operator commands: `failover agent|swap|unswap|status|check|history|announce|probe|lab ...`.
+
+Owns their arguments, human and `--json` output, and exit codes.
 
 Exit codes: 0 done; 1 the move failed or was refused (the VIP is left on a working holder and the
 reason is printed); 2 bad usage or a bad cluster file; 3 the local agent could not be reached.
@@ -12,11 +14,12 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from failover import control
+from failover import check, control, journal
 from failover.config import ClusterConfig, ConfigError, NodeConfig, load_config
 
 DEFAULT_CONFIG = Path(os.environ.get("FAILOVER_CONFIG", "/etc/failover/cluster.yaml"))
@@ -30,6 +33,11 @@ examples:
   failover swap                                         move the VIP to the peer, prove it moved
   failover unswap                                       move it back home once home is healthy
   failover swap --json                                  the same, as one JSON document
+  failover swap --reason "kernel upgrade on web1"        the reason goes to both journals
+  failover check -c /etc/failover/cluster.yaml          key, interface, access log, sysctls: each fix
+  failover history -n 5                                 the last five moves and takeovers
+  failover announce                                     send the gratuitous ARP/NA burst for the VIP now
+  failover probe                                        who answers ARP/ND for the VIP right now
   failover lab rehearse                                 rehearse swap + unswap in a namespace lab (root)
 """
 
@@ -56,9 +64,22 @@ def _parser() -> argparse.ArgumentParser:
         with_config(sp)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
         sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
+        sp.add_argument("--reason", default="", help="why, in words: written to the journal")
     status = sub.add_parser("status", help="both nodes, who holds the VIP, heartbeat age, last move")
     with_config(status)
     status.add_argument("--json", action="store_true")
+    checks = sub.add_parser("check", help="check the cluster file and this host's settings; 1 on a problem")
+    with_config(checks)
+    checks.add_argument("--json", action="store_true")
+    history = sub.add_parser("history", help="the journal of swaps, unswaps and takeovers on this node")
+    with_config(history)
+    history.add_argument("--json", action="store_true", help="the entries as one JSON list")
+    history.add_argument("-n", type=int, default=20, help="how many of the newest entries (default 20)")
+    for tool, text in (("announce", "send one burst of gratuitous ARP / unsolicited NA for the VIP now"),
+                       ("probe", "ask who answers for the VIP (ARP / ND probe): MACs and times")):
+        sp = sub.add_parser(tool, help=text)
+        with_config(sp)
+        sp.add_argument("--json", action="store_true")
 
     lab = sub.add_parser("lab", help="the network-namespace lab (root)")
     labsub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
@@ -91,8 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         node = _own_node(config, args.node)
         if args.command == "status":
             return _status(node, args.json)
-        return _move(args.command, node, args.json, args.timeout)
+        if args.command == "check":
+            return _check(config, node, args.json)
+        if args.command == "history":
+            return _history(node, args.json, args.n)
+        if args.command in ("announce", "probe"):
+            return _one_shot(args.command, config, node, args.json)
+        return _move(args.command, node, args.json, args.timeout, args.reason)
     except ConfigError as err:
+        if getattr(args, "command", "") == "check":
+            # `check` reports a bad file like every other finding, in the format asked for.
+            return _report([check.Finding("cluster file", check.FAIL, str(err))], args.json)
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_USAGE
     except control.ControlError as err:
@@ -176,10 +206,19 @@ def _yes(value: bool | None) -> str:
     return "unknown" if value is None else "yes" if value else "no"
 
 
-def _move(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
+def _operator() -> str:
+    """Who asked: the user behind sudo if any, else the login name, else the uid."""
+    for var in ("SUDO_USER", "LOGNAME", "USER"):
+        if os.environ.get(var):
+            return os.environ[var]
+    return f"uid {os.getuid()}"
+
+
+def _move(move: str, node: NodeConfig, as_json: bool, timeout: float, reason: str = "") -> int:
     steps: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
-    for reply in control.request(node.control_socket, {"cmd": move}, timeout=timeout):
+    req = {"cmd": move, "operator": _operator(), "reason": reason}
+    for reply in control.request(node.control_socket, req, timeout=timeout):
         if reply["type"] == "progress":
             steps.append(reply)
             if not as_json:
@@ -190,9 +229,17 @@ def _move(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
         print(f"failover: agent refused: {final['error']}", file=sys.stderr)
         return EXIT_FAILED
     outcome = final["outcome"]
+    came_from = final.get("came_from")
     if as_json:
-        print(json.dumps(outcome, indent=2))
-    elif outcome["ok"]:
+        print(json.dumps({**outcome, "came_from": came_from} if move == "unswap" else outcome, indent=2))
+        return EXIT_OK if outcome["ok"] else EXIT_FAILED
+    if came_from:
+        print(f"  undoing: {came_from.get('kind')} {came_from.get('source')} -> {came_from.get('target')} "
+              f"(epoch {came_from.get('epoch')}) at {_when(came_from.get('at'))}"
+              f"{_by(came_from)}")
+    elif move == "unswap":
+        print("  undoing: nothing in this node's journal says how the VIP got here")
+    if outcome["ok"]:
         unserved = outcome["unserved_ms"]
         extra = "" if unserved is None else f", VIP on no host for ~{unserved:.2f} ms"
         print(f"{move} done: VIP on {outcome['holder']} (epoch {outcome['epoch']}) "
@@ -211,6 +258,92 @@ def _move(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
     else:
         print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED
+
+
+def _when(at: object) -> str:
+    if not isinstance(at, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _by(entry: dict[str, Any]) -> str:
+    who = entry.get("operator")
+    why = entry.get("operator_reason")
+    return (f" by {who}" if who else "") + (f": {why}" if why else "")
+
+
+def _check(config: ClusterConfig, node: NodeConfig, as_json: bool) -> int:
+    found = [check.Finding("cluster file", check.OK, f"{config.source}: valid, node {node.name}"),
+             *check.host_checks(config, node)]
+    return _report(found, as_json)
+
+
+def _report(found: list[check.Finding], as_json: bool) -> int:
+    bad = check.failed(found)
+    if as_json:
+        print(json.dumps({"ok": not bad, "findings": [f.to_json() for f in found]}, indent=2))
+    else:
+        for f in found:
+            print(f"{f.level:<5} {f.check:<40} {f.detail}")
+            if f.fix and f.level != check.OK:
+                print(f"{'':<6}fix: {f.fix}")
+        problems = sum(1 for f in found if f.level == check.FAIL)
+        print("all checks passed" if not bad else f"{problems} problem(s)")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _history(node: NodeConfig, as_json: bool, last: int) -> int:
+    try:
+        entries = journal.read(node.journal, last=max(last, 0))
+    except journal.JournalError as err:
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    if as_json:
+        print(json.dumps(entries, indent=2))
+        return EXIT_OK
+    if not entries:
+        print(f"no entries in {node.journal}")
+    for e in entries:
+        verdict = "ok" if e.get("ok") else "FAILED"
+        duration = e.get("duration_ms")
+        took = "" if duration is None else f" in {duration:.0f} ms"
+        print(f"{_when(e.get('at'))}  {e.get('kind', '?'):<8} {e.get('source') or '?'} -> "
+              f"{e.get('target') or '?'}  epoch {e.get('epoch')}  {verdict}{took}{_by(e)}")
+        if e.get("reason"):
+            print(f"{'':<21}{e['reason']}")
+    return EXIT_OK
+
+
+def _one_shot(tool: str, config: ClusterConfig, node: NodeConfig, as_json: bool) -> int:
+    # scapy is slow to import: only these two commands pay for it.
+    from failover import announce
+
+    mac = (Path("/sys/class/net") / node.interface / "address").read_text().strip()
+    try:
+        if tool == "announce":
+            announcer = announce.Announcer(node.interface, config.vip.ip, mac)
+            try:
+                sent = announcer.announce()
+            finally:
+                announcer.close()
+            result: dict[str, Any] = {"vip": str(config.vip.ip), "interface": node.interface,
+                                      "mac": mac, "frames_sent": sent}
+            text = f"sent {sent} gratuitous frames for {config.vip.ip} from {mac} on {node.interface}"
+        else:
+            started = time.monotonic()
+            t = config.takeover
+            macs = announce.probe(node.interface, config.vip.ip, mac, count=t.probe_count,
+                                  interval_ms=t.probe_interval_ms, wait_ms=t.probe_wait_ms)
+            took = (time.monotonic() - started) * 1000
+            result = {"vip": str(config.vip.ip), "interface": node.interface, "answered_by": macs,
+                      "probe_ms": round(took, 1), "at": round(time.time(), 3)}
+            text = (f"{config.vip.ip}: answered by {', '.join(macs)}" if macs else
+                    f"{config.vip.ip}: nobody answered") + f" ({took:.0f} ms of probing on {node.interface})"
+    except announce.AnnounceError as err:
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, indent=2) if as_json else text)
+    return EXIT_OK
 
 
 def _last(replies: Iterator[dict[str, Any]]) -> dict[str, Any]:

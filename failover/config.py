@@ -145,6 +145,34 @@ class NodeConfig:
     interface: str
     control_socket: Path
     state_dir: Path
+    # Each node its own (two lab agents share a filesystem); the default lives in state_dir.
+    journal: Path = Path("/var/lib/failover/journal.jsonl")
+
+
+HOOK_EVENTS: Final = ("before_release", "after_claim", "confirmed", "rolled_back", "takeover")
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Operator programs per event: each a list of argv (absolute path, no shell), run in order."""
+
+    before_release: tuple[tuple[str, ...], ...] = ()  # on the holder, before it releases; failing aborts
+    after_claim: tuple[tuple[str, ...], ...] = ()  # on the node that just claimed the VIP
+    confirmed: tuple[tuple[str, ...], ...] = ()  # on the new holder, once clients proved the move
+    rolled_back: tuple[tuple[str, ...], ...] = ()  # on the node that took the VIP back after a failed move
+    takeover: tuple[tuple[str, ...], ...] = ()  # on the node that took over from a silent holder
+    timeout_ms: int = 10_000  # each program; a timed-out before_release hook aborts the swap
+
+    def for_event(self, event: str) -> tuple[tuple[str, ...], ...]:
+        hooks: tuple[tuple[str, ...], ...] = getattr(self, event)
+        return hooks
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus text on http://listen/metrics; off when listen is None."""
+
+    listen: tuple[IPAddress, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +189,8 @@ class ClusterConfig:
     source: Path
     digest: bytes
     takeover: TakeoverConfig = TakeoverConfig()
+    hooks: HooksConfig = HooksConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -613,6 +643,42 @@ def _load_takeover(top: _Section) -> TakeoverConfig:
     )
 
 
+def _load_argv(sec: _Section, key: str, seq: _Sequence, index: int, item: object) -> tuple[str, ...]:
+    if not isinstance(item, _Sequence) or not item:
+        problem = f"expected an argv list such as [/usr/local/bin/x, arg], got {_kind(item)}"
+        raise sec.item_error(key, seq, index, problem)
+    for arg in item:
+        if not isinstance(arg, str) or not arg:
+            problem = f"every argument must be a non-empty string, got {_kind(arg)}"
+            raise sec.item_error(key, seq, index, problem)
+    if not item[0].startswith("/"):
+        raise sec.item_error(key, seq, index, "the program must be an absolute path (no shell, no PATH)")
+    return tuple(item)
+
+
+def _load_hooks(top: _Section) -> HooksConfig:
+    sec = top.section("hooks", optional=(*HOOK_EVENTS, "timeout_ms"))
+    lists: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for event in HOOK_EVENTS:
+        if event in sec.data:
+            seq = sec.sequence(event)
+            lists[event] = tuple(_load_argv(sec, event, seq, i, item) for i, item in enumerate(seq))
+    return HooksConfig(**lists, timeout_ms=sec.integer("timeout_ms", HooksConfig.timeout_ms, 100, 600_000))
+
+
+def _load_metrics(top: _Section) -> MetricsConfig:
+    sec = top.section("metrics", optional=("listen",))
+    if "listen" not in sec.data:
+        return MetricsConfig()
+    text = sec.string("listen")
+    host, sep, port = text.rpartition(":")
+    problem = f"expected ADDRESS:PORT such as 127.0.0.1:9405 or [::1]:9405, got {text!r}"
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise sec.error("listen", problem)
+    address = _ip(host.strip("[]"), lambda p: sec.error("listen", f"{problem}: {p}"))
+    return MetricsConfig(listen=(address, int(port)))
+
+
 def _load_nodes(top: _Section, cluster: str, vip: VipConfig) -> tuple[NodeConfig, NodeConfig]:
     nodes = top.section("nodes")  # names are free, so no key list; checks duplicates only
     if len(nodes.data) != 2:
@@ -628,9 +694,10 @@ def _load_nodes(top: _Section, cluster: str, vip: VipConfig) -> tuple[NodeConfig
         sec = nodes.section(
             name,
             required=("address", "health_url", "access_log"),
-            optional=("home", "interface", "control_socket", "state_dir"),
+            optional=("home", "interface", "control_socket", "state_dir", "journal"),
         )
         sections.append(sec)
+        state_dir = sec.filepath("state_dir", Path(f"/var/lib/failover/{cluster}"))
         built.append(
             NodeConfig(
                 name=name,
@@ -640,7 +707,8 @@ def _load_nodes(top: _Section, cluster: str, vip: VipConfig) -> tuple[NodeConfig
                 access_log=sec.filepath("access_log"),
                 interface=sec.interface("interface", vip.interface),
                 control_socket=_control_socket(sec, cluster),
-                state_dir=sec.filepath("state_dir", Path(f"/var/lib/failover/{cluster}")),
+                state_dir=state_dir,
+                journal=sec.filepath("journal", state_dir / "journal.jsonl"),
             )
         )
     first, second = built
@@ -711,7 +779,9 @@ def load_config(path: Path | str) -> ClusterConfig:
         data,
         data.line,
         required=("cluster", "vip", "auth", "nodes"),
-        optional=("heartbeat", "announce", "swap", "health", "confirm", "failover", "probe"),
+        optional=(
+            "heartbeat", "announce", "swap", "health", "confirm", "failover", "probe", "hooks", "metrics"
+        ),
     )
     cluster = top.name("cluster")
     vip = _load_vip(top)
@@ -729,6 +799,8 @@ def load_config(path: Path | str) -> ClusterConfig:
     takeover = _load_takeover(top)
     confirm = _load_confirm(top)
     nodes = _load_nodes(top, cluster, vip)
+    hooks = _load_hooks(top)
+    metrics = _load_metrics(top)
     return ClusterConfig(
         cluster=cluster,
         vip=vip,
@@ -746,4 +818,6 @@ def load_config(path: Path | str) -> ClusterConfig:
         nodes=nodes,
         source=source,
         digest=_digest(data),
+        hooks=hooks,
+        metrics=metrics,
     )

@@ -66,6 +66,7 @@ class NodeSetup:
     confirm_within: float = 10.0
     drain: float = 0.0  # seconds this node keeps serving in-flight connections after it releases
     straggler_window: float = 0.0  # seconds the old holder watches for clients still sending to it
+    before_release: float = 0.0  # budget in seconds for the holder's before_release hooks (0: none)
 
 
 # --- actions (outputs) -------------------------------------------------------------------------
@@ -96,6 +97,15 @@ class Announce:
 @dataclass(frozen=True)
 class CheckHealth:
     epoch: int
+
+
+@dataclass(frozen=True)
+class BeforeRelease:
+    """Run the operator's before_release hooks now, before anything changed; answer before_release_done."""
+
+    epoch: int
+    move: str
+    target: str
 
 
 @dataclass(frozen=True)
@@ -225,6 +235,7 @@ Action = (
     | Release
     | Announce
     | CheckHealth
+    | BeforeRelease
     | Probe
     | Fence
     | Handoff
@@ -416,11 +427,12 @@ class Node:
         self.run = run
         self._step(run, "preflight", now)
         if run.role == "source":
-            self._start_prepare(run, now)
+            self._before_release(run, now)
         else:
             run.state = "requested"
             self._transmit(run, wire.SwapRequest(epoch=epoch, move=move), now)
-            run.deadline = now + self.timing.step_timeout
+            # The holder may run its before_release hooks before it prepares (same file on both hosts).
+            run.deadline = now + self.timing.step_timeout + self.setup.before_release
 
     def _refusal(self, move: str, source: str, target: str, now: float) -> str:
         me, peer = self.setup.name, self.setup.peer
@@ -596,7 +608,30 @@ class Node:
             command=None,
         )
         self.run = run
-        self._start_prepare(run, now)
+        self._before_release(run, now)
+
+    def _before_release(self, run: _Run, now: float) -> None:
+        """The before_release hooks, if any, run before the target is even asked: nothing changed yet."""
+        if self.setup.before_release <= 0:
+            self._start_prepare(run, now)
+            return
+        run.state = "before-release"
+        run.deadline = now + self.setup.before_release + self.timing.step_timeout
+        self._actions.append(BeforeRelease(run.epoch, run.move, run.target))
+
+    def before_release_done(self, epoch: int, ok: bool, detail: str, now: float) -> None:
+        """The adapter's answer to BeforeRelease: every hook exited 0 (ok), or the first failure."""
+        run = self.run
+        if run is None or run.epoch != epoch or run.state != "before-release":
+            return
+        if ok:
+            self._step(run, "before-release-hooks", now)
+            self._start_prepare(run, now)
+            return
+        self._step(run, "before-release-failed", now)
+        reason = f"before_release hook failed on {self.setup.name}: {detail[:500]}; nothing changed"
+        self._send(wire.Refused(epoch=epoch, reason=reason))  # a target that asked stops waiting
+        self._finish(run, ok=False, reason=reason, now=now)
 
     def _start_prepare(self, run: _Run, now: float) -> None:
         run.state = "preparing"
@@ -1204,7 +1239,9 @@ class Node:
     def _on_deadline(self, run: _Run, now: float) -> None:
         ms = f"{self.timing.step_timeout * 1000:.0f} ms"
         peer = self.setup.peer
-        if run.state == "preparing":
+        if run.state == "before-release":
+            self.before_release_done(run.epoch, False, "hooks did not finish in time", now)
+        elif run.state == "preparing":
             self._send(wire.Abort(epoch=run.epoch, reason="prepare timed out"))
             self._finish(
                 run, ok=False, reason=f"{peer} did not get ready within {ms}; nothing changed", now=now

@@ -1,0 +1,179 @@
+"""Host checks for `failover check` and for the preflight of a dry run: each finding with its exact fix.
+
+Owns what is checked about one node on this host (its key, interface, access log, kernel settings, the
+`nft` tool, where the journal goes) and how a finding is written. Reads files, /proc and /sys only;
+changes nothing, sends nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+from typing import Any
+
+from failover import sysctl
+from failover.accesslog import LogFormat
+from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+TAIL_BYTES = 64 * 1024
+TAIL_LINES = 20
+IFF_UP = 0x1
+TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    level: str  # ok, warn, FAIL
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
+    """Everything about `node` on this host; the cluster file itself was already loaded."""
+    return [
+        key_finding(config),
+        interface_finding(node.interface),
+        access_log_finding(config, node),
+        *sysctl_findings(config, node),
+        nft_finding(),
+        journal_finding(node.journal),
+    ]
+
+
+def failed(findings: list[Finding]) -> bool:
+    return any(f.level == FAIL for f in findings)
+
+
+def key_finding(config: ClusterConfig) -> Finding:
+    try:
+        keys = keys_for(config.auth)
+    except ConfigError as err:
+        path = config.auth.key_file
+        fix = (
+            f"head -c 32 /dev/urandom | base64 > {path} && chmod 600 {path}, "
+            "then copy the same file to the peer"
+            if "cannot read" in err.problem or "bytes" in err.problem
+            else f"chmod 600 {path}"
+        )
+        return Finding("key", FAIL, str(err), fix)
+    rotating = " (and the previous key, rotation under way)" if len(keys) > 1 else ""
+    return Finding("key", OK, f"{config.auth.key_file}: readable, {len(keys[0])} bytes{rotating}")
+
+
+def interface_finding(interface: str) -> Finding:
+    try:
+        socket.if_nametoindex(interface)
+    except OSError:
+        return Finding(
+            "interface", FAIL, f"{interface}: no such interface on this host",
+            "set vip.interface (or nodes.<name>.interface) to the interface of the service network",
+        )
+    try:
+        flags = int((Path("/sys/class/net") / interface / "flags").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return Finding("interface", OK, f"{interface}: exists (its flags could not be read)")
+    if not flags & IFF_UP:
+        return Finding("interface", FAIL, f"{interface}: down", f"ip link set {interface} up")
+    return Finding("interface", OK, f"{interface}: up")
+
+
+def tail_lines(path: Path, max_lines: int = TAIL_LINES) -> list[str]:
+    """The last complete lines of a file, read from its end (an access log may be large)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - TAIL_BYTES))
+        data = f.read(TAIL_BYTES)
+    lines = data.decode(errors="replace").splitlines()
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # the first one is cut
+    return [line for line in lines if line.strip()][-max_lines:]
+
+
+def access_log_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
+    path, spec = node.access_log, config.confirm.log_format
+    if config.confirm.mode == "none":
+        return Finding("access_log", OK, f"{path}: not read (confirm.mode: none)")
+    try:
+        fmt = LogFormat.named(spec)
+    except ValueError as err:
+        return Finding("access_log", FAIL, str(err), "set confirm.log_format to combined, common or a regex")
+    try:
+        lines = tail_lines(path)
+    except OSError as err:
+        return Finding(
+            "access_log", FAIL, f"{path}: cannot read: {err.strerror or err}",
+            f"point nodes.{node.name}.access_log at the web server's access log (nginx: access_log {path};)",
+        )
+    if not lines:
+        return Finding("access_log", WARN, f"{path}: readable but empty, so its format cannot be checked")
+    parsed = sum(1 for line in lines if fmt.parse(line) is not None)
+    if parsed == 0:
+        return Finding(
+            "access_log", FAIL,
+            f"{path}: none of its last {len(lines)} lines is in the {fmt.name} format: {lines[-1][:120]!r}",
+            "set confirm.log_format to the server's format (combined, common, or a regex with named "
+            "groups client and time)",
+        )
+    level = OK if parsed == len(lines) else WARN
+    detail = f"{path}: {parsed} of its last {len(lines)} lines parse as {fmt.name}"
+    return Finding("access_log", level, detail)
+
+
+def vip_has_listener(vip: str, proc: Path = Path("/proc/net")) -> bool:
+    """Whether a TCP listener is bound to the VIP itself (not the wildcard address)."""
+    ip = ip_address(vip)
+    table = "tcp" if isinstance(ip, IPv4Address) else "tcp6"
+    try:
+        rows = (proc / table).read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        fields = row.split()
+        if len(fields) < 4 or fields[3] != TCP_LISTEN:
+            continue
+        hex_addr = fields[1].split(":")[0]
+        raw = bytes.fromhex(hex_addr)
+        # /proc/net/tcp prints each 32-bit word in host (little-endian) order.
+        words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
+        if ip_address(b"".join(words)) == ip:
+            return True
+    return False
+
+
+def sysctl_findings(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
+    judged = sysctl.judge(
+        node.interface,
+        config.vip.family,
+        drain=config.swap.drain_ms > 0,
+        vip_bound=vip_has_listener(str(config.vip.ip)),
+    )
+    return [Finding(j.name, OK if j.ok else FAIL, j.detail, j.fix) for j in judged]
+
+
+def nft_finding() -> Finding:
+    path = shutil.which("nft")
+    if path is None:
+        return Finding(
+            "nft", WARN, "not found: no connection handoff, a connection begun at the flip may be reset",
+            "apt-get install nftables",
+        )
+    return Finding("nft", OK, path)
+
+
+def journal_finding(path: Path) -> Finding:
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
+    if os.access(existing, os.W_OK):
+        return Finding("journal", OK, f"{path}: writable")
+    return Finding(
+        "journal", FAIL, f"{path}: {existing} is not writable by this user",
+        "run the agent as root, or set nodes.<name>.journal to a writable path",
+    )
