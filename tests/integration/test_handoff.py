@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -43,12 +44,17 @@ def keepalive_across_swap(cluster: LabCluster) -> dict[str, Any]:
     )
     assert proc.stdin is not None and proc.stdout is not None
     result: dict[str, Any] = json.loads(proc.stdout.readline())
-    outcome = cluster.move("swap", via="live")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        move = pool.submit(cluster.move, "swap", "live")
+        # As soon as the client follows backup, and well inside live's drain, use the old connection.
+        backup_mac = cluster.lab.host("backup").mac
+        assert cluster.lab.wait_until(lambda: cluster.lab.neighbour_mac("client", VIP_IP) == backup_mac, 5.0)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        result.update(json.loads(proc.stdout.readline()))
+        proc.wait(timeout=5)
+        outcome = move.result(timeout=30)
     assert outcome["exit_code"] == 0, outcome
-    proc.stdin.write(b"go\n")
-    proc.stdin.flush()
-    result.update(json.loads(proc.stdout.readline()))
-    proc.wait(timeout=5)
     load.stop()
     assert summarize(load.records()).failed == 0
     return result
