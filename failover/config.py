@@ -169,13 +169,6 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
-    """Prometheus text on http://listen/metrics; off when listen is None."""
-
-    listen: tuple[IPAddress, int] | None = None
-
-
-@dataclass(frozen=True)
 class ClusterConfig:
     cluster: str
     vip: VipConfig
@@ -190,7 +183,6 @@ class ClusterConfig:
     digest: bytes
     takeover: TakeoverConfig = TakeoverConfig()
     hooks: HooksConfig = HooksConfig()
-    metrics: MetricsConfig = MetricsConfig()
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -666,19 +658,6 @@ def _load_hooks(top: _Section) -> HooksConfig:
     return HooksConfig(**lists, timeout_ms=sec.integer("timeout_ms", HooksConfig.timeout_ms, 100, 600_000))
 
 
-def _load_metrics(top: _Section) -> MetricsConfig:
-    sec = top.section("metrics", optional=("listen",))
-    if "listen" not in sec.data:
-        return MetricsConfig()
-    text = sec.string("listen")
-    host, sep, port = text.rpartition(":")
-    problem = f"expected ADDRESS:PORT such as 127.0.0.1:9405 or [::1]:9405, got {text!r}"
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise sec.error("listen", problem)
-    address = _ip(host.strip("[]"), lambda p: sec.error("listen", f"{problem}: {p}"))
-    return MetricsConfig(listen=(address, int(port)))
-
-
 def _load_nodes(top: _Section, cluster: str, vip: VipConfig) -> tuple[NodeConfig, NodeConfig]:
     nodes = top.section("nodes")  # names are free, so no key list; checks duplicates only
     if len(nodes.data) != 2:
@@ -780,7 +759,7 @@ def load_config(path: Path | str) -> ClusterConfig:
         data.line,
         required=("cluster", "vip", "auth", "nodes"),
         optional=(
-            "heartbeat", "announce", "swap", "health", "confirm", "failover", "probe", "hooks", "metrics"
+            "heartbeat", "announce", "swap", "health", "confirm", "failover", "probe", "hooks"
         ),
     )
     cluster = top.name("cluster")
@@ -800,7 +779,6 @@ def load_config(path: Path | str) -> ClusterConfig:
     confirm = _load_confirm(top)
     nodes = _load_nodes(top, cluster, vip)
     hooks = _load_hooks(top)
-    metrics = _load_metrics(top)
     return ClusterConfig(
         cluster=cluster,
         vip=vip,
@@ -819,5 +797,4 @@ def load_config(path: Path | str) -> ClusterConfig:
         source=source,
         digest=_digest(data),
         hooks=hooks,
-        metrics=metrics,
     )
