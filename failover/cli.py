@@ -33,7 +33,7 @@ examples:
   failover swap                                         move the VIP to the peer, prove it moved
   failover unswap                                       move it back home once home is healthy
   failover swap --json                                  the same, as one JSON document
-  failover swap --reason "kernel upgrade on web1"        the reason goes to both journals
+  failover swap --reason "kernel upgrade on web1"        the reason goes to this node's journal
   failover check -c /etc/failover/cluster.yaml          key, interface, access log, sysctls: each fix
   failover history -n 5                                 the last five moves and takeovers
   failover announce                                     send the gratuitous ARP/NA burst for the VIP now
