@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +33,8 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures and hooks are 
     fetch,
     package_env,
     pytest_runtest_makereport,
-    vip_holders,
 )
+from tests.integration.conftest import vip_holders as _vip_holders_all
 
 # Long variants (5 minutes of netem, 200 swap cycles, a million datagrams) only when asked for.
 SOAK = os.environ.get("FAILOVER_SOAK", "") == "1"
@@ -119,6 +120,19 @@ def sniffing(
         sniffer.stop()
 
 
+def vip_holders(cluster: LabCluster, names: tuple[str, ...] = ("live", "backup")) -> list[str]:
+    """Of names, those with the VIP on eth0 (netlink, one namespace after the other)."""
+    if names == ("live", "backup"):
+        return _vip_holders_all(cluster)
+    found = []
+    for name in names:
+        argv = ["ip", "-n", cluster.lab.host(name).netns, "-j", "address", "show", "dev", "eth0"]
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
+        if any(i.get("local") == VIP_IP for link in json.loads(out or "[]") for i in link.get("addr_info", [])):
+            found.append(name)
+    return found
+
+
 # --- convergence --------------------------------------------------------------------------------------
 
 
@@ -148,3 +162,36 @@ def wait_converged(cluster: LabCluster, timeout: float) -> tuple[str | None, flo
 
 def total_rejected(status: dict[str, Any]) -> int:
     return sum(int(v) for v in status.get("rejected", {}).values())
+
+
+class HolderSampler:
+    """Samples who has the VIP on eth0 every few ms in a thread (bounded); keeps samples with two.
+
+    Namespaces are read one after the other, so a move between two reads would look like two holders.
+    Each sample reads first, second, first again (alternating which goes first): two holders only if
+    the first held at both of its reads and the second held in between.
+    """
+
+    def __init__(self, cluster: LabCluster, seconds: float = 40.0) -> None:
+        self.doubles: list[tuple[float, list[str]]] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(cluster, seconds))
+        self._thread.start()
+
+    def _run(self, cluster: LabCluster, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        order = ("live", "backup")
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            first, second = order if self.samples % 2 == 0 else order[::-1]
+            a1 = first in vip_holders(cluster, names=(first,))
+            b = second in vip_holders(cluster, names=(second,))
+            a2 = first in vip_holders(cluster, names=(first,))
+            self.samples += 1
+            if a1 and b and a2:
+                self.doubles.append((time.monotonic(), [first, second]))
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -5,6 +5,8 @@ ARP frame (op, sender, target) and/or the UDP payloads to one port that enter th
 its ports, as JSON lines with CLOCK_MONOTONIC times (shared by every namespace, so they line up with the
 agents' events). Frames a port sends out (PACKET_OUTGOING) are skipped: each frame is seen once, where
 it entered. It stops at the duration, the frame cap or SIGTERM, and writes each record as it comes.
+``--ask IFACE VIP SRC_IP SRC_MAC --interval S --duration S`` instead broadcasts who-has for the VIP (run
+in the client's namespace), so the sniffer has requests whose answers it can attribute.
 """
 
 from __future__ import annotations
@@ -59,14 +61,36 @@ def _udp(frame: bytes, port: int) -> dict[str, object] | None:
     }
 
 
+def ask(interface: str, vip: str, src_ip: str, src_mac: str, interval: float, duration: float) -> int:
+    """Broadcast who-has for vip every interval (a client that asks often), until the duration."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    sock.bind((interface, 0))
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    frame = (
+        b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+        + mac + socket.inet_aton(src_ip) + b"\x00" * 6 + socket.inet_aton(vip)
+    )
+    deadline = time.monotonic() + min(duration, HARD_MAX_S)
+    sent = 0
+    while time.monotonic() < deadline:
+        sock.send(frame)
+        sent += 1
+        time.sleep(interval)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--ask", nargs=4, metavar=("IFACE", "VIP", "SRC_IP", "SRC_MAC"))
+    parser.add_argument("--interval", type=float, default=0.05)
+    parser.add_argument("--out", default="")
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--arp", action="store_true")
     parser.add_argument("--udp-port", type=int, default=0)
     parser.add_argument("--max", type=int, default=100_000)
     args = parser.parse_args(argv)
+    if args.ask:
+        return ask(*args.ask, interval=args.interval, duration=args.duration)
     stop = False
 
     def on_term(signum: int, frame: object) -> None:

@@ -19,9 +19,9 @@ import pytest
 from failover.agent import FAULT_ENV
 from failover.lab.client import first_served_by, summarize
 from failover.lab.cluster import LabCluster
-from tests.integration.conftest import client_load, events, failover_cli, restart_agent, vip_holders
+from tests.integration.conftest import client_load, events, failover_cli, restart_agent
 
-from .conftest import figure, wait_converged
+from .conftest import HolderSampler, figure, vip_holders, wait_converged
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 
@@ -51,30 +51,6 @@ CASES = [
         ),
     ),
 ]
-
-
-class HolderSampler:
-    """Samples who has the VIP on eth0 every few ms in a thread (bounded); keeps samples with two."""
-
-    def __init__(self, cluster: LabCluster, seconds: float = 40.0) -> None:
-        self.doubles: list[tuple[float, list[str]]] = []
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(cluster, seconds))
-        self._thread.start()
-
-    def _run(self, cluster: LabCluster, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            holders = vip_holders(cluster)
-            self.samples += 1
-            if len(holders) > 1:
-                self.doubles.append((time.monotonic(), holders))
-            time.sleep(0.002)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def run_cli_swap(cluster: LabCluster, via: str, into: dict[str, Any]) -> threading.Thread:
