@@ -24,17 +24,20 @@ import pytest
 
 from failover.lab.cluster import LabCluster
 from failover.lab.netns import BRIDGE_HOST
+from tests.integration import conftest as integration_conftest
 from tests.integration.conftest import (  # noqa: F401  (fixtures and hooks are used by name)
     CLIENT,
     REPO,
     VIP_IP,
     _needs_root_and_nginx,
-    cluster,
     fetch,
     package_env,
     pytest_runtest_makereport,
 )
 from tests.integration.conftest import vip_holders as _vip_holders_all
+
+# The integration suite's per-test lab, under the same name here.
+cluster = integration_conftest.cluster
 
 # Long variants (5 minutes of netem, 200 swap cycles, a million datagrams) only when asked for.
 SOAK = os.environ.get("FAILOVER_SOAK", "") == "1"
@@ -52,8 +55,7 @@ def figure(request: pytest.FixtureRequest, text: str) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """The chaos suite's figures, unless the integration conftest (which prints every figure) is loaded."""
     if any(
-        getattr(p, "__name__", "") == "tests.integration.conftest"
-        for p in config.pluginmanager.get_plugins()
+        getattr(p, "__name__", "") == "tests.integration.conftest" for p in config.pluginmanager.get_plugins()
     ):
         return
     figures = [
@@ -99,12 +101,26 @@ class Sniffer:
 
 @contextlib.contextmanager
 def sniffing(
-    cluster: LabCluster, name: str, *, arp: bool = False, udp_port: int = 0, duration_s: float = 60.0,
+    cluster: LabCluster,
+    name: str,
+    *,
+    arp: bool = False,
+    udp_port: int = 0,
+    duration_s: float = 60.0,
     max_records: int = 100_000,
 ) -> Iterator[Sniffer]:
     out = cluster.workdir / f"sniff-{name}.jsonl"
-    argv = [sys.executable, "-m", "tests.chaos.sniff", "--out", str(out), "--duration", str(duration_s),
-            "--max", str(max_records)]
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.chaos.sniff",
+        "--out",
+        str(out),
+        "--duration",
+        str(duration_s),
+        "--max",
+        str(max_records),
+    ]
     if arp:
         argv.append("--arp")
     if udp_port:
@@ -128,7 +144,9 @@ def vip_holders(cluster: LabCluster, names: tuple[str, ...] = ("live", "backup")
     for name in names:
         argv = ["ip", "-n", cluster.lab.host(name).netns, "-j", "address", "show", "dev", "eth0"]
         out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout
-        if any(i.get("local") == VIP_IP for link in json.loads(out or "[]") for i in link.get("addr_info", [])):
+        if any(
+            i.get("local") == VIP_IP for link in json.loads(out or "[]") for i in link.get("addr_info", [])
+        ):
             found.append(name)
     return found
 

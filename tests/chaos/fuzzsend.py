@@ -74,7 +74,9 @@ def generators(args: argparse.Namespace, rng: random.Random) -> dict[str, Callab
         "wrong-key": lambda: _sign(other, _message(rng, args.cluster, peer, time.time_ns())),
         "bitflip": bitflip,
         "cluster": lambda: _sign(key, _message(rng, args.cluster + "-other", peer, time.time_ns())),
-        "sender": lambda: _sign(key, _message(rng, args.cluster, rng.choice([me, "mallory"]), time.time_ns())),
+        "sender": lambda: _sign(
+            key, _message(rng, args.cluster, rng.choice([me, "mallory"]), time.time_ns())
+        ),
         "replay": lambda: _sign(key, _message(rng, args.cluster, peer, rng.randrange(0, 1_000_000))),
         "nested": lambda: _nested(key),
     }
@@ -96,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=8000.0, help="datagrams per second")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--kinds", default="random,magic,version,oversized,wrong-key,bitflip,cluster,sender,replay")
+    parser.add_argument(
+        "--kinds", default="random,magic,version,oversized,wrong-key,bitflip,cluster,sender,replay"
+    )
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     count = min(args.count, MAX_COUNT)

@@ -67,8 +67,14 @@ def ask(interface: str, vip: str, src_ip: str, src_mac: str, interval: float, du
     sock.bind((interface, 0))
     mac = bytes.fromhex(src_mac.replace(":", ""))
     frame = (
-        b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
-        + mac + socket.inet_aton(src_ip) + b"\x00" * 6 + socket.inet_aton(vip)
+        b"\xff" * 6
+        + mac
+        + b"\x08\x06"
+        + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+        + mac
+        + socket.inet_aton(src_ip)
+        + b"\x00" * 6
+        + socket.inet_aton(vip)
     )
     deadline = time.monotonic() + min(duration, HARD_MAX_S)
     sent = 0

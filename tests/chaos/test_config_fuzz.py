@@ -111,15 +111,23 @@ def cases(key: Path) -> list[Case]:
     for number, indent, dotted, value in leaves(base):
         key_name = dotted.rsplit(".", 1)[-1]
         wrong = "{a: 1}" if value.startswith("[") else "[oops]"
-        out.append(Case(f"{dotted}=wrong-type", with_line(number, f"{indent}{key_name}: {wrong}"), number, key_name))
+        out.append(
+            Case(f"{dotted}=wrong-type", with_line(number, f"{indent}{key_name}: {wrong}"), number, key_name)
+        )
         if re.fullmatch(r"\d+", value) and key_name != "address":
             for bad in NUMBERS:
-                out.append(Case(f"{dotted}={bad}", with_line(number, f"{indent}{key_name}: {bad}"), number, key_name))
+                out.append(
+                    Case(f"{dotted}={bad}", with_line(number, f"{indent}{key_name}: {bad}"), number, key_name)
+                )
         if value in ("true", "false"):
-            out.append(Case(f"{dotted}=maybe", with_line(number, f"{indent}{key_name}: maybe"), number, key_name))
+            out.append(
+                Case(f"{dotted}=maybe", with_line(number, f"{indent}{key_name}: maybe"), number, key_name)
+            )
         if key_name in REQUIRED or dotted in REQUIRED:
             # Left out: the key is named, or its section when that is left empty.
-            out.append(Case(f"{dotted}=missing", with_line(number, None), None, f"{key_name}|{dotted.split('.')[0]}"))
+            out.append(
+                Case(f"{dotted}=missing", with_line(number, None), None, f"{key_name}|{dotted.split('.')[0]}")
+            )
         unknown = with_line(number, f"{lines[number - 1]}\n{indent}colour: blue")
         out.append(Case(f"{dotted}+unknown-sibling", unknown, number + 1, "colour"))
     out += [
@@ -149,8 +157,14 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     # In a throwaway network namespace of its own (gone with the process): should a file ever be
     # accepted, the agent still touches nothing of the host's.
-    return subprocess.run(["unshare", "--net", sys.executable, "-m", "failover", *argv], capture_output=True, text=True,
-                          timeout=60, env=package_env(), stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["unshare", "--net", sys.executable, "-m", "failover", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=package_env(),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def check(done: subprocess.CompletedProcess[str], path: Path, case: Case) -> str:
@@ -164,8 +178,12 @@ def check(done: subprocess.CompletedProcess[str], path: Path, case: Case) -> str
         return f"file not named: {err.strip()}"
     if case.line is not None and f"{path}:{case.line}:" not in err:
         return f"line {case.line} not named: {err.strip()}"
-    if case.line is None and case.name.startswith("yaml-") and case.name not in ("yaml-empty", "yaml-top-list") \
-            and not re.search(rf"{re.escape(str(path))}:\d+:", err):
+    if (
+        case.line is None
+        and case.name.startswith("yaml-")
+        and case.name not in ("yaml-empty", "yaml-top-list")
+        and not re.search(rf"{re.escape(str(path))}:\d+:", err)
+    ):
         return f"no line: {err.strip()}"
     if case.field and not any(word in err for word in case.field.split("|")):
         return f"field {case.field} not named: {err.strip()}"

@@ -36,10 +36,15 @@ def answers_by_request(arp: list[dict[str, object]]) -> dict[float, set[str]]:
         t = float(frame["t"])  # type: ignore[arg-type]
         if frame["op"] == 1 and frame["psrc"] == CLIENT_IP and frame["pdst"] == VIP_IP:
             last_request = t
-            answered[t]  # noqa: B018  (a request nobody answered still counts)
-        elif frame["op"] == 2 and frame["psrc"] == VIP_IP and frame["pdst"] == CLIENT_IP:
-            if last_request is not None and t - last_request <= ANSWER_WINDOW_S:
-                answered[last_request].add(str(frame["hwsrc"]))
+            answered[t]
+        elif (
+            frame["op"] == 2
+            and frame["psrc"] == VIP_IP
+            and frame["pdst"] == CLIENT_IP
+            and last_request is not None
+            and t - last_request <= ANSWER_WINDOW_S
+        ):
+            answered[last_request].add(str(frame["hwsrc"]))
     return answered
 
 
@@ -49,16 +54,35 @@ def idle(cluster: LabCluster) -> bool:
 
 def test_swap_unswap_cycles_under_load(cluster: LabCluster, request: pytest.FixtureRequest) -> None:
     duration = CYCLES * 6.0 + 30
-    load = ClientLoad(cluster.lab, CLIENT, VIP_IP, cluster.workdir / "client", duration_s=duration,
-                      max_requests=int(duration * 250))
+    load = ClientLoad(
+        cluster.lab,
+        CLIENT,
+        VIP_IP,
+        cluster.workdir / "client",
+        duration_s=duration,
+        max_requests=int(duration * 250),
+    )
     outcomes = []
     with sniffing(cluster, "arp", arp=True, duration_s=duration, max_records=1_000_000) as sniffer:
         client = cluster.lab.host(CLIENT)
         asker = cluster.lab.popen(
             CLIENT,
-            [sys.executable, "-m", "tests.chaos.sniff", "--ask", "eth0", VIP_IP, CLIENT_IP, client.mac,
-             "--interval", str(ASK_INTERVAL_S), "--duration", str(duration)],
-            cwd=str(REPO), env=package_env(),
+            [
+                sys.executable,
+                "-m",
+                "tests.chaos.sniff",
+                "--ask",
+                "eth0",
+                VIP_IP,
+                CLIENT_IP,
+                client.mac,
+                "--interval",
+                str(ASK_INTERVAL_S),
+                "--duration",
+                str(duration),
+            ],
+            cwd=str(REPO),
+            env=package_env(),
         )
         load.start()
         sampler = HolderSampler(cluster, seconds=duration)
@@ -70,7 +94,11 @@ def test_swap_unswap_cycles_under_load(cluster: LabCluster, request: pytest.Fixt
                     assert cluster.lab.wait_until(lambda: idle(cluster), 5.0, 0.05)
                     outcome = cluster.move(move, via="live")
                     outcomes.append(outcome)
-                    assert outcome["exit_code"] == 0 and outcome["confirmed"] is True, (cycle, outcome["reason"], outcome)
+                    assert outcome["exit_code"] == 0 and outcome["confirmed"] is True, (
+                        cycle,
+                        outcome["reason"],
+                        outcome,
+                    )
                     assert vip_holders(cluster) == [target], (cycle, move)
         finally:
             sampler.stop()

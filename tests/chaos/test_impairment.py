@@ -67,10 +67,38 @@ def impair_heartbeats(cluster: LabCluster, name: str, how: str) -> None:
         run(name, ["nft", "-f", "-"], input=nft_impairment(str(peer)), timeout=10)
         return
     run(name, ["tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio", "bands", "4"])
-    run(name, ["tc", "qdisc", "add", "dev", "eth0", "parent", "1:4", "handle", "40:", "netem", *NETEM.split()])
-    run(name, ["tc", "filter", "add", "dev", "eth0", "parent", "1:0", "protocol", "ip", "prio", "1", "u32",
-               "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", "5405", "0xffff",
-               "flowid", "1:4"])
+    run(
+        name, ["tc", "qdisc", "add", "dev", "eth0", "parent", "1:4", "handle", "40:", "netem", *NETEM.split()]
+    )
+    run(
+        name,
+        [
+            "tc",
+            "filter",
+            "add",
+            "dev",
+            "eth0",
+            "parent",
+            "1:0",
+            "protocol",
+            "ip",
+            "prio",
+            "1",
+            "u32",
+            "match",
+            "ip",
+            "protocol",
+            "17",
+            "0xff",
+            "match",
+            "ip",
+            "dport",
+            "5405",
+            "0xffff",
+            "flowid",
+            "1:4",
+        ],
+    )
 
 
 @pytest.mark.parametrize("how", ["netem", "nft"])
@@ -103,9 +131,10 @@ def test_impaired_heartbeats_no_spurious_takeover_and_swap_completes(
     silent = len(events(cluster, "backup", "holder-silent"))
     refused = len(events(cluster, "backup", "takeover-refused"))
     sent = cluster.status("live")["sent"]
+    shape = NETEM if how == "netem" else "30% loss, 5% duplicates"
     figure(
         request,
-        f"{how} '{NETEM if how == 'netem' else '30% loss, 5% duplicates'}' on UDP 5405 for {WINDOW_S:.0f} s: backup found live silent {silent} times,"
+        f"{how} '{shape}' on UDP 5405 for {WINDOW_S:.0f} s: backup found live silent {silent} times,"
         f" probe answered {refused} times, 0 takeovers; swap under impairment exit {outcome['exit_code']}"
         f" in {outcome.get('duration_ms', 0):.0f} ms after {len(refusals)} refusals; live sent {sent}",
     )
@@ -130,8 +159,9 @@ PARTITIONS = [
 ]
 
 
-@pytest.mark.parametrize(("cut", "action", "possible"), PARTITIONS,
-                         ids=[f"{c}-cut-before-{a}" for c, a, _ in PARTITIONS])
+@pytest.mark.parametrize(
+    ("cut", "action", "possible"), PARTITIONS, ids=[f"{c}-cut-before-{a}" for c, a, _ in PARTITIONS]
+)
 def test_partition_during_swap_then_heal_one_holder(
     cluster: LabCluster, request: pytest.FixtureRequest, cut: str, action: str, possible: tuple[str, ...]
 ) -> None:

@@ -39,7 +39,11 @@ CASES = [
     ("backup", "Watch", "live", ("live", "backup"), True),
     ("backup", "Claim", "live", ("live",), True),
     pytest.param(
-        "backup", "Announce", "live", ("backup",), True,
+        "backup",
+        "Announce",
+        "live",
+        ("backup",),
+        True,
         marks=pytest.mark.xfail(
             strict=True,
             reason="protocol.py Node.receive_datagram: a restarted target that claimed before it died holds"
@@ -79,8 +83,13 @@ def run_cli_swap(cluster: LabCluster, via: str, into: dict[str, Any]) -> threadi
     ],
 )
 def test_kill_at_step_converges_to_one_serving_holder(
-    cluster: LabCluster, request: pytest.FixtureRequest,
-    victim: str, action: str, via: str, possible: tuple[str, ...], times_out: bool,
+    cluster: LabCluster,
+    request: pytest.FixtureRequest,
+    victim: str,
+    action: str,
+    via: str,
+    possible: tuple[str, ...],
+    times_out: bool,
 ) -> None:
     restart_agent(cluster, victim, env={FAULT_ENV: f"stop-before:{action}"})
     load = client_load(cluster, duration_s=30)
@@ -149,4 +158,4 @@ def assert_cli_says_what_it_knows(cli: dict[str, Any], via: str, victim: str, ho
         assert "swap done: VIP on backup" in out, cli
     else:
         assert code == 1, cli
-        assert f"swap FAILED: " in err and f"VIP on {holder}" in err, cli
+        assert "swap FAILED: " in err and f"VIP on {holder}" in err, cli

@@ -46,9 +46,23 @@ REASONS = {
 def fuzz(cluster: LabCluster, count: int, kinds: str, rate: float = RATE, seed: int = 7) -> dict[str, Any]:
     live = cluster.lab.host("live")
     argv = [
-        sys.executable, "-m", "tests.chaos.fuzzsend", "--target", str(live.address), "--port", "5405",
-        "--key", str(cluster.workdir / "lab.key"), "--count", str(count), "--rate", str(rate),
-        "--seed", str(seed), "--kinds", kinds,
+        sys.executable,
+        "-m",
+        "tests.chaos.fuzzsend",
+        "--target",
+        str(live.address),
+        "--port",
+        "5405",
+        "--key",
+        str(cluster.workdir / "lab.key"),
+        "--count",
+        str(count),
+        "--rate",
+        str(rate),
+        "--seed",
+        str(seed),
+        "--kinds",
+        kinds,
     ]
     done = cluster.lab.run(CLIENT, argv, timeout=count / rate * 3 + 60, env=package_env())
     result: dict[str, Any] = json.loads(done.stdout)
@@ -111,8 +125,13 @@ def test_hostile_datagrams_change_nothing_and_are_all_counted(
     allowed = set().union(*(REASONS[k] for k in result["sent"]))
     assert set(grown) <= allowed, grown
     # Kinds with a single possible reason: each counted as its own (within the 1 % of loss).
-    for kind, reason in (("cluster", "cluster"), ("sender", "sender"), ("replay", "replay"),
-                         ("version", "version"), ("oversized", "oversized")):
+    for kind, reason in (
+        ("cluster", "cluster"),
+        ("sender", "sender"),
+        ("replay", "replay"),
+        ("version", "version"),
+        ("oversized", "oversized"),
+    ):
         assert grown.get(reason, 0) >= 0.99 * result["sent"][kind], (kind, grown)
     # Nothing but the peer's real heartbeats got through.
     received = {k: v - received_before.get(k, 0) for k, v in status["received"].items()}
