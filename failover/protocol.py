@@ -67,6 +67,7 @@ class NodeSetup:
     drain: float = 0.0  # seconds this node keeps serving in-flight connections after it releases
     straggler_window: float = 0.0  # seconds the old holder watches for clients still sending to it
     before_release: float = 0.0  # budget in seconds for the holder's before_release hooks (0: none)
+    host_check_budget: float = 1.0  # seconds a node's dry-run checks may take (its health check's timeout)
 
 
 # --- actions (outputs) -------------------------------------------------------------------------
@@ -170,6 +171,66 @@ class Canary:
 
 
 @dataclass(frozen=True)
+class HostCheck:
+    """Run this host's preflight checks for a dry run as `role`; read-only. Answer host_check_done."""
+
+    nonce: int
+    role: str  # "source" (key, sysctls, holds the VIP) or "target" (also health, access log, not holding)
+    peer_boot: int | None = None  # the peer asked (its boot); None: our own dry run
+
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One preflight check of a dry run, judged on one node."""
+
+    node: str
+    check: str
+    level: str  # ok, warn (passes, worth knowing) or FAIL
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "check": self.check, "level": self.level, "detail": self.detail,
+                "fix": self.fix}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a swap or unswap would do now, and whether every check passes. Nothing was changed."""
+
+    ok: bool
+    move: str
+    source: str
+    target: str
+    reason: str  # the first failed check, "" when all pass
+    checks: tuple[Check, ...]
+    steps: tuple[tuple[str, str], ...]  # (step, what happens in it), in order
+    duration_ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": True,
+            "ok": self.ok,
+            "move": self.move,
+            "source": self.source,
+            "target": self.target,
+            "reason": self.reason,
+            "checks": [c.to_json() for c in self.checks],
+            "plan": [{"step": step, "what": what} for step, what in self.steps],
+            "duration_ms": round(self.duration_ms, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Planned:
+    command: int
+    plan: Plan
+
+
+@dataclass(frozen=True)
 class Progress:
     command: int
     step: str
@@ -246,8 +307,10 @@ Action = (
     | Watch
     | Unwatch
     | Canary
+    | HostCheck
     | Progress
     | Finished
+    | Planned
     | Notice
 )
 
@@ -292,6 +355,32 @@ class _Run:
         return (now - self.started) * 1000.0
 
 
+@dataclass
+class _DryRun:
+    """A dry run: the checks of a move, run for real on both nodes; no run, no epoch, nothing changed."""
+
+    command: int
+    nonce: int
+    move: str
+    source: str
+    target: str
+    started: float
+    deadline: float
+    checks: list[Check]  # this node's view: peer alive, digests, holder...
+    host: dict[str, list[Check]] = field(default_factory=dict)  # node -> its host checks
+    waiting_local: bool = False
+    waiting_peer: bool = False
+    request: wire.CheckRequest | None = None
+    resend_at: float | None = None
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = {}
+    for (outer, inner), n in sorted(counts.items()):
+        nested.setdefault(outer, {})[inner] = n
+    return nested
+
+
 class Node:
     """One agent's protocol state. Both hosts run the same code."""
 
@@ -322,6 +411,12 @@ class Node:
         self._silence_reported = False
         self.self_check_fails = 0
         self._self_swap_not_before = now
+        self.moves: Counter[tuple[str, str]] = Counter()  # (move, outcome) -> how many, since start
+        self.stragglers_total = 0
+        self._dry_runs: dict[int, _DryRun] = {}  # nonce -> dry run waiting for checks
+        self._nonces = itertools.count(1)
+        # (peer boot, nonce) -> our answer to the peer's dry run (None: checks still running), the last few
+        self._check_answers: dict[tuple[int, int], wire.CheckResult | None] = {}
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -343,6 +438,10 @@ class Node:
                 deadlines.append(run.resend_at)
             if run.deadline is not None:
                 deadlines.append(run.deadline)
+        for dry in self._dry_runs.values():
+            deadlines.append(dry.deadline)
+            if dry.resend_at is not None:
+                deadlines.append(dry.resend_at)
         return min(deadlines)
 
     # --- queries -----------------------------------------------------------------------------------
@@ -390,24 +489,36 @@ class Node:
             "rejected": dict(self.rejected),
             "received": dict(self.received),
             "sent": dict(self.sent),
+            "moves": _nested(self.moves),
+            "stragglers_seen": self.stragglers_total,
         }
 
     # --- events: operator ----------------------------------------------------------------------------
 
-    def command(self, move: str, now: float) -> int:
-        """Start a swap or unswap; progress and the outcome come as actions tagged with the returned id."""
+    def command(self, move: str, now: float, *, dry_run: bool = False) -> int:
+        """Start a swap or unswap; progress and the outcome come as actions tagged with the returned id.
+
+        A dry run changes nothing (no run, no epoch, no VIP): it runs every check of the move on both
+        nodes and answers with one Planned action.
+        """
         cid = next(self._commands)
-        self._start_move(move, now, cid)
+        if dry_run:
+            self._start_dry_run(move, now, cid)
+        else:
+            self._start_move(move, now, cid)
         return cid
 
-    def _start_move(self, move: str, now: float, cid: int | None) -> None:
+    def _source_target(self, now: float) -> tuple[str, str]:
         me, peer = self.setup.name, self.setup.peer
         if self.holds:
-            source, target = me, peer
-        elif self.peer_holds() and self.peer_alive(now):
-            source, target = peer, me
-        else:
-            source = target = ""
+            return me, peer
+        if self.peer_holds() and self.peer_alive(now):
+            return peer, me
+        return "", ""
+
+    def _start_move(self, move: str, now: float, cid: int | None) -> None:
+        me = self.setup.name
+        source, target = self._source_target(now)
         reason = self._refusal(move, source, target, now)
         epoch = max(self.epoch, self.peer_epoch) + 1
         if reason:
@@ -435,32 +546,42 @@ class Node:
             run.deadline = now + self.timing.step_timeout + self.setup.before_release
 
     def _refusal(self, move: str, source: str, target: str, now: float) -> str:
+        return next((problem for _, problem, _ in self._preflight(move, source, target, now) if problem), "")
+
+    def _preflight(self, move: str, source: str, target: str, now: float) -> list[tuple[str, str, str]]:
+        """Every rule a move must pass on this node, in order: (check, problem, detail when it passes)."""
         me, peer = self.setup.name, self.setup.peer
         if move not in MOVES:
-            return f"unknown move {move!r}"
-        if self.busy():
-            assert self.run is not None
-            return f"a {self.run.move} is already in progress (epoch {self.run.epoch})"
-        if not self.peer_alive(now):
-            if self.peer_seen is None:
-                return f"peer {peer} has not been heard from; is its agent running?"
+            return [("move", f"unknown move {move!r}", "")]
+        rows: list[tuple[str, str, str]] = []
+        run = self.run
+        busy = f"a {run.move} is already in progress (epoch {run.epoch})" if run and self.busy() else ""
+        rows.append(("no move in progress", busy, "none"))
+        alive = ""
+        if self.peer_seen is None:
+            alive = f"peer {peer} has not been heard from; is its agent running?"
+        elif not self.peer_alive(now):
             silent_ms = (now - self.peer_seen) * 1000
-            return f"peer {peer} is not answering heartbeats (last heard {silent_ms:.0f} ms ago)"
+            alive = f"peer {peer} is not answering heartbeats (last heard {silent_ms:.0f} ms ago)"
+        heard = "" if self.peer_seen is None else f"{peer} heard {(now - self.peer_seen) * 1000:.0f} ms ago"
+        rows.append(("peer alive", alive, heard))
         hb = self.peer_heartbeat
+        differ = ""
         if hb is not None and hb.digest != self.setup.digest:
-            return (
+            differ = (
                 f"cluster files differ between {me} ({self.setup.digest[:12]}) and {peer} "
                 f"({hb.digest[:12]}); copy the same file to both hosts"
             )
-        if self.holds and self.peer_holds():
-            return f"both {me} and {peer} hold the VIP; wait for them to settle"
-        if not source:
-            return "no node holds the VIP"
+        same = f"{self.setup.digest[:12]} on both" if hb is not None else "the peer's is not known yet"
+        rows.append(("cluster files equal", differ, same))
+        both = f"both {me} and {peer} hold the VIP; wait for them to settle"
+        rows.append(("one holder", both if self.holds and self.peer_holds() else "", "yes"))
+        rows.append(("holder known", "" if source else "no node holds the VIP", f"{source} holds the VIP"))
         if move == "unswap":
             home = me if self.setup.home else peer
-            if source == home:
-                return f"the VIP is already on its home node {home}"
-        return ""
+            already = f"the VIP is already on its home node {home}" if source == home else ""
+            rows.append(("target is home", already, f"{target} is home"))
+        return rows
 
     def _finish_refused(
         self, cid: int | None, move: str, epoch: int, source: str, target: str, reason: str, now: float
@@ -480,6 +601,7 @@ class Node:
             holder=holder,
         )
         self.last_outcome = outcome
+        self.moves[move, "refused"] += 1
         self._actions.append(Notice("move-refused", outcome.to_json()))
         if cid is not None:
             self._actions.append(Finished(cid, outcome))
@@ -510,6 +632,10 @@ class Node:
         run = self.run
         if isinstance(msg, wire.SwapRequest):
             self._on_swap_request(msg, now)
+        elif isinstance(msg, wire.CheckRequest):
+            self._on_check_request(msg, env.boot)
+        elif isinstance(msg, wire.CheckResult):
+            self._on_check_result(msg, now)
         elif isinstance(msg, wire.Prepare):
             self._on_prepare(msg, now)
         elif run is None or msg.epoch != run.epoch:
@@ -841,6 +967,7 @@ class Node:
             known["last_seen"] = max(known["last_seen"], last_seen)
             if known["told"] is None:
                 known["told"] = now
+                self.stragglers_total += 1
                 new = True
         if new:
             entries = ",".join(f"{v['ip']}={mac}" for mac, v in run.stragglers.items())
@@ -1055,6 +1182,165 @@ class Node:
         if run.role == "target" and run.state in ("requested", "checking", "ready"):
             self._finish(run, ok=False, reason=f"{self.setup.peer} aborted: {msg.reason}", now=now)
 
+    # --- dry run: every check of a move, for real, and nothing changed -----------------------------------
+
+    def _start_dry_run(self, move: str, now: float, cid: int) -> None:
+        me = self.setup.name
+        source, target = self._source_target(now)
+        checks = [
+            Check(me, name, FAIL if problem else OK, problem or detail)
+            for name, problem, detail in self._preflight(move, source, target, now)
+        ]
+        dry = _DryRun(
+            command=cid,
+            nonce=next(self._nonces),
+            move=move,
+            source=source,
+            target=target,
+            started=now,
+            deadline=now + self.timing.step_timeout + self.setup.host_check_budget,
+            checks=checks,
+        )
+        self._dry_runs[dry.nonce] = dry
+        if move in MOVES and source:
+            # Roles are known: each node checks its own host for the part it would play.
+            role = "source" if source == me else "target"
+            dry.waiting_local = True
+            self._actions.append(HostCheck(dry.nonce, role))
+            if self.peer_alive(now):
+                dry.waiting_peer = True
+                peer_role = "target" if role == "source" else "source"
+                dry.request = wire.CheckRequest(epoch=0, nonce=dry.nonce, move=move, role=peer_role)
+                self._send(dry.request)
+                dry.resend_at = now + self.timing.retransmit
+        self._dry_run_progress(dry, now)
+
+    def host_check_done(self, action: HostCheck, findings: list[Check], now: float) -> None:
+        """The adapter's answer to HostCheck: this host's findings, for our dry run or the peer's."""
+        if action.peer_boot is not None:
+            key = (action.peer_boot, action.nonce)
+            if key not in self._check_answers:
+                return
+            rows = [(c.level, c.check, c.detail, c.fix) for c in findings]
+            ok = all(c.level != FAIL for c in findings)
+            result = wire.CheckResult(epoch=0, nonce=action.nonce, ok=ok, findings=wire.pack_findings(rows))
+            self._check_answers[key] = result
+            self._send(result)
+            return
+        dry = self._dry_runs.get(action.nonce)
+        if dry is None or not dry.waiting_local:
+            return
+        dry.waiting_local = False
+        dry.host[self.setup.name] = list(findings)
+        self._dry_run_progress(dry, now)
+
+    def _on_check_request(self, msg: wire.CheckRequest, peer_boot: int) -> None:
+        key = (peer_boot, msg.nonce)
+        if key in self._check_answers:
+            answer = self._check_answers[key]
+            if answer is not None:
+                self._send(answer)  # our answer was lost; while the checks run, the answer is on its way
+            return
+        if msg.move not in MOVES or msg.role not in ("source", "target"):
+            return
+        self._check_answers[key] = None
+        while len(self._check_answers) > 16:
+            del self._check_answers[next(iter(self._check_answers))]
+        self._actions.append(HostCheck(msg.nonce, msg.role, peer_boot=peer_boot))
+
+    def _on_check_result(self, msg: wire.CheckResult, now: float) -> None:
+        dry = self._dry_runs.get(msg.nonce)
+        if dry is None or not dry.waiting_peer:
+            return
+        peer = self.setup.peer
+        dry.waiting_peer = False
+        dry.resend_at = None
+        found = [Check(peer, check, level, detail, fix) for level, check, detail, fix in
+                 wire.unpack_findings(msg.findings)]
+        if not msg.ok and all(c.level != FAIL for c in found):
+            found.append(Check(peer, "checks", FAIL, "a check failed (its text did not fit in the answer)"))
+        dry.host[peer] = found
+        self._dry_run_progress(dry, now)
+
+    def _dry_run_timer(self, dry: _DryRun, now: float) -> None:
+        if dry.resend_at is not None and now >= dry.resend_at and dry.request is not None:
+            self._send(dry.request)
+            dry.resend_at = now + self.timing.retransmit
+        if now < dry.deadline:
+            return
+        within = f"within {(dry.deadline - dry.started) * 1000:.0f} ms"
+        if dry.waiting_peer:
+            dry.waiting_peer = False
+            dry.resend_at = None
+            peer = self.setup.peer
+            dry.host[peer] = [Check(peer, "checks answered", FAIL, f"{peer} did not answer {within}")]
+        if dry.waiting_local:
+            dry.waiting_local = False
+            me = self.setup.name
+            dry.host[me] = [Check(me, "checks answered", FAIL, f"this host's checks did not finish {within}")]
+        self._dry_run_progress(dry, now)
+
+    def _dry_run_progress(self, dry: _DryRun, now: float) -> None:
+        if dry.waiting_local or dry.waiting_peer:
+            return
+        del self._dry_runs[dry.nonce]
+        checks = [*dry.checks, *dry.host.get(dry.source, ()), *dry.host.get(dry.target, ())]
+        failed = [c for c in checks if c.level == FAIL]
+        known = dry.move in MOVES and dry.source
+        plan = Plan(
+            ok=not failed,
+            move=dry.move,
+            source=dry.source,
+            target=dry.target,
+            reason="" if not failed else f"{failed[0].node}: {failed[0].check}: {failed[0].detail}",
+            checks=tuple(checks),
+            steps=self._plan_steps(dry.move, dry.source, dry.target) if known else (),
+            duration_ms=(now - dry.started) * 1000.0,
+        )
+        self._actions.append(Notice("dry-run", plan.to_json()))
+        self._actions.append(Planned(dry.command, plan))
+
+    def _plan_steps(self, move: str, source: str, target: str) -> tuple[tuple[str, str], ...]:
+        """What the move would do, step by step, with this node's settings (the same file on both)."""
+        s, t = self.setup, self.timing
+        step_ms = f"{t.step_timeout * 1000:.0f} ms"
+        steps = [("preflight", "the checks above, run again when the move starts")]
+        if s.before_release > 0:
+            steps.append(("before-release", f"{source} runs its before_release hooks; a failing one aborts "
+                          "with nothing changed (a dry run does not run them)"))
+        ready = ["checks its health_url"]
+        if s.confirm != "none":
+            ready.append("starts following its access log")
+        if s.drain > 0:
+            ready.append(f"passes segments of connections it does not own to {source}")
+        steps.append(("prepare", f"{source} asks {target} to get ready: {target} {', '.join(ready)}; "
+                      f"answer within {step_ms}, else nothing changes"))
+        drain = (f", keeping it ARP-silent on lo for {s.drain * 1000:.0f} ms so packets in flight are served"
+                 if s.drain > 0 else " (no drain)")
+        steps.append(("release", f"{source} removes the VIP from its interface{drain}"))
+        steps.append(("claim", f"{target} adds the VIP within {step_ms} of being ready; if it cannot, "
+                      f"{source} takes it back"))
+        schedule = ", ".join(f"{x * 1000:.0f}" for x in t.announce_schedule)
+        steps.append(("announce", f"{target} sends gratuitous ARP / unsolicited NA at {schedule} ms"))
+        within = f"{s.confirm_within:g} s"
+        if s.confirm == "traffic":
+            confirm = (f"traffic: {s.confirm_requests} client request(s) in {target}'s access log within "
+                       f"{within}, else {target} releases and {source} takes the VIP back")
+        elif s.confirm == "canary":
+            confirm = (f"canary: {source} sends {s.confirm_requests} marked request(s) to the VIP; they must "
+                       f"reach {target}'s access log within {within}, else {source} takes the VIP back")
+        else:
+            confirm = "none: the move is not proven (confirm.mode: none)"
+        steps.append(("confirm", confirm))
+        if s.straggler_window > 0:
+            window = f"{s.straggler_window * 1000:.0f} ms"
+            steps.append(("stragglers", f"for {window} {source} watches for clients still sending to it; "
+                          f"{target} tells each with an ARP request"))
+        else:
+            steps.append(("stragglers", "not watched (confirm.straggler_window_ms: 0)"))
+        steps.append(("done", f"the VIP on {target}" + (" (home)" if move == "unswap" else "")))
+        return tuple(steps)
+
     # --- unplanned takeover -------------------------------------------------------------------------------
 
     def _may_take_over(self) -> bool:
@@ -1147,6 +1433,7 @@ class Node:
     ) -> None:
         run.finished = True
         run.state = "done" if ok else "failed"
+        self.moves["takeover", "ok" if ok else "refused"] += 1
         silent = run.replies["silent"]
         assert isinstance(silent, wire.Abort)
         fenced = run.replies.get("fence")
@@ -1219,6 +1506,8 @@ class Node:
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
         self._announce_if_due(now)
+        for dry in list(self._dry_runs.values()):
+            self._dry_run_timer(dry, now)
         if (
             self._may_take_over()
             and self.peer_seen is not None
@@ -1327,6 +1616,8 @@ class Node:
         confirm_ms: float | None = None,
         evidence: dict[str, Any] | None = None,
     ) -> None:
+        if not run.finished:
+            self.moves[run.move, "ok" if ok else "rolled_back" if rolled_back else "failed"] += 1
         run.finished = True
         run.state = keep_state if ok or keep_state == "handed-back" else "failed"
         if keep_state == "done" or (not ok and keep_state != "handed-back"):

@@ -137,6 +137,25 @@ class Ack(Message):
     of: str  # the kind acknowledged
 
 
+@dataclass(frozen=True)
+class CheckRequest(Message):
+    """A dry run asks the peer to run its preflight checks as `role` of `move`. Nothing changes anywhere:
+    the epoch is always 0 (no move), and `nonce` pairs the answer with the question."""
+
+    kind: ClassVar[str] = "check-request"
+    nonce: int
+    move: str
+    role: str  # what the receiver would play: "source" or "target"
+
+
+@dataclass(frozen=True)
+class CheckResult(Message):
+    kind: ClassVar[str] = "check-result"
+    nonce: int
+    ok: bool  # no check failed
+    findings: str  # pack_findings(): one per line, level TAB check TAB detail TAB fix
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
@@ -154,8 +173,56 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         HandBack,
         TellStragglers,
         Ack,
+        CheckRequest,
+        CheckResult,
     )
 }
+
+FINDINGS_MAX = 900  # bytes of JSON for a CheckResult's findings: the envelope and HMAC fit beside them
+_FIELD_MAX = (8, 60, 200, 200)  # level, check, detail, fix
+
+
+def pack_findings(rows: list[tuple[str, str, str, str]], limit: int = FINDINGS_MAX) -> str:
+    """(level, check, detail, fix) rows as text that fits one datagram; failures are the last to go.
+
+    When the rows do not fit, the fixes of passed checks go first, then the passed checks become one
+    count line, then the last lines, then the tail of the one left.
+    """
+
+    def clean(row: tuple[str, str, str, str]) -> tuple[str, ...]:
+        return tuple(" ".join(str(v).split())[:n] for v, n in zip(row, _FIELD_MAX, strict=True))
+
+    def size(text: str) -> int:
+        return len(json.dumps(text))
+
+    cleaned = [clean(r) for r in rows]
+    attempts = [
+        cleaned,
+        [r if r[0] == "FAIL" else (*r[:3], "") for r in cleaned],
+    ]
+    failed = [r for r in cleaned if r[0] == "FAIL"]
+    passed = len(cleaned) - len(failed)
+    attempts.append(failed + ([("ok", f"{passed} other checks passed", "", "")] if passed else []))
+    for attempt in attempts:
+        text = "\n".join("\t".join(r) for r in attempt)
+        if size(text) <= limit:
+            return text
+    lines = text.split("\n")
+    while len(lines) > 1 and size("\n".join(lines)) > limit:
+        lines.pop()
+    text = lines[0]
+    while size(text) > limit:  # one failure alone is too long: its fix and detail lose their tails
+        text = text[: len(text) - (size(text) - limit) - 1]
+    return text
+
+
+def unpack_findings(text: str) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for line in text.splitlines():
+        level, check, detail, fix = [*line.split("\t"), "", "", ""][:4]
+        if level:
+            rows.append((level, check, detail, fix))
+    return rows
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class NodePair:
         self._order = itertools.count()
         self.progress: dict[str, list[protocol.Progress]] = {"live": [], "backup": []}
         self.finished: dict[str, list[protocol.Finished]] = {"live": [], "backup": []}
+        self.planned: dict[str, list[protocol.Planned]] = {"live": [], "backup": []}
         self.announces: dict[str, int] = {"live": 0, "backup": 0}
         self.notices: list[tuple[str, protocol.Notice]] = []
         self.checks: list[Callable[[NodePair], None]] = []
@@ -70,6 +71,9 @@ class NodePair:
         self.canaries = 0
         self.tells: list[tuple[str, str, str]] = []  # (who told, ip, mac)
         self.straggler_watch: dict[str, int] = {}
+        # A dry run's host checks: what each node finds on its host (default: one passing check per role).
+        self.host_findings: dict[str, list[protocol.Check]] = {}
+        self.host_checks: list[tuple[str, protocol.HostCheck]] = []
 
     def _make(self, name: str, peer: str, boot: int = 1) -> Node:
         setup = NodeSetup(
@@ -120,10 +124,13 @@ class NodePair:
                     self._pump()
         self.now = end
 
-    def command(self, name: str, move: str) -> int:
-        cid = self.nodes[name].command(move, self.now)
+    def command(self, name: str, move: str, *, dry_run: bool = False) -> int:
+        cid = self.nodes[name].command(move, self.now, dry_run=dry_run)
         self._pump()
         return cid
+
+    def plan(self, name: str, cid: int) -> protocol.Plan | None:
+        return next((p.plan for p in self.planned[name] if p.command == cid), None)
 
     def outcome(self, name: str, cid: int) -> protocol.Outcome | None:
         for f in self.finished[name]:
@@ -187,6 +194,13 @@ class NodePair:
             if self.canary_reaches:
                 for holder in self.vip_on:
                     self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
+        elif isinstance(action, protocol.HostCheck):
+            self.host_checks.append((name, action))
+            found = self.host_findings.get(name, [protocol.Check(name, f"{action.role} host", "ok", "fine")])
+            self.at(
+                self.now + self.health_delay,
+                lambda: self._live(name, node) and node.host_check_done(action, found, self.now),
+            )
         elif isinstance(action, protocol.Tell):
             self.tells.append((name, action.ip, action.mac))
         elif isinstance(action, protocol.WatchStragglers):
@@ -199,6 +213,8 @@ class NodePair:
             self.progress[name].append(action)
         elif isinstance(action, protocol.Finished):
             self.finished[name].append(action)
+        elif isinstance(action, protocol.Planned):
+            self.planned[name].append(action)
         elif isinstance(action, protocol.Notice):
             self.notices.append((name, action))
 

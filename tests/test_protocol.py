@@ -516,6 +516,110 @@ def test_no_straggler_watch_when_the_window_is_off() -> None:
     assert out is not None and out.ok and out.stragglers == () and pair.straggler_watch == {}
 
 
+# --- dry run ------------------------------------------------------------------------------------------
+
+
+def core_state(node: protocol.Node) -> tuple[object, ...]:
+    """Everything a move changes in a core: the VIP, epochs, the run, the last outcome, the counts."""
+    return (node.holds, node.epoch, node.held_epoch, node.run, node.last_outcome, dict(node.moves),
+            node.last_takeover)
+
+
+@pytest.mark.parametrize("via", ["live", "backup"])
+@pytest.mark.parametrize("move", ["swap", "unswap"])
+def test_dry_run_changes_nothing_and_plans_every_step(via: str, move: str) -> None:
+    pair = settled(NodePair(confirm="traffic", straggler_window=1.0))
+    if move == "unswap":
+        pair.command("live", "swap")
+        pair.run(2)
+    before = {n: core_state(node) for n, node in pair.nodes.items()}
+    vip_before = set(pair.vip_on)
+    notices = len(pair.notices)
+    cid = pair.command(via, move, dry_run=True)
+    pair.run(0.1)
+    plan = pair.plan(via, cid)
+    assert plan is not None and plan.ok, plan
+    source, target = ("live", "backup") if move == "swap" else ("backup", "live")
+    assert (plan.move, plan.source, plan.target) == (move, source, target)
+    assert [s for s, _ in plan.steps] == [
+        "preflight", "prepare", "release", "claim", "announce", "confirm", "stragglers", "done",
+    ]
+    assert "traffic: 3 client request(s)" in dict(plan.steps)["confirm"]
+    assert "1000 ms" in dict(plan.steps)["stragglers"]
+    # Each node ran its own host checks for the part it would play; the core's checks come first.
+    roles = sorted((n, a.role) for n, a in pair.host_checks)
+    assert roles == sorted([(source, "source"), (target, "target")])
+    assert [c.check for c in plan.checks][:2] == ["no move in progress", "peer alive"]
+    assert {c.node for c in plan.checks} == {"live", "backup"}
+    # Nothing changed: no VIP, no epoch, no run, no outcome, no journal notice; no Claim or Release.
+    pair.run(1)
+    assert pair.vip_on == vip_before
+    assert {n: core_state(node) for n, node in pair.nodes.items()} == before
+    events = [notice.event for _, notice in pair.notices[notices:]]
+    assert "dry-run" in events and not any(e.startswith("move-") for e in events)
+    assert not any(n.busy() for n in pair.nodes.values())
+
+
+def test_dry_run_names_the_failing_check_of_the_target() -> None:
+    pair = settled(NodePair())
+    pair.host_findings["backup"] = [
+        protocol.Check("backup", "health_url", "FAIL", "http://203.0.113.12/: Connection refused"),
+        protocol.Check("backup", "access_log", "ok", "readable"),
+    ]
+    cid = pair.command("live", "swap", dry_run=True)
+    pair.run(0.1)
+    plan = pair.plan("live", cid)
+    assert plan is not None and not plan.ok
+    assert plan.reason == "backup: health_url: http://203.0.113.12/: Connection refused"
+    assert [(c.node, c.check, c.level) for c in plan.checks][-2:] == [
+        ("backup", "health_url", "FAIL"), ("backup", "access_log", "ok")
+    ]
+    assert pair.vip_on == {"live"} and pair.nodes["live"].epoch == 0
+
+
+def test_dry_run_reports_every_core_refusal_without_journaling_it() -> None:
+    pair = settled(NodePair())
+    pair.kill("backup")
+    pair.run(0.3)
+    cid = pair.command("live", "unswap", dry_run=True)
+    pair.run(0.01)
+    plan = pair.plan("live", cid)
+    assert plan is not None and not plan.ok
+    failed = [c.check for c in plan.checks if c.level == "FAIL"]
+    assert failed == ["peer alive", "target is home"]
+    assert plan.reason.startswith("live: peer alive: peer backup is not answering heartbeats")
+    assert pair.nodes["live"].last_outcome is None and pair.nodes["live"].moves == {}
+    # The same rules, in the same words, refuse the real move.
+    cid = pair.command("live", "unswap")
+    out = pair.outcome("live", cid)
+    assert out is not None and out.reason.split(" (last heard")[0] == plan.checks[1].detail.split(" (last")[0]
+
+
+def test_dry_run_survives_loss_and_times_out_on_a_silent_peer() -> None:
+    pair = settled(NodePair(faults=LinkFaults(drop=0.5, duplicate=0.3)))
+    cid = pair.command("backup", "swap", dry_run=True)
+    pair.run(0.5)
+    plan = pair.plan("backup", cid)
+    assert plan is not None and plan.ok, plan
+    pair.faults = LinkFaults(partitioned=True)
+    cid = pair.command("backup", "swap", dry_run=True)
+    pair.run(pair.timing.step_timeout + 1.0 + 0.1)
+    plan = pair.plan("backup", cid)
+    assert plan is not None and not plan.ok
+    assert plan.reason == "live: checks answered: live did not answer within 2000 ms"
+    assert pair.vip_on == {"live"} and pair.nodes["backup"].get_timer() > pair.now - 0.001
+
+
+def test_status_counts_moves_by_outcome_and_stragglers() -> None:
+    pair = settled(NodePair())
+    pair.command("live", "unswap")  # refused: already home
+    pair.command("live", "swap")
+    pair.run(0.2)
+    assert pair.nodes["live"].status(pair.now)["moves"] == {"swap": {"ok": 1}, "unswap": {"refused": 1}}
+    assert pair.nodes["backup"].status(pair.now)["moves"] == {"swap": {"ok": 1}}
+    assert pair.nodes["live"].status(pair.now)["stragglers_seen"] == 0
+
+
 # --- the property test --------------------------------------------------------------------------------
 
 ops = st.one_of(
@@ -528,6 +632,7 @@ ops = st.one_of(
     st.tuples(st.just("kill"), st.sampled_from(["live", "backup"])),
     st.tuples(st.just("crash"), st.sampled_from(["live", "backup"]), st.floats(0.0, 2.0)),
     st.tuples(st.just("clients"), st.booleans()),
+    st.tuples(st.just("dry-run"), st.sampled_from(["live", "backup"]), st.sampled_from(["swap", "unswap"])),
 )
 
 
@@ -561,6 +666,8 @@ def test_random_commands_and_faults_keep_the_safety_rules(
         kind = step[0]
         if kind == "command" and pair.alive[str(step[1])]:
             pair.command(str(step[1]), str(step[2]))
+        elif kind == "dry-run" and pair.alive[str(step[1])]:
+            pair.command(str(step[1]), str(step[2]), dry_run=True)
         elif kind == "run":
             pair.run(float(step[1]))  # type: ignore[arg-type]
         elif kind == "faults":

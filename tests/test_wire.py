@@ -28,6 +28,8 @@ SAMPLES: list[wire.Message] = [
     wire.HandBack(epoch=4, reason="no client request reached backup within 10 s"),
     wire.Ack(epoch=4, of="confirmed"),
     wire.TellStragglers(epoch=4, entries="203.0.113.101=02:00:cb:00:71:65,203.0.113.1=02:00:00:00:00:01"),
+    wire.CheckRequest(epoch=0, nonce=3, move="swap", role="target"),
+    wire.CheckResult(epoch=0, nonce=3, ok=False, findings="FAIL\thealth_url\tHTTP 503\t"),
 ]
 
 
@@ -137,3 +139,31 @@ def test_generated_messages_round_trip(epoch: int, holds: bool, reason: str) -> 
     ):
         env = envelope(msg)
         assert wire.decode(wire.encode(env, KEY), (KEY,)) == env
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["ok", "warn", "FAIL"]), st.text(max_size=80), st.text(max_size=400),
+                  st.text(max_size=400)),
+        max_size=30,
+    )
+)
+def test_findings_always_fit_one_datagram_and_failures_go_last(
+    rows: list[tuple[str, str, str, str]],
+) -> None:
+    packed = wire.pack_findings(rows)
+    msg = wire.CheckResult(epoch=0, nonce=2**40, ok=False, findings=packed)
+    env = wire.Envelope(cluster="c" * 32, sender="n" * 32, boot=2**62, seq=2**40, message=msg)
+    assert wire.decode(wire.encode(env, KEY), (KEY,)).message == msg  # never oversized
+    unpacked = wire.unpack_findings(packed)
+    assert all(level in ("ok", "warn", "FAIL") for level, *_ in unpacked)
+    failures = sum(1 for level, *_ in rows if level == "FAIL")
+    if failures:
+        assert any(level == "FAIL" for level, *_ in unpacked)  # at least one failure always arrives
+
+
+def test_findings_round_trip_when_they_fit() -> None:
+    rows = [("ok", "key", "/etc/failover/key: readable", ""),
+            ("FAIL", "net.ipv4.conf.eth0.arp_ignore", "0", "sysctl -w net.ipv4.conf.eth0.arp_ignore=1")]
+    assert wire.unpack_findings(wire.pack_findings(rows)) == rows
