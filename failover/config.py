@@ -169,6 +169,13 @@ class HooksConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus text at http://<listen>/metrics from each agent; off when listen is None."""
+
+    listen: tuple[IPAddress, int] | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     cluster: str
     vip: VipConfig
@@ -183,6 +190,7 @@ class ClusterConfig:
     digest: bytes
     takeover: TakeoverConfig = TakeoverConfig()
     hooks: HooksConfig = HooksConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def node(self, name: str) -> NodeConfig:
         for node in self.nodes:
@@ -658,6 +666,30 @@ def _load_hooks(top: _Section) -> HooksConfig:
     return HooksConfig(**lists, timeout_ms=sec.integer("timeout_ms", HooksConfig.timeout_ms, 100, 600_000))
 
 
+def _load_metrics(top: _Section) -> MetricsConfig:
+    sec = top.section("metrics", optional=("listen",))
+    if sec.data.get("listen") is None:
+        return MetricsConfig()
+    raw = sec.data["listen"]
+    expected = "expected ADDRESS:PORT such as 127.0.0.1:9405 or [::1]:9405"
+    if not isinstance(raw, str):
+        raise sec.error("listen", f"{expected} (quoted), got {_kind(raw)}")
+    text = raw
+    problem = f"{expected}, got {text!r}"
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isascii() or not port.isdigit():
+        raise sec.error("listen", problem)
+    if not 1 <= int(port) <= 65535:
+        raise sec.error("listen", f"port must be between 1 and 65535, got {text!r}")
+    bracketed = host.startswith("[") and host.endswith("]")
+    address = _ip(host[1:-1] if bracketed else host, lambda p: sec.error("listen", f"{problem}: {p}"))
+    if address.version == 6 and not bracketed:
+        raise sec.error("listen", f"write an IPv6 address in brackets, like [{address}]:{port}, got {text!r}")
+    if address.version == 4 and bracketed:
+        raise sec.error("listen", f"brackets are for IPv6 addresses only, got {text!r}")
+    return MetricsConfig(listen=(address, int(port)))
+
+
 def _load_nodes(top: _Section, cluster: str, vip: VipConfig) -> tuple[NodeConfig, NodeConfig]:
     nodes = top.section("nodes")  # names are free, so no key list; checks duplicates only
     if len(nodes.data) != 2:
@@ -759,7 +791,7 @@ def load_config(path: Path | str) -> ClusterConfig:
         data.line,
         required=("cluster", "vip", "auth", "nodes"),
         optional=(
-            "heartbeat", "announce", "swap", "health", "confirm", "failover", "probe", "hooks"
+            "heartbeat", "announce", "swap", "health", "confirm", "failover", "probe", "hooks", "metrics"
         ),
     )
     cluster = top.name("cluster")
@@ -779,6 +811,7 @@ def load_config(path: Path | str) -> ClusterConfig:
     confirm = _load_confirm(top)
     nodes = _load_nodes(top, cluster, vip)
     hooks = _load_hooks(top)
+    metrics = _load_metrics(top)
     return ClusterConfig(
         cluster=cluster,
         vip=vip,
@@ -797,4 +830,5 @@ def load_config(path: Path | str) -> ClusterConfig:
         source=source,
         digest=_digest(data),
         hooks=hooks,
+        metrics=metrics,
     )

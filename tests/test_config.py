@@ -783,3 +783,57 @@ def test_fence_argv_loaded(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, text))
     assert cfg.takeover.fence == ("/usr/sbin/fence", "--node", "live")
     assert cfg.takeover.automatic is False
+
+
+# --- metrics --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9405", (IPv4Address("127.0.0.1"), 9405)),
+        ("'[::1]:9405'", (IPv6Address("::1"), 9405)),
+        ("'[2001:db8::5]:1'", (IPv6Address("2001:db8::5"), 1)),
+        ("0.0.0.0:65535", (IPv4Address("0.0.0.0"), 65535)),
+    ],
+)
+def test_metrics_listen_loaded(tmp_path: Path, listen: str, expected: tuple[object, int]) -> None:
+    cfg = load_config(write(tmp_path, BASE + f"metrics: {{listen: {listen}}}\n"))
+    assert cfg.metrics.listen == expected
+
+
+def test_metrics_off_by_default_and_with_an_empty_section(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, BASE)).metrics.listen is None
+    assert load_config(write(tmp_path, BASE + "metrics: {}\n")).metrics.listen is None
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("9405", "expected ADDRESS:PORT such as 127.0.0.1:9405 or [::1]:9405 (quoted), got number 9405"),
+        ("'9405'", "expected ADDRESS:PORT such as 127.0.0.1:9405 or [::1]:9405, got '9405'"),
+        ("':9405'", "expected ADDRESS:PORT"),
+        ("'127.0.0.1:'", "expected ADDRESS:PORT"),
+        ("'127.0.0.1:http'", "expected ADDRESS:PORT"),
+        ("'127.0.0.1:0'", "port must be between 1 and 65535, got '127.0.0.1:0'"),
+        ("'127.0.0.1:65536'", "port must be between 1 and 65535"),
+        ("'localhost:9405'", "not an IP address: 'localhost'"),
+        ("'::1:9405'", "write an IPv6 address in brackets, like [::1]:9405"),
+        ("'[127.0.0.1]:9405'", "brackets are for IPv6 addresses only"),
+        ("9405.5", "got number 9405.5"),
+        ("[127.0.0.1, 9405]", "got a list"),
+        ("'127.0.0.1:9405\\n'", "expected ADDRESS:PORT"),
+    ],
+)
+def test_metrics_listen_errors_are_one_line_with_the_field(tmp_path: Path, listen: str, problem: str) -> None:
+    text = BASE + f"metrics:\n  listen: {listen}  #<\n"
+    path = write(tmp_path, text)
+    message = error_of(path)
+    assert message.startswith(f"{path}:{marked_line(text)}: metrics.listen: "), message
+    assert problem in message, message
+
+
+def test_metrics_unknown_key(tmp_path: Path) -> None:
+    text = BASE + "metrics:\n  port: 9405  #<\n"
+    path = write(tmp_path, text)
+    assert error_of(path) == f"{path}:{marked_line(text)}: metrics.port: unknown key"
