@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from failover import announce, control, handoff, journal, protocol, sdnotify
+from failover import announce, check, control, handoff, journal, protocol, sdnotify
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
@@ -135,6 +135,9 @@ class _Watch:
         self.clients += [c for c in first if c not in self.clients][: 10 - len(self.clients)]
 
 
+_Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -154,7 +157,7 @@ class Agent:
         self.fault = os.environ.get(FAULT_ENV, "")
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._waiters: dict[int, asyncio.Queue[protocol.Progress | protocol.Finished]] = {}
+        self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
@@ -218,6 +221,8 @@ class Agent:
             drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
             straggler_window=cfg.confirm.straggler_window_ms / 1000,
             before_release=len(cfg.hooks.before_release) * cfg.hooks.timeout_ms / 1000,
+            # A dry run's host checks: the health check with its timeout, then reading a few files.
+            host_check_budget=cfg.health.timeout_ms / 1000 + 0.5,
         )
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
@@ -316,6 +321,8 @@ class Agent:
         cmd = request["cmd"]
         if cmd == "status":
             return {"type": "done", "status": await self.status()}
+        if cmd in protocol.MOVES and request.get("dry_run"):
+            return await self._dry_run(cmd)
         if cmd in protocol.MOVES:
             return await self._run_move(cmd, request, reply)
         return {"type": "error", "error": f"unknown command {cmd!r}"}
@@ -340,7 +347,7 @@ class Agent:
             "operator_reason": str(request.get("reason") or "")[:500],
             "came_from": None if came_from is None else _summary(came_from),
         }
-        queue: asyncio.Queue[protocol.Progress | protocol.Finished] = asyncio.Queue()
+        queue: asyncio.Queue[_Reported] = asyncio.Queue()
         self._waiters[cid] = queue
         self._pump()
         try:
@@ -348,8 +355,24 @@ class Agent:
                 item = await queue.get()
                 if isinstance(item, protocol.Finished):
                     return {"type": "done", "outcome": item.outcome.to_json(), "came_from": came_from}
+                if not isinstance(item, protocol.Progress):
+                    continue
                 with contextlib.suppress(ConnectionError):
                     await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
+        finally:
+            del self._waiters[cid]
+
+    async def _dry_run(self, move: str) -> dict[str, Any]:
+        """Every check of the move on both nodes, and its plan; changes nothing, journals nothing."""
+        cid = self.core.command(move, self.now(), dry_run=True)
+        queue: asyncio.Queue[_Reported] = asyncio.Queue()
+        self._waiters[cid] = queue
+        self._pump()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, protocol.Planned):
+                    return {"type": "done", "plan": item.plan.to_json()}
         finally:
             del self._waiters[cid]
 
@@ -435,7 +458,9 @@ class Agent:
             self._stop_watch(action.epoch)
         elif isinstance(action, protocol.Canary):
             self._spawn(self._canary(action))
-        elif isinstance(action, protocol.Progress | protocol.Finished):
+        elif isinstance(action, protocol.HostCheck):
+            self._spawn(self._host_check(action))
+        elif isinstance(action, protocol.Progress | protocol.Finished | protocol.Planned):
             queue = self._waiters.get(action.command)
             if queue is not None:
                 queue.put_nowait(action)
@@ -519,6 +544,47 @@ class Agent:
         log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
         self.core.health_done(action.epoch, ok, detail, self.now())
         self._pump()
+
+    async def _host_check(self, action: protocol.HostCheck) -> None:
+        """A dry run's checks of this host for the part it would play: reads only, changes nothing."""
+        target = action.role == "target"
+        found = await asyncio.to_thread(self._host_findings, target)
+        vip, interface = self.config.vip.address, self.node.interface
+        try:
+            holds = await self.link.holds()
+        except NetlinkError as err:
+            found.append(check.Finding("VIP on this host", check.FAIL, f"netlink: {err}"))
+        else:
+            if target and holds:
+                found.append(check.Finding(
+                    "VIP not on this host", check.FAIL, f"{vip} is already on {interface}",
+                    f"failover status shows who holds it; if it was added by hand: "
+                    f"ip addr del {vip} dev {interface}"))
+            elif target:
+                found.append(check.Finding("VIP not on this host", check.OK, f"{vip} not on {interface}"))
+            elif holds:
+                found.append(check.Finding("VIP on this host", check.OK, f"{vip} on {interface}"))
+            else:
+                found.append(check.Finding("VIP on this host", check.FAIL, f"{vip} is not on {interface}"))
+        checks = [protocol.Check(self.node.name, f.check, f.level, f.detail, f.fix) for f in found]
+        log.info("host-check", role=action.role, for_peer=action.peer_boot is not None,
+                 failed=[c.check for c in checks if c.level == check.FAIL])
+        self.core.host_check_done(action, checks, self.now())
+        self._pump()
+
+    def _host_findings(self, target: bool) -> list[check.Finding]:
+        """Blocking (files, /proc, an HTTP request): run in a thread."""
+        cfg, node = self.config, self.node
+        found = [check.key_finding(cfg), check.interface_finding(node.interface)]
+        if target:
+            ok, detail = check_health(node.health_url, cfg.health.timeout_ms / 1000)
+            fix = "" if ok else f"start the web server on {node.name}, or fix nodes.{node.name}.health_url"
+            found.append(check.Finding("health_url", check.OK if ok else check.FAIL, detail, fix))
+            found.append(check.access_log_finding(cfg, node))
+        found += check.sysctl_findings(cfg, node)
+        if target:
+            found.append(check.nft_finding())
+        return found
 
     # --- journal and hooks ---------------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ examples:
   failover swap                                         move the VIP to the peer, prove it moved
   failover unswap                                       move it back home once home is healthy
   failover swap --json                                  the same, as one JSON document
-  failover swap --reason "kernel upgrade on web1"        the reason goes to this node's journal
+  failover swap --reason "kernel upgrade on web1"       the reason goes to this node's journal
+  failover swap --dry-run                               checks on both hosts and the plan; changes nothing
+  failover unswap --dry-run --json                      the same for the way home, as JSON
   failover check -c /etc/failover/cluster.yaml          key, interface, access log, sysctls: each fix
   failover history -n 5                                 the last five moves and takeovers
   failover announce                                     send the gratuitous ARP/NA burst for the VIP now
@@ -65,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print one JSON document")
         sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
         sp.add_argument("--reason", default="", help="why, in words: written to the journal")
+        sp.add_argument("--dry-run", action="store_true",
+                        help="run every check on both hosts for real and print the plan; change nothing "
+                             "(exit 0: all pass, 1: a check failed)")
     status = sub.add_parser("status", help="both nodes, who holds the VIP, heartbeat age, last move")
     with_config(status)
     status.add_argument("--json", action="store_true")
@@ -118,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _history(node, args.json, args.n)
         if args.command in ("announce", "probe"):
             return _one_shot(args.command, config, node, args.json)
+        if args.dry_run:
+            return _dry_run(args.command, node, args.json, args.timeout)
         return _move(args.command, node, args.json, args.timeout, args.reason)
     except ConfigError as err:
         if getattr(args, "command", "") == "check":
@@ -258,6 +265,31 @@ def _move(move: str, node: NodeConfig, as_json: bool, timeout: float, reason: st
     else:
         print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED
+
+
+def _dry_run(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
+    final = _last(control.request(node.control_socket, {"cmd": move, "dry_run": True}, timeout=timeout))
+    plan = final["plan"]
+    if as_json:
+        print(json.dumps(plan, indent=2))
+        return EXIT_OK if plan["ok"] else EXIT_FAILED
+    source, target = plan["source"] or "?", plan["target"] or "?"
+    print(f"dry run: {move} {source} -> {target}; nothing was changed")
+    print("  checks")
+    for c in plan["checks"]:
+        print(f"    {c['level']:<5} {c['node']:<10} {c['check']:<40} {c['detail']}")
+        if c["fix"] and c["level"] != "ok":
+            print(f"{'':<10}fix: {c['fix']}")
+    if plan["plan"]:
+        print("  plan")
+        for i, step in enumerate(plan["plan"], 1):
+            print(f"    {i}. {step['step']:<15} {step['what']}")
+    if plan["ok"]:
+        print(f"all checks passed: `failover {move}` would go ahead now")
+        return EXIT_OK
+    failed = sum(1 for c in plan["checks"] if c["level"] == "FAIL")
+    print(f"{move} would not go ahead: {failed} check(s) failed, first: {plan['reason']}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _when(at: object) -> str:
