@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.chaos]
 STEP_TIMEOUT_S = 1.0  # swap.step_timeout_ms in the lab
 PROBE_S = 0.2  # 3 ARP probes 20 ms apart, 60 ms of listening, and room for a busy host
 CONVERGE_S = 2.0
+STRAGGLER_WINDOW_S = 1.0  # confirm.straggler_window_ms
 
 # (agent frozen and killed, action it is frozen before, CLI run on, possible holders after, must time out).
 # Before its claim the target may come back while the source still resends Prepare (for one step
@@ -108,10 +109,11 @@ def test_kill_at_step_converges_to_one_serving_holder(
         cluster.wait_ready()
         restarted_at = time.monotonic()
         budget = CONVERGE_S + (STEP_TIMEOUT_S + PROBE_S if times_out else 0.0)
-        holder, waited = wait_converged(cluster, budget)
-        converged_at = time.monotonic()
+        # The move may still finish after the restart (Prepare is resent): let the CLI return first.
         mover.join(timeout=45)
         assert not mover.is_alive()
+        holder, waited = wait_converged(cluster, CONVERGE_S)
+        converged_at = time.monotonic()
         time.sleep(0.5)
     finally:
         load.stop()
@@ -133,7 +135,9 @@ def test_kill_at_step_converges_to_one_serving_holder(
     assert sampler.doubles == [], sampler.doubles
     settles = [e for n in ("live", "backup") for e in events(cluster, n, "settle")]
     assert settles == [], settles
-    assert waited <= budget
+    # The CLI's own wait includes the old holder's straggler window (1 s) after a done move.
+    assert cli["ended"] - restarted_at <= budget + STRAGGLER_WINDOW_S, cli["ended"] - restarted_at
+    assert waited < CONVERGE_S
     assert vip_holders(cluster) == [expected]
     for name in ("live", "backup"):
         status = cluster.status(name)
