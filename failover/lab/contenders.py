@@ -440,13 +440,13 @@ def describe(kind: type[Contender]) -> str:
 
 # failover is measured through LabCluster; these are its rows' static facts.
 FAILOVER_NAME = "failover"
-FAILOVER_LABEL = "failover swap (confirm: none)"
+FAILOVER_LABEL = "failover (confirm: traffic)"
 FAILOVER_ACTIONS = {"planned": "`failover swap` (CLI on live)", "crash": "link down + SIGKILL agent"}
 FAILOVER_UNSUPPORTED: dict[str, str] = {}
 FAILOVER_CONFIG = (
     "LabCluster's cluster file: heartbeat 50 ms, dead after 250 ms, announce schedule 0/200/1100/2300 ms, "
-    "swap step timeout 1 s, drain 1 s, probe 3 x 20 ms + 60 ms wait; "
-    "swap run as `failover swap --json` on live"
+    "swap step timeout 1 s, drain 1 s with handoff, confirm by 3 client requests within 5 s, "
+    "straggler window 1 s, probe 3 x 20 ms + 60 ms wait; swap run as `failover swap --json` on live"
 )
 TAKEOVER_IMPLEMENTED = True
 # The crash of live with timers tightened for the 150 ms floor, heartbeats still every 50 ms. dead_after
