@@ -28,6 +28,7 @@ from failover import announce, check, control, handoff, journal, protocol, sdnot
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
+from failover.metrics import MetricsServer
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
@@ -90,6 +91,7 @@ async def find_own_node(config: ClusterConfig) -> NodeConfig:
     return mine[0]
 
 
+METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
 FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
 STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
 
@@ -241,6 +243,7 @@ class Agent:
             where = f"{node.address}:{cfg.heartbeat.port}"
             raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
         self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
+        metrics = self._start_metrics()
         try:
             server = await control.serve(node.control_socket, self.on_control)
         except control.ControlError as err:
@@ -287,11 +290,33 @@ class Agent:
             with contextlib.suppress(OSError):
                 node.control_socket.unlink()
             self.transport.close()
+            if metrics is not None:
+                metrics.close()
             self.announcer.close()
             for task in self._tasks:
                 task.cancel()
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
+
+    def _start_metrics(self) -> MetricsServer | None:
+        listen = self.config.metrics.listen
+        if listen is None:
+            return None
+        address, port = listen
+        where = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        try:
+            server = MetricsServer(listen, self._metrics_status)
+        except OSError as err:
+            # Observability must never keep the agent, and so the failover, from running.
+            log.error("metrics-unavailable", listen=where, error=str(err))
+            return None
+        log.info("metrics-listening", url=f"http://{where}/metrics")
+        return server
+
+    def _metrics_status(self) -> dict[str, Any]:
+        """Called from the metrics thread: the status, taken on the event loop like any other."""
+        future = asyncio.run_coroutine_threadsafe(self.status(), self.loop)
+        return future.result(timeout=METRICS_STATUS_TIMEOUT)
 
     def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a stuck loop stops the pings and systemd restarts the agent.
