@@ -763,7 +763,9 @@ def _control_socket(sec: _Section, cluster: str) -> Path:
 
 def _digest(data: _Mapping) -> bytes:
     # Parsed content, canonically serialised: comments, layout and key order do not count, values do.
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    # Without `auth`: key paths differ between hosts while keys are rotated one host at a time.
+    shared = {key: value for key, value in data.items() if key != "auth"}
+    canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).digest()
 
 

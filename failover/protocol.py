@@ -193,8 +193,13 @@ class Check:
     fix: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "check": self.check, "level": self.level, "detail": self.detail,
-                "fix": self.fix}
+        return {
+            "node": self.node,
+            "check": self.check,
+            "level": self.level,
+            "detail": self.detail,
+            "fix": self.fix,
+        }
 
 
 @dataclass(frozen=True)
@@ -400,6 +405,9 @@ class Node:
         self.sent: Counter[str] = Counter()
         self._actions: list[Action] = []
         self._seq = itertools.count(1)
+        # Until the peer says which keys it accepts, sign with the oldest we have: mid-rotation the peer
+        # may not have the new one yet. Its first heartbeat moves us to the newest key it accepts.
+        self._signing_key = setup.keys[-1]
         self._commands = itertools.count(1)
         self._replay = wire.ReplayGuard()
         self._next_heartbeat = now
@@ -417,6 +425,10 @@ class Node:
         self._nonces = itertools.count(1)
         # (peer boot, nonce) -> our answer to the peer's dry run (None: checks still running), the last few
         self._check_answers: dict[tuple[int, int], wire.CheckResult | None] = {}
+        if holds:
+            # Whoever held the VIP before this start may not have announced it (killed mid-swap, or the
+            # network changed meanwhile): the holder says so again, once, now.
+            self._schedule_announce(now)
 
     # --- outputs ---------------------------------------------------------------------------------
 
@@ -639,9 +651,13 @@ class Node:
         elif isinstance(msg, wire.Prepare):
             self._on_prepare(msg, now)
         elif run is None or msg.epoch != run.epoch:
-            # A late message of another epoch: at most answer a released target so it does not wait.
+            # A Released for a swap we know nothing of (we restarted in the middle of it): answer with what
+            # netlink says, so the source neither reclaims a VIP we hold nor waits for one we never took.
             if isinstance(msg, wire.Released):
-                self._send(wire.ClaimFailed(epoch=msg.epoch, reason="no swap of that epoch here"))
+                if self.holds:
+                    self._send(wire.Claimed(epoch=msg.epoch, turnaround_ms=0.0, claim_ms=0.0, restarted=True))
+                else:
+                    self._send(wire.ClaimFailed(epoch=msg.epoch, reason="no swap of that epoch here"))
             return
         elif isinstance(msg, wire.Prepared):
             self._on_prepared(run, now)
@@ -679,6 +695,14 @@ class Node:
 
     def _on_heartbeat(self, hb: wire.Heartbeat, now: float) -> None:
         self.peer_heartbeat = hb
+        if hb.keys:
+            # Sign with our newest key the peer accepts: during a rotation, host by host, both keep
+            # talking; once both have the new key first, both use it.
+            accepted = set(hb.keys.split(","))
+            usable = [k for k in self.setup.keys if wire.key_fingerprint(k) in accepted]
+            if usable and usable[0] != self._signing_key:
+                self._signing_key = usable[0]
+                self._actions.append(Notice("signing-key", {"key": wire.key_fingerprint(usable[0])}))
         self.peer_epoch = max(self.peer_epoch, hb.epoch)
         self._silence_reported = False
         run = self.run
@@ -852,6 +876,18 @@ class Node:
         if run.role != "source":
             return
         done = wire.Done(epoch=run.epoch)
+        if run.state in ("handed-over", "probing") and msg.restarted:
+            self._step(run, "target-claimed", now)
+            self._send(done)
+            self._finish(
+                run,
+                ok=False,
+                now=now,
+                holder=self.setup.peer,
+                reason=f"{self.setup.peer} restarted during the swap and holds the VIP; "
+                "the move was not confirmed",
+            )
+            return
         if run.state in ("handed-over", "probing"):
             self._step(run, "target-claimed", now)
             run.claimed_seen = now
@@ -1170,13 +1206,11 @@ class Node:
                     reason=f"{abort.reason}; rolled back to {self.setup.name}",
                 )
             else:
-                self._finish(
-                    run,
-                    ok=False,
-                    now=now,
-                    holder=None,
-                    reason=f"{abort.reason}; and reclaiming failed: {error}. THE VIP MAY BE ON NO HOST",
-                )
+                # Nobody may hold the VIP now: try again each step timeout rather than give up on it.
+                self._step(run, "reclaim-failed", now)
+                self._actions.append(Notice("reclaim-failed", {"epoch": epoch, "error": error}))
+                run.state = "reclaim-retry"
+                run.deadline = now + self.timing.step_timeout
 
     def _on_abort(self, run: _Run, msg: wire.Abort, now: float) -> None:
         if run.role == "target" and run.state in ("requested", "checking", "ready"):
@@ -1255,8 +1289,10 @@ class Node:
         peer = self.setup.peer
         dry.waiting_peer = False
         dry.resend_at = None
-        found = [Check(peer, check, level, detail, fix) for level, check, detail, fix in
-                 wire.unpack_findings(msg.findings)]
+        found = [
+            Check(peer, check, level, detail, fix)
+            for level, check, detail, fix in wire.unpack_findings(msg.findings)
+        ]
         if not msg.ok and all(c.level != FAIL for c in found):
             found.append(Check(peer, "checks", FAIL, "a check failed (its text did not fit in the answer)"))
         dry.host[peer] = found
@@ -1306,36 +1342,63 @@ class Node:
         step_ms = f"{t.step_timeout * 1000:.0f} ms"
         steps = [("preflight", "the checks above, run again when the move starts")]
         if s.before_release > 0:
-            steps.append(("before-release", f"{source} runs its before_release hooks; a failing one aborts "
-                          "with nothing changed (a dry run does not run them)"))
+            steps.append(
+                (
+                    "before-release",
+                    f"{source} runs its before_release hooks; a failing one aborts "
+                    "with nothing changed (a dry run does not run them)",
+                )
+            )
         ready = ["checks its health_url"]
         if s.confirm != "none":
             ready.append("starts following its access log")
         if s.drain > 0:
             ready.append(f"passes segments of connections it does not own to {source}")
-        steps.append(("prepare", f"{source} asks {target} to get ready: {target} {', '.join(ready)}; "
-                      f"answer within {step_ms}, else nothing changes"))
-        drain = (f", keeping it ARP-silent on lo for {s.drain * 1000:.0f} ms so packets in flight are served"
-                 if s.drain > 0 else " (no drain)")
+        steps.append(
+            (
+                "prepare",
+                f"{source} asks {target} to get ready: {target} {', '.join(ready)}; "
+                f"answer within {step_ms}, else nothing changes",
+            )
+        )
+        drain = (
+            f", keeping it ARP-silent on lo for {s.drain * 1000:.0f} ms so packets in flight are served"
+            if s.drain > 0
+            else " (no drain)"
+        )
         steps.append(("release", f"{source} removes the VIP from its interface{drain}"))
-        steps.append(("claim", f"{target} adds the VIP within {step_ms} of being ready; if it cannot, "
-                      f"{source} takes it back"))
+        steps.append(
+            (
+                "claim",
+                f"{target} adds the VIP within {step_ms} of being ready; if it cannot, "
+                f"{source} takes it back",
+            )
+        )
         schedule = ", ".join(f"{x * 1000:.0f}" for x in t.announce_schedule)
         steps.append(("announce", f"{target} sends gratuitous ARP / unsolicited NA at {schedule} ms"))
         within = f"{s.confirm_within:g} s"
         if s.confirm == "traffic":
-            confirm = (f"traffic: {s.confirm_requests} client request(s) in {target}'s access log within "
-                       f"{within}, else {target} releases and {source} takes the VIP back")
+            confirm = (
+                f"traffic: {s.confirm_requests} client request(s) in {target}'s access log within "
+                f"{within}, else {target} releases and {source} takes the VIP back"
+            )
         elif s.confirm == "canary":
-            confirm = (f"canary: {source} sends {s.confirm_requests} marked request(s) to the VIP; they must "
-                       f"reach {target}'s access log within {within}, else {source} takes the VIP back")
+            confirm = (
+                f"canary: {source} sends {s.confirm_requests} marked request(s) to the VIP; they must "
+                f"reach {target}'s access log within {within}, else {source} takes the VIP back"
+            )
         else:
             confirm = "none: the move is not proven (confirm.mode: none)"
         steps.append(("confirm", confirm))
         if s.straggler_window > 0:
             window = f"{s.straggler_window * 1000:.0f} ms"
-            steps.append(("stragglers", f"for {window} {source} watches for clients still sending to it; "
-                          f"{target} tells each with an ARP request"))
+            steps.append(
+                (
+                    "stragglers",
+                    f"for {window} {source} watches for clients still sending to it; "
+                    f"{target} tells each with an ARP request",
+                )
+            )
         else:
             steps.append(("stragglers", "not watched (confirm.straggler_window_ms: 0)"))
         steps.append(("done", f"the VIP on {target}" + (" (home)" if move == "unswap" else "")))
@@ -1502,6 +1565,7 @@ class Node:
                     held_epoch=self.held_epoch,
                     digest=self.setup.digest,
                     healthy=self.healthy(),
+                    keys=",".join(wire.key_fingerprint(k) for k in self.setup.keys),
                 )
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
@@ -1552,6 +1616,18 @@ class Node:
             self._hand_back(run, now)
         elif run.state in ("confirmed", "handed-back"):
             run.state, run.resend_at = "unacknowledged", None
+        elif run.state == "reclaim-retry":
+            if self.peer_holds() and self.peer_alive(now):
+                self._finish(
+                    run,
+                    ok=False,
+                    now=now,
+                    holder=self.setup.peer,
+                    reason=f"reclaiming failed; {self.setup.peer} holds the VIP",
+                )
+            else:
+                run.state = "reclaiming"
+                self._actions.append(Claim(run.epoch + 1, "rollback"))
         elif run.state == "collecting-stragglers":
             self._finish(run, ok=True, reason="", now=now, **(run.done_kwargs or {}))
         elif run.state == "awaiting-confirmation":
@@ -1575,7 +1651,7 @@ class Node:
             message=msg,
         )
         self.sent[msg.kind] += 1
-        self._actions.append(Send(wire.encode(env, self.setup.keys[0])))
+        self._actions.append(Send(wire.encode(env, self._signing_key)))
 
     def _transmit(self, run: _Run, msg: wire.Message, now: float) -> None:
         """Send now and keep resending until the state moves on."""

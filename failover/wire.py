@@ -45,6 +45,7 @@ class Heartbeat(Message):
     held_epoch: int
     digest: str
     healthy: bool = True
+    keys: str = ""  # fingerprints of the keys this sender accepts, comma-separated (key rotation)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Claimed(Message):
     # Time from receiving Released to sending Claimed, so the source can split the round trip.
     turnaround_ms: float
     claim_ms: float
+    # Sent by a target that restarted mid-swap and found the VIP on itself: no confirmation will follow.
+    restarted: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,7 @@ def decode(data: bytes, keys: tuple[bytes, ...]) -> Envelope:
         return _envelope(doc)
     except WireError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as err:
         # Only a holder of the key can get here: a bug or version skew on the peer, not an attack.
         raise WireError("malformed", str(err)) from None
 
@@ -313,6 +316,11 @@ def _typed(doc: dict[str, Any], key: str, expected: type) -> Any:
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
         raise WireError("malformed", f"field {key!r} has the wrong type")
     return value
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short public name for a key: which keys a peer accepts can be said without revealing them."""
+    return hashlib.sha256(b"failover-key-id:" + key).hexdigest()[:12]
 
 
 class ReplayGuard:

@@ -293,7 +293,6 @@ def test_digest_ignores_comments_layout_and_key_order(tmp_path: Path) -> None:
         ("cluster: web", "cluster: web2"),
         ("address: 203.0.113.10/24", "address: 203.0.113.10/25"),
         ("interface: eth0", "interface: eth1"),
-        ("key_file: /etc/failover/web.key", "key_file: /etc/failover/web2.key"),
         ("port: 5405", "port: 5406"),
         ("dead_after_ms: 250", "dead_after_ms: 251"),
         ("1100, 2300]", "1100, 2301]"),
@@ -837,3 +836,10 @@ def test_metrics_unknown_key(tmp_path: Path) -> None:
     text = BASE + "metrics:\n  port: 9405  #<\n"
     path = write(tmp_path, text)
     assert error_of(path) == f"{path}:{marked_line(text)}: metrics.port: unknown key"
+
+
+def test_digest_ignores_key_paths_so_keys_rotate_host_by_host(tmp_path: Path) -> None:
+    before = load_config(write(tmp_path, BASE, "a.yaml")).digest
+    rotated = edit(BASE, "key_file: /etc/failover/web.key",
+                   "key_file: /etc/failover/web2.key\n  previous_key_file: /etc/failover/web.key")
+    assert load_config(write(tmp_path, rotated, "b.yaml")).digest == before

@@ -17,6 +17,8 @@ def settled(pair: NodePair) -> NodePair:
 
 def test_swap_from_holder_moves_vip_and_reports_steps() -> None:
     pair = settled(NodePair())
+    pair.run(3)  # past live's own start-up announcements
+    live_announced = pair.announces["live"]
     cid = pair.command("live", "swap")
     pair.run(0.1)
     out = pair.outcome("live", cid)
@@ -27,7 +29,7 @@ def test_swap_from_holder_moves_vip_and_reports_steps() -> None:
     assert [p.step for p in pair.progress["live"]] == [s for s, _ in out.steps]
     # Release (0.3 ms) + one way (0.2 ms) + claim (0.3 ms) in the fake world.
     assert out.unserved_ms == pytest.approx(0.8, abs=0.01)
-    assert pair.announces["backup"] >= 1 and pair.announces["live"] == 0
+    assert pair.announces["backup"] >= 1 and pair.announces["live"] == live_announced
     pair.run(3)
     assert pair.announces["backup"] == 4  # the whole default schedule: 0, 0.2, 1.1, 2.3 s
     assert pair.nodes["backup"].held_epoch == out.epoch
@@ -173,12 +175,14 @@ def test_swap_survives_loss_duplication_and_reordering() -> None:
 
 def test_both_holding_settles_to_home_on_equal_epochs() -> None:
     pair = settled(NodePair())
+    pair.run(3)  # past live's own start-up announcements
+    announced = pair.announces["live"]
     pair.vip_on.add("backup")  # someone adds the VIP by hand on the standby
     pair.nodes["backup"].observe_vip(True, pair.now)
     pair.run(0.2)
     assert pair.vip_on == {"live"}
     assert any(n.event == "settle" for name, n in pair.notices if name == "backup")
-    assert pair.announces["live"] >= 1  # the keeper re-announces
+    assert pair.announces["live"] > announced  # the keeper re-announces
 
 
 def test_both_holding_settles_to_newest_epoch() -> None:
@@ -195,9 +199,11 @@ def test_agent_restart_on_holder_keeps_vip() -> None:
     pair = settled(NodePair())
     pair.kill("live")
     pair.run(0.1)
+    announced = pair.announces["live"]
     pair.restart("live", boot=2)
     pair.run(0.5)
     assert pair.vip_on == {"live"}
+    assert pair.announces["live"] > announced  # a restarted holder announces what it holds
     assert pair.nodes["backup"].peer_alive(pair.now)
     cid = pair.command("live", "swap")
     pair.run(0.2)
@@ -248,6 +254,61 @@ def test_replayed_datagram_is_rejected() -> None:
     live.pop_actions()
     live.receive_datagram(data, pair.now)
     assert live.rejected["replay"] == 1
+
+
+def test_target_restarted_after_its_claim_is_not_overruled_by_a_reclaim() -> None:
+    pair = settled(NodePair())
+    pair.checks.append(lambda p: None if len(p.vip_on) <= 1 else pytest.fail(f"two holders: {p.vip_on}"))
+
+    def kill_target_once_it_holds(p: NodePair) -> None:
+        if "backup" in p.vip_on and p.alive["backup"] and p.nodes["backup"].holds:
+            p.faults.partitioned = True  # its Claimed is lost with it
+            p.kill("backup")
+
+    pair.checks.append(kill_target_once_it_holds)
+    cid = pair.command("live", "swap")
+    pair.run(0.05)
+    pair.checks.pop()
+    pair.restart("backup", boot=2)  # comes back knowing nothing of the swap, but holding the VIP
+    pair.faults.partitioned = False
+    pair.run(2)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and not out.rolled_back, out
+    assert out.reason == "backup restarted during the swap and holds the VIP; the move was not confirmed"
+    assert out.holder == "backup" and pair.vip_on == {"backup"}
+
+
+def test_keys_rotate_host_by_host_without_losing_the_peer() -> None:
+    import dataclasses
+
+    new = b"n" * 32
+    pair = settled(NodePair())
+
+    def rekey(name: str, keys: tuple[bytes, ...], boot: int) -> None:
+        pair.restart(name, boot=boot)
+        node = pair.nodes[name]
+        node.setup = dataclasses.replace(node.setup, keys=keys)
+        node._signing_key = keys[0]
+
+    def both_hear_each_other() -> bool:
+        return all(n.peer_alive(pair.now) for n in pair.nodes.values())
+
+    rekey("live", (new, KEY), boot=2)  # live first: the new key, the old one still accepted
+    pair.run(0.5)
+    assert both_hear_each_other()
+    assert pair.nodes["live"]._signing_key == KEY  # backup accepts only the old key yet
+    rekey("backup", (new, KEY), boot=2)
+    pair.run(0.5)
+    assert both_hear_each_other()
+    assert pair.nodes["live"]._signing_key == new and pair.nodes["backup"]._signing_key == new
+    rekey("live", (new,), boot=3)
+    rekey("backup", (new,), boot=3)
+    pair.run(0.5)
+    assert both_hear_each_other()
+    cid = pair.command("live", "swap")
+    pair.run(0.2)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok
 
 
 # --- unplanned takeover -------------------------------------------------------------------------------

@@ -167,3 +167,14 @@ def test_findings_round_trip_when_they_fit() -> None:
     rows = [("ok", "key", "/etc/failover/key: readable", ""),
             ("FAIL", "net.ipv4.conf.eth0.arp_ignore", "0", "sysctl -w net.ipv4.conf.eth0.arp_ignore=1")]
     assert wire.unpack_findings(wire.pack_findings(rows)) == rows
+
+
+def test_deeply_nested_json_from_a_key_holder_is_malformed_not_a_crash() -> None:
+    import hashlib
+    import hmac
+
+    head = b"FO\x01" + b"[" * 1100 + b"]" * 200  # fits in a datagram, deeper than the parser goes
+    data = head + hmac.new(KEY, head, hashlib.sha256).digest()
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(data, (KEY,))
+    assert err.value.reason == "malformed"

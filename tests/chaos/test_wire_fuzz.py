@@ -158,13 +158,6 @@ def test_captured_heartbeats_replayed_count_as_replays(cluster: LabCluster) -> N
     assert_untouched(cluster, before)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wire.py decode: json.loads of a real-key datagram nested deeper than the recursion limit"
-    " raises RecursionError, which decode does not catch (its contract: WireError and nothing else); the"
-    " exception escapes Node.receive_datagram and the agent's datagram_received, so the datagram is"
-    " never counted in status['rejected'] (asyncio logs 'Exception in callback' per datagram)",
-)
 def test_deeply_nested_json_with_the_real_key_is_counted_malformed(cluster: LabCluster) -> None:
     before = snapshot(cluster)
     malformed_before = cluster.status("live")["rejected"].get("malformed", 0)
