@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
@@ -372,32 +373,32 @@ class Agent:
             "operator_reason": str(request.get("reason") or "")[:500],
             "came_from": None if came_from is None else _summary(came_from),
         }
-        queue: asyncio.Queue[_Reported] = asyncio.Queue()
-        self._waiters[cid] = queue
-        self._pump()
-        try:
-            while True:
-                item = await queue.get()
+        async with contextlib.aclosing(self._reports(cid)) as reports:
+            async for item in reports:
                 if isinstance(item, protocol.Finished):
                     return {"type": "done", "outcome": item.outcome.to_json(), "came_from": came_from}
-                if not isinstance(item, protocol.Progress):
-                    continue
-                with contextlib.suppress(ConnectionError):
-                    await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
-        finally:
-            del self._waiters[cid]
+                if isinstance(item, protocol.Progress):
+                    with contextlib.suppress(ConnectionError):
+                        await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
+        raise AssertionError("unreachable: the reports end only when closed")
 
     async def _dry_run(self, move: str) -> dict[str, Any]:
         """Every check of the move on both nodes, and its plan; changes nothing, journals nothing."""
         cid = self.core.command(move, self.now(), dry_run=True)
-        queue: asyncio.Queue[_Reported] = asyncio.Queue()
-        self._waiters[cid] = queue
-        self._pump()
-        try:
-            while True:
-                item = await queue.get()
+        async with contextlib.aclosing(self._reports(cid)) as reports:
+            async for item in reports:
                 if isinstance(item, protocol.Planned):
                     return {"type": "done", "plan": item.plan.to_json()}
+        raise AssertionError("unreachable: the reports end only when closed")
+
+    async def _reports(self, cid: int) -> AsyncGenerator[_Reported, None]:
+        """What the core reports for one command (progress, outcome, plan), as it comes."""
+        queue: asyncio.Queue[_Reported] = asyncio.Queue()
+        self._waiters[cid] = queue
+        self._pump()  # the command's first actions may already be waiting
+        try:
+            while True:
+                yield await queue.get()
         finally:
             del self._waiters[cid]
 
