@@ -216,6 +216,7 @@ class Agent:
             ),
             boot=time.time_ns(),
             automatic=cfg.takeover.automatic,
+            on_vip_lost=cfg.takeover.on_vip_lost,
             fence=bool(cfg.takeover.fence),
             self_check_fails=cfg.health.self_check_fails,
             confirm=cfg.confirm.mode,

@@ -115,6 +115,7 @@ class TakeoverConfig:
     """The unplanned takeover when the holder goes silent."""
 
     automatic: bool = True  # false: report a silent holder, never take over
+    on_vip_lost: str = "report"  # the VIP removed behind the holder's back: "report", or "reclaim" it
     fence: tuple[str, ...] = ()  # argv run (no shell) before claiming; non-zero exit: no takeover
     fence_timeout_ms: int = 5000
     # RFC 5227 probes before claiming: any answer means someone still holds the VIP.
@@ -622,7 +623,7 @@ def _load_confirm(top: _Section) -> ConfirmConfig:
 
 
 def _load_takeover(top: _Section) -> TakeoverConfig:
-    sec = top.section("failover", optional=("automatic", "fence", "fence_timeout_ms"))
+    sec = top.section("failover", optional=("automatic", "fence", "fence_timeout_ms", "on_vip_lost"))
     fence: list[str] = []
     if "fence" in sec.data:
         seq = sec.sequence("fence")
@@ -635,6 +636,7 @@ def _load_takeover(top: _Section) -> TakeoverConfig:
     probe = top.section("probe", optional=("count", "interval_ms", "wait_ms"))
     return TakeoverConfig(
         automatic=sec.boolean("automatic", TakeoverConfig.automatic),
+        on_vip_lost=sec.choice("on_vip_lost", TakeoverConfig.on_vip_lost, ("report", "reclaim")),
         fence=tuple(fence),
         fence_timeout_ms=sec.integer("fence_timeout_ms", TakeoverConfig.fence_timeout_ms, 100, 600_000),
         probe_count=probe.integer("count", TakeoverConfig.probe_count, 1, 20),

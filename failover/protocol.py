@@ -61,6 +61,7 @@ class NodeSetup:
     fence: bool = False  # run the fence hook (Fence action) before a takeover claims
     self_check_fails: int = 3  # own health failures in a row that make the holder hand over
     takeover_retry: float = 1.0  # after a takeover was refused (probe answered, fence failed)
+    on_vip_lost: str = "report"  # the VIP removed behind our back: "report" it, or "reclaim" it
     confirm: str = "none"  # "traffic" | "canary" | "none": how the new holder proves clients arrived
     confirm_requests: int = 3
     confirm_within: float = 10.0
@@ -707,7 +708,11 @@ class Node:
         self._silence_reported = False
         run = self.run
         if run is not None and run.state in ("takeover-probing", "takeover-fencing"):
-            self._finish_takeover(run, False, f"{self.setup.peer} was heard again: no takeover", now)
+            # A silent holder that speaks again ends a takeover; a reclaim ends only if the peer has the VIP.
+            if run.move == "takeover":
+                self._finish_takeover(run, False, f"{self.setup.peer} was heard again: no takeover", now)
+            elif hb.holds_vip:
+                self._finish_takeover(run, False, f"{self.setup.peer} holds the VIP: not reclaiming", now)
         if not (self.holds and hb.holds_vip) or self._changing_vip():
             return
         # Both hold the VIP: the newer holding epoch keeps it, the home node wins a tie.
@@ -1431,20 +1436,24 @@ class Node:
                 }
                 self._actions.append(Notice("holder-silent", dict(self.last_takeover)))
             return
+        self._start_takeover("takeover", f"{peer} silent for {silent_ms:.0f} ms", "holder-silent", now)
+
+    def _start_takeover(self, move: str, why: str, first_step: str, now: float) -> None:
+        """Probe, fence if configured, claim: for a silent holder ("takeover") or a lost VIP ("reclaim")."""
         epoch = max(self.epoch, self.peer_epoch) + 1
         run = _Run(
             epoch=epoch,
-            move="takeover",
+            move=move,
             role="standby",
-            source=peer,
+            source=self.setup.peer,
             target=self.setup.name,
             state="takeover-probing",
             started=now,
             command=None,
         )
-        run.replies["silent"] = wire.Abort(epoch=epoch, reason=f"{peer} silent for {silent_ms:.0f} ms")
+        run.replies["silent"] = wire.Abort(epoch=epoch, reason=why)
         self.run = run
-        self._step(run, "holder-silent", now)
+        self._step(run, first_step, now)
         # The network is the witness: nobody may answer for the VIP before we claim it.
         self._actions.append(Probe(epoch))
 
@@ -1553,6 +1562,10 @@ class Node:
         if held != self.holds and not self._changing_vip():
             self._actions.append(Notice("vip-changed-behind-our-back", {"held": held}))
             self._set_holds(held, now)
+            if not held and self.setup.on_vip_lost == "reclaim" and not self.peer_holds() and not self.busy():
+                # Policy: the VIP vanished from under us and nobody else has it: probe, then take it back.
+                why = "the VIP was removed from this host behind the agent's back"
+                self._start_takeover("reclaim", why, "vip-lost", now)
 
     # --- timers -------------------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ class NodePair:
     confirm: str = "none"
     confirm_within: float = 2.0
     straggler_window: float = 0.0
+    on_vip_lost: str = "report"
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -90,6 +91,7 @@ class NodePair:
             confirm=self.confirm,
             confirm_within=self.confirm_within,
             straggler_window=self.straggler_window,
+            on_vip_lost=self.on_vip_lost,
         )
         return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
 

@@ -56,6 +56,7 @@ health:
 failover:
   automatic: true
   fence_timeout_ms: 5000
+  on_vip_lost: report
 probe:
   count: 3
   interval_ms: 20

@@ -444,6 +444,31 @@ def test_unhealthy_holder_keeps_vip_when_peer_is_unhealthy_too() -> None:
     assert pair.vip_on == {"live"}
 
 
+def vip_removed_by_hand(pair: NodePair, name: str) -> None:
+    pair.vip_on.discard(name)
+    pair.nodes[name].observe_vip(False, pair.now)
+
+
+def test_vip_removed_behind_our_back_is_reported_by_default() -> None:
+    pair = settled(NodePair())
+    vip_removed_by_hand(pair, "live")
+    pair.run(2)
+    assert pair.vip_on == set()
+    assert any(n.event == "vip-changed-behind-our-back" for name, n in pair.notices if name == "live")
+    assert not pair.nodes["live"].holds and pair.nodes["live"].last_takeover is None
+
+
+def test_vip_removed_behind_our_back_is_reclaimed_by_policy() -> None:
+    pair = settled(NodePair(on_vip_lost="reclaim"))
+    vip_removed_by_hand(pair, "live")
+    pair.run(0.5)
+    assert pair.vip_on == {"live"}
+    took = pair.nodes["live"].last_takeover
+    assert took is not None and took["ok"] and took["probe"] == "silent"
+    assert took["reason"].startswith("the VIP was removed from this host behind the agent's back")
+    assert [s["step"] for s in took["steps"]] == ["vip-lost", "probe-silent", "claimed"]
+
+
 # --- confirmation and rollback ---------------------------------------------------------------------------
 
 

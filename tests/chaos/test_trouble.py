@@ -24,7 +24,7 @@ import pytest
 from failover.lab.client import summarize
 from failover.lab.cluster import LabCluster
 from failover.lab.netns import VIP
-from tests.integration.conftest import client_load, events
+from tests.integration.conftest import client_load, events, lab_cluster
 
 from .conftest import HolderSampler, figure, vip_holders, wait_converged
 
@@ -149,6 +149,23 @@ def test_vip_removed_behind_the_agents_back(cluster: LabCluster, request: pytest
     assert cluster.agents["live"].poll() is None and cluster.agents["backup"].poll() is None
     assert live["holds_vip"] is False and live["holds_vip_netlink"] is False
     assert cluster.status("backup")["peer"]["alive"] is True
-    # Policy today: nobody takes the VIP back. An operator's hand wins; the cluster stays without it.
-    assert vip_holders(cluster) in ([], ["backup"])
-    assert holder in (None, "backup")
+    # Default policy (failover.on_vip_lost: report): nobody takes the VIP back; the operator's hand wins.
+    assert vip_holders(cluster) == []
+    assert holder is None
+
+
+def test_vip_removed_behind_the_agents_back_is_reclaimed_by_policy(request: pytest.FixtureRequest) -> None:
+    with lab_cluster({"failover": {"on_vip_lost": "reclaim"}}) as cluster:
+        load = client_load(cluster, duration_s=20)
+        time.sleep(0.5)
+        cluster.lab.run("live", ["ip", "address", "del", str(VIP), "dev", "eth0"])
+        removed_at = time.monotonic()
+        holder, waited = wait_converged(cluster, 3.0)
+        time.sleep(0.3)
+        load.stop()
+        took = cluster.status("live")["last_takeover"]
+        figure(request, f"VIP deleted by hand, on_vip_lost reclaim: back on {holder} after {waited:.2f} s")
+        assert holder == "live" and vip_holders(cluster) == ["live"]
+        assert took["ok"] and took["probe"] == "silent" and "removed from this host" in took["reason"]
+        after = summarize(load.records(), since=removed_at + waited)
+        assert after.failed == 0 and after.served_by.get("live", 0) > 0
