@@ -1,4 +1,4 @@
-"""Operator commands: `failover agent|swap|unswap|status|check|history|announce|probe|lab ...`.
+"""Operator commands: `failover agent|swap|unswap|status|check|history|announce|probe|reference|lab ...`.
 
 Owns their arguments, human and `--json` output, and exit codes.
 
@@ -40,6 +40,7 @@ examples:
   failover history -n 5                                 the last five moves and takeovers
   failover announce                                     send the gratuitous ARP/NA burst for the VIP now
   failover probe                                        who answers ARP/ND for the VIP right now
+  failover reference                                    every command and cluster-file key, as markdown
   failover lab rehearse                                 rehearse swap + unswap in a namespace lab (root)
 """
 
@@ -72,10 +73,10 @@ def _parser() -> argparse.ArgumentParser:
                              "(exit 0: all pass, 1: a check failed)")
     status = sub.add_parser("status", help="both nodes, who holds the VIP, heartbeat age, last move")
     with_config(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
     checks = sub.add_parser("check", help="check the cluster file and this host's settings; 1 on a problem")
     with_config(checks)
-    checks.add_argument("--json", action="store_true")
+    checks.add_argument("--json", action="store_true", help="print one JSON document")
     history = sub.add_parser("history", help="the journal of swaps, unswaps and takeovers on this node")
     with_config(history)
     history.add_argument("--json", action="store_true", help="the entries as one JSON list")
@@ -84,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("probe", "ask who answers for the VIP (ARP / ND probe): MACs and times")):
         sp = sub.add_parser(tool, help=text)
         with_config(sp)
-        sp.add_argument("--json", action="store_true")
+        sp.add_argument("--json", action="store_true", help="print one JSON document")
+    sub.add_parser("reference", help="print the README's reference: every command and cluster-file key")
 
     lab = sub.add_parser("lab", help="the network-namespace lab (root)")
     labsub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
@@ -94,13 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
     rehearse.add_argument("--keep-workdir", action="store_true", help="keep logs and configs afterwards")
     bench = labsub.add_parser("bench", help="N swap/unswap pairs under load; prints figures")
-    bench.add_argument("-n", "--pairs", type=int, default=10)
+    bench.add_argument("-n", "--pairs", type=int, default=10, help="swap/unswap pairs to run")
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     labsub.add_parser("up", help="build a lab and leave it running")
     labsub.add_parser("down", help="tear down the lab made by `lab up`")
     ex = labsub.add_parser("exec", help="run a command in a lab host's namespace")
-    ex.add_argument("host")
-    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    ex.add_argument("host", help="live, backup or client")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments")
     return p
 
 
@@ -111,6 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from failover.lab.commands import run
 
             return run(args)
+        if args.command == "reference":
+            from failover.reference import render
+
+            print(render(), end="")
+            return EXIT_OK
         config = load_config(args.config)
         if args.command == "agent":
             return _agent(config, args)
