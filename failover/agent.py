@@ -521,10 +521,12 @@ class Agent:
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink add timed out"
         done_at = self.now()
+        if ok:
+            # Queued before the core reacts, so after_claim runs before the rolled_back or takeover
+            # hooks this claim may bring; queuing costs nothing on the way to the announcement.
+            self._fire_hooks("after_claim", epoch=str(action.epoch), move=action.why)
         self.core.claim_done(action.epoch, ok, error, done_at)
         self._pump()
-        if ok:
-            self._fire_hooks("after_claim", epoch=str(action.epoch), move=action.why)
         if ok and self._drain_end is not None:
             self._schedule_drain_end(0)  # holding it on the interface again: the lo copy goes now
         # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.

@@ -150,8 +150,10 @@ def test_rolled_back_hook_on_the_old_holder_then_takeover_hook_on_the_survivor(t
         outcome = cluster.move("swap", via="live")
         assert outcome["exit_code"] == 1 and outcome["rolled_back"] is True, outcome
         assert cluster.holders() == ["live"]
-        # A claim's own event (rolled_back, takeover) may run before its after_claim: wait for both.
         assert cluster.lab.wait_until(lambda: fired(out, rolled_back=1, after_claim=2), 5.0), hook_runs(out)
+        # On live, the reclaim's after_claim runs before the rolled_back it brought.
+        on_live = [r["FAILOVER_EVENT"] for r in hook_runs(out) if r["FAILOVER_NODE"] == "live"]
+        assert on_live == ["after_claim", "rolled_back"], on_live
         [rolled_back] = runs_of(out, "rolled_back")
         assert_ran_on(cluster, rolled_back, "live")
         assert (rolled_back["FAILOVER_MOVE"], rolled_back["FAILOVER_SOURCE"],
@@ -177,3 +179,5 @@ def test_rolled_back_hook_on_the_old_holder_then_takeover_hook_on_the_survivor(t
         assert ("backup", "takeover") in {
             (r["FAILOVER_NODE"], r["FAILOVER_MOVE"]) for r in runs_of(out, "after_claim")
         }
+        on_backup = [r["FAILOVER_EVENT"] for r in hook_runs(out) if r["FAILOVER_NODE"] == "backup"]
+        assert on_backup[-2:] == ["after_claim", "takeover"], on_backup
