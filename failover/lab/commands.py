@@ -64,11 +64,13 @@ def _up() -> int:
     }
     CURRENT.parent.mkdir(parents=True, exist_ok=True)
     CURRENT.write_text(json.dumps(state, indent=2))
+    # The venv's own entry point, so the hints work whether or not `failover` is on root's PATH.
+    me = shutil.which("failover") or f"{sys.executable} -m failover"
     print(f"lab {cluster.lab.prefix} is up; cluster file {cluster.config_path}")
-    print("  failover lab exec live -- failover status -c", cluster.config_path, "--node live")
-    print("  failover lab exec live -- failover swap -c", cluster.config_path, "--node live")
-    print("  failover lab exec client -- curl -s http://203.0.113.10/")
-    print("  failover lab down")
+    print(f"  {me} lab exec live -- {me} status -c {cluster.config_path} --node live")
+    print(f"  {me} lab exec live -- {me} swap -c {cluster.config_path} --node live")
+    print(f"  {me} lab exec client -- curl -s http://203.0.113.10/")
+    print(f"  {me} lab down")
     return 0
 
 
