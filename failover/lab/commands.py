@@ -53,7 +53,12 @@ def _up() -> int:
         print(f"failover: a lab is already up ({CURRENT}); run `failover lab down` first", file=sys.stderr)
         return 1
     cluster = LabCluster(keep_workdir=True)
-    cluster.up()
+    try:
+        cluster.up()
+    except BaseException:
+        cluster.keep_workdir = False
+        cluster.down()  # a lab that did not come up whole leaves nothing behind
+        raise
     # Detach: the namespaces, nginx and agents outlive this command until `lab down`.
     cluster.lab.detach()
     state = {
