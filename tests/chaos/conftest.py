@@ -52,24 +52,6 @@ def figure(request: pytest.FixtureRequest, text: str) -> None:
     request.node.user_properties.append(("figure", text))
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    """The chaos suite's figures, unless the integration conftest (which prints every figure) is loaded."""
-    if any(
-        getattr(p, "__name__", "") == "tests.integration.conftest" for p in config.pluginmanager.get_plugins()
-    ):
-        return
-    figures = [
-        (report.nodeid, value)
-        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-        for name, value in getattr(report, "user_properties", [])
-        if name == "figure"
-    ]
-    if figures:
-        terminalreporter.section("measured")
-        for nodeid, value in figures:
-            terminalreporter.write_line(f"{nodeid.rsplit('::', 1)[-1]}: {value}")
-
-
 # --- sniffing the wire from the bridge namespace -----------------------------------------------------
 
 

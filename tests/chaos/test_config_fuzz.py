@@ -20,55 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import package_env
+from tests.test_config import BASE as CONFIG_BASE
 
 pytestmark = [pytest.mark.chaos]
 
-BASE = """\
-cluster: web
-vip:
-  address: 203.0.113.10/24
-  interface: eth0
-auth:
-  key_file: {key}
-heartbeat:
-  port: 5405
-  interval_ms: 50
-  dead_after_ms: 250
-announce:
-  schedule_ms: [0, 200, 1100, 2300]
-swap:
-  step_timeout_ms: 1000
-  drain_ms: 1000
-health:
-  timeout_ms: 1000
-  self_check:
-    every_ms: 500
-    fails: 3
-failover:
-  automatic: true
-  fence_timeout_ms: 5000
-probe:
-  count: 3
-  interval_ms: 20
-  wait_ms: 60
-confirm:
-  mode: traffic
-  requests: 3
-  within_s: 10
-  ignore_clients: [127.0.0.1, 203.0.113.11, 203.0.113.12]
-  log_format: combined
-  straggler_window_ms: 1000
-nodes:
-  live:
-    address: 203.0.113.11
-    home: true
-    health_url: http://203.0.113.11/
-    access_log: /var/log/nginx/access.log
-  backup:
-    address: 203.0.113.12
-    health_url: http://203.0.113.12/
-    access_log: /var/log/nginx/access.log
-"""
+# The loader's own test file: one base cluster file for both suites, its key path made a placeholder.
+BASE = CONFIG_BASE.replace("key_file: /etc/failover/web.key", "key_file: {key}")
 REQUIRED = {"cluster", "vip.address", "vip.interface", "auth.key_file", "address", "health_url", "access_log"}
 NUMBERS = ("-5", "4294967296000")
 

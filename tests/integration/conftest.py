@@ -147,17 +147,3 @@ def crash(cluster: LabCluster, name: str = "live") -> float:
     link_down(cluster.lab, name)
     cluster.stop_agent(name, signal.SIGKILL)
     return started
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Figures the tests measured (user property `figure`), so `pytest -q` shows them."""
-    figures = [
-        (report.nodeid, value)
-        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-        for name, value in getattr(report, "user_properties", [])
-        if name == "figure"
-    ]
-    if figures:
-        terminalreporter.section("measured")
-        for nodeid, value in figures:
-            terminalreporter.write_line(f"{nodeid.rsplit('::', 1)[-1]}: {value}")
