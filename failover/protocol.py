@@ -1146,7 +1146,7 @@ class Node:
             self._actions.append(Claim(run.epoch, "swap"))
         elif "released" in run.replies:
             self._send(run.replies["released"])
-        elif run.finished and run.state not in ("claiming",):
+        elif run.finished:  # expired or refused: it never claimed
             self._send(wire.ClaimFailed(epoch=run.epoch, reason="the ready window had expired"))
 
     def claim_done(self, epoch: int, ok: bool, error: str, now: float) -> None:
