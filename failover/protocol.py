@@ -529,7 +529,14 @@ class Node:
             return peer, me
         return "", ""
 
+    def _close_straggler_window(self, now: float) -> None:
+        """A new move cuts the last one's straggler window short: report it with what was seen so far."""
+        run = self.run
+        if run is not None and run.state == "collecting-stragglers":
+            self._finish(run, ok=True, reason="", now=now, **(run.done_kwargs or {}))
+
     def _start_move(self, move: str, now: float, cid: int | None) -> None:
+        self._close_straggler_window(now)
         me = self.setup.name
         source, target = self._source_target(now)
         reason = self._refusal(move, source, target, now)
@@ -739,6 +746,7 @@ class Node:
         run = self.run
         if run is not None and run.epoch == msg.epoch:
             return  # a duplicate; our Prepare is being resent on its own
+        self._close_straggler_window(now)
         reason = ""
         if self.busy():
             reason = "a swap is already in progress"
@@ -1068,6 +1076,8 @@ class Node:
         self._actions.append(Release(run.epoch, "hand-back"))
 
     def _on_prepare(self, msg: wire.Prepare, now: float) -> None:
+        if self.run is not None and self.run.epoch != msg.epoch:
+            self._close_straggler_window(now)
         run = self.run
         if run is not None and run.epoch == msg.epoch and run.role == "target":
             if run.state == "requested":

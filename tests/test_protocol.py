@@ -594,6 +594,21 @@ def test_stragglers_are_told_and_named_in_the_outcome() -> None:
     assert ("backup", ROUTER[1], ROUTER[0]) in pair.tells
 
 
+def test_a_new_move_cuts_the_straggler_window_short() -> None:
+    pair = settled(NodePair(confirm="traffic", straggler_window=1.0))
+    swap = pair.command("live", "swap")
+    pair.run(0.2)
+    assert pair.outcome("live", swap) is None  # live still watches for stragglers
+    unswap = pair.command("backup", "unswap")  # asked on the other side: live is the target now
+    pair.run(0.1)
+    first = pair.outcome("live", swap)
+    assert first is not None and first.ok and first.duration_ms == pytest.approx(200, abs=5)
+    pair.run(1.2)  # backup, the unswap's source, has a straggler window of its own
+    second = pair.outcome("backup", unswap)
+    assert second is not None and second.ok, second
+    assert pair.vip_on == {"live"}
+
+
 def test_no_straggler_watch_when_the_window_is_off() -> None:
     pair = settled(NodePair(confirm="traffic"))
     cid = pair.command("live", "swap")
