@@ -41,8 +41,12 @@ def _fix(name: str, value: int) -> str:
     )
 
 
+# The values of each setting under which the drain copy of the VIP on lo answers no ARP for it.
+DRAIN_SAFE = {"arp_ignore": (1, 2, 8), "arp_announce": (2,)}
+
+
 def effective(interface: str, setting: str, proc: Path = PROC) -> int:
-    """The value the kernel uses for arp_ignore/arp_announce: the larger of `all` and the interface's."""
+    """The value the kernel uses for a per-interface IPv4 setting: the larger of `all` and the interface's."""
     return max(read("ipv4", "conf", conf, setting, proc=proc) for conf in ("all", interface))
 
 
@@ -60,7 +64,7 @@ def drain_blocker(interface: str, family: int, proc: Path = PROC) -> str:
         announce_level = effective(interface, "arp_announce", proc)
     except (OSError, ValueError) as err:
         return f"cannot read arp sysctls: {err}"
-    if ignore not in (1, 2, 8) or announce_level != 2:
+    if ignore not in DRAIN_SAFE["arp_ignore"] or announce_level not in DRAIN_SAFE["arp_announce"]:
         return (
             f"arp_ignore={ignore} arp_announce={announce_level} on {interface}; "
             f"drain needs arp_ignore=1 and arp_announce=2"
@@ -79,7 +83,7 @@ def judge(interface: str, family: int, *, drain: bool, vip_bound: bool, proc: Pa
             except (OSError, ValueError) as err:
                 found.append(Finding(name, False, f"cannot read: {err}"))
                 continue
-            good = value in (1, 2, 8) if setting == "arp_ignore" else value == 2
+            good = value in DRAIN_SAFE[setting]
             if good or not drain:
                 why = "" if good else " (swap.drain_ms is 0, so the drain that needs it is off)"
                 found.append(Finding(name, True, f"{value}{why}"))
@@ -96,7 +100,7 @@ def judge(interface: str, family: int, *, drain: bool, vip_bound: bool, proc: Pa
     if family == 4:
         name = dotted("ipv4", "conf", interface, "promote_secondaries")
         try:
-            value = max(read("ipv4", "conf", c, "promote_secondaries", proc=proc) for c in ("all", interface))
+            value = effective(interface, "promote_secondaries", proc)
         except (OSError, ValueError) as err:
             found.append(Finding(name, False, f"cannot read: {err}"))
         else:
