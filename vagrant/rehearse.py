@@ -40,6 +40,7 @@ from failover.lab.rehearse import (  # noqa: E402
     format_report,
     move_report,
     parse_outcome,
+    unserved_ms,
 )
 
 VIP_IP = "203.0.113.10"
@@ -275,11 +276,9 @@ def do_move(lab: Lab, move: str, source: str, target: str, offsets: dict[str, fl
     outcome = parse_outcome(done.stdout, done.stderr, done.returncode, started, ended)
     # Clock error is a few ms; the window only has to contain this move's events and no other's.
     lo, hi = started - 0.5, ended + 0.5
-    release = [e["at"] for e in agent_events(lab, source, offsets[source])
-               if e.get("event") == "release" and e.get("ok") and lo <= e.get("at", 0) <= hi]
-    claim = [e["at"] for e in agent_events(lab, target, offsets[target])
-             if e.get("event") == "claim" and e.get("ok") and lo <= e.get("at", 0) <= hi]
-    outcome["lab_unserved_ms"] = round((claim[-1] - release[-1]) * 1000.0, 3) if release and claim else None
+    outcome["lab_unserved_ms"] = unserved_ms(
+        agent_events(lab, source, offsets[source]), agent_events(lab, target, offsets[target]), lo, hi
+    )
     found = holders(lab)
     outcome["holder_by_netlink"] = found[0] if len(found) == 1 else found
     neigh = lab.ssh("client", f"ip neigh show {VIP_IP} dev {LAB_NIC}").stdout.split()

@@ -803,7 +803,9 @@ def _failover_move(cluster: LabCluster, workdir: Path, move: str, source: str, t
     result["ok"] = bool(outcome.get("ok")) and outcome.get("exit_code") == 0
     if not result["ok"]:
         result["error"] = f"{move} failed: {outcome.get('reason') or outcome.get('stderr')}"
-    result["unserved_ms"] = unserved_ms(cluster, source, target, started, ended)
+    result["unserved_ms"] = unserved_ms(
+        cluster.agent_events(source), cluster.agent_events(target), started, ended
+    )
     result["cli_duration_ms"] = outcome.get("duration_ms")
     result["cli_wall_ms"] = round((ended - started) * 1000.0, 3)
     result["steps"] = outcome.get("steps", [])
@@ -1026,15 +1028,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 pairs, 2 runs per contender (<= 6 min)")
     parser.add_argument("--runs", type=int, help=f"runs per contender and scenario (default {FULL_RUNS})")
     parser.add_argument("--only", action="append", choices=cont.known_names(), help="repeatable")
-    parser.add_argument("--soak-s", type=float, help=f"heartbeat-loss soak (default {FULL_SOAK_S:.0f} s, "
-                        f"quick {QUICK_SOAK_S:.0f} s)")
+    parser.add_argument(
+        "--soak-s",
+        type=float,
+        help=f"heartbeat-loss soak (default {FULL_SOAK_S:.0f} s, quick {QUICK_SOAK_S:.0f} s)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     args = parser.parse_args(argv)
     pairs = 2 if args.quick else args.pairs
     shown = "python -m failover.lab.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     return bench(
-        pairs, args.json, runs=args.runs, only=args.only, md_path=args.md, command=shown.strip(),
+        pairs,
+        args.json,
+        runs=args.runs,
+        only=args.only,
+        md_path=args.md,
+        command=shown.strip(),
         soak_s=args.soak_s,
     )
 

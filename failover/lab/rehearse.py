@@ -23,15 +23,23 @@ Say = Callable[[str], None]
 SETTLE_S = 1.0  # client load before, between and after the moves
 
 
-def unserved_ms(cluster: LabCluster, source: str, target: str, started: float, ended: float) -> float | None:
-    """From the source's release to the target's claim, both confirmed by netlink, on one clock."""
-    release = [e["at"] for e in cluster.agent_events(source)
-               if e.get("event") == "release" and e.get("ok") and started <= e.get("at", 0) <= ended]
-    claim = [e["at"] for e in cluster.agent_events(target)
-             if e.get("event") == "claim" and e.get("ok") and started <= e.get("at", 0) <= ended]
-    if not release or not claim:
+def unserved_ms(
+    source_events: list[dict[str, Any]], target_events: list[dict[str, Any]], started: float, ended: float
+) -> float | None:
+    """From the source's release to the target's claim, both confirmed by netlink, on one clock (`at`)."""
+
+    def last_at(events: list[dict[str, Any]], name: str) -> float | None:
+        found = [
+            e["at"]
+            for e in events
+            if e.get("event") == name and e.get("ok") and started <= e.get("at", 0) <= ended
+        ]
+        return float(found[-1]) if found else None
+
+    release, claim = last_at(source_events, "release"), last_at(target_events, "claim")
+    if release is None or claim is None:
         return None
-    return round(float(claim[-1] - release[-1]) * 1000.0, 3)
+    return round((claim - release) * 1000.0, 3)
 
 
 def move_report(outcome: dict[str, Any], records: list[Request]) -> dict[str, Any]:
@@ -89,7 +97,9 @@ def parse_outcome(stdout: str, stderr: str, exit_code: int, started: float, ende
 
 def do_move(cluster: LabCluster, move: str, via: str, source: str, target: str) -> dict[str, Any]:
     outcome = cluster.move(move, via=via)
-    outcome["lab_unserved_ms"] = unserved_ms(cluster, source, target, outcome["started"], outcome["ended"])
+    outcome["lab_unserved_ms"] = unserved_ms(
+        cluster.agent_events(source), cluster.agent_events(target), outcome["started"], outcome["ended"]
+    )
     holders = cluster.holders()
     outcome["holder_by_netlink"] = holders[0] if len(holders) == 1 else holders
     mac = cluster.lab.neighbour_mac("client", str(VIP.ip))
@@ -143,7 +153,9 @@ def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = Non
             **client_report(records, keepalive),
         }
     report["ok"] = bool(
-        report["swap"]["ok"] and report["unswap"]["ok"] and report["client"]["failed"] == 0
+        report["swap"]["ok"]
+        and report["unswap"]["ok"]
+        and report["client"]["failed"] == 0
         and report["served_by"]["backup"] > 0
     )
     step("lab torn down")
@@ -153,10 +165,12 @@ def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = Non
 def _verdict(outcome: dict[str, Any]) -> str:
     if outcome.get("ok") and outcome.get("exit_code") == 0:
         unserved = outcome.get("lab_unserved_ms")
-        return (f"ok in {outcome.get('duration_ms', 0):.1f} ms, VIP on {outcome['holder_by_netlink']}, "
-                f"on no host for {unserved} ms, client ARP moved: {outcome['client_neighbour_moved']}, "
-                f"confirmed by the access log {outcome.get('confirm_ms')} ms after the claim "
-                f"({(outcome.get('evidence') or {}).get('requests')} requests)")
+        return (
+            f"ok in {outcome.get('duration_ms', 0):.1f} ms, VIP on {outcome['holder_by_netlink']}, "
+            f"on no host for {unserved} ms, client ARP moved: {outcome['client_neighbour_moved']}, "
+            f"confirmed by the access log {outcome.get('confirm_ms')} ms after the claim "
+            f"({(outcome.get('evidence') or {}).get('requests')} requests)"
+        )
     return f"FAILED: {outcome.get('reason')}"
 
 
