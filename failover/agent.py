@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import structlog
 
@@ -31,6 +31,7 @@ from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
 from failover.metrics import MetricsServer
 from failover.netlink import NetlinkError, VipLink, local_addresses
+from failover.protocol import events
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
 
@@ -164,15 +165,16 @@ class Agent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
-        self._drain_end: asyncio.TimerHandle | None = None
         self._stopping = False
         self._watch: _Watch | None = None
-        self._handoff: asyncio.Task[None] | None = None
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self._handoff_end: asyncio.TimerHandle | None = None
         self.announced = 0
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
-        self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> operator, reason, came_from
+        # The VIP's netlink changes (drain, release, claim) run one at a time, in the order asked for.
+        self._vip_ops: asyncio.Queue[protocol.Action] = asyncio.Queue()
+        self._command_meta: dict[int, dict[str, Any]] = {}  # command -> operator, reason, came_from
+        self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> the same, once the core named it
 
     def now(self) -> float:
         return self.loop.time()
@@ -201,6 +203,8 @@ class Agent:
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
+        t = cfg.takeover
+        probe_ms = t.probe_count * t.probe_interval_ms + t.probe_wait_ms
         setup = protocol.NodeSetup(
             cluster=cfg.cluster,
             name=node.name,
@@ -215,6 +219,8 @@ class Agent:
                 announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
             ),
             boot=time.time_ns(),
+            probe_budget=probe_ms / 1000,
+            fence_budget=cfg.takeover.fence_timeout_ms / 1000,
             automatic=cfg.takeover.automatic,
             on_vip_lost=cfg.takeover.on_vip_lost,
             fence=bool(cfg.takeover.fence),
@@ -253,6 +259,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         watcher = asyncio.create_task(self._watch_vip())
+        self._spawn(self._carry_out_vip_ops())
         if cfg.health.self_check_every_ms:
             self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000))
         log.info(
@@ -331,6 +338,11 @@ class Agent:
         self.core.receive_datagram(data, self.now())
         self._pump()
 
+    def _report(self, event: events.Event) -> None:
+        """An adapter's result goes to the core, stamped with the time it came in."""
+        self.core.handle(event, self.now())
+        self._pump()
+
     def _on_timer(self) -> None:
         self._timer = None
         self.core.handle_timer(self.now())
@@ -339,8 +351,7 @@ class Agent:
     async def _watch_vip(self) -> None:
         try:
             async for held in self.link.watch_vip():
-                self.core.observe_vip(held, self.now())
-                self._pump()
+                self._report(events.VipObserved(held))
         except NetlinkError as err:
             log.error("vip-watch-failed", error=str(err))
 
@@ -363,13 +374,8 @@ class Agent:
             with contextlib.suppress(journal.JournalError):
                 came_from = journal.came_from(self.node.journal, holder)
         cid = core.command(move, self.now())
-        run = core.run
-        if run is not None and run.command == cid:
-            epoch = run.epoch
-        else:
-            assert core.last_outcome is not None  # refused at once: the outcome is already there
-            epoch = core.last_outcome.epoch
-        self._move_meta[epoch] = {
+        # Journaled with the move once the core says which epoch it is (its Started action).
+        self._command_meta[cid] = {
             "operator": str(request.get("operator") or "unknown")[:64],
             "operator_reason": str(request.get("reason") or "")[:500],
             "came_from": None if came_from is None else _summary(came_from),
@@ -441,62 +447,70 @@ class Agent:
             # Test only: freeze right here (SIGSTOP) so a test can SIGKILL us at this exact step.
             log.warning("test-fault-stopping", before=type(action).__name__)
             os.kill(os.getpid(), signal.SIGSTOP)
-        if isinstance(action, protocol.Send):
-            self.transport.sendto(action.data, self.peer_addr)
-        elif isinstance(action, protocol.Announce):
-            try:
-                self.announced += self.announcer.announce()
-            except announce.AnnounceError as err:
-                log.error("announce-failed", error=str(err))
-            log.info("announced", round=action.round, at=self.now())
-        elif isinstance(action, protocol.Claim):
-            self._spawn(self._claim(action))
-        elif isinstance(action, protocol.Release):
-            self._spawn(self._release(action))
-        elif isinstance(action, protocol.CheckHealth):
-            self._spawn(self._check_health(action))
-        elif isinstance(action, protocol.BeforeRelease):
-            self._spawn(self._before_release(action))
-        elif isinstance(action, protocol.Probe):
-            self._spawn(self._probe(action))
-        elif isinstance(action, protocol.Fence):
-            self._spawn(self._fence(action))
-        elif isinstance(action, protocol.Handoff):
-            if self._handoff_end is not None:
-                self._handoff_end.cancel()
-            self._handoff = asyncio.create_task(self._install_handoff(action.epoch))
-        elif isinstance(action, protocol.EndHandoff):
-            self._handoff_end = self.loop.call_later(
-                action.after, lambda: self._spawn(self._remove_handoff(action.epoch))
-            )
-        elif isinstance(action, protocol.WatchStragglers):
-            self._watch_stragglers(action.epoch)
-        elif isinstance(action, protocol.UnwatchStragglers):
-            self._unwatch_stragglers(action.epoch)
-        elif isinstance(action, protocol.Tell):
-            try:
-                self.announcer.tell(ip_address(action.ip), action.mac)
-                log.info("told-straggler", ip=action.ip, mac=action.mac)
-            except (announce.AnnounceError, ValueError) as err:
-                log.error("tell-failed", ip=action.ip, mac=action.mac, error=str(err))
-        elif isinstance(action, protocol.Watch):
-            self._start_watch(action)
-        elif isinstance(action, protocol.Unwatch):
-            self._stop_watch(action.epoch)
-        elif isinstance(action, protocol.Canary):
-            self._spawn(self._canary(action))
-        elif isinstance(action, protocol.HostCheck):
-            self._spawn(self._host_check(action))
-        elif isinstance(action, protocol.Progress | protocol.Finished | protocol.Planned):
-            queue = self._waiters.get(action.command)
-            if queue is not None:
-                queue.put_nowait(action)
-        elif isinstance(action, protocol.Notice):
-            if action.event != "datagram-rejected":
-                log.info(action.event, **action.detail)
-            else:
-                log.debug(action.event, **action.detail)
-            self._on_notice(action)
+        match action:
+            case protocol.Send():
+                self.transport.sendto(action.data, self.peer_addr)
+            case protocol.Announce():
+                try:
+                    self.announced += self.announcer.announce()
+                except announce.AnnounceError as err:
+                    log.error("announce-failed", error=str(err))
+                log.info("announced", round=action.round, at=self.now())
+            case protocol.StartDrain() | protocol.Release() | protocol.Claim() | protocol.EndDrain():
+                self._vip_ops.put_nowait(action)
+            case protocol.CheckHealth():
+                self._spawn(self._check_health(action))
+            case protocol.BeforeRelease():
+                self._spawn(self._before_release(action))
+            case protocol.RunHooks():
+                self._fire_hooks(action)
+            case protocol.Probe():
+                self._spawn(self._probe(action))
+            case protocol.Fence():
+                self._spawn(self._fence(action))
+            case protocol.Handoff():
+                if self._handoff_end is not None:
+                    self._handoff_end.cancel()
+                self._spawn(self._install_handoff(action.epoch))
+            case protocol.EndHandoff():
+                epoch = action.epoch
+                self._handoff_end = self.loop.call_later(
+                    action.after, lambda: self._spawn(self._remove_handoff(epoch))
+                )
+            case protocol.WatchStragglers():
+                self._watch_stragglers(action.epoch)
+            case protocol.UnwatchStragglers():
+                self._unwatch_stragglers(action.epoch)
+            case protocol.Tell():
+                try:
+                    self.announcer.tell(ip_address(action.ip), action.mac)
+                    log.info("told-straggler", ip=action.ip, mac=action.mac)
+                except (announce.AnnounceError, ValueError) as err:
+                    log.error("tell-failed", ip=action.ip, mac=action.mac, error=str(err))
+            case protocol.Watch():
+                self._start_watch(action)
+            case protocol.Unwatch():
+                self._stop_watch(action.epoch)
+            case protocol.Canary():
+                self._spawn(self._canary(action))
+            case protocol.HostCheck():
+                self._spawn(self._host_check(action))
+            case protocol.Started():
+                meta = self._command_meta.pop(action.command, None)
+                if meta is not None:
+                    self._move_meta[action.epoch] = meta
+            case protocol.Progress() | protocol.Finished() | protocol.Planned():
+                queue = self._waiters.get(action.command)
+                if queue is not None:
+                    queue.put_nowait(action)
+            case protocol.Notice():
+                if action.event != "datagram-rejected":
+                    log.info(action.event, **action.detail)
+                else:
+                    log.debug(action.event, **action.detail)
+                self._journal_notice(action)
+            case _:
+                assert_never(action)
 
     def _fault_matches(self, action: protocol.Action) -> bool:
         """`stop-before:Release` or `stop-before:Claim:swap`: an action's class, and its `why` if given."""
@@ -507,7 +521,30 @@ class Agent:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # An adapter that dies must be seen: the core's deadlines end what it was waiting for.
+            log.error("task-failed", task=task.get_name(), error=repr(task.exception()))
+
+    async def _carry_out_vip_ops(self) -> None:
+        """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
+        while True:
+            action = await self._vip_ops.get()
+            try:
+                match action:
+                    case protocol.StartDrain():
+                        await self._start_drain(action)
+                    case protocol.Release():
+                        await self._release(action)
+                    case protocol.Claim():
+                        await self._claim(action)
+                    case protocol.EndDrain():
+                        await self._end_drain(action)
+            finally:
+                self._vip_ops.task_done()
 
     async def _claim(self, action: protocol.Claim) -> None:
         ok, error = True, ""
@@ -521,58 +558,41 @@ class Agent:
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink add timed out"
         done_at = self.now()
-        if ok:
-            # Queued before the core reacts, so after_claim runs before the rolled_back or takeover
-            # hooks this claim may bring; queuing costs nothing on the way to the announcement.
-            self._fire_hooks("after_claim", epoch=str(action.epoch), move=action.why)
-        self.core.claim_done(action.epoch, ok, error, done_at)
-        self._pump()
-        if ok and self._drain_end is not None:
-            self._schedule_drain_end(0)  # holding it on the interface again: the lo copy goes now
+        self._report(events.ClaimDone(action.epoch, ok, error))
         # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
         log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 
+    async def _start_drain(self, action: protocol.StartDrain) -> None:
+        try:
+            await asyncio.wait_for(self.link.start_drain(), self.config.swap.step_timeout_ms / 1000)
+        except (NetlinkError, TimeoutError) as err:
+            # The release goes on: in-flight connections may be reset, the VIP still moves.
+            log.error("drain-start-failed", epoch=action.epoch, error=str(err) or "timed out")
+
     async def _release(self, action: protocol.Release) -> None:
         ok, error = True, ""
-        drain = not self.drain_blocker
         try:
-            if drain:
-                await asyncio.wait_for(self.link.start_drain(), self.config.swap.step_timeout_ms / 1000)
             await asyncio.wait_for(self.link.release(), self.config.swap.step_timeout_ms / 1000)
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink delete timed out"
         done_at = self.now()
-        self.core.release_done(action.epoch, ok, error, done_at)
-        self._pump()
-        if drain:
-            self._schedule_drain_end(self.config.swap.drain_ms / 1000)
-        log.info(
-            "release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at, drain=drain
-        )
+        self._report(events.ReleaseDone(action.epoch, ok, error))
+        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 
-    def _schedule_drain_end(self, delay: float) -> None:
-        if self._drain_end is not None:
-            self._drain_end.cancel()
-        self._drain_end = self.loop.call_later(delay, lambda: self._spawn(self._end_drain()))
-
-    async def _end_drain(self) -> None:
-        self._drain_end = None
+    async def _end_drain(self, action: protocol.EndDrain) -> None:
         try:
             await self.link.end_drain()
         except NetlinkError as err:
-            log.error("drain-end-failed", error=str(err))
+            log.error("drain-end-failed", epoch=action.epoch, error=str(err))
             return
-        log.info("drain-ended", at=self.now())
+        log.info("drain-ended", epoch=action.epoch, at=self.now())
 
     async def _check_health(self, action: protocol.CheckHealth) -> None:
         ok, detail = await asyncio.to_thread(
             check_health, self.node.health_url, self.config.health.timeout_ms / 1000
         )
-        if self._handoff is not None:
-            await self._handoff  # in place before we say we are ready, hence before we claim
         log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
-        self.core.health_done(action.epoch, ok, detail, self.now())
-        self._pump()
+        self._report(events.HealthDone(action.epoch, ok, detail))
 
     async def _host_check(self, action: protocol.HostCheck) -> None:
         """A dry run's checks of this host for the part it would play: reads only, changes nothing."""
@@ -595,11 +615,12 @@ class Agent:
                 found.append(check.Finding("VIP on this host", check.OK, f"{vip} on {interface}"))
             else:
                 found.append(check.Finding("VIP on this host", check.FAIL, f"{vip} is not on {interface}"))
-        checks = [protocol.Check(self.node.name, f.check, f.level, f.detail, f.fix) for f in found]
+        checks = tuple(
+            protocol.Check(self.node.name, f.check, protocol.Level(f.level), f.detail, f.fix) for f in found
+        )
         log.info("host-check", role=action.role, for_peer=action.peer_boot is not None,
                  failed=[c.check for c in checks if c.level == check.FAIL])
-        self.core.host_check_done(action, checks, self.now())
-        self._pump()
+        self._report(events.HostCheckDone(action, checks))
 
     def _host_findings(self, target: bool) -> list[check.Finding]:
         """Blocking (files, /proc, an HTTP request): run in a thread."""
@@ -617,29 +638,15 @@ class Agent:
 
     # --- journal and hooks ---------------------------------------------------------------------------
 
-    def _on_notice(self, notice: protocol.Notice) -> None:
-        """Journal every finished or refused move and every takeover; fire the hooks they call for."""
+    def _journal_notice(self, notice: protocol.Notice) -> None:
+        """Journal every finished or refused move and every takeover."""
         event, detail = notice.event, notice.detail
         if event in ("move-finished", "move-refused"):
             meta = self._move_meta.pop(int(detail["epoch"]), None) or {}
             self._journal({"kind": detail["move"], "node": self.node.name, **detail, **meta})
-            me = self.node.name
-            mine = detail.get("holder") == me
-            hook = (
-                "rolled_back" if detail.get("rolled_back") and mine
-                else "confirmed" if detail.get("ok") and detail.get("confirmed") and mine
-                else None
-            )
-            if hook is not None:
-                self._fire_hooks(
-                    hook, epoch=str(detail["epoch"]), move=detail["move"], source=detail["source"],
-                    target=detail["target"], reason=detail.get("reason") or "",
-                )
         elif event == "takeover":
             self._journal({"kind": "takeover", "node": self.node.name, "holder": self.node.name,
                            "source": self.peer.name, "target": self.node.name, **detail})
-            self._fire_hooks("takeover", epoch=str(detail.get("epoch")), move="takeover",
-                             source=self.peer.name, target=self.node.name, reason=detail.get("reason", ""))
 
     def _journal(self, entry: dict[str, Any]) -> None:
         # Synchronous on purpose: the fsync is a few ms, and an entry must be on disk before the CLI
@@ -649,7 +656,8 @@ class Agent:
         except journal.JournalError as err:
             log.error("journal-failed", error=str(err))
 
-    def _hook_env(self, event: str, **extra: str) -> dict[str, str]:
+    def _hook_env(self, event: str, **extra: str | None) -> dict[str, str]:
+        """The one environment of every hook and of the fence program: FAILOVER_* variables."""
         env = {
             "FAILOVER_EVENT": event,
             "FAILOVER_CLUSTER": self.config.cluster,
@@ -657,13 +665,17 @@ class Agent:
             "FAILOVER_PEER": self.peer.name,
             "FAILOVER_VIP": str(self.config.vip.address),
         }
-        env.update({f"FAILOVER_{k.upper()}": v for k, v in extra.items()})
+        env.update({f"FAILOVER_{k.upper()}": v for k, v in extra.items() if v is not None})
         return env
 
-    def _fire_hooks(self, event: str, **extra: str) -> None:
-        hooks = self.config.hooks.for_event(event)
+    def _fire_hooks(self, action: protocol.RunHooks) -> None:
+        hooks = self.config.hooks.for_event(action.event)
         if hooks:
-            self._spawn(self._run_hooks(event, hooks, self._hook_env(event, **extra)))
+            env = self._hook_env(
+                action.event, epoch=str(action.epoch), move=action.move, source=action.source,
+                target=action.target, reason=action.reason,
+            )
+            self._spawn(self._run_hooks(action.event, hooks, env))
 
     async def _run_hooks(self, event: str, hooks: tuple[tuple[str, ...], ...], env: dict[str, str]) -> None:
         async with self._hook_lock:
@@ -679,8 +691,7 @@ class Agent:
             hooks, timeout = self.config.hooks.before_release, self.config.hooks.timeout_ms / 1000
             ok, details = await run_all(hooks, env, timeout)
         log.info("hooks", hook_event="before_release", epoch=action.epoch, ok=ok, details=details)
-        self.core.before_release_done(action.epoch, ok, details[-1] if details else "", self.now())
-        self._pump()
+        self._report(events.BeforeReleaseDone(action.epoch, ok, details[-1] if details else ""))
 
     # --- stragglers: clients still sending to us after we released -----------------------------------
 
@@ -704,8 +715,7 @@ class Agent:
                 if s.ip != str(self.peer.address)
             ]
             if seen:
-                self.core.stragglers_seen(epoch, seen, self.now())
-                self._pump()
+                self._report(events.StragglersSeen(epoch, tuple(seen)))
 
     def _unwatch_stragglers(self, epoch: int | None) -> None:
         if self._stragglers is None or (epoch is not None and self._stragglers[0] != epoch):
@@ -725,12 +735,13 @@ class Agent:
             )
         except (handoff.HandoffError, TimeoutError) as err:
             log.warning("handoff-unavailable", epoch=epoch, error=str(err))
+            self._report(events.HandoffDone(epoch, False, str(err)))
             return
         log.info("handoff-installed", epoch=epoch, to=str(self.peer.address), at=self.now())
+        self._report(events.HandoffDone(epoch, True))
 
     async def _remove_handoff(self, epoch: int) -> None:
         self._handoff_end = None
-        self._handoff = None
         try:
             handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
         except (handoff.HandoffError, TimeoutError) as err:
@@ -776,15 +787,11 @@ class Agent:
             entries = watch.follower.poll()  # small, non-blocking reads of a regular file
             if entries:
                 watch.add(entries)
-                self.core.traffic_seen(watch.epoch, watch.count, watch.clients, self.now())
-                self._pump()
+                self._report(events.TrafficSeen(watch.epoch, watch.count, tuple(watch.clients)))
             await asyncio.sleep(FOLLOW_INTERVAL)
 
     async def _canary(self, action: protocol.Canary) -> None:
-        # The drain copy of the VIP would answer our own canaries locally: end it first.
-        if self._drain_end is not None:
-            self._drain_end.cancel()
-            await self._end_drain()
+        await self._vip_ops.join()  # the core ended the drain first: its copy would answer them here
         url = canary_url(
             self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
         )
@@ -798,25 +805,16 @@ class Agent:
 
     async def _fence(self, action: protocol.Fence) -> None:
         t = self.config.takeover
-        env = {
-            "FAILOVER_EVENT": "fence",
-            "FAILOVER_CLUSTER": self.config.cluster,
-            "FAILOVER_NODE": self.node.name,
-            "FAILOVER_PEER": self.peer.name,
-            "FAILOVER_VIP": str(self.config.vip.address),
-        }
-        ok, detail = await run_hook(t.fence, env, t.fence_timeout_ms / 1000)
+        ok, detail = await run_hook(t.fence, self._hook_env("fence"), t.fence_timeout_ms / 1000)
         log.info("fence", epoch=action.epoch, ok=ok, detail=detail)
-        self.core.fence_done(action.epoch, ok, detail, self.now())
-        self._pump()
+        self._report(events.FenceDone(action.epoch, ok, detail))
 
     async def _self_check_loop(self, every: float) -> None:
         timeout = min(self.config.health.timeout_ms / 1000, every)
         while True:
             await asyncio.sleep(every)
             ok, detail = await asyncio.to_thread(check_health, self.node.health_url, timeout)
-            self.core.self_check_done(ok, detail, self.now())
-            self._pump()
+            self._report(events.SelfCheckDone(ok, detail))
 
     async def _probe(self, action: protocol.Probe) -> None:
         try:
@@ -835,8 +833,7 @@ class Agent:
             log.error("probe-failed", error=str(err))
             macs = ["unknown (probe failed)"]
         log.info("probe", epoch=action.epoch, answered_by=macs)
-        self.core.probe_done(action.epoch, macs, self.now())
-        self._pump()
+        self._report(events.ProbeDone(action.epoch, tuple(macs)))
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:

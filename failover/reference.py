@@ -276,47 +276,52 @@ def render() -> str:
 # --- the README ---------------------------------------------------------------------------------------
 
 
-def section_of(text: str) -> str:
+def section_of(text: str, start_marker: str = START, end_marker: str = END) -> str:
     """What a README has between the markers; ValueError when they are missing or out of order."""
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start or text.count(START) != 1 or text.count(END) != 1:
-        raise ValueError(f"expected one {START} followed by one {END}")
-    return text[start + len(START) : end].strip("\n") + "\n"
+    start, end = text.find(start_marker), text.find(end_marker)
+    if start < 0 or end < start or text.count(start_marker) != 1 or text.count(end_marker) != 1:
+        raise ValueError(f"expected one {start_marker} followed by one {end_marker}")
+    return text[start + len(start_marker) : end].strip("\n") + "\n"
 
 
-def splice(text: str, section: str) -> str:
+def splice(text: str, section: str, start_marker: str = START, end_marker: str = END) -> str:
     """The README with section between the markers."""
-    section_of(text)  # validates the markers
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{section.rstrip(chr(10))}\n{END}{tail}"
+    section_of(text, start_marker, end_marker)  # validates the markers
+    head, rest = text.split(start_marker, 1)
+    _, tail = rest.split(end_marker, 1)
+    return f"{head}{start_marker}\n{section.rstrip(chr(10))}\n{end_marker}{tail}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m failover.reference", description=__doc__.splitlines()[0])
+def section_main(
+    argv: Sequence[str] | None, prog: str, doc: str, section: str, markers: tuple[str, str] = (START, END)
+) -> int:
+    """A generated README section's command: print it, `--update README`, or `--check README`."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     group = p.add_mutually_exclusive_group()
     group.add_argument("--update", type=Path, metavar="README", help="rewrite the section in this file")
     group.add_argument("--check", type=Path, metavar="README", help="exit 1 if its section is out of date")
     args = p.parse_args(argv)
-    section = render()
     if args.update is None and args.check is None:
         sys.stdout.write(section)
         return 0
     path: Path = args.update or args.check
     try:
         text = path.read_text()
-        current = section_of(text)
+        current = section_of(text, *markers)
     except (OSError, ValueError) as err:
         print(f"{path}: {err}", file=sys.stderr)
         return 2
     if args.check is not None:
         if current != section:
-            print(f"{path}: reference section out of date; run python -m failover.reference --update {path}",
-                  file=sys.stderr)
+            print(f"{path}: section {markers[0]} out of date; run {prog} --update {path}", file=sys.stderr)
             return 1
         return 0
-    path.write_text(splice(text, section))
+    path.write_text(splice(text, section, *markers))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return section_main(argv, "python -m failover.reference", __doc__ or "", render())
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from failover import protocol
 from failover.protocol import Node, NodeSetup, Timing
+from failover.protocol import events as ev
+from failover.protocol.states import MACHINE_OF
 
 KEY = b"k" * 32
 MACS = {"live": "02:00:00:00:00:11", "backup": "02:00:00:00:00:12"}
@@ -42,6 +45,8 @@ class NodePair:
     confirm_within: float = 2.0
     straggler_window: float = 0.0
     on_vip_lost: str = "report"
+    drain: float = 0.0
+    before_release: float = 0.0  # the hooks' budget; their answer comes from before_release_ok
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -75,6 +80,13 @@ class NodePair:
         # A dry run's host checks: what each node finds on its host (default: one passing check per role).
         self.host_findings: dict[str, list[protocol.Check]] = {}
         self.host_checks: list[tuple[str, protocol.HostCheck]] = []
+        # The before_release hooks' answer after hook_delay (None: never; a test answers itself).
+        self.before_release_ok: bool | None = True
+        self.hook_delay = 0.01
+        self.hooks: list[tuple[str, protocol.RunHooks]] = []  # (node, action), in the order asked
+        self.draining: set[str] = set()  # nodes with the VIP's ARP-silent copy on lo
+        self.handoffs: dict[str, int] = {}  # node -> epoch of the handoff rule in place
+        self.started: dict[str, list[protocol.Started]] = {"live": [], "backup": []}
 
     def _make(self, name: str, peer: str, boot: int = 1) -> Node:
         setup = NodeSetup(
@@ -92,6 +104,8 @@ class NodePair:
             confirm_within=self.confirm_within,
             straggler_window=self.straggler_window,
             on_vip_lost=self.on_vip_lost,
+            drain=self.drain,
+            before_release=self.before_release,
         )
         return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
 
@@ -159,73 +173,98 @@ class NodePair:
                 self._do(name, node, action)
         for check in self.checks:
             check(self)
+        for node in self.nodes.values():
+            # Every state a node is in is a row of its own machine's table.
+            records = [*node._dry.values(), *([node.run] if node.run is not None else [])]
+            for record in records:
+                assert record.state in MACHINE_OF[type(record.state)].rows, record
 
     def _do(self, name: str, node: Node, action: protocol.Action) -> None:
         peer = "backup" if name == "live" else "live"
-        if isinstance(action, protocol.Send):
-            self._transmit(peer, action.data)
-        elif isinstance(action, protocol.Claim):
-            self.at(self.now + self.op_delay, lambda: self._claim(name, node, action.epoch))
-        elif isinstance(action, protocol.Release):
-            self.at(self.now + self.op_delay, lambda: self._release(name, node, action.epoch))
-        elif isinstance(action, protocol.CheckHealth):
-            ok = self.healthy[name]
-            self.at(
-                self.now + self.health_delay,
-                lambda: self._live(name, node) and node.health_done(action.epoch, ok, "HTTP 503", self.now),
-            )
-        elif isinstance(action, protocol.Probe):
-            start = self.now
-            self.probes.append((name, start, start + self.probe_time))
-            self.at(start + self.probe_time, lambda: self._probed(name, node, action.epoch, start))
-        elif isinstance(action, protocol.Fence):
-            ok = self.fence_ok
-            self.at(
-                self.now + 0.01,
-                lambda: (
-                    self._live(name, node)
-                    and node.fence_done(action.epoch, ok, "exit 0" if ok else "exit 1", self.now)
-                ),
-            )
-        elif isinstance(action, protocol.Watch):
-            self.watching[name] = (action.epoch, action.canary)
-        elif isinstance(action, protocol.Unwatch):
-            self.watching.pop(name, None)
-        elif isinstance(action, protocol.Canary):
-            self.canaries += 1
-            if self.canary_reaches:
-                for holder in self.vip_on:
-                    self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
-        elif isinstance(action, protocol.HostCheck):
-            self.host_checks.append((name, action))
-            found = self.host_findings.get(name, [protocol.Check(name, f"{action.role} host", "ok", "fine")])
-            self.at(
-                self.now + self.health_delay,
-                lambda: self._live(name, node) and node.host_check_done(action, found, self.now),
-            )
-        elif isinstance(action, protocol.Tell):
-            self.tells.append((name, action.ip, action.mac))
-        elif isinstance(action, protocol.WatchStragglers):
-            self.straggler_watch[name] = action.epoch
-        elif isinstance(action, protocol.UnwatchStragglers):
-            self.straggler_watch.pop(name, None)
-        elif isinstance(action, protocol.Announce):
-            self.announces[name] += 1
-        elif isinstance(action, protocol.Progress):
-            self.progress[name].append(action)
-        elif isinstance(action, protocol.Finished):
-            self.finished[name].append(action)
-        elif isinstance(action, protocol.Planned):
-            self.planned[name].append(action)
-        elif isinstance(action, protocol.Notice):
-            self.notices.append((name, action))
+        match action:
+            case protocol.Send():
+                self._transmit(peer, action.data)
+            case protocol.Claim():
+                self.at(self.now + self.op_delay, lambda: self._claim(name, node, action.epoch))
+            case protocol.Release():
+                self.at(self.now + self.op_delay, lambda: self._release(name, node, action.epoch))
+            case protocol.StartDrain():
+                self.draining.add(name)
+            case protocol.EndDrain():
+                self.draining.discard(name)
+            case protocol.CheckHealth():
+                ok = self.healthy[name]
+                done = ev.HealthDone(action.epoch, ok, "HTTP 503")
+                self.at(self.now + self.health_delay, lambda: self._answer(name, node, done))
+            case protocol.BeforeRelease():
+                if self.before_release_ok is not None:
+                    answer = ev.BeforeReleaseDone(action.epoch, self.before_release_ok, "exit 1")
+                    self.at(self.now + self.hook_delay, lambda: self._answer(name, node, answer))
+            case protocol.RunHooks():
+                self.hooks.append((name, action))
+            case protocol.Probe():
+                start = self.now
+                self.probes.append((name, start, start + self.probe_time))
+                self.at(start + self.probe_time, lambda: self._probed(name, node, action.epoch, start))
+            case protocol.Fence():
+                fenced = ev.FenceDone(action.epoch, self.fence_ok, "exit 0" if self.fence_ok else "exit 1")
+                self.at(self.now + 0.01, lambda: self._answer(name, node, fenced))
+            case protocol.Handoff():
+                self.handoffs[name] = action.epoch
+                placed = ev.HandoffDone(action.epoch, True)
+                self.at(self.now + self.op_delay, lambda: self._answer(name, node, placed))
+            case protocol.EndHandoff():
+                epoch = action.epoch
+                self.at(self.now + action.after, lambda: self._end_handoff(name, epoch))
+            case protocol.Watch():
+                self.watching[name] = (action.epoch, action.canary)
+            case protocol.Unwatch():
+                self.watching.pop(name, None)
+            case protocol.Canary():
+                self.canaries += 1
+                if self.canary_reaches:
+                    for holder in self.vip_on:
+                        self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
+            case protocol.HostCheck():
+                self.host_checks.append((name, action))
+                fine = [protocol.Check(name, f"{action.role} host", protocol.OK, "fine")]
+                found = self.host_findings.get(name, fine)
+                checked = ev.HostCheckDone(action, tuple(found))
+                self.at(self.now + self.health_delay, lambda: self._answer(name, node, checked))
+            case protocol.Tell():
+                self.tells.append((name, action.ip, action.mac))
+            case protocol.WatchStragglers():
+                self.straggler_watch[name] = action.epoch
+            case protocol.UnwatchStragglers():
+                self.straggler_watch.pop(name, None)
+            case protocol.Announce():
+                self.announces[name] += 1
+            case protocol.Started():
+                self.started[name].append(action)
+            case protocol.Progress():
+                self.progress[name].append(action)
+            case protocol.Finished():
+                self.finished[name].append(action)
+            case protocol.Planned():
+                self.planned[name].append(action)
+            case protocol.Notice():
+                self.notices.append((name, action))
+            case _:
+                assert_never(action)
+
+    def _answer(self, name: str, node: Node, event: ev.Event) -> None:
+        if self._live(name, node):
+            node.handle(event, self.now)
+
+    def _end_handoff(self, name: str, epoch: int) -> None:
+        if self.handoffs.get(name) == epoch:
+            del self.handoffs[name]
 
     def _probed(self, name: str, node: Node, epoch: int, start: float) -> None:
         # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
         answered = {h for h in self.vip_on if h != name}
         answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}
-        if self._live(name, node):
-            node.probe_done(epoch, sorted(MACS[h] for h in answered), self.now)
+        self._answer(name, node, ev.ProbeDone(epoch, tuple(sorted(MACS[h] for h in answered))))
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node
@@ -234,10 +273,10 @@ class NodePair:
         if not self._live(name, node):
             return
         if name in self.claim_fails:
-            node.claim_done(epoch, False, "injected: netlink add failed", self.now)
+            node.handle(ev.ClaimDone(epoch, False, "injected: netlink add failed"), self.now)
             return
         self.vip_on.add(name)
-        node.claim_done(epoch, True, "", self.now)
+        node.handle(ev.ClaimDone(epoch, True), self.now)
         if self.clients_follow:
             self.at(self.now + 0.005, lambda: self._traffic(name, canary=False))
 
@@ -246,13 +285,13 @@ class NodePair:
         watch = self.watching.get(name)
         if watch is None or name not in self.vip_on or watch[1] != canary or not self.alive[name]:
             return
-        self.nodes[name].traffic_seen(watch[0], 3, ["203.0.113.100"], self.now)
+        self.nodes[name].handle(ev.TrafficSeen(watch[0], 3, ("203.0.113.100",)), self.now)
 
     def _release(self, name: str, node: Node, epoch: int) -> None:
         if not self._live(name, node):
             return
         self.vip_on.discard(name)
-        node.release_done(epoch, True, "", self.now)
+        node.handle(ev.ReleaseDone(epoch, True), self.now)
 
     def _transmit(self, to: str, data: bytes) -> None:
         f = self.faults

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from failover import protocol
 from failover.hooks import run_all
+from failover.protocol.events import BeforeReleaseDone
 from tests.nodepair import NodePair
 
 
@@ -46,9 +47,11 @@ def test_missing_program_fails_without_raising() -> None:
 # --- the core: before_release comes before anything changes --------------------------------------------
 
 
-def _with_before_release(pair: NodePair, budget: float = 5.0) -> NodePair:
+def _with_before_release(pair: NodePair, budget: float = 5.0, answer: bool | None = None) -> NodePair:
+    """Both nodes with before_release hooks; `answer` None: the test answers for them."""
     for node in pair.nodes.values():
         node.setup = dataclasses.replace(node.setup, before_release=budget)
+    pair.before_release_ok = answer
     pair.run(0.3)
     return pair
 
@@ -61,7 +64,7 @@ def test_failing_before_release_aborts_before_anything_changed() -> None:
     assert [(a.move, a.target) for a in asked] == [("swap", "backup")]
     pair.run(1.0)  # hooks take their time: nothing is sent to the target meanwhile
     assert pair.vip_on == {"live"} and pair.nodes["backup"].run is None
-    live.before_release_done(asked[0].epoch, False, "/usr/local/bin/lb-drain: exit 1", pair.now)
+    live.handle(BeforeReleaseDone(asked[0].epoch, False, "/usr/local/bin/lb-drain: exit 1"), pair.now)
     actions = live.pop_actions()
     finished = [a for a in actions if isinstance(a, protocol.Finished) and a.command == cid]
     assert len(finished) == 1 and not finished[0].outcome.ok
@@ -73,10 +76,8 @@ def test_failing_before_release_aborts_before_anything_changed() -> None:
 
 
 def test_passing_before_release_goes_on_with_the_swap() -> None:
-    pair = _with_before_release(NodePair())
-    cid = pair.command("live", "swap")  # NodePair drops the BeforeRelease it does not know
-    epoch = pair.nodes["live"].epoch
-    pair.nodes["live"].before_release_done(epoch, True, "", pair.now)
+    pair = _with_before_release(NodePair(), answer=True)
+    cid = pair.command("live", "swap")
     pair.run(0.2)
     out = pair.outcome("live", cid)
     assert out is not None and out.ok, out
@@ -90,7 +91,7 @@ def test_target_that_asked_hears_the_hook_failure() -> None:
     pair.run(0.05)
     live = pair.nodes["live"]
     assert live.run is not None and live.run.state == "before-release"
-    live.before_release_done(live.run.epoch, False, "exit 1", pair.now)
+    live.handle(BeforeReleaseDone(live.run.epoch, False, "exit 1"), pair.now)
     pair.run(0.2)
     out = pair.outcome("backup", cid)
     assert out is not None and not out.ok and "before_release hook failed" in out.reason, out

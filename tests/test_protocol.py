@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from failover import protocol, wire
+from failover.protocol.events import SelfCheckDone, StragglersSeen, VipObserved
 from tests.nodepair import KEY, MACS, LinkFaults, NodePair
 
 
@@ -178,7 +179,7 @@ def test_both_holding_settles_to_home_on_equal_epochs() -> None:
     pair.run(3)  # past live's own start-up announcements
     announced = pair.announces["live"]
     pair.vip_on.add("backup")  # someone adds the VIP by hand on the standby
-    pair.nodes["backup"].observe_vip(True, pair.now)
+    pair.nodes["backup"].handle(VipObserved(True), pair.now)
     pair.run(0.2)
     assert pair.vip_on == {"live"}
     assert any(n.event == "settle" for name, n in pair.notices if name == "backup")
@@ -190,7 +191,7 @@ def test_both_holding_settles_to_newest_epoch() -> None:
     pair.command("live", "swap")
     pair.run(0.3)
     pair.vip_on.add("live")
-    pair.nodes["live"].observe_vip(True, pair.now)
+    pair.nodes["live"].handle(VipObserved(True), pair.now)
     pair.run(0.2)
     assert pair.vip_on == {"backup"}
 
@@ -420,10 +421,10 @@ def test_unhealthy_holder_hands_over_to_healthy_peer() -> None:
     pair = settled(NodePair())
     live = pair.nodes["live"]
     for _ in range(2):
-        live.self_check_done(False, "HTTP 502", pair.now)
+        live.handle(SelfCheckDone(False, "HTTP 502"), pair.now)
         pair.run(0.1)
     assert pair.vip_on == {"live"}  # two failures: not yet
-    live.self_check_done(False, "HTTP 502", pair.now)
+    live.handle(SelfCheckDone(False, "HTTP 502"), pair.now)
     pair.run(0.3)
     assert pair.vip_on == {"backup"}
     assert live.last_outcome is not None and live.last_outcome.ok
@@ -436,17 +437,17 @@ def test_unhealthy_holder_hands_over_to_healthy_peer() -> None:
 def test_unhealthy_holder_keeps_vip_when_peer_is_unhealthy_too() -> None:
     pair = settled(NodePair())
     for _ in range(3):
-        pair.nodes["backup"].self_check_done(False, "HTTP 502", pair.now)
+        pair.nodes["backup"].handle(SelfCheckDone(False, "HTTP 502"), pair.now)
     pair.run(0.1)
     for _ in range(5):
-        pair.nodes["live"].self_check_done(False, "HTTP 502", pair.now)
+        pair.nodes["live"].handle(SelfCheckDone(False, "HTTP 502"), pair.now)
         pair.run(0.1)
     assert pair.vip_on == {"live"}
 
 
 def vip_removed_by_hand(pair: NodePair, name: str) -> None:
     pair.vip_on.discard(name)
-    pair.nodes[name].observe_vip(False, pair.now)
+    pair.nodes[name].handle(VipObserved(False), pair.now)
 
 
 def test_vip_removed_behind_our_back_is_reported_by_default() -> None:
@@ -570,17 +571,17 @@ def test_stragglers_are_told_and_named_in_the_outcome() -> None:
     assert live.run is not None and live.run.claimed_seen is not None
     claimed = live.run.claimed_seen
     # One client keeps sending to live's MAC after the claim; another frame was merely in flight.
-    live.stragglers_seen(
-        1, [(STRAGGLER[0], STRAGGLER[1], pair.now), (ROUTER[0], ROUTER[1], claimed)], pair.now
-    )
+    seen = ((STRAGGLER[0], STRAGGLER[1], pair.now), (ROUTER[0], ROUTER[1], claimed))
+    live.handle(StragglersSeen(1, seen), pair.now)
     pair.run(0.01)
     assert pair.tells == [("backup", STRAGGLER[1], STRAGGLER[0])]
     told = pair.now
     # The router keeps coming back; the client stops once told.
     pair.run(0.3)
-    live.stragglers_seen(1, [(STRAGGLER[0], STRAGGLER[1], told), (ROUTER[0], ROUTER[1], pair.now)], pair.now)
+    seen = ((STRAGGLER[0], STRAGGLER[1], told), (ROUTER[0], ROUTER[1], pair.now))
+    live.handle(StragglersSeen(1, seen), pair.now)
     pair.run(0.3)
-    live.stragglers_seen(1, [(ROUTER[0], ROUTER[1], pair.now)], pair.now)
+    live.handle(StragglersSeen(1, ((ROUTER[0], ROUTER[1], pair.now),)), pair.now)
     assert pair.outcome("live", cid) is None  # the window is still open: not reported yet
     pair.run(1)
     out = pair.outcome("live", cid)

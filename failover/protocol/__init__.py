@@ -1,0 +1,116 @@
+"""The failover protocol core: one `Node` for both hosts, with no sockets, no clock and no netlink.
+
+Adapters feed it events (`receive_datagram`, `handle_timer`, `command`, and `handle` with the results
+of the actions it asked for) together with `now`, a float of seconds; it answers with actions pulled
+by `pop_actions()`. `get_timer()` says when it next wants `handle_timer`.
+
+The package, one concern a module:
+- `states`: every state of every machine as one table (inputs, effects, next states, timeouts);
+- `swap`, `takeover`, `dryrun`: the effects those tables name; `moves`: how a move starts;
+- `node`: the `Node` (liveness, key rotation, settling, self-check, status, dispatch to the tables);
+- `actions`, `events`, `results`, `runs`, `setup`: the data that goes out, comes in, is reported,
+  is remembered about a move, and is given at start;
+- `diagram`: the tables drawn as mermaid state diagrams for the README.
+"""
+
+from failover.protocol.actions import (
+    Action,
+    Announce,
+    BeforeRelease,
+    Canary,
+    CheckHealth,
+    Claim,
+    EndDrain,
+    EndHandoff,
+    Fence,
+    Finished,
+    Handoff,
+    HostCheck,
+    Notice,
+    Planned,
+    Probe,
+    Progress,
+    Release,
+    RunHooks,
+    Send,
+    StartDrain,
+    Started,
+    Tell,
+    Unwatch,
+    UnwatchStragglers,
+    Watch,
+    WatchStragglers,
+)
+from failover.protocol.events import (
+    BeforeReleaseDone,
+    ClaimDone,
+    Event,
+    FenceDone,
+    HandoffDone,
+    HealthDone,
+    HostCheckDone,
+    ProbeDone,
+    ReleaseDone,
+    SelfCheckDone,
+    StragglersSeen,
+    TrafficSeen,
+    VipObserved,
+)
+from failover.protocol.node import Node
+from failover.protocol.results import FAIL, OK, WARN, Check, Level, Outcome, Plan
+from failover.protocol.setup import NodeSetup, Timing
+from failover.protocol.swap import MOVES, STRAGGLER_GRACE
+
+__all__ = [
+    "FAIL",
+    "MOVES",
+    "OK",
+    "STRAGGLER_GRACE",
+    "WARN",
+    "Action",
+    "Announce",
+    "BeforeRelease",
+    "BeforeReleaseDone",
+    "Canary",
+    "Check",
+    "CheckHealth",
+    "Claim",
+    "ClaimDone",
+    "EndDrain",
+    "EndHandoff",
+    "Event",
+    "Fence",
+    "FenceDone",
+    "Finished",
+    "Handoff",
+    "HandoffDone",
+    "HealthDone",
+    "HostCheck",
+    "HostCheckDone",
+    "Level",
+    "Node",
+    "NodeSetup",
+    "Notice",
+    "Outcome",
+    "Plan",
+    "Planned",
+    "Probe",
+    "ProbeDone",
+    "Progress",
+    "Release",
+    "ReleaseDone",
+    "RunHooks",
+    "SelfCheckDone",
+    "Send",
+    "StartDrain",
+    "Started",
+    "StragglersSeen",
+    "Tell",
+    "Timing",
+    "TrafficSeen",
+    "Unwatch",
+    "UnwatchStragglers",
+    "VipObserved",
+    "Watch",
+    "WatchStragglers",
+]

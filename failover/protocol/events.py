@@ -1,0 +1,131 @@
+"""What the adapters tell the core: the result of an action, or something seen on the host.
+
+Each is a small frozen dataclass handed to `Node.handle(event, now)`, the one entry point for them
+(datagrams, timers and operator commands have their own: `receive_datagram`, `handle_timer`,
+`command`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from failover.protocol.actions import HostCheck
+from failover.protocol.results import Check
+
+
+@dataclass(frozen=True)
+class BeforeReleaseDone:
+    """Answers BeforeRelease: every hook exited 0 (ok), or the first failure."""
+
+    epoch: int
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class HealthDone:
+    """Answers CheckHealth: is this node's own service healthy."""
+
+    epoch: int
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class HandoffDone:
+    """Answers Handoff: the rule that passes segments to the draining old holder is in place (ok) or not."""
+
+    epoch: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseDone:
+    """Answers Release: the VIP is gone from this host (ok) or not."""
+
+    epoch: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ClaimDone:
+    """Answers Claim: the VIP is on this host (ok) or not."""
+
+    epoch: int
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ProbeDone:
+    """Answers Probe: the MACs that answered for the VIP (empty: nobody holds it)."""
+
+    epoch: int
+    answered_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FenceDone:
+    """Answers Fence: the program exited 0 (ok) or not, or timed out."""
+
+    epoch: int
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class TrafficSeen:
+    """The running count of requests in the access log since Watch (canary or real)."""
+
+    epoch: int
+    requests: int
+    clients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StragglersSeen:
+    """Frames still reaching the old holder for the VIP: (mac, ip, last seen) per sender."""
+
+    epoch: int
+    seen: tuple[tuple[str, str, float], ...]
+
+
+@dataclass(frozen=True)
+class HostCheckDone:
+    """Answers HostCheck: this host's findings, for our dry run or the peer's."""
+
+    action: HostCheck
+    findings: tuple[Check, ...]
+
+
+@dataclass(frozen=True)
+class SelfCheckDone:
+    """The periodic check of this node's own health_url."""
+
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class VipObserved:
+    """What netlink says about the VIP on this host; it wins over what the core believed."""
+
+    held: bool
+
+
+Event = (
+    BeforeReleaseDone
+    | HealthDone
+    | HandoffDone
+    | ReleaseDone
+    | ClaimDone
+    | ProbeDone
+    | FenceDone
+    | TrafficSeen
+    | StragglersSeen
+    | HostCheckDone
+    | SelfCheckDone
+    | VipObserved
+)

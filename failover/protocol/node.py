@@ -1,0 +1,654 @@
+"""The `Node`: one agent's protocol state, the same code on both hosts, with no sockets and no clock.
+
+Adapters feed it `receive_datagram`, `handle_timer`, `command` and `handle(event)`, each with `now`,
+a float of seconds; it answers with actions pulled by `pop_actions()`, and `get_timer()` says when it
+next wants `handle_timer`. The node itself owns liveness (heartbeats, who holds the VIP), key
+rotation, settling a VIP held twice, the holder's self-check, status, and the dispatch of every input
+to the row of the current state's table (`failover.protocol.states`); the machines' effects live in
+`swap`, `takeover` and `dryrun`, how a move starts in `moves`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Any, assert_never
+
+from failover import wire
+from failover.protocol import actions as a
+from failover.protocol import events as e
+from failover.protocol.dryrun import DryRuns
+from failover.protocol.moves import Moves
+from failover.protocol.results import Outcome
+from failover.protocol.runs import AnyRun, DryRun, SourceRun, TargetRun
+from failover.protocol.setup import NodeSetup
+from failover.protocol.states import (
+    DRY_RUN,
+    MACHINE_OF,
+    ROLLBACK,
+    SWAP_SOURCE,
+    SWAP_TARGET,
+    TAKEOVER,
+    DryRunState,
+    Input,
+    State,
+    Timeout,
+    row,
+)
+from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, straggler_report
+from failover.protocol.takeover import Takeover
+
+Record = AnyRun | DryRun
+
+_RESULT_INPUTS: dict[type[Any], Input] = {
+    e.BeforeReleaseDone: Input.BEFORE_RELEASE_DONE,
+    e.HealthDone: Input.HEALTH_DONE,
+    e.HandoffDone: Input.HANDOFF_DONE,
+    e.ProbeDone: Input.PROBE_DONE,
+    e.FenceDone: Input.FENCE_DONE,
+    e.TrafficSeen: Input.TRAFFIC_SEEN,
+    e.StragglersSeen: Input.STRAGGLERS_SEEN,
+}
+
+
+def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = {}
+    for (outer, inner), n in sorted(counts.items()):
+        nested.setdefault(outer, {})[inner] = n
+    return nested
+
+
+class Node:
+    """One agent's protocol state. Both hosts run the same code."""
+
+    def __init__(self, setup: NodeSetup, *, holds: bool, held_epoch: int, epoch: int, now: float) -> None:
+        self.setup = setup
+        self.timing = setup.timing
+        self.holds = holds
+        self.held_epoch = held_epoch
+        self.epoch = max(epoch, held_epoch)
+        self.peer_epoch = 0
+        self.peer_heartbeat: wire.Heartbeat | None = None
+        self.peer_seen: float | None = None
+        self.run: AnyRun | None = None
+        self.last_outcome: Outcome | None = None
+        self.last_takeover: dict[str, Any] | None = None
+        self.rejected: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()  # inputs no row takes, by reason
+        self.moves: Counter[tuple[str, str]] = Counter()  # (move, outcome) -> how many, since start
+        self.stragglers_total = 0
+        self.self_check_fails = 0
+        self.source = SwapSource(self)
+        self.target = SwapTarget(self)
+        self.takeover = Takeover(self)
+        self.dry_runs = DryRuns(self)
+        self.start = Moves(self)
+        self._effects: dict[str, object] = {
+            SWAP_SOURCE.name: self.source,
+            SWAP_TARGET.name: self.target,
+            ROLLBACK.name: Rollback(self),
+            TAKEOVER.name: self.takeover,
+            DRY_RUN.name: self.dry_runs,
+        }
+        self._actions: list[a.Action] = []
+        self._seq = itertools.count(1)
+        self._commands = itertools.count(1)
+        self._nonces = itertools.count(1)
+        self._transmits = 0  # how many messages went out with resending: an effect's is kept
+        self._dry: dict[int, DryRun] = {}  # nonce -> dry run waiting for checks
+        # Until the peer says which keys it accepts, sign with the oldest we have: mid-rotation the peer
+        # may not have the new one yet. Its first heartbeat moves us to the newest key it accepts.
+        self._signing_key = setup.keys[-1]
+        self._replay = wire.ReplayGuard()
+        self._next_heartbeat = now
+        self._announce_due: list[float] = []
+        self._announce_round = 0
+        self._settle_announced = -1.0
+        self._takeover_not_before = now
+        self._silence_reported = False
+        self._self_swap_not_before = now
+        self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
+        self._draining: int | None = None  # the release whose ARP-silent copy on lo still serves
+        self._drain_until: float | None = None
+        if holds:
+            # Whoever held the VIP before this start may not have announced it (killed mid-swap, or the
+            # network changed meanwhile): the holder says so again, once, now.
+            self._schedule_announce(now)
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def pop_actions(self) -> list[a.Action]:
+        actions, self._actions = self._actions, []
+        return actions
+
+    def get_timer(self) -> float:
+        deadlines = [self._next_heartbeat]
+        if self._may_take_over():
+            assert self.peer_seen is not None
+            # Just past dead_after: alive means "heard within dead_after", inclusive.
+            deadlines.append(max(self.peer_seen + self.timing.dead_after + 0.001, self._takeover_not_before))
+        if self._announce_due:
+            deadlines.append(self._announce_due[0])
+        if self._drain_until is not None:
+            deadlines.append(self._drain_until)
+        records: list[Record] = [*self._dry.values()]
+        if self.run is not None:
+            records.append(self.run)
+        for record in records:
+            deadlines += [t for t in (record.resend_at, record.deadline) if t is not None]
+        return min(deadlines)
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    def peer_alive(self, now: float) -> bool:
+        return self.peer_seen is not None and now - self.peer_seen <= self.timing.dead_after
+
+    def peer_holds(self) -> bool:
+        return self.peer_heartbeat is not None and self.peer_heartbeat.holds_vip
+
+    def busy(self) -> bool:
+        return self.run is not None and not row(self.run.state).finished
+
+    def healthy(self) -> bool:
+        return self.self_check_fails < self.setup.self_check_fails
+
+    def status(self, now: float) -> dict[str, Any]:
+        hb = self.peer_heartbeat
+        run = self.run
+        return {
+            "node": self.setup.name,
+            "holds_vip": self.holds,
+            "held_epoch": self.held_epoch,
+            "epoch": self.epoch,
+            "peer": {
+                "name": self.setup.peer,
+                "alive": self.peer_alive(now),
+                "heartbeat_age_ms": None
+                if self.peer_seen is None
+                else round((now - self.peer_seen) * 1000, 1),
+                "holds_vip": None if hb is None else hb.holds_vip,
+                "held_epoch": None if hb is None else hb.held_epoch,
+                "digest": None if hb is None else hb.digest,
+            },
+            "digest": self.setup.digest,
+            "digests_equal": None if hb is None else hb.digest == self.setup.digest,
+            "swap_in_progress": None
+            if run is None or not self.busy()
+            else {"epoch": run.epoch, "move": run.move, "role": run.role, "state": str(run.state)},
+            "draining": None
+            if self._drain_until is None
+            else {"epoch": self._draining, "ends_in_ms": round(max(0.0, self._drain_until - now) * 1000, 1)},
+            "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
+            "last_takeover": self.last_takeover,
+            "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
+            "rejected": dict(self.rejected),
+            "received": dict(self.received),
+            "sent": dict(self.sent),
+            "ignored": dict(self.ignored),
+            "moves": _nested(self.moves),
+            "stragglers_seen": self.stragglers_total,
+        }
+
+    # --- inputs: operator, network, adapters, time ----------------------------------------------------
+
+    def command(self, move: str, now: float, *, dry_run: bool = False) -> int:
+        """Start a swap or unswap; Started, progress and the outcome come as actions tagged with the id.
+
+        A dry run changes nothing (no run, no epoch, no VIP): it runs every check of the move on both
+        nodes and answers with one Planned action.
+        """
+        cid = next(self._commands)
+        if dry_run:
+            self.start.dry_run(move, now, cid)
+        else:
+            self.start.command(move, now, cid)
+        return cid
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        try:
+            env = wire.decode(data, self.setup.keys)
+        except wire.WireError as err:
+            self._reject(err.reason)
+            return
+        if env.cluster != self.setup.cluster:
+            self._reject("cluster")
+            return
+        if env.sender != self.setup.peer:
+            self._reject("sender")
+            return
+        if not self._replay.accept(env):
+            self._reject("replay")
+            return
+        self.peer_seen = now
+        msg = env.message
+        self.received[msg.kind] += 1
+        run = self.run
+        if isinstance(msg, wire.Heartbeat):
+            self._on_heartbeat(msg, now)
+        elif isinstance(msg, wire.SwapRequest):
+            self.start.on_swap_request(msg, now)
+        elif isinstance(msg, wire.CheckRequest):
+            self.dry_runs.on_check_request(msg, env.boot)
+        elif isinstance(msg, wire.CheckResult):
+            dry = self._dry.get(msg.nonce)
+            if dry is None:
+                self.ignored["other-dry-run"] += 1
+            else:
+                self.dispatch(dry, Input.CHECK_RESULT, msg, now)
+        elif isinstance(msg, wire.Prepare) and not (isinstance(run, TargetRun) and run.epoch == msg.epoch):
+            self.start.on_prepare(msg, now)
+        elif run is None or msg.epoch != run.epoch:
+            self.ignored["other-epoch"] += 1
+            if isinstance(msg, wire.Released):
+                # A Released for a swap we know nothing of (we restarted in the middle of it): answer with
+                # what netlink says, so the source neither reclaims a VIP we hold nor waits for one we never
+                # took.
+                if self.holds:
+                    self.send(wire.Claimed(epoch=msg.epoch, turnaround_ms=0.0, claim_ms=0.0, restarted=True))
+                else:
+                    self.send(wire.ClaimFailed(epoch=msg.epoch, reason="no swap of that epoch here"))
+        else:
+            self.dispatch(run, Input(msg.kind), msg, now)
+
+    def handle(self, event: e.Event, now: float) -> None:
+        """An adapter's answer to an action, or what it saw on the host."""
+        match event:
+            case e.ClaimDone():
+                self._claim_done(event, now)
+            case e.ReleaseDone():
+                self._release_done(event, now)
+            case e.HostCheckDone():
+                if event.action.peer_boot is not None:
+                    self.dry_runs.answer_peer(event)
+                elif (dry := self._dry.get(event.action.nonce)) is not None:
+                    self.dispatch(dry, Input.HOST_CHECK_DONE, event, now)
+            case e.SelfCheckDone():
+                self._self_check_done(event, now)
+            case e.VipObserved():
+                self._observe_vip(event.held, now)
+            case (
+                e.BeforeReleaseDone()
+                | e.HealthDone()
+                | e.HandoffDone()
+                | e.ProbeDone()
+                | e.FenceDone()
+                | e.TrafficSeen()
+                | e.StragglersSeen()
+            ):
+                self._to_run(event.epoch, _RESULT_INPUTS[type(event)], event, now)
+            case _:
+                assert_never(event)
+
+    def handle_timer(self, now: float) -> None:
+        if now >= self._next_heartbeat:
+            self.send(
+                wire.Heartbeat(
+                    epoch=self.epoch,
+                    holds_vip=self.holds,
+                    held_epoch=self.held_epoch,
+                    digest=self.setup.digest,
+                    healthy=self.healthy(),
+                    keys=",".join(wire.key_fingerprint(k) for k in self.setup.keys),
+                )
+            )
+            self._next_heartbeat = now + self.timing.heartbeat_interval
+        self._announce_if_due(now)
+        if self._drain_until is not None and now >= self._drain_until:
+            self.end_drain()
+        for dry in list(self._dry.values()):
+            if dry.resend_at is not None and now >= dry.resend_at and dry.request is not None:
+                self.send(dry.request)
+                dry.resend_at = now + self.timing.retransmit
+            self._deadline(dry, now)
+        if (
+            self._may_take_over()
+            and self.peer_seen is not None
+            and now >= self._takeover_not_before
+            and now - self.peer_seen > self.timing.dead_after
+        ):
+            self._holder_silent(now)
+        run = self.run
+        if run is None:
+            return
+        if run.resend_at is not None and now >= run.resend_at and run.outbox is not None:
+            self.send(run.outbox)
+            run.resend_at = now + self.timing.retransmit
+        self._deadline(run, now)
+
+    # --- the tables at work ------------------------------------------------------------------------
+
+    def dispatch(self, record: Record, inp: Input, event: object, now: float) -> None:
+        """Carry out the row of (record's state, input), or count the input as out of state."""
+        machine = MACHINE_OF[type(record.state)]
+        transition = machine.rows[record.state].on.get(inp)
+        if transition is None:
+            self.ignored["out-of-state"] += 1
+            return
+        transmits = self._transmits
+        effect = getattr(self._effects[machine.name], transition.effect)
+        nxt: State | None = effect(record, event, now)
+        nxt = transition.next[0] if nxt is None else nxt
+        assert nxt in transition.next, f"{machine.name}: {record.state} + {inp} -> {nxt}: not in the table"
+        self._enter(record, nxt, now, transmitted=self._transmits != transmits)
+
+    def offer(self, inp: Input, event: object, now: float) -> None:
+        """An input only some states listen to (another move starts, the peer speaks): not counted."""
+        run = self.run
+        if run is not None and inp in row(run.state).on:
+            self.dispatch(run, inp, event, now)
+
+    def begin(self, run: AnyRun, state: State, now: float) -> None:
+        self.run = run
+        run.state = state  # type: ignore[assignment]  # each run's first state is of its own machine
+        self._arm(run, state, now, transmitted=True)
+
+    def begin_dry_run(self, dry: DryRun, state: DryRunState, now: float) -> None:
+        if state is DryRunState.CHECKING:
+            self._dry[dry.nonce] = dry
+            self._arm(dry, state, now, transmitted=True)
+
+    def _enter(self, record: Record, state: State, now: float, *, transmitted: bool) -> None:
+        if state == record.state:
+            return  # a state's timeout runs from when it was entered
+        record.state = state
+        self._arm(record, state, now, transmitted=transmitted)
+        if isinstance(record, DryRun) and row(state).terminal:
+            del self._dry[record.nonce]
+
+    def _arm(self, record: Record, state: State, now: float, *, transmitted: bool) -> None:
+        r = row(state)
+        record.deadline = None if r.timeout is None else now + self._seconds(r.timeout, record, now)
+        if r.terminal or not transmitted:
+            record.resend_at = None  # what the last state resent was answered, or no longer matters
+
+    def _deadline(self, record: Record, now: float) -> None:
+        if record.deadline is not None and now >= record.deadline:
+            record.deadline = None
+            self.dispatch(record, Input.DEADLINE, None, now)
+
+    def _seconds(self, timeout: Timeout, record: Record, now: float) -> float:
+        s, step = self.setup, self.timing.step_timeout
+        match timeout:
+            case Timeout.STEP:
+                return step
+            case Timeout.STEP_AND_HOOKS:
+                return step + s.before_release
+            case Timeout.HEALTH | Timeout.CHECKS:
+                return step + s.host_check_budget
+            case Timeout.CONFIRM:
+                return s.confirm_within
+            case Timeout.CONFIRM_AND_STEP:
+                return s.confirm_within + step
+            case Timeout.STRAGGLERS:
+                assert isinstance(record, SourceRun) and record.straggler_until is not None
+                return max(0.0, record.straggler_until - now)
+            case Timeout.PROBE:
+                return step + s.probe_budget
+            case Timeout.FENCE:
+                return step + s.fence_budget
+            case _:
+                assert_never(timeout)
+
+    def _to_run(self, epoch: int, inp: Input, event: object, now: float) -> None:
+        run = self.run
+        if run is None or run.epoch != epoch:
+            self.ignored["other-epoch"] += 1
+            return
+        self.dispatch(run, inp, event, now)
+
+    # --- what the machines call ------------------------------------------------------------------------
+
+    def emit(self, action: a.Action) -> None:
+        self._actions.append(action)
+
+    def send(self, msg: wire.Message) -> None:
+        env = wire.Envelope(
+            cluster=self.setup.cluster,
+            sender=self.setup.name,
+            boot=self.setup.boot,
+            seq=next(self._seq),
+            message=msg,
+        )
+        self.sent[msg.kind] += 1
+        self._actions.append(a.Send(wire.encode(env, self._signing_key)))
+
+    def transmit(self, run: AnyRun, msg: wire.Message, now: float) -> None:
+        """Send now and keep resending until the state moves on."""
+        run.outbox = msg
+        self.send(msg)
+        run.resend_at = now + self.timing.retransmit
+        self._transmits += 1
+
+    def retransmit(self, run: AnyRun, now: float) -> None:
+        """Resend the last message again from now on."""
+        run.resend_at = now
+        self._transmits += 1
+
+    def step(self, run: AnyRun, step: str, now: float) -> None:
+        elapsed = run.elapsed_ms(now)
+        run.steps.append((step, elapsed))
+        if run.command is not None:
+            self._actions.append(a.Progress(run.command, step, elapsed, {"epoch": run.epoch}))
+
+    def next_nonce(self) -> int:
+        return next(self._nonces)
+
+    def hold_off_takeover(self, until: float) -> None:
+        self._takeover_not_before = until
+
+    def claim_vip(self, epoch: int, why: str) -> None:
+        self._claims[epoch] = why
+        self._actions.append(a.Claim(epoch, why))
+
+    def release_vip(self, epoch: int, why: str) -> None:
+        if self.setup.drain > 0:
+            # On lo first: the VIP leaves the interface, but packets already on their way are served.
+            self._draining = epoch
+            self._actions.append(a.StartDrain(epoch))
+        self._actions.append(a.Release(epoch, why))
+
+    def end_drain(self) -> None:
+        if self._draining is not None:
+            self._actions.append(a.EndDrain(self._draining))
+        self._draining = self._drain_until = None
+
+    def finish(
+        self,
+        run: AnyRun,
+        *,
+        ok: bool,
+        reason: str,
+        now: float,
+        unserved_ms: float | None = None,
+        rolled_back: bool = False,
+        holder: str | None = "",
+        confirmed: bool | None = None,
+        confirm_ms: float | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        """The move's outcome: reported once, whatever its state does afterwards."""
+        me = self.setup.name
+        self.moves[run.move, "ok" if ok else "rolled_back" if rolled_back else "failed"] += 1
+        if isinstance(run, TargetRun):
+            if run.watching:
+                run.watching = False
+                self._actions.append(a.Unwatch(run.epoch))
+            if run.handoff:
+                run.handoff = False
+                self._actions.append(a.EndHandoff(run.epoch, after=0.0))
+        if isinstance(run, SourceRun) and run.straggler_until is not None:
+            run.straggler_until = None
+            self._actions.append(a.UnwatchStragglers(run.epoch))
+        if confirmed is None and self.setup.confirm != "none" and run.move in MOVES:
+            confirmed = False
+        if holder == "":
+            holder = me if self.holds else (self.setup.peer if ok or self.peer_holds() else None)
+        outcome = Outcome(
+            ok=ok,
+            move=run.move,
+            epoch=run.epoch,
+            source=run.source,
+            target=run.target,
+            reason=reason,
+            duration_ms=run.elapsed_ms(now),
+            unserved_ms=unserved_ms,
+            rolled_back=rolled_back,
+            steps=tuple(run.steps),
+            holder=holder,
+            confirmed=confirmed,
+            confirm_ms=confirm_ms,
+            evidence=evidence,
+            stragglers=straggler_report(run) if ok and isinstance(run, SourceRun) else (),
+        )
+        self.last_outcome = outcome
+        self._actions.append(a.Notice("move-finished", outcome.to_json()))
+        hook = "rolled_back" if rolled_back else "confirmed" if ok and confirmed else None
+        if hook is not None and holder == me:
+            self._actions.append(a.RunHooks(hook, run.epoch, run.move, run.source, run.target, reason))
+        if run.command is not None:
+            self._actions.append(a.Finished(run.command, outcome))
+
+    # --- the host: the VIP, our own health ------------------------------------------------------------
+
+    def _claim_done(self, event: e.ClaimDone, now: float) -> None:
+        why = self._claims.pop(event.epoch, "swap")
+        if event.ok:
+            self._set_holds(True, now)
+            self.held_epoch = max(self.held_epoch, event.epoch)
+            self.epoch = max(self.epoch, event.epoch)
+            self._schedule_announce(now)
+            self.end_drain()  # on the interface again: the copy on lo goes
+            # Before the hooks of whatever this claim brings (rolled_back, takeover).
+            self._actions.append(a.RunHooks("after_claim", event.epoch, why))
+        run = self.run
+        if run is None or run.claim_epoch != event.epoch:
+            self.ignored["other-epoch"] += 1
+            return
+        self.dispatch(run, Input.CLAIM_DONE, event, now)
+
+    def _release_done(self, event: e.ReleaseDone, now: float) -> None:
+        if event.ok:
+            self._set_holds(False, now)
+        if self._draining == event.epoch:
+            self._drain_until = now + self.setup.drain
+        run = self.run
+        if run is not None and run.epoch == event.epoch and Input.RELEASE_DONE in row(run.state).on:
+            self.dispatch(run, Input.RELEASE_DONE, event, now)
+        elif event.ok:
+            self._actions.append(a.Notice("released", {"epoch": event.epoch}))
+
+    def _observe_vip(self, held: bool, now: float) -> None:
+        """What netlink says about the VIP on this host; it wins over what the core believed."""
+        if held == self.holds or self._changing_vip():
+            return
+        self._actions.append(a.Notice("vip-changed-behind-our-back", {"held": held}))
+        self._set_holds(held, now)
+        if not held and self.setup.on_vip_lost == "reclaim" and not self.peer_holds() and not self.busy():
+            # Policy: the VIP vanished from under us and nobody else has it: probe, then take it back.
+            why = "the VIP was removed from this host behind the agent's back"
+            run = self.takeover.start("reclaim", why, "vip-lost", now)
+            self.begin(run, run.state, now)
+
+    def _self_check_done(self, event: e.SelfCheckDone, now: float) -> None:
+        was_healthy = self.healthy()
+        self.self_check_fails = 0 if event.ok else self.self_check_fails + 1
+        if was_healthy != self.healthy():
+            self._actions.append(a.Notice("self-check", {"healthy": self.healthy(), "detail": event.detail}))
+            self._next_heartbeat = now  # the peer learns at once
+        if self.healthy() or not self.holds or self.busy() or now < self._self_swap_not_before:
+            return
+        hb = self.peer_heartbeat
+        if not (self.peer_alive(now) and hb is not None and hb.healthy):
+            return
+        # Our own service fails and the peer's does not: hand over with the normal coordinated swap.
+        self._self_swap_not_before = now + max(5.0, 2 * self.timing.step_timeout)
+        notice = {"fails": self.self_check_fails, "detail": event.detail}
+        self._actions.append(a.Notice("self-check-handover", notice))
+        self.start.command("swap", now, None)
+
+    def _changing_vip(self) -> bool:
+        return self.run is not None and row(self.run.state).changes_vip
+
+    def _set_holds(self, holds: bool, now: float) -> None:
+        if holds != self.holds:
+            self.holds = holds
+            self._next_heartbeat = now  # the peer learns at once, not one interval later
+
+    # --- the peer: heartbeats, keys, silence, settling ------------------------------------------------
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        self._actions.append(a.Notice("datagram-rejected", {"reason": reason}))
+
+    def _on_heartbeat(self, hb: wire.Heartbeat, now: float) -> None:
+        self.peer_heartbeat = hb
+        if hb.keys:
+            # Sign with our newest key the peer accepts: during a rotation, host by host, both keep
+            # talking; once both have the new key first, both use it.
+            accepted = set(hb.keys.split(","))
+            usable = [k for k in self.setup.keys if wire.key_fingerprint(k) in accepted]
+            if usable and usable[0] != self._signing_key:
+                self._signing_key = usable[0]
+                self._actions.append(a.Notice("signing-key", {"key": wire.key_fingerprint(usable[0])}))
+        self.peer_epoch = max(self.peer_epoch, hb.epoch)
+        self._silence_reported = False
+        self.offer(Input.PEER_HEARD, hb, now)
+        if not (self.holds and hb.holds_vip) or self._changing_vip():
+            return
+        # Both hold the VIP: the newer holding epoch keeps it, the home node wins a tie.
+        mine = (self.held_epoch, self.setup.home)
+        theirs = (hb.held_epoch, not self.setup.home)
+        if theirs > mine:
+            self._actions.append(
+                a.Notice("settle", {"keeps": self.setup.peer, "mine": mine[0], "theirs": theirs[0]})
+            )
+            self.release_vip(self.held_epoch, "settle")
+        elif now - self._settle_announced >= self.timing.dead_after:
+            # The peer will release; re-announce so clients that followed it come back.
+            self._settle_announced = now
+            self._schedule_announce(now)
+
+    def _may_take_over(self) -> bool:
+        """Standing by while the peer holds the VIP: its silence would be a takeover question."""
+        return (
+            not self.holds
+            and self.peer_holds()
+            and self.peer_seen is not None
+            and not self.busy()
+            and not self._silence_reported  # automatic off: said once, until the peer is heard again
+        )
+
+    def _holder_silent(self, now: float) -> None:
+        assert self.peer_seen is not None
+        silent_ms = (now - self.peer_seen) * 1000
+        peer = self.setup.peer
+        if not self.setup.automatic:
+            if not self._silence_reported:
+                self._silence_reported = True
+                self.last_takeover = {
+                    "ok": False,
+                    "at": now,
+                    "peer_silent_ms": round(silent_ms, 1),
+                    "reason": f"{peer} silent for {silent_ms:.0f} ms; automatic takeover is off",
+                }
+                self._actions.append(a.Notice("holder-silent", dict(self.last_takeover)))
+            return
+        why = f"{peer} silent for {silent_ms:.0f} ms"
+        run = self.takeover.start("takeover", why, "holder-silent", now)
+        self.begin(run, run.state, now)
+
+    # --- announcements -----------------------------------------------------------------------------------
+
+    def _schedule_announce(self, now: float) -> None:
+        self._announce_round = 0
+        self._announce_due = [now + offset for offset in self.timing.announce_schedule]
+        self._announce_if_due(now)  # the first round goes out at once, not a timer tick later
+
+    def _announce_if_due(self, now: float) -> None:
+        while self._announce_due and now >= self._announce_due[0]:
+            self._announce_due.pop(0)
+            if self.holds:
+                self._actions.append(a.Announce(self._announce_round))
+                self._announce_round += 1

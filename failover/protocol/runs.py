@@ -1,0 +1,122 @@
+"""What a node remembers about the move it takes part in: one record per role.
+
+A run's `state` is a member of its machine's table (`failover.protocol.states`); `deadline` is set
+from that state's row whenever the state changes. Everything else is what the effects need to word
+the outcome and to answer a duplicate datagram.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from failover import wire
+from failover.protocol.results import Check
+from failover.protocol.states import DryRunState, MoveState, TakeoverState
+
+
+@dataclass
+class Run:
+    epoch: int
+    move: str  # "swap", "unswap"; "takeover" or "reclaim" for a TakeoverRun
+    source: str
+    target: str
+    started: float
+    command: int | None  # the operator's command this run reports to, if any
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    deadline: float | None = None
+    outbox: wire.Message | None = None  # resent every retransmit interval while resend_at is set
+    resend_at: float | None = None
+    # The answer we gave to each kind of question, sent again when a duplicate of it arrives.
+    replies: dict[str, wire.Message] = field(default_factory=dict)
+
+    def elapsed_ms(self, now: float) -> float:
+        return (now - self.started) * 1000.0
+
+
+@dataclass
+class SourceRun(Run):
+    """The holder's side of a swap or unswap, and its reclaim when the move fails."""
+
+    state: MoveState = field(kw_only=True)
+    probed: bool = False  # the target was probed once already: a second silence decides
+    # Timing pieces for the unserved window, measured on each side with its own clock.
+    release_started: float | None = None
+    release_ms: float | None = None
+    released_sent: float | None = None
+    unserved_ms: float | None = None
+    straggler_until: float | None = None  # watching for stragglers until then
+    claimed_seen: float | None = None  # when we learnt of the claim: later frames are stragglers
+    stragglers: dict[str, dict[str, Any]] = field(default_factory=dict)  # mac -> ip, told, last_seen
+    done: dict[str, Any] | None = None  # the finished move's figures, waiting for the straggler window
+    rollback_reason: str = ""  # why we reclaim, once we do
+
+    @property
+    def role(self) -> str:
+        return "source"
+
+    @property
+    def claim_epoch(self) -> int:
+        return self.epoch + 1  # a reclaim claims with the next epoch: it outranks the failed move's
+
+
+@dataclass
+class TargetRun(Run):
+    """The standby's side of a swap or unswap, and its hand-back when clients do not show up."""
+
+    state: MoveState = field(kw_only=True)
+    peer_drain: float = 0.0  # seconds the source keeps serving in-flight connections after releasing
+    handoff: bool = False  # a Handoff is in place and no EndHandoff has been asked for yet
+    handoff_pending: bool = False  # waiting for HandoffDone before we may say we are ready
+    health: tuple[bool, str] | None = None  # the health check's answer, once in
+    watching: bool = False  # following the access log
+    released_received: float | None = None
+    claimed_at: float | None = None
+
+    @property
+    def role(self) -> str:
+        return "target"
+
+    @property
+    def claim_epoch(self) -> int:
+        return self.epoch
+
+
+@dataclass
+class TakeoverRun(Run):
+    """A standby's takeover of a silent holder ("takeover"), or a holder's reclaim of a lost VIP."""
+
+    state: TakeoverState = field(kw_only=True)
+    why: str = ""  # what started it: the holder's silence, or the VIP gone
+    fence_detail: str | None = None  # the fence program's answer, once it passed
+
+    @property
+    def role(self) -> str:
+        return "standby"
+
+    @property
+    def claim_epoch(self) -> int:
+        return self.epoch
+
+
+AnyRun = SourceRun | TargetRun | TakeoverRun
+
+
+@dataclass
+class DryRun:
+    """A dry run: the checks of a move, run for real on both nodes; no run, no epoch, nothing changed."""
+
+    command: int
+    nonce: int
+    move: str
+    source: str
+    target: str
+    started: float
+    checks: list[Check]  # this node's view: peer alive, digests, holder...
+    state: DryRunState = DryRunState.CHECKING
+    deadline: float | None = None
+    host: dict[str, list[Check]] = field(default_factory=dict)  # node -> its host checks
+    waiting_local: bool = False
+    waiting_peer: bool = False
+    request: wire.CheckRequest | None = None
+    resend_at: float | None = None
