@@ -1,0 +1,209 @@
+"""The bench's figures: pure computations over measured samples, no lab, no clock, no output.
+
+Owns the figures of one move (from its client load's records), min/median/max spreads and their
+summary over runs, the ratios against keepalived tuned, the floors failover's moves and takeovers are
+held to, where a swap's time goes (profile), and one move's timeline from the agents' logs.
+Every figure comes from a measured record; a value that was not measured stays None.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from failover.lab import contenders as cont
+from failover.lab.client import Request, first_served_by, summarize
+
+CRASH_FLOOR_MS = 150.0  # median fault -> first response from backup, heartbeats every 50 ms
+SOAK_SAMPLE_S = 0.5  # how often the soak samples the VIP's holders; its report says so
+FLOORS = {"failed": 0, "stalled_over_1s": 0, "median_max_gap_ms": 10.0}
+METRICS = ("failed", "stalled_over_1s", "max_gap_ms", "first_response_ms", "keepalive_resets")
+
+
+# --- one move ----------------------------------------------------------------------------------------
+
+
+def move_figures(
+    records: Sequence[Request], keepalive: Mapping[str, int], action_at: float, target: str
+) -> dict[str, Any]:
+    """Figures of one move from its own load's records (the load spans just this move)."""
+    total = summarize(records)
+    first = first_served_by(records, target, action_at)
+    before = [r for r in records if r.start < action_at - 0.05]
+    return {
+        "requests": total.requests,
+        "failed": total.failed,
+        "stalled_over_1s": total.stalled_over_1s,
+        "max_gap_ms": round(total.max_gap_ms, 3),
+        "first_response_ms": None if first is None else round((first.end - action_at) * 1000.0, 3),
+        "keepalive_resets": int(keepalive.get("resets", 0)),
+        "keepalive_requests": int(keepalive.get("requests", 0)),
+        "served_by": total.served_by,
+        "errors": dict(Counter(r.served_by for r in records if not r.ok)),
+        # A clean start: the load was served before the action, and not by the target.
+        "served_before": sum(1 for r in before if r.ok and r.served_by != target),
+    }
+
+
+def timeline(
+    events_source: Sequence[Mapping[str, Any]],
+    events_target: Sequence[Mapping[str, Any]],
+    started: float,
+    ended: float,
+    wall_minus_monotonic: float,
+) -> dict[str, float | None]:
+    """Release (source), claim and first announce (target) of one move, in ms after the CLI started.
+
+    `announced` carries only its wall-clock log timestamp (taken once the frames are out); it is put
+    on the monotonic clock with the host's wall-minus-monotonic offset, the same in every process.
+    """
+
+    def last(events: Sequence[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
+        found = [
+            e
+            for e in events
+            if e.get("event") == name and e.get("ok") and started <= float(e.get("at", 0.0)) <= ended + 1.0
+        ]
+        return found[-1] if found else None
+
+    def ms(at: float) -> float:
+        return round((at - started) * 1000.0, 3)
+
+    release = last(events_source, "release")
+    claim = last(events_target, "claim")
+    announces = [
+        w - wall_minus_monotonic
+        for e in events_target
+        if e.get("event") == "announced"
+        and (w := _wall(e)) is not None
+        and started <= w - wall_minus_monotonic <= ended + 1.0
+    ]
+    return {
+        "release_ms": None if release is None else ms(float(release["at"])),
+        "claim_ms": None if claim is None else ms(float(claim["at"])),
+        "first_announce_ms": ms(min(announces)) if announces else None,
+    }
+
+
+def _wall(event: Mapping[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+# --- statistics over runs ----------------------------------------------------------------------------
+
+
+def spread(values: Iterable[float | int | None]) -> dict[str, Any]:
+    """min/median/max over the measured values; `missing` counts runs that had no value."""
+    seen = list(values)
+    present = [float(v) for v in seen if v is not None]
+    if not present:
+        return {"n": 0, "missing": len(seen), "min": None, "median": None, "max": None}
+    return {
+        "n": len(present),
+        "missing": len(seen) - len(present),
+        "min": min(present),
+        "median": statistics.median(present),
+        "max": max(present),
+    }
+
+
+def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    measured = [r for r in runs if not r.get("error")]
+    out: dict[str, Any] = {m: spread(r.get(m) for r in measured) for m in METRICS}
+    for extra in ("unserved_ms", "cli_duration_ms", "cli_wall_ms", "fault_to_claim_ms", "takeover_ms"):
+        if any(extra in r for r in measured):
+            out[extra] = spread(r.get(extra) for r in measured)
+    out["runs"] = len(measured)
+    out["errors"] = len(runs) - len(measured)
+    return out
+
+
+def profile(moves: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Where a swap's time goes, medians over the moves, every point relative to the CLI's start."""
+    keys = ("release_ms", "claim_ms", "first_announce_ms", "first_response_ms", "cli_wall_ms")
+    out: dict[str, Any] = {k: spread(m.get("timeline", {}).get(k) for m in moves) for k in keys}
+    steps: dict[str, list[float]] = {}
+    for move in moves:
+        for step in move.get("steps", []):
+            steps.setdefault(str(step["step"]), []).append(float(step["ms"]))
+    out["cli_steps_ms"] = {name: spread(values) for name, values in steps.items()}
+    return out
+
+
+# --- ratios and floors -------------------------------------------------------------------------------
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return round(ours / theirs, 2)
+
+
+def ratios(report: Mapping[str, Any]) -> dict[str, Any]:
+    """failover swap vs keepalived tuned (stop master): medians of max gap and of time to first response."""
+    return _ratios(report, cont.FAILOVER_NAME, "planned")
+
+
+def _median(report: Mapping[str, Any], row: str, scenario: str, metric: str) -> float | None:
+    rows = report.get("contenders", {})
+    stats = rows.get(row, {}).get("scenarios", {}).get(scenario, {}).get("stats", {})
+    value = stats.get(metric, {}).get("median")
+    return None if value is None else float(value)
+
+
+def _ratios(report: Mapping[str, Any], row: str, scenario: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for metric in ("max_gap_ms", "first_response_ms"):
+        a = _median(report, row, scenario, metric)
+        b = _median(report, "keepalived-tuned", scenario, metric)
+        out[metric] = {"failover": a, "keepalived_tuned": b, "ratio": ratio(a, b)}
+    return out
+
+
+def crash_ratios(report: Mapping[str, Any]) -> dict[str, Any]:
+    """failover's crash rows (default and tuned timers) vs keepalived tuned's crash row, medians."""
+    return {row: _ratios(report, row, "crash") for row in (cont.FAILOVER_NAME, cont.FAILOVER_TUNED_NAME)}
+
+
+def takeover_floors(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Crash of live -> first response from backup <= 150 ms (median, tuned); the soak: 0 takeovers."""
+    out: dict[str, Any] = {}
+    rows = report.get("contenders", {})
+    if cont.FAILOVER_TUNED_NAME in rows:
+        crash = _median(report, cont.FAILOVER_TUNED_NAME, "crash", "first_response_ms")
+        out["crash_first_response_ms"] = {
+            "measured": crash,
+            "floor": CRASH_FLOOR_MS,
+            "met": crash is not None and crash <= CRASH_FLOOR_MS,
+        }
+    soak = report.get("soak")
+    if soak:
+        takeovers = soak.get("takeovers")
+        out["soak_takeovers"] = {
+            "measured": takeovers,
+            "floor": 0,
+            "met": soak.get("status") == "ok" and takeovers == 0 and soak.get("holders_always_live") is True,
+        }
+    return out
+
+
+def floors(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """failover's own moves against the floors: 0 failed, 0 stalled, median max gap <= 10 ms."""
+    failed = stats.get("failed", {}).get("max")
+    stalled = stats.get("stalled_over_1s", {}).get("max")
+    gap = stats.get("max_gap_ms", {}).get("median")
+    return {
+        "failed": {"worst": failed, "floor": FLOORS["failed"], "met": failed == 0},
+        "stalled_over_1s": {"worst": stalled, "floor": FLOORS["stalled_over_1s"], "met": stalled == 0},
+        "median_max_gap_ms": {
+            "measured": gap,
+            "floor": FLOORS["median_max_gap_ms"],
+            "met": gap is not None and gap <= FLOORS["median_max_gap_ms"],
+        },
+    }

@@ -1,0 +1,532 @@
+"""The bench's scenarios: the code that drives a lab and measures what happens in it.
+
+Owns the measurement loop (one client load per move, started on a settled lab and stopped after the
+move has settled), failover's own swap/unswap pairs, its crash takeovers and the heartbeat-loss soak,
+each anchor's row (the contenders themselves live in ``contenders.py``), the time budget, and
+run_bench, which puts the whole report together. A contender that cannot run gets a row saying why,
+never a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from failover.lab import contenders as cont
+from failover.lab.client import ClientLoad, summarize
+from failover.lab.cluster import LabCluster
+from failover.lab.figures import (
+    SOAK_SAMPLE_S,
+    crash_ratios,
+    floors,
+    move_figures,
+    profile,
+    ratios,
+    summarize_runs,
+    takeover_floors,
+    timeline,
+)
+from failover.lab.idle_cost import sample_idle
+from failover.lab.netns import VIP, Lab
+from failover.lab.rehearse import unserved_ms
+from failover.lab.render import idle_text, run_text, soak_text
+
+Say = Callable[[str], None]
+
+FULL_RUNS = 5
+PRE_S = 0.5  # load before the action, to see a served client first
+SETTLE_S = 1.0  # load after the client has moved
+RECOVER_TIMEOUT_S = 15.0
+FULL_BUDGET_S = 35 * 60.0
+QUICK_BUDGET_S = 6 * 60.0
+FULL_SOAK_S = 300.0
+QUICK_SOAK_S = 25.0
+
+
+class BenchError(RuntimeError):
+    """A run could not be measured (the lab never settled, the load did not start)."""
+
+
+@dataclass
+class Budget:
+    deadline: float
+    truncated: str = ""
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+# --- measuring one move ------------------------------------------------------------------------------
+
+
+def _served_by(lab: Lab, host: str) -> bool:
+    answer = lab.run("client", ["curl", "-s", "--max-time", "1", f"http://{VIP.ip}/"], check=False, timeout=3)
+    return answer.stdout.strip() == host
+
+
+def wait_settled(lab: Lab, holder: str, timeout: float = 10.0) -> None:
+    """Until only `holder` has the VIP on eth0 and the client reaches it there (bounded)."""
+    other = "backup" if holder == "live" else "live"
+    mac = lab.host(holder).mac
+
+    def settled() -> bool:
+        return (
+            cont.vip_on_eth0(lab, holder)
+            and not cont.vip_on_eth0(lab, other)
+            and _served_by(lab, holder)
+            and lab.neighbour_mac("client", str(VIP.ip)) == mac
+        )
+
+    if not lab.wait_until(settled, timeout=timeout, interval=0.1):
+        raise BenchError(
+            f"lab did not settle on {holder} within {timeout:.0f} s "
+            f"(VIP on eth0: live={cont.vip_on_eth0(lab, 'live')}, "
+            f"backup={cont.vip_on_eth0(lab, 'backup')})"
+        )
+
+
+def measure(
+    lab: Lab, workdir: Path, source: str, target: str, act: Callable[[], tuple[float, dict[str, Any]]]
+) -> dict[str, Any]:
+    """One move under its own client load: settle check, load, action, wait for the client to move.
+
+    `act` carries out the move and returns (monotonic time just before it, extra facts to record).
+    """
+    wait_settled(lab, source)
+    load = ClientLoad(lab, "client", str(VIP.ip), workdir / "client", duration_s=60, max_requests=20_000)
+    load.start()
+    try:
+        time.sleep(PRE_S)
+        if target != source and cont.vip_on_eth0(lab, target):
+            raise BenchError(f"{target} took the VIP before the action (split brain)")
+        action_at, extra = act()
+        mac = lab.host(target).mac
+        moved = lab.wait_until(
+            lambda: cont.vip_on_eth0(lab, target) and lab.neighbour_mac("client", str(VIP.ip)) == mac,
+            timeout=RECOVER_TIMEOUT_S, interval=0.02,
+        )  # fmt: skip
+        recovered_after = time.monotonic() - action_at
+        time.sleep(SETTLE_S)
+    finally:
+        load.stop()
+    figures = move_figures(load.records(), load.keepalive(), action_at, target)
+    figures.update(extra)
+    figures["recovered"] = moved
+    figures["action_at"] = action_at
+    figures["recovered_after_s"] = round(recovered_after, 3)
+    with contextlib.suppress(OSError):
+        shutil.rmtree(load.dir)
+    return figures
+
+
+# --- failover's own moves ----------------------------------------------------------------------------
+
+
+def failover_moves(
+    pairs: int, workdir: Path, budget: Budget, say: Say
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """N swap/unswap pairs in one LabCluster; returns (moves report, side-by-side row)."""
+    row: dict[str, Any] = {
+        "label": cont.FAILOVER_LABEL,
+        "config": cont.FAILOVER_CONFIG,
+        "scenarios": {},
+        "idle": None,
+    }
+    moves: dict[str, list[dict[str, Any]]] = {"swap": [], "unswap": [], "baseline": []}
+    with LabCluster(workdir / "failover") as cluster:
+        row["idle"] = sample_idle({h: p.pid for h, p in cluster.agents.items()})
+        say(f"failover: lab {cluster.lab.prefix} up; idle {idle_text(row['idle'])}")
+        for pair in range(pairs):
+            if budget.left() < 20:
+                budget.truncated = f"failover stopped after {pair} of {pairs} pairs (time budget)"
+                break
+            for move, source, target in (("swap", "live", "backup"), ("unswap", "backup", "live")):
+                result = _failover_move(cluster, workdir, move, source, target)
+                result["run"] = pair
+                moves[move].append(result)
+                say(f"  {move} {pair + 1}/{pairs}: {run_text(result)}")
+        # The same measurement with no move at all: the load's own jitter, the floor under every gap.
+        for run in range(min(pairs, FULL_RUNS)):
+            if budget.left() < 20:
+                break
+            result = measure(cluster.lab, workdir, "live", "live", lambda: (time.monotonic(), {}))
+            result["run"] = run
+            moves["baseline"].append(result)
+            say(f"  no move {run + 1}: {run_text(result)}")
+    stats = {move: summarize_runs(runs) for move, runs in moves.items()}
+    stats["all"] = summarize_runs(moves["swap"] + moves["unswap"])
+    all_ok = [m for m in moves["swap"] + moves["unswap"] if not m.get("error")]
+    report = {
+        "moves": moves,
+        "stats": stats,
+        "floors": floors(stats["all"]),
+        "profile": profile(all_ok),
+    }
+    row["scenarios"]["planned"] = {
+        "action": cont.FAILOVER_ACTIONS["planned"],
+        "status": "ok",
+        "runs": moves["swap"],
+        "stats": stats["swap"],
+    }
+    return report, row
+
+
+def _failover_move(cluster: LabCluster, workdir: Path, move: str, source: str, target: str) -> dict[str, Any]:
+    outcome: dict[str, Any] = {}
+
+    def act() -> tuple[float, dict[str, Any]]:
+        # unswap runs on live too (the target asks the holder to hand over), as `lab rehearse` does.
+        outcome.update(cluster.move(move, via="live"))
+        return float(outcome["started"]), {}
+
+    try:
+        result = measure(cluster.lab, workdir, source, target, act)
+    except BenchError as err:
+        return {"error": str(err)}
+    started, ended = float(outcome["started"]), float(outcome["ended"])
+    result["ok"] = bool(outcome.get("ok")) and outcome.get("exit_code") == 0
+    if not result["ok"]:
+        result["error"] = f"{move} failed: {outcome.get('reason') or outcome.get('stderr')}"
+    result["unserved_ms"] = unserved_ms(
+        cluster.agent_events(source), cluster.agent_events(target), started, ended
+    )
+    result["cli_duration_ms"] = outcome.get("duration_ms")
+    result["cli_wall_ms"] = round((ended - started) * 1000.0, 3)
+    result["steps"] = outcome.get("steps", [])
+    offset = time.time() - time.monotonic()
+    tl = timeline(cluster.agent_events(source), cluster.agent_events(target), started, ended, offset)
+    tl["first_response_ms"] = result.get("first_response_ms")
+    tl["cli_wall_ms"] = result["cli_wall_ms"]
+    result["timeline"] = tl
+    return result
+
+
+# --- failover's unplanned takeover -------------------------------------------------------------------
+
+
+def failover_crashes(
+    name: str, overrides: Mapping[str, Any] | None, runs: int, workdir: Path, budget: Budget, say: Say
+) -> dict[str, Any]:
+    """`runs` crashes of live in one LabCluster, put back between runs; the crash scenario's result."""
+    results: list[dict[str, Any]] = []
+    with LabCluster(workdir / name, overrides=overrides) as cluster:
+        say(f"{name}: crash lab {cluster.lab.prefix} up")
+        for run in range(runs):
+            if budget.left() < 30:
+                budget.truncated = f"{name} crash stopped after {run} of {runs} runs (time budget)"
+                break
+            try:
+                result = crash_failover(cluster, workdir)
+            except BenchError as err:
+                result = {"error": str(err)}
+            result["run"] = run
+            results.append(result)
+            say(f"  crash {run + 1}/{runs}: {run_text(result)}")
+            if run + 1 < runs:
+                restore_after_crash(cluster)
+    return {
+        "action": cont.FAILOVER_ACTIONS["crash"],
+        "status": "ok",
+        "runs": results,
+        "stats": summarize_runs(results),
+    }
+
+
+def crash_failover(cluster: LabCluster, workdir: Path) -> dict[str, Any]:
+    """Live's link down in its namespace, then SIGKILL of live's agent; measured like any crash."""
+
+    def act() -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        cont.link_down(cluster.lab, "live")
+        cluster.stop_agent("live", signal.SIGKILL)
+        return started, {}
+
+    result = measure(cluster.lab, workdir, "live", "backup", act)
+    # measure() returns once backup holds and the client follows: backup's own account of it.
+    action_at = result["action_at"]
+    claims = [
+        e for e in cluster.agent_events("backup")
+        if e.get("event") == "claim" and e.get("ok") and e.get("why") == "takeover"
+        and float(e.get("at", 0.0)) >= action_at
+    ]  # fmt: skip
+    takeover = cluster.status("backup").get("last_takeover") or {}
+    result["fault_to_claim_ms"] = round((float(claims[0]["at"]) - action_at) * 1000.0, 3) if claims else None
+    result["takeover_ms"] = takeover.get("duration_ms") if takeover.get("ok") else None
+    result["takeover"] = takeover
+    if not claims:
+        result["error"] = f"backup did not claim by takeover: {takeover.get('reason')}"
+    return result
+
+
+def restore_after_crash(cluster: LabCluster) -> None:
+    """Back to the lab's start: agents stopped, live's link up, the VIP on live only, fresh agents."""
+    lab = cluster.lab
+    for name in cont.SERVERS:
+        cluster.stop_agent(name)
+    cont.link_up(lab, "live")
+    for name in cont.SERVERS:
+        for dev in ("eth0", "lo"):
+            lab.run(name, ["ip", "address", "del", str(VIP), "dev", dev], check=False, timeout=5)
+        shutil.rmtree(cluster.workdir / name / "state", ignore_errors=True)
+    # The client's entry still names backup's MAC; the next request resolves the VIP afresh.
+    lab.run("client", ["ip", "neigh", "del", str(VIP.ip), "dev", "eth0"], check=False, timeout=5)
+    lab.run("live", ["ip", "address", "add", str(VIP), "dev", "eth0"], timeout=5)
+    for name in cont.SERVERS:
+        cluster.start_agent(name)
+    cluster.wait_ready()
+
+
+def heartbeat_soak(
+    seconds: float, overrides: Mapping[str, Any] | None, workdir: Path, budget: Budget, say: Say
+) -> dict[str, Any]:
+    """Heartbeats lossy and jittery for `seconds` with live healthy: any takeover is a false one.
+
+    Counts takeovers from both agents' JSON logs (`takeover`) and their `last_takeover`, samples the
+    VIP's holders every 0.5 s, and runs a client load (a new connection every 20 ms) to show that the
+    HTTP path is untouched.
+    """
+    action = (
+        f"{cont.SOAK_LOSS_PERCENT} % loss, {cont.SOAK_DELAY_MS:.0f} ± {cont.SOAK_JITTER_MS:.0f} ms "
+        f"on UDP {cont.HEARTBEAT_PORT} (both servers), {seconds:.0f} s"
+    )
+    if budget.left() < seconds + 40:
+        budget.truncated = f"soak of {seconds:.0f} s not run (time budget)"
+        return {"status": "not run", "action": action, "reason": "time budget"}
+    with LabCluster(workdir / "soak", overrides=overrides) as cluster:
+        lab = cluster.lab
+        say(f"soak: lab {lab.prefix} up; {action}")
+        load = ClientLoad(
+            lab, "client", str(VIP.ip), workdir / "soak-client", interval_ms=20.0,
+            duration_s=seconds + 30, max_requests=int(seconds * 50) + 2000,
+        )  # fmt: skip
+        before = {h: cluster.status(h) for h in cont.SERVERS}
+        relay_stats = cont.start_heartbeat_impairment(lab, workdir, seconds + 5)
+        started = time.monotonic()
+        load.start()
+        holders: Counter[str] = Counter()
+        try:
+            for _ in range(int(seconds / SOAK_SAMPLE_S) + 2):
+                holders[",".join(cluster.holders()) or "none"] += 1
+                if time.monotonic() - started >= seconds:
+                    break
+                time.sleep(SOAK_SAMPLE_S)
+        finally:
+            load.stop()
+            nft = cont.stop_heartbeat_impairment(lab)
+        elapsed = time.monotonic() - started
+        after = {h: cluster.status(h) for h in cont.SERVERS}
+        events = {h: cluster.agent_events(h) for h in cont.SERVERS}
+        records = load.records()
+    relays: dict[str, Any] = {}
+    for host, path in relay_stats.items():
+        with contextlib.suppress(OSError, ValueError):
+            relays[host] = json.loads(path.read_text())
+
+    def count(host: str, event: str) -> int:
+        return sum(1 for e in events[host] if e.get("event") == event)
+
+    def delta(host: str, side: str) -> int:
+        return int(after[host][side].get("heartbeat", 0)) - int(before[host][side].get("heartbeat", 0))
+
+    total = summarize(records)
+    latencies = sorted((r.end - r.start) * 1000.0 for r in records if r.ok)
+    takeovers = sum(count(h, "takeover") for h in cont.SERVERS)
+    last = {h: after[h].get("last_takeover") for h in cont.SERVERS}
+    heartbeats: dict[str, dict[str, Any]] = {
+        h: {"sent": delta(h, "sent"), "received": delta(h, "received")} for h in cont.SERVERS
+    }
+    for host in cont.SERVERS:
+        peer = "backup" if host == "live" else "live"
+        sent, got = heartbeats[host]["sent"], heartbeats[peer]["received"]
+        heartbeats[host]["lost_percent"] = round(100.0 * (1 - got / sent), 1) if sent else None
+    result: dict[str, Any] = {
+        "status": "ok",
+        "action": action,
+        "seconds": round(elapsed, 1),
+        # The logs are the count; a last_takeover that says ok is one too, should a log line be lost.
+        "takeovers": max(takeovers, sum(1 for t in last.values() if t and t.get("ok"))),
+        "takeovers_refused": {h: count(h, "takeover-refused") for h in cont.SERVERS},
+        "probes": {h: count(h, "probe") for h in cont.SERVERS},
+        "last_takeover": last,
+        "holders": dict(holders),
+        "holders_always_live": set(holders) == {"live"},
+        "heartbeats": heartbeats,
+        "nft_counters": nft,
+        "relays": relays,
+        "http": {
+            "requests": total.requests,
+            "failed": total.failed,
+            "stalled_over_1s": total.stalled_over_1s,
+            "max_gap_ms": round(total.max_gap_ms, 3),
+            "median_latency_ms": round(statistics.median(latencies), 3) if latencies else None,
+            "max_latency_ms": round(latencies[-1], 3) if latencies else None,
+            "served_by": total.served_by,
+        },
+    }
+    say(f"  soak: {soak_text(result)}")
+    return result
+
+
+# --- the anchors -------------------------------------------------------------------------------------
+
+
+def contender_row(
+    kind: type[cont.Contender], runs: int, workdir: Path, budget: Budget, missing: Mapping[str, str], say: Say
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"label": kind.label, "config": cont.describe(kind), "scenarios": {}, "idle": None}
+    absent = [f"{tool}: {missing[tool]}" for tool in kind.needs if tool in missing]
+    for scenario in cont.SCENARIOS:
+        action = kind.actions.get(scenario, "")
+        if scenario in kind.unsupported:
+            row["scenarios"][scenario] = {
+                "action": action,
+                "status": "n/a",
+                "reason": kind.unsupported[scenario],
+            }
+        elif absent:
+            row["scenarios"][scenario] = {
+                "action": action,
+                "status": "unavailable",
+                "reason": "unavailable: " + "; ".join(absent),
+            }
+    todo = [s for s in cont.SCENARIOS if s not in row["scenarios"]]
+    if not todo:
+        return row
+    with cont.contender_lab(workdir / kind.name) as lab:
+        contender = kind(lab, workdir / kind.name)
+        say(f"{kind.name}: lab {lab.prefix} up")
+        for scenario in todo:
+            row["scenarios"][scenario] = _scenario(contender, scenario, runs, workdir, budget, say, row)
+            if row["scenarios"][scenario]["status"] == "unavailable":
+                break
+        for scenario in todo:
+            row["scenarios"].setdefault(
+                scenario,
+                {
+                    "action": kind.actions.get(scenario, ""),
+                    "status": "unavailable",
+                    "reason": "not run: an earlier scenario failed to start",
+                },
+            )
+    row["scenarios"] = {s: row["scenarios"][s] for s in cont.SCENARIOS}
+    return row
+
+
+def _scenario(
+    contender: cont.Contender,
+    scenario: str,
+    runs: int,
+    workdir: Path,
+    budget: Budget,
+    say: Say,
+    row: dict[str, Any],
+) -> dict[str, Any]:
+    results: list[dict[str, Any]] = []
+    action = contender.actions.get(scenario, "")
+    for run in range(runs):
+        if budget.left() < 30:
+            budget.truncated = f"{contender.name} {scenario} stopped after {run} of {runs} runs (time budget)"
+            break
+        try:
+            contender.start()
+            if row["idle"] is None and contender.daemon_pids():
+                idle = sample_idle(contender.daemon_pids())
+                row["idle"] = idle
+                say(f"  idle {idle_text(idle)}")
+            result = measure(contender.lab, workdir, "live", "backup", lambda: (contender.act(scenario), {}))
+        except cont.Unavailable as err:
+            contender.reset()
+            say(f"  {contender.name} unavailable: {err}")
+            return {"action": action, "status": "unavailable", "reason": f"unavailable: {err}"}
+        except BenchError as err:
+            result = {"error": str(err)}
+        finally:
+            contender.reset()
+        result["run"] = run
+        results.append(result)
+        say(f"  {scenario} {run + 1}/{runs}: {run_text(result)}")
+    return {"action": action, "status": "ok", "runs": results, "stats": summarize_runs(results)}
+
+
+# --- the whole bench ---------------------------------------------------------------------------------
+
+
+def run_bench(
+    pairs: int,
+    *,
+    runs: int | None = None,
+    only: Sequence[str] | None = None,
+    say: Say = print,
+    command: str = "",
+    soak_s: float | None = None,
+) -> dict[str, Any]:
+    quick = pairs <= 2
+    runs = runs if runs is not None else (max(1, pairs) if quick else FULL_RUNS)
+    chosen = list(only) if only else cont.known_names()
+    unknown = set(chosen) - set(cont.known_names())
+    if unknown:
+        raise ValueError(f"unknown contenders {sorted(unknown)}; known: {cont.known_names()}")
+    budget = Budget(time.monotonic() + (QUICK_BUDGET_S if quick else FULL_BUDGET_S))
+    needed = [tool for kind in cont.CONTENDERS if kind.name in chosen for tool in kind.needs]
+    missing = cont.ensure_tools(say) if needed else {}
+    report: dict[str, Any] = {
+        "mode": "quick" if quick else "full",
+        "command": command,
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "pairs": pairs,
+        "runs_per_contender": runs,
+        "timing": {
+            "pre_s": PRE_S,
+            "settle_s": SETTLE_S,
+            "recover_timeout_s": RECOVER_TIMEOUT_S,
+            "load": "new connection every 5 ms, 2 s timeout, one keep-alive connection every 50 ms",
+        },
+        "versions": cont.environment_versions(),
+        "unavailable_tools": dict(missing),
+        "contenders": {},
+    }
+    workdir = Path(tempfile.mkdtemp(prefix="failover-bench-")).resolve()
+    try:
+        if cont.FAILOVER_NAME in chosen:
+            own, row = failover_moves(max(1, pairs), workdir, budget, say)
+            report["failover_moves"] = own
+            row["scenarios"]["crash"] = failover_crashes(cont.FAILOVER_NAME, None, runs, workdir, budget, say)
+            report["contenders"][cont.FAILOVER_NAME] = row
+        if cont.FAILOVER_TUNED_NAME in chosen:
+            report["contenders"][cont.FAILOVER_TUNED_NAME] = {
+                "label": cont.FAILOVER_TUNED_LABEL,
+                "config": cont.FAILOVER_TUNED_CONFIG,
+                "overrides": cont.FAILOVER_TUNED,
+                "scenarios": {
+                    "crash": failover_crashes(
+                        cont.FAILOVER_TUNED_NAME, cont.FAILOVER_TUNED, runs, workdir, budget, say
+                    )
+                },
+                "idle": None,
+            }
+        for kind in cont.CONTENDERS:
+            if kind.name in chosen:
+                report["contenders"][kind.name] = contender_row(kind, runs, workdir, budget, missing, say)
+        if cont.SOAK_NAME in chosen:
+            seconds = soak_s if soak_s is not None else (QUICK_SOAK_S if quick else FULL_SOAK_S)
+            report["soak"] = heartbeat_soak(seconds, cont.FAILOVER_TUNED, workdir, budget, say)
+            report["soak"]["overrides"] = cont.FAILOVER_TUNED
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report["ratios"] = ratios(report)
+    report["crash_ratios"] = crash_ratios(report)
+    report["takeover_floors"] = takeover_floors(report)
+    report["truncated"] = budget.truncated
+    report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return report
