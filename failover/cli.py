@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         with_config(sp)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
     keygen = sub.add_parser("keygen", help="write a new shared key to PATH (mode 0600, never overwrites)")
-    keygen.add_argument("path", type=Path, metavar="PATH", help="the new key file, e.g. /etc/failover/web.key")
+    keygen.add_argument("path", type=Path, metavar="PATH", help="the new key file (/etc/failover/web.key)")
     sub.add_parser("reference", help="print the README's reference: every command and cluster-file key")
 
     lab = sub.add_parser("lab", help="the network-namespace lab (root)")
