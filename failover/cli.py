@@ -1,4 +1,4 @@
-"""Operator commands: `failover agent|swap|unswap|status|check|history|announce|probe|reference|lab ...`.
+"""Operator commands: `failover agent|swap|unswap|status|check|history|announce|probe|keygen|reference|lab`.
 
 Owns their arguments, human and `--json` output, and exit codes.
 
@@ -40,6 +40,7 @@ examples:
   failover history -n 5                                 the last five moves and takeovers
   failover announce                                     send the gratuitous ARP/NA burst for the VIP now
   failover probe                                        who answers ARP/ND for the VIP right now
+  failover keygen /etc/failover/web.key                 a new shared key, mode 0600; copy it to the peer
   failover reference                                    every command and cluster-file key, as markdown
   failover lab rehearse                                 rehearse swap + unswap in a namespace lab (root)
 """
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(tool, help=text)
         with_config(sp)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
+    keygen = sub.add_parser("keygen", help="write a new shared key to PATH (mode 0600, never overwrites)")
+    keygen.add_argument("path", type=Path, metavar="PATH", help="the new key file (/etc/failover/web.key)")
     sub.add_parser("reference", help="print the README's reference: every command and cluster-file key")
 
     lab = sub.add_parser("lab", help="the network-namespace lab (root)")
@@ -113,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from failover.lab.commands import run
 
             return run(args)
+        if args.command == "keygen":
+            from failover.keygen import run as keygen
+
+            return keygen(args.path)
         if args.command == "reference":
             from failover.reference import render
 

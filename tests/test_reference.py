@@ -140,8 +140,9 @@ def test_defaults_come_from_the_dataclasses() -> None:
 def test_every_command_and_option_has_help_and_is_in_the_reference() -> None:
     text = reference.render()
     commands = list(reference._subcommands(cli._parser()))
-    assert {"agent", "swap", "unswap", "status", "check", "history", "announce", "probe", "reference",
-            "lab rehearse", "lab bench", "lab up", "lab down", "lab exec"} == {n for n, _, _ in commands}
+    assert {"agent", "swap", "unswap", "status", "check", "history", "announce", "probe", "keygen",
+            "reference", "lab rehearse", "lab bench", "lab up", "lab down",
+            "lab exec"} == {n for n, _, _ in commands}
     for name, help_text, parser in commands:
         assert help_text, f"`failover {name}` has no help"
         assert f"| `failover {name}" in text

@@ -1,9 +1,9 @@
 """The Vagrant rehearsal: whole machines, real init, the agents as systemd units, a real reboot.
 
-up -> client load on -> swap (run on live) -> reboot live (the "upgrade") -> unswap (run on live) ->
-load off -> report -> destroy. The report has the namespace lab's shape (failover.lab.rehearse), built
-by the same code, plus `reboot`, `isolation` and `clock`. Teardown runs on success, failure, Ctrl-C and
-SIGTERM; every wait is bounded.
+up -> swap --dry-run -> client load on -> swap (run on live) -> reboot live (the "upgrade") -> unswap
+(run on live) -> load off -> report -> destroy. The report has the namespace lab's shape
+(failover.lab.rehearse), built by the same code, plus `dry_run`, `reboot`, `isolation` and `clock`.
+Teardown runs on success, failure, Ctrl-C and SIGTERM; every wait is bounded.
 
 Times are measured, not believed. Each machine has its own CLOCK_MONOTONIC (on lxc they share the
 host's, on VMs they do not), so the driver measures each guest's offset to its own clock over a
@@ -289,6 +289,18 @@ def do_move(lab: Lab, move: str, source: str, target: str, offsets: dict[str, fl
     return outcome
 
 
+def dry_run(lab: Lab) -> dict[str, Any]:
+    """`sudo failover swap --dry-run --json` on live, as the README's deploy steps do before the swap."""
+    done = lab.ssh("live", "sudo failover swap --dry-run --json", timeout=MOVE_TIMEOUT_S, check=False)
+    try:
+        plan = json.loads(done.stdout)
+    except ValueError:
+        return {"ok": False, "reason": f"exit {done.returncode}: {done.stderr.strip()[-300:]}", "failed": []}
+    failed = [c for c in plan.get("checks", []) if c.get("level") == "FAIL"]
+    return {"ok": bool(plan.get("ok")) and done.returncode == 0, "reason": plan.get("reason"),
+            "failed": failed}
+
+
 def reboot(lab: Lab, machine: str, step: Say) -> dict[str, Any]:
     """Reboot `machine` from inside, as an upgrade would; proof: PID 1 restarted and /run was emptied."""
     marker = f"/run/failover-rehearsal-{secrets.token_hex(4)}"
@@ -359,6 +371,9 @@ def rehearse(lab: Lab, *, keep: bool = False) -> dict[str, Any]:
             f"{n} {o['offset_s'] * 1000:+.1f} ms ±{o['error_ms']} ms" for n, o in offsets.items()))
         off = {n: o["offset_s"] for n, o in offsets.items()}
 
+        report["dry_run"] = dry_run(lab)
+        step("swap --dry-run (run on live): " + ("all checks passed" if report["dry_run"]["ok"] else
+                                                 f"FAILED: {report['dry_run']['reason']}"))
         start_load(lab)
         step("client load started: a new connection to the VIP every 5 ms, plus one keep-alive connection")
         time.sleep(SETTLE_S)
@@ -403,7 +418,8 @@ def rehearse(lab: Lab, *, keep: bool = False) -> dict[str, Any]:
             "clock": {"before_reboot": offsets, "after_reboot": offsets_after},
         })
         report["ok"] = bool(
-            report["swap"]["ok"] and report["unswap"]["ok"] and report["reboot"]["ok"]
+            report["dry_run"]["ok"] and report["swap"]["ok"] and report["unswap"]["ok"]
+            and report["reboot"]["ok"]
             and report["client"]["failed"] == 0 and report["served_by"]["backup"] > 0
             and report["isolation"]["ok"]
             and all(report[m].get("confirmed", True) is not False for m in ("swap", "unswap"))

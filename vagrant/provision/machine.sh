@@ -1,20 +1,41 @@
 #!/usr/bin/env bash
 # Provisions one lab machine, the same on every provider; safe to run again (`vagrant provision`).
-#   server (live, backup): nginx with the site's config, the project, /etc/failover/cluster.yaml and its
-#                          key, the agent as the systemd unit configs/failover-agent.service; the home
-#                          node takes the VIP if nobody holds it (as an operator does once, by hand)
-#   client:                the project, and `lab-load`, the bounded load generator aimed at the VIP
+#   server (live, backup): the README's deploy steps ("Put it on your two servers"), read from the README
+#                          in the synced tree and run word for word, with the lab's stand-ins where a lab
+#                          differs from two real servers (listed below), and nginx with the site's config
+#   client:                the README's install step, and `lab-load`, the bounded load aimed at the VIP
 # usage (as root in the guest): machine.sh server|client NAME LAB_ADDRESS VIP/PREFIX
 set -euo pipefail
 role=$1 name=$2 lab_address=$3 vip=$4
-SRC=/opt/failover-src          # the synced source tree (read-only)
+SRC=/opt/failover-src          # the synced source tree (read-only): the checkout the README's steps run in
 SITE=/opt/failover-site        # cluster.yaml and nginx/*.conf (vagrant/site, or $FAILOVER_LAB_SITE)
-VENV=/opt/failover             # the project's virtualenv; /usr/local/bin/failover points into it
+VENV=/opt/failover             # where the README's install step puts the project
 WHEELS=/var/cache/failover/wheels   # baked into the lxc box; absent on public boxes (then PyPI)
-BOUND=60                       # seconds any wait below may take
+
+# Every deploy step of the README is either run here by `run_step NAME`, in the README's order, or listed
+# here with what stands in for it in the lab. tests/vagrant/test_deploy_docs.py fails when this file and
+# the README drift apart.
+STEPS_DONE_ELSEWHERE=(
+    cluster-file  # the site's cluster.yaml (synced to /opt/failover-site), installed below
+    key           # the Vagrantfile makes the lab's key on the host, once per lab (.vagrant/failover/)
+    copy          # Vagrant's file provisioner brings that key to both servers; cluster.yaml is synced
+    vip           # below: the lab's interface (eth1), `arping -D` as the "nobody answers" check
+    dry-run       # vagrant/rehearse.py, on live, with --json
+    swap          # vagrant/rehearse.py, on live, with --json, under client load
+    upgrade       # vagrant/rehearse.py: `systemctl reboot` of live
+    unswap        # vagrant/rehearse.py, on live, with --json
+)
 
 say() { echo "[provision $name] $*"; }
 die() { echo "[provision $name] ERROR: $*" >&2; exit 1; }
+
+run_step() {
+    local step=$1 commands
+    commands=$(python3 "$SRC/vagrant/provision/deploy_steps.py" "$SRC/README.md" "$step") \
+        || die "README deploy step $step: not found in $SRC/README.md"
+    say "README step $step: $(printf '%s\n' "$commands" | head -1)"
+    (cd "$SRC" && bash -euo pipefail -c "$commands") || die "README deploy step $step failed"
+}
 
 # --- Debian packages: only those dpkg says are missing (none on the lab's own box) ------------------
 missing=()
@@ -27,18 +48,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- the project, from the synced tree ------------------------------------------------------------
-# pip builds in the source directory, so it gets a copy: the synced tree is the operator's checkout.
-build=$(mktemp -d)
-trap 'rm -rf "$build"' EXIT
-tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./vagrant --exclude=./build \
-    --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$build" -xf -
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-pip_from=()
-[ -d "$WHEELS" ] && pip_from=(--no-index --find-links "$WHEELS")
-say "pip install the project into $VENV${pip_from:+ (offline, from $WHEELS)}"
-"$VENV/bin/pip" install -q --disable-pip-version-check "${pip_from[@]}" "$build"
-ln -sfn "$VENV/bin/failover" /usr/local/bin/failover
+# --- the project ----------------------------------------------------------------------------------
+# The lxc guests reach no package index: pip takes the box's wheelhouse (its own variables, so the
+# README's command stays as it is).
+if [ -d "$WHEELS" ]; then
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS=$WHEELS
+    say "pip installs offline, from $WHEELS"
+fi
+run_step install
 
 if [ "$role" = client ]; then
     cat >/usr/local/bin/lab-load <<EOF
@@ -52,16 +69,7 @@ EOF
     exit 0
 fi
 
-# --- server: ARP settings the agent's drain needs --------------------------------------------------
-cat >/etc/sysctl.d/60-failover.conf <<'EOF'
-# failover: answer ARP only for addresses on the receiving interface and never use a lo address as an
-# ARP source, so the old holder's drain copy of the VIP (on lo) stays silent.
-net.ipv4.conf.all.arp_ignore = 1
-net.ipv4.conf.all.arp_announce = 2
-EOF
-sysctl -q -p /etc/sysctl.d/60-failover.conf
-
-# --- nginx with the site's config ------------------------------------------------------------------
+# --- server: nginx with the site's config ----------------------------------------------------------
 rm -f /etc/nginx/sites-enabled/default
 shopt -s nullglob
 site_confs=("$SITE"/nginx/*.conf)
@@ -73,8 +81,7 @@ nginx -t -q || die "nginx -t failed with $SITE/nginx/*.conf"
 systemctl enable -q nginx
 systemctl reload-or-restart nginx
 
-# --- the cluster file and its key ------------------------------------------------------------------
-install -d -m 700 /etc/failover
+# --- cluster-file, key, copy: the lab's stand-ins ---------------------------------------------------
 install -m 644 "$SITE/cluster.yaml" /etc/failover/cluster.yaml
 read -r key_file iface vip_ip home <<<"$("$VENV/bin/python" - "$lab_address" <<'EOF'
 import sys
@@ -91,7 +98,9 @@ rm -f /tmp/failover-cluster.key
 ip -4 -o addr show dev "$iface" 2>/dev/null | grep -q " $lab_address/" \
     || die "$lab_address is not on $iface (the interface cluster.yaml names); interfaces: $(ip -br -4 addr | tr '\n' ';')"
 
-# --- the VIP starts on its home node, as an operator puts it there once --------------------------------
+run_step sysctl
+
+# --- vip: the lab's stand-in; the home node takes the VIP once if nobody holds it -------------------
 if [ "$home" = 1 ] && ! ip -o addr show | grep -q " $vip_ip/"; then
     # arping -D exits 0 when nobody answers for the address.
     if arping -D -q -c 2 -w 3 -I "$iface" "$vip_ip"; then
@@ -102,15 +111,7 @@ if [ "$home" = 1 ] && ! ip -o addr show | grep -q " $vip_ip/"; then
     fi
 fi
 
-# --- the agent, as the unit a real deployment uses ------------------------------------------------
-install -m 644 "$SRC/configs/failover-agent.service" "$SRC/configs/failover-agent@.service" /etc/systemd/system/
-systemctl daemon-reload
-systemctl enable -q failover-agent.service
-# restart, not start: a second provisioning run brings new code. Type=notify: returns once READY=1.
-timeout "$BOUND" systemctl restart failover-agent.service \
-    || { journalctl -u failover-agent --no-pager -n 30 >&2; die "failover-agent did not become ready"; }
-for _ in $(seq 1 $((BOUND * 2))); do
-    failover status >/dev/null 2>&1 && break
-    sleep 0.5
-done
-failover status || die "failover status does not answer"
+run_step check
+# A second provisioning run brings new code: the install step restarted the agent if it ran.
+run_step start
+run_step status
