@@ -8,6 +8,8 @@ the decisions from the agents' logs and status.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -144,6 +146,32 @@ def test_claim_failure_rolls_back_under_load(cluster: LabCluster) -> None:
 
     total = summarize(load.records())
     assert total.failed == 0 and set(total.served_by) == {"live"}, total
+
+
+def test_target_killed_after_the_release_probe_silent_rolls_back(cluster: LabCluster) -> None:
+    """backup hangs before its claim and is killed: live's NS probe hears nobody, so live reclaims."""
+    restart_agent(cluster, "backup", env={FAULT_ENV: "hang-before-claim"})
+    load = start_load(cluster)
+    time.sleep(SETTLE_S)
+    result: dict[str, Any] = {}
+    mover = threading.Thread(target=lambda: result.update(cluster.move("swap", via="live", timeout=30)))
+    mover.start()
+    try:
+        hanging = "test-fault-hanging-before-claim"
+        assert cluster.lab.wait_until(lambda: events(cluster, "backup", hanging), 5.0)
+        assert cluster.holders() == []
+        cluster.stop_agent("backup", signal.SIGKILL)
+        assert cluster.lab.wait_until(lambda: cluster.holders() == ["live"], 2.5), cluster.holders()
+    finally:
+        mover.join(timeout=35)
+    assert not mover.is_alive()
+    assert result["ok"] is False and result["rolled_back"] is True, result
+    assert [s["step"] for s in result["steps"]][-2:] == ["probe-silent", "reclaimed"], result["steps"]
+    assert follows(cluster, "live", timeout=2.0), client_mac(cluster)
+    time.sleep(SETTLE_S)
+    load.stop()
+    after = summarize(load.records(), since=result["ended"])
+    assert after.requests > 0 and after.failed == 0 and set(after.served_by) == {"live"}, after
 
 
 def test_live_dies_backup_probes_with_ns_and_takes_over(cluster: LabCluster) -> None:
