@@ -148,3 +148,28 @@ def test_rehearse_behind_a_router_that_drops_gratuitous_arp() -> None:
         moved = [c for c in changes if c[1] == target_mac]
         assert moved and moved[0][0] == m["router_moved_ms_after_claim"], changes
         assert m["router_moved_ms_after_claim"] > 0
+
+
+@needs_root
+def test_routed_lab_builds_and_tears_down() -> None:
+    from failover.lab.netns import Lab, _list_netns
+
+    lab = Lab(router="drop-garp")
+    with lab:
+        assert sorted(n for n in _list_netns() if n.startswith(f"{lab.prefix}-")) == sorted(
+            f"{lab.prefix}-{h}" for h in ("br", "live", "backup", "client", "router")
+        )
+        client, live = lab.host("client"), lab.host("live")
+        assert (str(client.address), str(client.address6)) == ("203.0.113.228", "2001:db8:0:2::100")
+        # Through the router, both families: live answers a connection to a closed port with a reset.
+        reach = (
+            "import socket, sys\n"
+            "try: socket.create_connection((sys.argv[1], 9), 2)\n"
+            "except ConnectionRefusedError: print('refused')"
+        )
+        for target in (str(live.address), str(live.address6)):
+            assert lab.run("client", [sys.executable, "-c", reach, target]).stdout.strip() == "refused"
+        drop = lab.run("router", ["sysctl", "-n", "net.ipv4.conf.all.drop_gratuitous_arp"]).stdout.strip()
+        na = lab.run("router", ["sysctl", "-n", "net.ipv6.conf.eth0.drop_unsolicited_na"]).stdout.strip()
+        assert (drop, na) == ("1", "1")
+    assert [n for n in _list_netns() if n.startswith(f"{lab.prefix}-")] == []
