@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
 from scapy.layers.inet6 import (
@@ -36,8 +37,11 @@ __all__ = [
     "AnnounceError",
     "Announcer",
     "IPAddress",
+    "ProbeResult",
     "frame_source",
     "probe",
+    "probe_filter",
+    "probe_result",
 ]
 
 IPAddress = IPv4Address | IPv6Address
@@ -240,24 +244,117 @@ def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
     return None
 
 
+# Bytes of each accepted probe answer the kernel copies: an ARP frame is 42, an NA with its link-layer
+# option 86; the rest of a larger frame is never read.
+_PROBE_SNAPLEN = 256
+ICMPV6 = 58
+ND_NS, ND_NA = 135, 136
+
+
+def probe_filter(vip: IPAddress) -> bytes:
+    """The kernel filter of the probe's socket: only frames that can show another holder of ``vip``.
+
+    IPv4: an ARP frame whose sender IP is the VIP (a holder's reply or announcement), or an RFC 5227
+    probe for it (request, sender 0.0.0.0, target the VIP). IPv6 (no extension headers, as RFC 4861
+    requires of ND): a neighbour advertisement for the VIP, or a DAD solicitation for it (source ::).
+    Everything else on the segment, ordinary who-has and solicitations for the VIP included, stays in
+    the kernel, so a busy segment cannot fill the probe's queue with frames it would ignore anyway.
+    """
+    from failover.bpf import compile_any  # here, not at the top: the import block is another's to trim
+
+    if isinstance(vip, IPv4Address):
+        arp = (2, 12, ETH_P_ARP)
+        return compile_any(
+            [
+                [arp, (4, 28, int(vip))],
+                [arp, (2, 20, 1), (4, 28, 0), (4, 38, int(vip))],
+            ],
+            _PROBE_SNAPLEN,
+        )
+    target = [(4, 62 + i, int.from_bytes(vip.packed[i : i + 4], "big")) for i in range(0, 16, 4)]
+    icmp6 = [(2, 12, ETH_P_IPV6), (1, 20, ICMPV6)]
+    unspecified = [(4, 22 + i, 0) for i in range(0, 16, 4)]
+    return compile_any(
+        [
+            [*icmp6, (1, 54, ND_NA), *target],
+            [*icmp6, (1, 54, ND_NS), *unspecified, *target],
+        ],
+        _PROBE_SNAPLEN,
+    )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a probe learned: who answered for the VIP, and whether it could have missed an answer.
+
+    ``unknown`` is "" when the probe saw every frame the filter let through; otherwise it says why it
+    may not have (frames dropped by the kernel, the frame cap reached, a receive error), and then even
+    an empty ``answered_by`` does not mean that nobody holds the VIP.
+    """
+
+    answered_by: tuple[str, ...]  # sorted distinct MACs of other hosts answering for the VIP
+    unknown: str = ""
+    frames: int = 0  # frames that passed the filter and were read
+
+    def for_core(self) -> list[str]:
+        """The ``answered_by`` the protocol core takes (``probe_done``): an unknown result carries a
+        non-empty sentinel, ``"unknown: <why>"``, so the core, for which any answer means "do not claim",
+        never claims on a probe that may have missed the holder."""
+        if self.unknown:
+            return [*self.answered_by, f"unknown: {self.unknown}"]
+        return list(self.answered_by)
+
+
 def probe(
     interface: str, vip: IPAddress, mac: str, *, count: int = 3, interval_ms: int = 20, wait_ms: int = 60
 ) -> list[str]:
-    """Ask whether anyone holds ``vip``: the sorted distinct MACs that answered, [] when nobody did.
+    """Ask whether anyone holds ``vip``: the sorted distinct MACs that answered, [] when nobody did, and
+    ``"unknown: <why>"`` among them when the probe cannot tell (see ``ProbeResult.for_core``).
 
     Sends ``count`` probes ``interval_ms`` apart and listens ``wait_ms`` after the last; blocking and
     bounded by about ``(count - 1) * interval_ms + wait_ms``, so run it in a thread from asyncio.
     """
+    return probe_result(interface, vip, mac, count=count, interval_ms=interval_ms, wait_ms=wait_ms).for_core()
+
+
+def probe_result(
+    interface: str,
+    vip: IPAddress,
+    mac: str,
+    *,
+    count: int = 3,
+    interval_ms: int = 20,
+    wait_ms: int = 60,
+    max_frames: int = _MAX_FRAMES_READ,
+    rcvbuf: int | None = None,
+) -> ProbeResult:
+    """The probe, with whether it can tell. ``rcvbuf`` sizes the socket's receive buffer (the kernel's
+    default when None). Opening the socket or sending a probe fails with ``AnnounceError``; anything that
+    goes wrong once probes are out makes the result unknown instead.
+    """
+    from failover.bpf import attach_filter, read_drops
+
     our_mac = _norm_mac(mac)
     proto = ETH_P_ARP if isinstance(vip, IPv4Address) else ETH_P_IPV6
     frame = build_probe(vip, our_mac)
     found: set[str] = set()
-    sock = _open_packet_socket(interface, proto)
+    unknown: list[str] = []
+    frames = 0
+    # Protocol 0 receives nothing: the filter is in place before the bind that starts delivery.
+    sock = _open_packet_socket(interface, 0)
     try:
+        try:
+            if rcvbuf is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            attach_filter(sock, probe_filter(vip))
+            sock.bind((interface, proto))
+            read_drops(sock)  # start from zero
+        except OSError as exc:
+            raise _oserror(interface, "open probe socket", exc) from exc
         sent = 0
         next_send = time.monotonic()
         end = next_send + (max(count, 1) - 1) * interval_ms / 1000 + wait_ms / 1000
-        for _ in range(_MAX_FRAMES_READ):
+        while True:
             now = time.monotonic()
             if sent < count and now >= next_send:
                 try:
@@ -268,17 +365,35 @@ def probe(
                 next_send = now + interval_ms / 1000
             if now >= end and sent >= count:
                 break
+            if frames >= max_frames:
+                unknown.append(f"stopped after {frames} frames, the probe's cap")
+                break
             until = min(next_send, end) if sent < count else end
             sock.settimeout(max(until - now, 0.0005))
             try:
-                data, addr = sock.recvfrom(65535)
+                data, addr = sock.recvfrom(_PROBE_SNAPLEN)
             except TimeoutError:
                 continue
+            except OSError as exc:
+                unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
+                break
+            frames += 1
             if addr[2] == PACKET_OUTGOING:
                 continue
-            claimant = _claimant(data, vip, our_mac)
+            try:
+                claimant = _claimant(data, vip, our_mac)
+            except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
+                unknown.append(f"unreadable frame: {type(exc).__name__}")
+                continue
             if claimant is not None:
                 found.add(claimant)
+        try:
+            dropped = read_drops(sock)
+        except OSError as exc:
+            unknown.append(f"cannot read the socket's drop count: {os.strerror(exc.errno or 0)}")
+        else:
+            if dropped:
+                unknown.insert(0, f"{dropped} frames dropped by the kernel")
     finally:
         sock.close()
-    return sorted(found)
+    return ProbeResult(answered_by=tuple(sorted(found)), unknown="; ".join(unknown), frames=frames)

@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
     rehearse.add_argument("--keep-workdir", action="store_true", help="keep logs and configs afterwards")
+    rehearse.add_argument("--ipv6", action="store_true",
+                          help="an IPv6 VIP, agents and client load over IPv6 (2001:db8::/32)")
+    rehearse.add_argument("--router", choices=("plain", "drop-garp"),
+                          help="put the client behind a router namespace; drop-garp: one that ignores "
+                               "gratuitous ARP and unsolicited neighbour advertisements")
     bench = labsub.add_parser("bench", help="N swap/unswap pairs under load; prints figures")
     bench.add_argument("-n", "--pairs", type=int, default=10, help="swap/unswap pairs to run")
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -41,19 +39,14 @@ from failover.announce import (
     _oserror,
     frame_source,
 )
+from failover.bpf import Check, attach_filter, compile_any
 from failover.netlink import NetlinkError, neighbour_ips
 
-__all__ = ["Straggler", "StragglerWatch", "bpf_program", "resolve_ips"]
+__all__ = ["Straggler", "StragglerWatch", "attach_filter", "bpf_program", "resolve_ips"]
 
 T = TypeVar("T")
 
-# <asm-generic/socket.h>, <linux/filter.h>, <sched.h>; not exported by the socket module.
-SO_ATTACH_FILTER = 26
-_BPF_LD_W_ABS = 0x20  # A <- u32 at packet[k]
-_BPF_LD_H_ABS = 0x28  # A <- u16 at packet[k]
-_BPF_JEQ_K = 0x15  # pc += (A == k) ? jt : jf
-_BPF_RET_K = 0x06  # accept k bytes of the frame (0 = drop)
-_CLONE_NEWNET = 0x40000000
+_CLONE_NEWNET = 0x40000000  # <sched.h>
 
 # Bytes of each accepted frame the kernel copies to us: Ethernet + IPv6 header (54) and a little more.
 # Only the source MAC and source IP are read, so a flood costs no payload copies.
@@ -112,36 +105,17 @@ def bpf_program(mac: str, vip: IPAddress) -> bytes:
     dst = bytes.fromhex(mac.replace(":", "").replace("-", ""))
     if len(dst) != 6:
         raise ValueError(f"not a MAC address: {mac}")
-    checks: list[tuple[int, int, int]] = [
-        (_BPF_LD_H_ABS, 12, ETH_P_IP if isinstance(vip, IPv4Address) else ETH_P_IPV6),
-        (_BPF_LD_W_ABS, 0, int.from_bytes(dst[0:4], "big")),
-        (_BPF_LD_H_ABS, 4, int.from_bytes(dst[4:6], "big")),
+    checks: list[Check] = [
+        (2, 12, ETH_P_IP if isinstance(vip, IPv4Address) else ETH_P_IPV6),
+        (4, 0, int.from_bytes(dst[0:4], "big")),
+        (2, 4, int.from_bytes(dst[4:6], "big")),
     ]
     if isinstance(vip, IPv4Address):
-        checks.append((_BPF_LD_W_ABS, 30, int(vip)))
+        checks.append((4, 30, int(vip)))
     else:
         packed = vip.packed
-        checks += [(_BPF_LD_W_ABS, 38 + i, int.from_bytes(packed[i : i + 4], "big")) for i in range(0, 16, 4)]
-    reject = 2 * len(checks) + 1  # index of the final "ret #0"
-    insns: list[bytes] = []
-    for load, offset, value in checks:
-        insns.append(struct.pack("HBBI", load, 0, 0, offset))
-        jeq_index = len(insns)
-        insns.append(struct.pack("HBBI", _BPF_JEQ_K, 0, reject - jeq_index - 1, value))
-    insns.append(struct.pack("HBBI", _BPF_RET_K, 0, 0, SNAPLEN))
-    insns.append(struct.pack("HBBI", _BPF_RET_K, 0, 0, 0))
-    return b"".join(insns)
-
-
-def attach_filter(sock: socket.socket, program: bytes) -> None:
-    """Attach a classic BPF ``program`` (from ``bpf_program``) to ``sock`` (SO_ATTACH_FILTER)."""
-    count, rest = divmod(len(program), 8)
-    if rest or not count:
-        raise ValueError("a BPF program is a non-empty whole number of 8-byte instructions")
-    buf = ctypes.create_string_buffer(program, len(program))
-    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }, native alignment.
-    fprog = struct.pack("HL", count, ctypes.addressof(buf))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        checks += [(4, 38 + i, int.from_bytes(packed[i : i + 4], "big")) for i in range(0, 16, 4)]
+    return compile_any([checks], SNAPLEN)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -6,9 +6,13 @@ Linux client does: the client's neighbour entry for the VIP must move to the new
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr, IPv6
@@ -18,10 +22,13 @@ from failover.announce import (
     GARP_REPLY,
     GARP_REQUEST,
     UNSOLICITED_NA,
+    ProbeResult,
     build_frames,
     build_probe,
     build_tell,
+    probe_filter,
 )
+from failover.bpf import attach_filter
 from tests.nsutil import NEEDS_ROOT_REASON, Host, Topology, is_root, neigh, ns, py_in, sysctl, topology
 
 root = pytest.mark.skipif(not is_root(), reason=NEEDS_ROOT_REASON)
@@ -289,3 +296,173 @@ def test_probe_ignores_its_own_vip(topo: Topology) -> None:
     ns(a.netns, "ip", "addr", "add", f"{VIP4}/24", "dev", "eth0")
     found, _ = run_probe(a, VIP4)
     assert found == []
+
+
+# --- the probe's kernel filter and its "unknown" ------------------------------------------------------
+
+CLIENT4 = "203.0.113.3"
+CLIENT6 = "2001:db8:0:1::3"
+OTHER = "02:00:00:00:00:03"
+
+
+def arp(op: int, psrc: str, pdst: str, hwsrc: str = OTHER) -> bytes:
+    return bytes(Ether(dst="ff:ff:ff:ff:ff:ff", src=hwsrc) / ARP(op=op, hwsrc=hwsrc, psrc=psrc, pdst=pdst))
+
+
+def na(tgt: str, src: str = CLIENT6) -> bytes:
+    return bytes(
+        Ether(dst="33:33:00:00:00:01", src=OTHER)
+        / IPv6(src=src, dst="ff02::1")
+        / ICMPv6ND_NA(tgt=tgt)
+        / ICMPv6NDOptDstLLAddr(lladdr=OTHER)
+    )
+
+
+def ns_frame(tgt: str, src: str) -> bytes:
+    return bytes(
+        Ether(dst="33:33:ff:00:00:10", src=OTHER)
+        / IPv6(src=src, dst="ff02::1:ff00:10")
+        / ICMPv6ND_NS(tgt=tgt)
+    )
+
+
+@pytest.mark.parametrize(
+    ("vip", "frame", "passes"),
+    [
+        (VIP4, arp(2, VIP4, CLIENT4), True),  # the holder's reply
+        (VIP4, arp(1, VIP4, VIP4), True),  # its gratuitous request
+        (VIP4, arp(1, "0.0.0.0", VIP4), True),  # another prober (RFC 5227)
+        (VIP4, arp(1, CLIENT4, VIP4), False),  # a client asking for the VIP: no claim, kept in the kernel
+        (VIP4, arp(2, CLIENT4, VIP4), False),
+        (VIP4, arp(1, "0.0.0.0", "203.0.113.11"), False),
+        (VIP4, arp(2, "203.0.113.11", CLIENT4), False),
+        (VIP4, na(VIP6), False),
+        (VIP6, na(VIP6), True),
+        (VIP6, ns_frame(VIP6, "::"), True),  # another DAD for the VIP
+        (VIP6, ns_frame(VIP6, CLIENT6), False),  # an ordinary solicitation for the VIP
+        (VIP6, na("2001:db8:0:1::11"), False),
+        (VIP6, ns_frame("2001:db8:0:1::11", "::"), False),
+        (VIP6, arp(2, VIP4, CLIENT4), False),
+    ],
+)
+def test_probe_filter(vip: str, frame: bytes, passes: bool) -> None:
+    # A socket filter runs on AF_UNIX datagrams too, with offsets from the datagram's start: no root needed.
+    tx, rx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with tx, rx:
+        attach_filter(rx, probe_filter(ip_address(vip)))
+        rx.setblocking(False)
+        tx.send(frame)
+        try:
+            got: bytes | None = rx.recv(4096)
+        except BlockingIOError:
+            got = None
+    assert (got == frame) if passes else (got is None)
+
+
+def test_probe_result_for_core() -> None:
+    assert ProbeResult(answered_by=()).for_core() == []
+    assert ProbeResult(answered_by=("02:00:00:00:00:02",)).for_core() == ["02:00:00:00:00:02"]
+    # Unknown is never empty for the core: any answer means "do not claim".
+    assert ProbeResult(answered_by=(), unknown="3 frames dropped by the kernel").for_core() == [
+        "unknown: 3 frames dropped by the kernel"
+    ]
+
+
+@contextlib.contextmanager
+def flood(host: Host, frame: bytes, *, frames: int, seconds: float) -> Iterator[None]:
+    """``host`` sends ``frame`` back to back on eth0, at most ``frames`` times and ``seconds`` long."""
+    code = f"""
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+s.bind(("eth0", 0))
+frame = bytes.fromhex("{frame.hex()}")
+end = time.monotonic() + {seconds}
+print("flooding", flush=True)
+for i in range({frames}):
+    try:
+        s.send(frame)
+    except OSError:  # a full device queue: wait a little, the flood is bounded anyway
+        time.sleep(0.0001)
+    if i % 256 == 0 and time.monotonic() >= end:
+        break
+"""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", host.netns, sys.executable, "-c", code], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "flooding"
+        time.sleep(0.05)  # under way before the probe starts
+        yield
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def run_probe_result(host: Host, vip: str, **kwargs: int) -> dict[str, object]:
+    args = "".join(f", {k}={v}" for k, v in kwargs.items())
+    code = f"""
+import dataclasses, json
+from ipaddress import ip_address
+from failover.announce import probe_result
+print(json.dumps(dataclasses.asdict(probe_result("eth0", ip_address("{vip}"), "{host.mac}"{args}))))
+"""
+    result = py_in(host.netns, code)
+    assert isinstance(result, dict)
+    return result
+
+
+@pytest.fixture
+def topo3() -> Iterator[Topology]:
+    if not is_root():
+        pytest.skip(NEEDS_ROOT_REASON)
+    with topology(("a", "b", "c")) as t:
+        yield t
+
+
+@root
+@pytest.mark.parametrize("vip,prefix", [(VIP4, 24), (VIP6, 64)], ids=["v4", "v6"])
+def test_probe_hears_the_holder_through_a_flood(topo3: Topology, vip: str, prefix: int) -> None:
+    """c floods the segment with frames the probe does not want (who-has / solicitations for other
+    addresses, to everyone), far more than a probe's queue holds; b's answers still get through."""
+    a, b, c = topo3["a"], topo3["b"], topo3["c"]
+    extra = ["nodad"] if ":" in vip else []
+    ns(b.netns, "ip", "addr", "add", f"{vip}/{prefix}", "dev", "eth0", *extra)
+    noise = arp(1, c.ip4, "203.0.113.200", c.mac) if ":" not in vip else ns_frame("2001:db8:0:1::200", c.ip6)
+    with flood(c, noise, frames=400_000, seconds=3.0):
+        result = run_probe_result(a, vip)
+    assert result["answered_by"] == [b.mac]
+    assert result["unknown"] == ""
+    assert isinstance(result["frames"], int) and result["frames"] < 50  # the flood stayed in the kernel
+
+
+@root
+@pytest.mark.parametrize("vip", [VIP4, VIP6], ids=["v4", "v6"])
+def test_probe_that_lost_frames_is_unknown(topo3: Topology, vip: str) -> None:
+    """Frames the filter accepts (c probing for the same address, over and over) arrive faster than the
+    probe reads them into a tiny receive buffer: the kernel drops some, and the probe says so."""
+    a, c = topo3["a"], topo3["c"]
+    rival = (
+        arp(1, "0.0.0.0", vip, c.mac)
+        if ":" not in vip
+        else bytes(
+            Ether(dst="33:33:ff:00:00:10", src=c.mac)
+            / IPv6(src="::", dst="ff02::1:ff00:10")
+            / ICMPv6ND_NS(tgt=vip)
+        )
+    )
+    with flood(c, rival, frames=400_000, seconds=3.0):
+        result = run_probe_result(a, vip, rcvbuf=1)
+    assert "dropped by the kernel" in str(result["unknown"])
+    for_core = ProbeResult(
+        answered_by=tuple(result["answered_by"]), unknown=str(result["unknown"])
+    ).for_core()
+    assert for_core[-1].startswith("unknown: ") and "dropped" in for_core[-1]
+
+
+@root
+def test_probe_that_reached_its_frame_cap_is_unknown(topo3: Topology) -> None:
+    a, c = topo3["a"], topo3["c"]
+    with flood(c, arp(1, "0.0.0.0", VIP4, c.mac), frames=400_000, seconds=3.0):
+        result = run_probe_result(a, VIP4, max_frames=20)
+    assert "cap" in str(result["unknown"])
+    assert result["frames"] == 20

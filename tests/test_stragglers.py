@@ -17,8 +17,9 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
+from scapy.packet import Packet
 
 from failover.announce import AnnounceError, frame_source
 from failover.stragglers import (
@@ -72,6 +73,15 @@ def udp6(dst_mac: str, dst_ip: str, src_mac: str = "02:00:00:00:00:03") -> bytes
     return bytes(Ether(dst=dst_mac, src=src_mac) / IPv6(src="2001:db8:0:1::3", dst=dst_ip) / UDP(dport=9))
 
 
+def nd6(icmp: Packet, dst_mac: str, dst_ip: str) -> bytes:
+    return bytes(
+        Ether(dst=dst_mac, src="02:00:00:00:00:03")
+        / IPv6(src="2001:db8:0:1::3", dst=dst_ip, hlim=255)
+        / icmp
+        / ICMPv6NDOptSrcLLAddr(lladdr="02:00:00:00:00:03")
+    )
+
+
 @pytest.mark.parametrize(
     ("vip", "frame", "passes"),
     [
@@ -87,6 +97,11 @@ def udp6(dst_mac: str, dst_ip: str, src_mac: str = "02:00:00:00:00:03") -> bytes
         (VIP6, udp6(OUR_MAC, "2001:db8:0:2::10"), False),
         (VIP6, udp6(OTHER_MAC, VIP6), False),
         (VIP6, udp4(OUR_MAC, VIP4), False),
+        # Over ND: a straggler's unicast solicitation (its NUD probe) to the VIP at our MAC is a straggler
+        # frame; a multicast solicitation (address resolution, DAD) or an NA from the VIP is not.
+        (VIP6, nd6(ICMPv6ND_NS(tgt=VIP6), OUR_MAC, VIP6), True),
+        (VIP6, nd6(ICMPv6ND_NS(tgt=VIP6), "33:33:ff:00:00:10", "ff02::1:ff00:10"), False),
+        (VIP6, nd6(ICMPv6ND_NA(tgt=VIP6), OUR_MAC, "2001:db8:0:1::3"), False),
     ],
 )
 def test_bpf_program_filters(vip: str, frame: bytes, passes: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -87,6 +88,23 @@ def summarize(
     )
 
 
+FAILURE_KINDS = ("reset", "timeout", "refused", "other")
+
+
+def failure_kind(error: str) -> str:
+    """What a failed request's recorded error was, in the words an operator uses: reset (the connection
+    was torn down under it), timeout (no answer in time), refused (RST to the SYN), or other."""
+    if error == "timeout":
+        return "timeout"
+    if error.startswith("ConnectionRefusedError"):
+        return "refused"
+    if error.startswith(("ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError")):
+        return "reset"
+    if error.startswith("IncompleteReadError"):
+        return "reset"  # the connection ended before the response did
+    return "other"
+
+
 def first_served_by(records: Sequence[Request], who: str, after: float) -> Request | None:
     """The first successful request served by ``who`` that ended after ``after`` (by end time)."""
     hits = [r for r in records if r.ok and r.served_by == who and r.end > after]
@@ -117,8 +135,12 @@ def _parse_response(raw: bytes) -> tuple[int, str]:
 
 
 def _error_name(exc: BaseException) -> str:
+    """The exception's type, with the errno's name for an OSError (EHOSTUNREACH tells more than OSError)."""
     if isinstance(exc, TimeoutError):
         return "timeout"
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code:
+        return f"{type(exc).__name__}({errno.errorcode.get(code, code)})"
     return type(exc).__name__
 
 

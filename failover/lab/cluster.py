@@ -17,34 +17,54 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from failover import control
-from failover.lab.netns import VIP, Lab, stop_group
+from failover.lab.netns import VIP, VIP6, VIP_ROUTED, Lab, LabHost, stop_group
 from failover.lab.nginx import Nginx
 
 SERVERS = ("live", "backup")
 
 
-def cluster_document(lab: Lab, workdir: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The cluster file for this lab: one file for both agents, with per-node paths in workdir."""
+def lab_vip(ipv6: bool = False, router: str | None = None) -> IPv4Interface | IPv6Interface:
+    """The VIP of a lab: in the servers' subnet, IPv6 or IPv4 (a /25 when the client is routed)."""
+    if ipv6:
+        return VIP6
+    return VIP_ROUTED if router is not None else VIP
+
+
+def node_address(host: LabHost, ipv6: bool) -> IPv4Address | IPv6Address:
+    return host.address6 if ipv6 else host.address
+
+
+def cluster_document(
+    lab: Lab, workdir: Path, overrides: Mapping[str, Any] | None = None, *, ipv6: bool = False
+) -> dict[str, Any]:
+    """The cluster file for this lab: one file for both agents, with per-node paths in workdir.
+
+    With ``ipv6`` everything the agents do goes over IPv6: the VIP, the nodes' addresses (heartbeats,
+    health checks, the connection handoff, which needs the old holder's address in the VIP's family).
+    """
+    vip = lab_vip(ipv6, lab.router)
     nodes: dict[str, Any] = {}
     for name in SERVERS:
         host = lab.host(name)
+        address = node_address(host, ipv6)
         nodes[name] = {
-            "address": str(host.address),
+            "address": str(address),
             "home": name == "live",
-            "health_url": f"http://{host.address}/",
+            "health_url": f"http://[{address}]/" if ipv6 else f"http://{address}/",
             "access_log": str(workdir / name / "access.log"),
             "control_socket": str(workdir / name / "agent.sock"),
             "state_dir": str(workdir / name / "state"),
         }
     doc: dict[str, Any] = {
         "cluster": "lab",
-        "vip": {"address": str(VIP), "interface": "eth0"},
+        "vip": {"address": str(vip), "interface": "eth0"},
         "auth": {"key_file": str(workdir / "lab.key")},
         "heartbeat": {"port": 5405, "interval_ms": 50, "dead_after_ms": 250},
         "announce": {"schedule_ms": [0, 200, 1100, 2300]},
@@ -55,7 +75,11 @@ def cluster_document(lab: Lab, workdir: Path, overrides: Mapping[str, Any] | Non
             "mode": "traffic",
             "requests": 3,
             "within_s": 5,
-            "ignore_clients": ["127.0.0.1", *(str(lab.host(n).address) for n in SERVERS)],
+            "ignore_clients": [
+                "127.0.0.1",
+                *(["::1"] if ipv6 else []),
+                *(str(node_address(lab.host(n), ipv6)) for n in SERVERS),
+            ],
         },
         "nodes": nodes,
     }
@@ -75,11 +99,16 @@ class LabCluster:
         hosts: tuple[str, ...] = ("live", "backup", "client"),
         overrides: Mapping[str, Any] | None = None,
         keep_workdir: bool = False,
+        ipv6: bool = False,
+        router: str | None = None,
     ) -> None:
+        """``ipv6``: an IPv6 VIP and nodes; ``router``: the client behind a router (netns.ROUTER_MODES)."""
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="failover-lab-")).resolve()
         self.keep_workdir = keep_workdir
-        self.lab = Lab(hosts=hosts)
+        self.ipv6 = ipv6
+        self.lab = Lab(hosts=hosts, router=router)
+        self.vip = lab_vip(ipv6, router)
         self.overrides = overrides
         self.config_path = self.workdir / "cluster.yaml"
         self.nginx: dict[str, Nginx] = {}
@@ -105,7 +134,7 @@ class LabCluster:
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
-        self.write_config(cluster_document(self.lab, self.workdir, self.overrides))
+        self.write_config(cluster_document(self.lab, self.workdir, self.overrides, ipv6=self.ipv6))
         for name in SERVERS:
             # As the README asks of real hosts: ARP only for addresses on the interface itself, so the
             # old holder's drain copy of the VIP (on lo) stays silent.
@@ -116,7 +145,8 @@ class LabCluster:
             self.nginx[name] = Nginx(self.lab, name, self.workdir)
             self.nginx[name].start()
         # The lab starts like production: the VIP on its home node, put there by the operator.
-        self.lab.run("live", ["ip", "addr", "add", str(VIP), "dev", "eth0"])
+        nodad = ["nodad"] if self.ipv6 else []
+        self.lab.run("live", ["ip", "addr", "add", str(self.vip), "dev", "eth0", *nodad])
         for name in SERVERS:
             self.start_agent(name)
         self.wait_ready()
@@ -204,7 +234,7 @@ class LabCluster:
         return parse_outcome(done.stdout, done.stderr, done.returncode, started, time.monotonic())
 
     def holders(self) -> list[str]:
-        return [h for h in self.lab.holders(str(VIP.ip)) if h in SERVERS]
+        return [h for h in self.lab.holders(str(self.vip.ip)) if h in SERVERS]
 
     def agent_log(self, name: str, tail: int = 40) -> str:
         path = self.workdir / name / "agent.log"

@@ -38,7 +38,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     from failover.lab.rehearse import format_report, rehearse
 
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
-    report = rehearse(say, keep_workdir=args.keep_workdir)
+    report = rehearse(say, keep_workdir=args.keep_workdir, ipv6=args.ipv6, router=args.router)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

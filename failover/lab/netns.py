@@ -19,16 +19,40 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from types import FrameType, TracebackType
 from typing import Any
 
 LAB_SUBNET = IPv4Network("203.0.113.0/24")
 LAB_SUBNET6 = IPv6Network("2001:db8:0:1::/64")
 VIP = IPv4Interface("203.0.113.10/24")
-HOST_PLAN: dict[str, int] = {"live": 11, "backup": 12, "client": 100, "client2": 101}
+VIP6 = IPv6Interface("2001:db8:0:1::10/64")
+HOST_PLAN: dict[str, int] = {"live": 11, "backup": 12, "client": 100, "client2": 101, "router": 1}
+
+# A routed lab (``Lab(router=...)``) splits 203.0.113.0/24 in two: the servers' segment (the bridge) is the
+# lower /25, the client's the upper one, behind the router; IPv6 gets a second /64. The client keeps its
+# host number: 203.0.113.228 (128 + 100) and 2001:db8:0:2::100.
+SERVER_SUBNET_ROUTED = IPv4Network("203.0.113.0/25")
+CLIENT_SUBNET_ROUTED = IPv4Network("203.0.113.128/25")
+CLIENT_SUBNET6_ROUTED = IPv6Network("2001:db8:0:2::/64")
+VIP_ROUTED = IPv4Interface("203.0.113.10/25")
+ROUTER = "router"
+ROUTED_CLIENT = "client"
+ROUTER_MODES: dict[str, dict[str, str]] = {
+    # The router's own settings; "drop-garp" is the router that ignores gratuitous ARP and unsolicited
+    # neighbour advertisements, as many real routers and switches in effect do (FIELD.md).
+    "plain": {},
+    "drop-garp": {
+        "net.ipv4.conf.all.drop_gratuitous_arp": "1",
+        "net.ipv4.conf.default.drop_gratuitous_arp": "1",
+        "net.ipv6.conf.all.drop_unsolicited_na": "1",
+        "net.ipv6.conf.default.drop_unsolicited_na": "1",
+    },
+}
 
 BRIDGE = "br0"
+ROUTER_CLIENT_PORT = "eth1"  # the router's interface toward the client, in the router's namespace
+ROUTER_CLIENT_MAC = "02:00:cb:00:72:01"
 # Pseudo host name accepted by argv/run/popen to reach the bridge namespace (tc, nft, link down on a port).
 BRIDGE_HOST = "bridge"
 
@@ -48,18 +72,26 @@ class LabHost:
     address6: IPv6Address
     mac: str
     interface: str = "eth0"
-    bridge_port: str = ""
+    bridge_port: str = ""  # "" for a host behind the router (not on the bridge)
+    prefixlen: int = LAB_SUBNET.prefixlen
+    prefixlen6: int = LAB_SUBNET6.prefixlen
 
 
-def _plan_host(prefix: str, name: str) -> LabHost:
+def _plan_host(prefix: str, name: str, routed: bool = False) -> LabHost:
     try:
         octet = HOST_PLAN[name]
     except KeyError:
         raise ValueError(f"unknown lab host {name!r}; known: {sorted(HOST_PLAN)}") from None
-    address = LAB_SUBNET.network_address + octet
+    subnet: IPv4Network = LAB_SUBNET
+    subnet6: IPv6Network = LAB_SUBNET6
+    if routed:
+        behind = name == ROUTED_CLIENT
+        subnet = CLIENT_SUBNET_ROUTED if behind else SERVER_SUBNET_ROUTED
+        subnet6 = CLIENT_SUBNET6_ROUTED if behind else LAB_SUBNET6
+    address = subnet.network_address + octet
     # The IPv6 host part is the same digits as the IPv4 octet, so ::100 pairs with .100 at a glance.
-    address6 = IPv6Address(f"{LAB_SUBNET6.network_address}{octet}")
-    if address not in LAB_SUBNET or address6 not in LAB_SUBNET6:
+    address6 = IPv6Address(f"{subnet6.network_address}{octet}")
+    if address not in subnet or address6 not in subnet6:
         raise ValueError(f"host {name!r} falls outside the lab subnets")
     return LabHost(
         name=name,
@@ -67,7 +99,9 @@ def _plan_host(prefix: str, name: str) -> LabHost:
         address=address,
         address6=address6,
         mac=f"02:00:cb:00:71:{octet:02x}",
-        bridge_port=f"v{name}"[:15],
+        bridge_port="" if routed and name == ROUTED_CLIENT else f"v{name}"[:15],
+        prefixlen=subnet.prefixlen,
+        prefixlen6=subnet6.prefixlen,
     )
 
 
@@ -186,17 +220,31 @@ class Lab:
     """A bridge namespace plus one namespace per host; a context manager that always tears down."""
 
     def __init__(
-        self, hosts: Sequence[str] = ("live", "backup", "client"), prefix: str | None = None
+        self,
+        hosts: Sequence[str] = ("live", "backup", "client"),
+        prefix: str | None = None,
+        *,
+        router: str | None = None,
     ) -> None:
+        """``router`` (a key of ``ROUTER_MODES``) puts ``client`` behind a router host on its own subnet."""
         if isinstance(hosts, str):
             raise TypeError("hosts must be a sequence of names, not a string")
         if len(set(hosts)) != len(hosts):
             raise ValueError(f"duplicate host names in {hosts!r}")
+        if router is not None:
+            if router not in ROUTER_MODES:
+                raise ValueError(f"unknown router mode {router!r}; known: {sorted(ROUTER_MODES)}")
+            if ROUTED_CLIENT not in hosts or ROUTER in hosts:
+                raise ValueError(f"a routed lab needs {ROUTED_CLIENT!r} among its hosts, and adds {ROUTER!r}")
+            hosts = [*hosts, ROUTER]
+        self.router = router
         self.prefix = prefix or new_prefix()
         if not self.prefix.replace("-", "").isalnum() or len(self.prefix) > 20:
             raise ValueError(f"bad prefix {self.prefix!r}")
         self.bridge_netns = f"{self.prefix}-br"
-        self.hosts: dict[str, LabHost] = {name: _plan_host(self.prefix, name) for name in hosts}
+        self.hosts: dict[str, LabHost] = {
+            name: _plan_host(self.prefix, name, routed=router is not None) for name in hosts
+        }
         self._namespaces: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
         self._lock = threading.RLock()
@@ -245,6 +293,7 @@ class Lab:
                     "net.ipv4.conf.default.promote_secondaries": "1",
                     "net.ipv6.conf.all.accept_dad": "0",
                     "net.ipv6.conf.default.accept_dad": "0",
+                    **(self._router_sysctls() if host.name == ROUTER else {}),
                 },
             )
         # The bridge namespace carries no addresses at all, not even IPv6 link-local ones.
@@ -258,6 +307,8 @@ class Lab:
             "link set lo up",
         ]
         for host in self.hosts.values():
+            if not host.bridge_port:
+                continue
             batch += [
                 f"link add {host.bridge_port} type veth peer name {host.interface}"
                 f" address {host.mac} netns {host.netns}",
@@ -265,16 +316,55 @@ class Lab:
                 f"link set {host.bridge_port} up",
             ]
         _ip(["-n", self.bridge_netns, "-batch", "-"], stdin="\n".join(batch) + "\n")
+        if self.router is not None:
+            self._build_router()
         for host in self.hosts.values():
             self.set_sysctl(host.name, f"net.ipv4.conf.{host.interface}.promote_secondaries", "1")
             dev = host.interface
             batch = [
                 "link set lo up",
-                f"address add {host.address}/{LAB_SUBNET.prefixlen} dev {dev}",
-                f"address add {host.address6}/{LAB_SUBNET6.prefixlen} dev {dev} nodad",
+                f"address add {host.address}/{host.prefixlen} dev {dev}",
+                f"address add {host.address6}/{host.prefixlen6} dev {dev} nodad",
                 f"link set {dev} up",
             ]
+            batch += self._routes(host)
             _ip(["-n", host.netns, "-batch", "-"], stdin="\n".join(batch) + "\n")
+
+    def _router_sysctls(self) -> dict[str, str]:
+        # Before any interface exists, so every one inherits the defaults (drop_unsolicited_na is per
+        # interface only; drop_gratuitous_arp is all OR interface).
+        assert self.router is not None
+        return {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1", **ROUTER_MODES[self.router]}
+
+    def router_side(self) -> tuple[IPv4Address, IPv6Address]:
+        """The router's addresses on the client's subnet (its eth1)."""
+        return CLIENT_SUBNET_ROUTED.network_address + 1, CLIENT_SUBNET6_ROUTED.network_address + 1
+
+    def _build_router(self) -> None:
+        assert self.router is not None
+        router, client = self.hosts[ROUTER], self.hosts[ROUTED_CLIENT]
+        side4, side6 = self.router_side()
+        batch = [
+            f"link add {ROUTER_CLIENT_PORT} address {ROUTER_CLIENT_MAC} type veth"
+            f" peer name {client.interface} address {client.mac} netns {client.netns}",
+            f"address add {side4}/{CLIENT_SUBNET_ROUTED.prefixlen} dev {ROUTER_CLIENT_PORT}",
+            f"address add {side6}/{CLIENT_SUBNET6_ROUTED.prefixlen} dev {ROUTER_CLIENT_PORT} nodad",
+            f"link set {ROUTER_CLIENT_PORT} up",
+        ]
+        _ip(["-n", router.netns, "-batch", "-"], stdin="\n".join(batch) + "\n")
+
+    def _routes(self, host: LabHost) -> list[str]:
+        """In a routed lab: the client's default route via the router, the servers' route to the client."""
+        if self.router is None or host.name == ROUTER:
+            return []
+        if host.name == ROUTED_CLIENT:
+            side4, side6 = self.router_side()
+            return [f"route add default via {side4}", f"route add default via {side6}"]
+        router = self.hosts[ROUTER]
+        return [
+            f"route add {CLIENT_SUBNET_ROUTED} via {router.address}",
+            f"route add {CLIENT_SUBNET6_ROUTED} via {router.address6}",
+        ]
 
     def down(self) -> None:
         """Kill every process the lab started, then delete every namespace it made. Idempotent."""
@@ -386,3 +476,69 @@ class Lab:
                 break
             time.sleep(interval)
         return bool(predicate())
+
+
+class NeighbourWatch:
+    """Every change of one host's neighbour entry for one address, stamped with ``time.monotonic()``.
+
+    Runs ``ip monitor neigh`` in the host's namespace (tracked by the lab, so down() stops it too) and
+    reads its lines in a daemon thread; a line is stamped when it is read, within a millisecond or so of
+    the kernel's change. Bounded: at most ``MAX_CHANGES`` changes are kept.
+    """
+
+    MAX_CHANGES = 10_000
+
+    def __init__(self, lab: Lab, host: str, ip: str) -> None:
+        self.lab, self.host, self.ip = lab, host, ip
+        self._changes: list[tuple[float, str | None, str]] = []
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> NeighbourWatch:
+        self._proc = self.lab.popen(
+            self.host, ["ip", "monitor", "neigh"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        # The entry as it is now, after the monitor is listening: a change from here on is not missed.
+        time.sleep(0.05)
+        self._add(time.monotonic(), self.lab.neighbour_mac(self.host, self.ip), "initial")
+        self._thread = threading.Thread(target=self._read, name=f"neigh-{self.host}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            words = raw.decode(errors="replace").split()
+            deleted = bool(words) and words[0] == "Deleted"
+            words = words[1:] if deleted else words
+            if not words or words[0] != self.ip:
+                continue
+            mac = words[words.index("lladdr") + 1] if "lladdr" in words else None
+            self._add(time.monotonic(), None if deleted else mac, "DELETED" if deleted else words[-1])
+
+    def _add(self, at: float, mac: str | None, state: str) -> None:
+        with self._lock:
+            if len(self._changes) < self.MAX_CHANGES:
+                self._changes.append((at, mac.lower() if mac else None, state))
+
+    def changes(self) -> list[tuple[float, str | None, str]]:
+        """(when, lladdr or None, state) of each change, oldest first; the first is the entry at start."""
+        with self._lock:
+            return list(self._changes)
+
+    def first_at(self, mac: str, after: float = 0.0) -> float | None:
+        """When the entry first carried ``mac`` at or after ``after``, None if it never did."""
+        for at, seen, _state in self.changes():
+            if seen == mac.lower() and at >= after:
+                return at
+        return None
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            stop_group(proc, (signal.SIGTERM,), 1.0)
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()

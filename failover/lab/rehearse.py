@@ -10,17 +10,19 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from failover.lab.client import ClientLoad, Request, summarize
+from failover.lab.client import ClientLoad, Request, failure_kind, summarize
 from failover.lab.cluster import LabCluster
-from failover.lab.netns import VIP
+from failover.lab.netns import ROUTER, NeighbourWatch
 
 Say = Callable[[str], None]
 
 SETTLE_S = 1.0  # client load before, between and after the moves
+MAX_FAILED_LISTED = 20  # failed requests listed one per line in the text report
 
 
 def unserved_ms(
@@ -42,6 +44,39 @@ def unserved_ms(
     return round((claim - release) * 1000.0, 3)
 
 
+def claim_at(target_events: list[dict[str, Any]], started: float, ended: float) -> float | None:
+    """When the target's claim of this move took effect (netlink confirmed), on the lab's one clock."""
+    found = [
+        float(e["at"])
+        for e in target_events
+        if e.get("event") == "claim" and e.get("ok") and started <= e.get("at", 0) <= ended
+    ]
+    return found[-1] if found else None
+
+
+def failed_requests(records: list[Request], moves: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each failed request, given to the move whose claim (else start) is nearest its start, with its
+    start relative to that claim, how long it took, and what went wrong (reset/timeout/refused/other)."""
+    anchors = {
+        name: outcome.get("claim_at") or outcome["started"] for name, outcome in moves.items() if outcome
+    }
+    failed = []
+    for r in records:
+        if r.ok:
+            continue
+        move = min(anchors, key=lambda name: abs(r.start - anchors[name])) if anchors else None
+        failed.append(
+            {
+                "move": move,
+                "at_ms": round((r.start - anchors[move]) * 1000.0, 1) if move else None,
+                "took_ms": round((r.end - r.start) * 1000.0, 1),
+                "error": failure_kind(r.served_by),
+                "detail": r.served_by,
+            }
+        )
+    return failed
+
+
 def move_report(outcome: dict[str, Any], records: list[Request]) -> dict[str, Any]:
     started, ended = outcome["started"], outcome["ended"]
     window = summarize(records, since=started - 0.2, until=ended + SETTLE_S / 2)
@@ -60,6 +95,10 @@ def move_report(outcome: dict[str, Any], records: list[Request]) -> dict[str, An
         "holder": outcome.get("holder_by_netlink"),
         "client_neighbour_mac": outcome.get("client_neighbour_mac"),
         "client_neighbour_moved": outcome.get("client_neighbour_moved"),
+        "router_neighbour_mac": outcome.get("router_neighbour_mac"),
+        "router_neighbour_moved": outcome.get("router_neighbour_moved"),
+        "router_moved_ms_after_claim": outcome.get("router_moved_ms_after_claim"),
+        "router_neighbour_changes": outcome.get("router_neighbour_changes"),
         "failed": window.failed,
         "stalled_over_1s": window.stalled_over_1s,
         "max_gap_ms": round(max_gap_ms, 3),
@@ -96,15 +135,45 @@ def parse_outcome(stdout: str, stderr: str, exit_code: int, started: float, ende
 
 
 def do_move(cluster: LabCluster, move: str, via: str, source: str, target: str) -> dict[str, Any]:
-    outcome = cluster.move(move, via=via)
-    outcome["lab_unserved_ms"] = unserved_ms(
-        cluster.agent_events(source), cluster.agent_events(target), outcome["started"], outcome["ended"]
-    )
+    """Run the move; then read who holds the VIP, the neighbour entries that should have moved, the
+    old holder's stragglers. In a routed lab the router's entry for the VIP is watched throughout."""
+    vip = str(cluster.vip.ip)
+    target_mac = cluster.lab.host(target).mac
+    routed = cluster.lab.router is not None
+    watch = NeighbourWatch(cluster.lab, ROUTER, vip).start() if routed else None
+    try:
+        outcome = cluster.move(move, via=via)
+        if watch is not None:
+            # The router may move only once the straggler remediation reaches it: wait for it, bounded.
+            cluster.lab.wait_until(
+                lambda: watch.first_at(target_mac, outcome["started"]) is not None, timeout=5.0, interval=0.02
+            )
+    finally:
+        if watch is not None:
+            watch.stop()
+    source_events, target_events = cluster.agent_events(source), cluster.agent_events(target)
+    started, ended = outcome["started"], outcome["ended"]
+    outcome["lab_unserved_ms"] = unserved_ms(source_events, target_events, started, ended)
+    claimed = outcome["claim_at"] = claim_at(target_events, started, ended)
     holders = cluster.holders()
     outcome["holder_by_netlink"] = holders[0] if len(holders) == 1 else holders
-    mac = cluster.lab.neighbour_mac("client", str(VIP.ip))
-    outcome["client_neighbour_mac"] = mac
-    outcome["client_neighbour_moved"] = mac == cluster.lab.host(target).mac
+    if watch is None:
+        mac = cluster.lab.neighbour_mac("client", vip)
+        outcome["client_neighbour_mac"] = mac
+        outcome["client_neighbour_moved"] = mac == target_mac
+    else:
+        # Behind a router the client has no entry for the VIP; the router's is the one that must move.
+        mac = cluster.lab.neighbour_mac(ROUTER, vip)
+        outcome["client_neighbour_mac"] = outcome["client_neighbour_moved"] = None
+        outcome["router_neighbour_mac"] = mac
+        outcome["router_neighbour_moved"] = mac == target_mac
+        moved_at = watch.first_at(target_mac, started)
+        zero = claimed if claimed is not None else started
+        moved_ms = None if moved_at is None else round((moved_at - zero) * 1000.0, 1)
+        outcome["router_moved_ms_after_claim"] = moved_ms
+        outcome["router_neighbour_changes"] = [
+            [round((at - zero) * 1000.0, 1), seen, state] for at, seen, state in watch.changes()
+        ]
     outcome["stragglers"] = source_stragglers(cluster, source, outcome.get("epoch"))
     return outcome
 
@@ -122,15 +191,29 @@ def source_stragglers(cluster: LabCluster, source: str, epoch: Any, wait_s: floa
     return None
 
 
-def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = None) -> dict[str, Any]:
+def rehearse(
+    say: Say,
+    *,
+    keep_workdir: bool = False,
+    workdir: Path | None = None,
+    ipv6: bool = False,
+    router: str | None = None,
+) -> dict[str, Any]:
+    """``ipv6``: the VIP, the agents and the client all on IPv6; ``router``: the client behind a router
+    namespace (``"drop-garp"``: one that ignores gratuitous ARP and unsolicited NA)."""
     t0 = time.monotonic()
 
     def step(text: str) -> None:
         say(f"[{(time.monotonic() - t0):6.2f} s] {text}")
 
-    with LabCluster(workdir, keep_workdir=keep_workdir) as cluster:
-        step(f"lab up: namespaces {cluster.lab.prefix}-*, nginx on live and backup, agents heard each other")
-        load = ClientLoad(cluster.lab, "client", str(VIP.ip), cluster.workdir / "client", duration_s=120)
+    with LabCluster(workdir, keep_workdir=keep_workdir, ipv6=ipv6, router=router) as cluster:
+        vip = str(cluster.vip.ip)
+        where = f", client behind a {router} router" if router else ""
+        step(
+            f"lab up: namespaces {cluster.lab.prefix}-*, VIP {cluster.vip}{where}, nginx on live and backup, "
+            "agents heard each other"
+        )
+        load = ClientLoad(cluster.lab, "client", vip, cluster.workdir / "client", duration_s=120)
         load.start()
         step("client load started: a new connection to the VIP every 5 ms, plus one keep-alive connection")
         time.sleep(SETTLE_S)
@@ -148,13 +231,19 @@ def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = Non
             "ok": False,
             "lab": cluster.lab.prefix,
             "workdir": str(cluster.workdir) if keep_workdir else None,
+            "vip": str(cluster.vip),
+            "router": router,
             "swap": move_report(swap, records),
             "unswap": move_report(unswap, records),
             **client_report(records, keepalive),
+            "failed_requests": failed_requests(records, {"swap": swap, "unswap": unswap}),
         }
+    moved = "router_neighbour_moved" if router else "client_neighbour_moved"
     report["ok"] = bool(
         report["swap"]["ok"]
         and report["unswap"]["ok"]
+        and report["swap"][moved]
+        and report["unswap"][moved]
         and report["client"]["failed"] == 0
         and report["served_by"]["backup"] > 0
     )
@@ -165,9 +254,16 @@ def rehearse(say: Say, *, keep_workdir: bool = False, workdir: Path | None = Non
 def _verdict(outcome: dict[str, Any]) -> str:
     if outcome.get("ok") and outcome.get("exit_code") == 0:
         unserved = outcome.get("lab_unserved_ms")
+        if outcome.get("router_neighbour_mac") is not None:
+            moved = (
+                f"router's entry moved: {outcome['router_neighbour_moved']} "
+                f"({outcome.get('router_moved_ms_after_claim')} ms after the claim)"
+            )
+        else:
+            moved = f"client's neighbour entry moved: {outcome['client_neighbour_moved']}"
         return (
             f"ok in {outcome.get('duration_ms', 0):.1f} ms, VIP on {outcome['holder_by_netlink']}, "
-            f"on no host for {unserved} ms, client ARP moved: {outcome['client_neighbour_moved']}, "
+            f"on no host for {unserved} ms, {moved}, "
             f"confirmed by the access log {outcome.get('confirm_ms')} ms after the claim "
             f"({(outcome.get('evidence') or {}).get('requests')} requests)"
         )
@@ -183,13 +279,29 @@ def format_report(report: dict[str, Any]) -> str:
             f"client max gap {m['max_gap_ms']} ms  failed {m['failed']}  stalled {m['stalled_over_1s']}  "
             f"confirmed {m['confirmed']} in {m['confirm_ms']} ms"
         )
+        if m.get("router_neighbour_mac") is not None:
+            lines.append(
+                f"          router's entry for the VIP moved {m['router_moved_ms_after_claim']} ms after the "
+                f"claim, now {m['router_neighbour_mac']}"
+            )
         if not m["ok"]:
             lines.append(f"          reason: {m['reason']}")
     c = report["client"]
-    lines.append(
-        f"  client  {c['requests']} requests, {c['failed']} failed, {c['stalled_over_1s']} stalled >= 1 s, "
-        f"max gap {c['max_gap_ms']} ms; keep-alive {c['keepalive_requests']} requests, "
-        f"{c['keepalive_resets']} resets"
+    failed = report.get("failed_requests", [])
+    by_move = ", ".join(
+        f"{n} in the {move}" for move, n in Counter(f["move"] for f in failed).items() if move is not None
     )
+    lines.append(
+        f"  client  {c['requests']} requests, {c['failed']} failed{f' ({by_move})' if by_move else ''}, "
+        f"{c['stalled_over_1s']} stalled >= 1 s, max gap {c['max_gap_ms']} ms; "
+        f"keep-alive {c['keepalive_requests']} requests, {c['keepalive_resets']} resets"
+    )
+    for f in failed[:MAX_FAILED_LISTED]:
+        lines.append(
+            f"  failed  {f['error']:<7} {f['move']}, started {f['at_ms']:+.1f} ms from the claim, "
+            f"took {f['took_ms']} ms ({f['detail']})"
+        )
+    if len(failed) > MAX_FAILED_LISTED:
+        lines.append(f"  failed  ... and {len(failed) - MAX_FAILED_LISTED} more (all in the JSON report)")
     lines.append(f"  served  live {report['served_by']['live']}, backup {report['served_by']['backup']}")
     return "\n".join(lines)
