@@ -213,10 +213,14 @@ def pack_findings(rows: list[tuple[str, str, str, str]], limit: int = FINDINGS_M
     lines = text.split("\n")
     while len(lines) > 1 and size("\n".join(lines)) > limit:
         lines.pop()
-    text = lines[0]
-    while size(text) > limit:  # one failure alone is too long: its fix and detail lose their tails
-        text = text[: len(text) - (size(text) - limit) - 1]
-    return text
+    # One failure alone is too long: its fix and detail lose their tails. By characters, not by the bytes
+    # JSON escapes them to (one astral character is 12 bytes of it), so the level at the start survives.
+    text, fits = lines[0], 0
+    too_long = len(text) + 1
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        fits, too_long = (middle, too_long) if size(text[:middle]) <= limit else (fits, middle)
+    return text[:fits]
 
 
 def unpack_findings(text: str) -> list[tuple[str, str, str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -178,3 +179,12 @@ def test_deeply_nested_json_from_a_key_holder_is_malformed_not_a_crash() -> None
     with pytest.raises(wire.WireError) as err:
         wire.decode(data, (KEY,))
     assert err.value.reason == "malformed"
+
+
+def test_a_failure_of_wide_characters_is_cut_by_characters_and_keeps_its_level() -> None:
+    # Each of these is 12 bytes once JSON escapes it: cutting by the excess in bytes once left no level.
+    wide = "\U0001d54b" * 80
+    packed = wire.pack_findings([("FAIL", wide, wide * 3, wide * 3)])
+    assert len(json.dumps(packed)) <= wire.FINDINGS_MAX
+    [(level, check, _detail, _fix)] = wire.unpack_findings(packed)
+    assert level == "FAIL" and check.startswith("\U0001d54b")
