@@ -49,20 +49,25 @@ class AgentError(Exception):
 class PersistentState:
     epoch: int = 0
     held_epoch: int = 0
+    held_before: bool = False  # this node has held the VIP: it may take back a VIP that nobody holds
 
 
 def load_state(state_dir: Path) -> PersistentState:
     try:
         doc = json.loads((state_dir / "state.json").read_text())
-        return PersistentState(epoch=int(doc["epoch"]), held_epoch=int(doc["held_epoch"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        held_before = doc.get("held_before") is True
+        epoch, held_epoch = int(doc["epoch"]), int(doc["held_epoch"])
+        return PersistentState(epoch=epoch, held_epoch=held_epoch, held_before=held_before)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return PersistentState()
 
 
 def save_state(state_dir: Path, state: PersistentState) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = state_dir / "state.json.tmp"
-    tmp.write_text(json.dumps({"epoch": state.epoch, "held_epoch": state.held_epoch}))
+    tmp.write_text(
+        json.dumps({"epoch": state.epoch, "held_epoch": state.held_epoch, "held_before": state.held_before})
+    )
     os.replace(tmp, state_dir / "state.json")
 
 
@@ -236,7 +241,12 @@ class Agent:
         )
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
-            setup, holds=holds, held_epoch=state.held_epoch, epoch=state.epoch, now=self.now()
+            setup,
+            holds=holds,
+            held_epoch=state.held_epoch,
+            epoch=state.epoch,
+            now=self.now(),
+            held_before=state.held_before,
         )
         try:
             # Before binding anything: a second agent for this node must hear "already running".
@@ -431,7 +441,8 @@ class Agent:
             return  # sockets are closing; the VIP stays as it is
         for action in self.core.pop_actions():
             self._carry_out(action)
-        state = PersistentState(epoch=self.core.epoch, held_epoch=self.core.held_epoch)
+        core = self.core
+        state = PersistentState(epoch=core.epoch, held_epoch=core.held_epoch, held_before=core.held_before)
         if state != self._persisted:
             self._persisted = state
             try:
@@ -820,8 +831,8 @@ class Agent:
     async def _probe(self, action: protocol.Probe) -> None:
         try:
             t = self.config.takeover
-            macs = await asyncio.to_thread(
-                announce.probe,
+            result = await asyncio.to_thread(
+                announce.probe_result,
                 self.node.interface,
                 self.config.vip.ip,
                 self.link.mac,
@@ -830,11 +841,12 @@ class Agent:
                 wait_ms=t.probe_wait_ms,
             )
         except announce.AnnounceError as err:
-            # Without a probe we cannot tell; assume someone holds it rather than risk two holders.
+            # Without a probe we cannot tell: the core never claims on that, two holders are worse.
             log.error("probe-failed", error=str(err))
-            macs = ["unknown (probe failed)"]
-        log.info("probe", epoch=action.epoch, answered_by=macs)
-        self._report(events.ProbeDone(action.epoch, tuple(macs)))
+            result = announce.ProbeResult(answered_by=(), unknown=f"probe failed: {err}")
+        log.info("probe", epoch=action.epoch, answered_by=list(result.answered_by),
+                 unknown=result.unknown or None, frames=result.frames)
+        self._report(events.ProbeDone(action.epoch, result.answered_by, result.unknown))
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class NodePair:
         self.healthy = {"live": True, "backup": True}
         self.alive = {"live": True, "backup": True}
         self.claim_fails: set[str] = set()
+        self.release_misreported: set[str] = set()  # the VIP goes, but netlink's answer says it failed
         self.digest = {"live": "d" * 64, "backup": "d" * 64}
         self.nodes: dict[str, Node] = {}
         for name, peer in (("live", "backup"), ("backup", "live")):
@@ -68,6 +69,7 @@ class NodePair:
         self.checks: list[Callable[[NodePair], None]] = []
         self.probes: list[tuple[str, float, float]] = []
         self.probe_time = 0.08
+        self.probe_unknown = ""  # non-empty: probes cannot tell (frames dropped), whoever holds the VIP
         self.fence_ok = True
         # Clients follow the announcement to whoever holds the VIP (False: quiet hours, or a holder
         # whose web server logs nothing); canaries reach the holder's log.
@@ -88,7 +90,8 @@ class NodePair:
         self.handoffs: dict[str, int] = {}  # node -> epoch of the handoff rule in place
         self.started: dict[str, list[protocol.Started]] = {"live": [], "backup": []}
 
-    def _make(self, name: str, peer: str, boot: int = 1) -> Node:
+    def _make(self, name: str, peer: str, boot: int = 1, state: Node | None = None) -> Node:
+        """A node's core; `state`: the core it replaces after a restart, whose state.json it reads."""
         setup = NodeSetup(
             cluster="web",
             name=name,
@@ -107,7 +110,14 @@ class NodePair:
             drain=self.drain,
             before_release=self.before_release,
         )
-        return Node(setup, holds=name in self.vip_on, held_epoch=0, epoch=0, now=self.now)
+        return Node(
+            setup,
+            holds=name in self.vip_on,
+            held_epoch=0 if state is None else state.held_epoch,
+            epoch=0 if state is None else state.epoch,
+            held_before=state is not None and state.held_before,
+            now=self.now,
+        )
 
     # --- driving ----------------------------------------------------------------------------------
 
@@ -160,7 +170,9 @@ class NodePair:
 
     def restart(self, name: str, boot: int) -> None:
         self.alive[name] = True
-        self.nodes[name] = self._make(name, "backup" if name == "live" else "live", boot=boot)
+        # What the agent keeps in state.json survives: epochs, and whether this node ever held the VIP.
+        peer = "backup" if name == "live" else "live"
+        self.nodes[name] = self._make(name, peer, boot=boot, state=self.nodes[name])
 
     # --- the world ---------------------------------------------------------------------------------
 
@@ -171,7 +183,7 @@ class NodePair:
                 continue
             for action in actions:
                 self._do(name, node, action)
-        for check in self.checks:
+        for check in list(self.checks):  # a check may take itself out
             check(self)
         for node in self.nodes.values():
             # Every state a node is in is a row of its own machine's table.
@@ -264,7 +276,10 @@ class NodePair:
         # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
         answered = {h for h in self.vip_on if h != name}
         answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}
-        self._answer(name, node, ev.ProbeDone(epoch, tuple(sorted(MACS[h] for h in answered))))
+        macs = tuple(sorted(MACS[h] for h in answered))
+        if self.probe_unknown:
+            macs = ()  # the answer may be among the frames the probe lost
+        self._answer(name, node, ev.ProbeDone(epoch, macs, self.probe_unknown))
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node
@@ -291,6 +306,9 @@ class NodePair:
         if not self._live(name, node):
             return
         self.vip_on.discard(name)
+        if name in self.release_misreported:
+            node.handle(ev.ReleaseDone(epoch, False, "injected: netlink delete timed out"), self.now)
+            return
         node.handle(ev.ReleaseDone(epoch, True), self.now)
 
     def _transmit(self, to: str, data: bytes) -> None:

@@ -735,6 +735,7 @@ ops = st.one_of(
     st.tuples(st.just("crash"), st.sampled_from(["live", "backup"]), st.floats(0.0, 2.0)),
     st.tuples(st.just("clients"), st.booleans()),
     st.tuples(st.just("dry-run"), st.sampled_from(["live", "backup"]), st.sampled_from(["swap", "unswap"])),
+    st.tuples(st.just("probe-unknown"), st.booleans()),
 )
 
 
@@ -786,6 +787,8 @@ def test_random_commands_and_faults_keep_the_safety_rules(
             pair.run(0.05)
             pair.restart(str(step[1]), boot=boot)
             boot += 1
+        elif kind == "probe-unknown":
+            pair.probe_unknown = "frames dropped by the kernel" if step[1] else ""
         elif kind == "clients":
             pair.clients_follow = pair.canary_reaches = bool(step[1])
         elif kind == "crash" and pair.alive[str(step[1])]:
@@ -796,6 +799,7 @@ def test_random_commands_and_faults_keep_the_safety_rules(
     # Faults stop: exactly one holder (unless crashes left nobody to take over), both agree on who.
     pair.faults = LinkFaults()
     pair.claim_fails.clear()
+    pair.probe_unknown = ""
     pair.run(6)
     if not pair.vip_on:
         # Only possible when the holder crashed while the standby had no live holder to watch.

@@ -10,7 +10,7 @@ import pytest
 
 from failover import protocol
 from failover.protocol import diagram
-from failover.protocol.events import ClaimDone, HealthDone
+from failover.protocol.events import ClaimDone, HealthDone, VipObserved
 from failover.protocol.states import MACHINE_OF, MACHINES, Input, State
 from failover.reference import section_of
 from tests.nodepair import NodePair
@@ -187,3 +187,91 @@ def test_each_machine_has_a_way_in_or_is_entered_from_another(machine: protocol.
                 reached |= {n for n in transition.next if MACHINE_OF[type(n)] is machine}
     unreachable = set(machine.rows) - reached - set(machine.entry)
     assert unreachable == set(), unreachable
+
+
+# --- exactly one holder after every fault: a VIP on nobody is taken back -----------------------------
+
+
+def _kill_source_between_release_and_released(pair: NodePair) -> None:
+    def kill_once_released(p: NodePair) -> None:
+        if not p.vip_on and p.alive["live"]:
+            p.faults.partitioned = True  # Released, already on its way, is lost with the agent
+            p.kill("live")
+            p.checks.remove(kill_once_released)
+
+    pair.checks.append(kill_once_released)
+
+
+@pytest.mark.parametrize("down", [0.5, 3.0])
+def test_a_source_killed_between_release_and_released_gets_the_vip_back(down: float) -> None:
+    pair = settled(NodePair())
+    _kill_source_between_release_and_released(pair)
+    pair.command("live", "swap")
+    pair.run(down)
+    assert pair.vip_on == set() and not pair.alive["live"]
+    pair.restart("live", boot=2)
+    pair.faults.partitioned = False
+    backup = pair.nodes["backup"]
+    pair.run(0.5)
+    assert pair.vip_on == set()  # the bound has not passed yet: a move might still be under way
+    live = pair.nodes["live"]
+    bound = live.recover_after + pair.probe_time + 0.1
+    pair.run(bound)
+    assert pair.vip_on == {"live"}, (live.status(pair.now), backup.status(pair.now))
+    taken = live.status(pair.now)["last_takeover"]
+    assert taken["ok"] and taken["probe"] == "silent"
+    assert taken["reason"].startswith("neither node held the VIP for 2250 ms; live held it last")
+    assert backup.last_takeover is None  # the other node only watched
+    pair.run(2)
+    assert pair.vip_on == {"live"} and backup.peer_holds()
+
+
+def test_a_release_that_timed_out_but_took_effect_is_taken_back() -> None:
+    pair = settled(NodePair())
+    pair.release_misreported.add("live")
+    cid = pair.command("live", "swap")
+    pair.run(0.1)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and "release failed" in out.reason
+    assert pair.vip_on == set()
+    live = pair.nodes["live"]
+    live.handle(VipObserved(False), pair.now)  # netlink's watcher: the VIP is gone after all
+    pair.run(live.recover_after + 0.5)
+    assert pair.vip_on == {"live"}
+    assert live.last_takeover is not None and "neither node held the VIP" in live.last_takeover["reason"]
+
+
+def test_a_fresh_cluster_with_the_vip_nowhere_is_left_alone() -> None:
+    pair = NodePair()
+    pair.vip_on.clear()
+    pair.nodes = {"live": pair._make("live", "backup"), "backup": pair._make("backup", "live")}
+    pair.run(10)
+    assert pair.vip_on == set()  # nobody ever held it: the operator adds it, failover never invents a holder
+
+
+def test_a_probe_that_cannot_tell_is_never_taken_for_silence() -> None:
+    pair = settled(NodePair())
+    pair.probe_unknown = "3 frames dropped by the kernel"
+
+    def kill_target_once_released(p: NodePair) -> None:
+        if not p.vip_on and p.alive["backup"]:
+            p.kill("backup")
+
+    pair.checks.append(kill_target_once_released)
+    cid = pair.command("live", "swap")
+    pair.run(8)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and not out.rolled_back, out
+    assert "3 probes could not tell whether anyone holds the VIP" in out.reason
+    assert [s for s, _ in out.steps].count("probe-unknown") == 3
+    assert pair.vip_on == set()
+
+
+def test_a_takeover_probe_that_cannot_tell_does_not_claim() -> None:
+    pair = settled(NodePair())
+    pair.probe_unknown = "receive error"
+    pair.kill("live")  # the agent only: live's kernel may still answer, the probe cannot say
+    pair.run(1)
+    assert pair.vip_on == {"live"}
+    taken = pair.nodes["backup"].last_takeover
+    assert taken is not None and not taken["ok"] and "could not tell" in taken["reason"], taken

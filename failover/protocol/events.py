@@ -60,10 +60,11 @@ class ClaimDone:
 
 @dataclass(frozen=True)
 class ProbeDone:
-    """Answers Probe: the MACs that answered for the VIP (empty: nobody holds it)."""
+    """Answers Probe: the MACs that answered for the VIP; empty, and nothing unknown: nobody holds it."""
 
     epoch: int
     answered_by: tuple[str, ...]
+    unknown: str = ""  # why the probe may have missed an answer (frames dropped, an error): not silence
 
 
 @dataclass(frozen=True)

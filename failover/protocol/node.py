@@ -61,10 +61,22 @@ def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
 class Node:
     """One agent's protocol state. Both hosts run the same code."""
 
-    def __init__(self, setup: NodeSetup, *, holds: bool, held_epoch: int, epoch: int, now: float) -> None:
+    def __init__(
+        self,
+        setup: NodeSetup,
+        *,
+        holds: bool,
+        held_epoch: int,
+        epoch: int,
+        now: float,
+        held_before: bool = False,
+    ) -> None:
         self.setup = setup
         self.timing = setup.timing
         self.holds = holds
+        # This node has held the VIP, in this run or an earlier one (the agent keeps it in state.json):
+        # only such a node may take back a VIP that nobody holds.
+        self.held_before = held_before or holds
         self.held_epoch = held_epoch
         self.epoch = max(epoch, held_epoch)
         self.peer_epoch = 0
@@ -108,6 +120,7 @@ class Node:
         self._settle_announced = -1.0
         self._takeover_not_before = now
         self._silence_reported = False
+        self._nobody_since: float | None = None  # both up, neither holding the VIP, since then
         self._self_swap_not_before = now
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
         self._draining: int | None = None  # the release whose ARP-silent copy on lo still serves
@@ -133,6 +146,8 @@ class Node:
             deadlines.append(self._announce_due[0])
         if self._drain_until is not None:
             deadlines.append(self._drain_until)
+        if self._nobody_since is not None and self._held_last():
+            deadlines.append(max(self._nobody_since + self.recover_after, self._takeover_not_before))
         records: list[Record] = [*self._dry.values()]
         if self.run is not None:
             records.append(self.run)
@@ -309,6 +324,7 @@ class Node:
             and now - self.peer_seen > self.timing.dead_after
         ):
             self._holder_silent(now)
+        self._recover_if_nobody_holds(now)
         run = self.run
         if run is None:
             return
@@ -572,6 +588,7 @@ class Node:
         return self.run is not None and row(self.run.state).changes_vip
 
     def _set_holds(self, holds: bool, now: float) -> None:
+        self.held_before = self.held_before or holds
         if holds != self.holds:
             self.holds = holds
             self._next_heartbeat = now  # the peer learns at once, not one interval later
@@ -619,6 +636,43 @@ class Node:
             and not self.busy()
             and not self._silence_reported  # automatic off: said once, until the peer is heard again
         )
+
+    @property
+    def recover_after(self) -> float:
+        """Both up and neither holding this long: no move can still be under way, the VIP is on nobody."""
+        return 2 * self.timing.step_timeout + self.timing.dead_after
+
+    def _held_last(self) -> bool:
+        """One rule on both nodes, with the same facts: the node that held the VIP last (home wins a tie)."""
+        hb = self.peer_heartbeat
+        theirs = 0 if hb is None else hb.held_epoch
+        return self.held_before and (self.held_epoch, self.setup.home) > (theirs, not self.setup.home)
+
+    def _recover_if_nobody_holds(self, now: float) -> None:
+        hb = self.peer_heartbeat
+        up = hb is not None and self.peer_alive(now)
+        if self.holds or not up or self.peer_holds() or self.busy():
+            self._nobody_since = None
+            return
+        if self._nobody_since is None:
+            self._nobody_since = now
+        if now - self._nobody_since < self.recover_after or now < self._takeover_not_before:
+            return
+        if not self._held_last():
+            return  # the peer held it last: it claims it, after the same silent probe as a takeover
+        self._nobody_since = None
+        nobody_ms = self.recover_after * 1000
+        if not self.setup.automatic:
+            self.hold_off_takeover(now + self.setup.takeover_retry)
+            if not self._silence_reported:
+                self._silence_reported = True
+                reason = f"neither node has held the VIP for {nobody_ms:.0f} ms; automatic takeover is off"
+                self.last_takeover = {"ok": False, "at": now, "reason": reason}
+                self._actions.append(a.Notice("nobody-holds", dict(self.last_takeover)))
+            return
+        why = f"neither node held the VIP for {nobody_ms:.0f} ms; {self.setup.name} held it last"
+        run = self.takeover.start("recover", why, "nobody-holds", now)
+        self.begin(run, run.state, now)
 
     def _holder_silent(self, now: float) -> None:
         assert self.peer_seen is not None

@@ -40,6 +40,7 @@ class SourceRun(Run):
 
     state: MoveState = field(kw_only=True)
     probed: bool = False  # the target was probed once already: a second silence decides
+    unknown_probes: int = 0  # probes that could not tell whether anyone holds the VIP
     # Timing pieces for the unserved window, measured on each side with its own clock.
     release_started: float | None = None
     release_ms: float | None = None

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 MOVES = ("swap", "unswap")
 STRAGGLER_GRACE = 0.1  # seconds: frames sent before a client could have heard the announcement
+UNKNOWN_PROBES = 3  # probes in a row that cannot tell before a rollback gives up on reclaiming
 
 S, T, R = SourceState, TargetState, RollbackState
 
@@ -195,6 +196,19 @@ class SwapSource(_Answers):
 
     def target_probed(self, run: SourceRun, event: e.ProbeDone, now: float) -> MoveState:
         node = self.node
+        if event.unknown and not event.answered_by:
+            # Not silence: maybe the target holds the VIP and its answer was lost. Ask again, a few times.
+            node.step(run, "probe-unknown", now)
+            run.unknown_probes += 1
+            if run.unknown_probes >= UNKNOWN_PROBES:
+                reason = (
+                    f"{self.peer} did not confirm the claim, and {run.unknown_probes} probes could not tell "
+                    f"whether anyone holds the VIP ({event.unknown}): not reclaiming"
+                )
+                node.finish(run, ok=False, now=now, holder=None, reason=reason)
+                return S.FAILED
+            node.retransmit(run, now)
+            return S.HANDED_OVER
         if not event.answered_by:
             node.step(run, "probe-silent", now)
             return self.reclaim(run, f"{self.peer} did not confirm the claim within {self.step_ms}", now)
@@ -213,7 +227,7 @@ class SwapSource(_Answers):
 
     def probe_timed_out(self, run: SourceRun, _: None, now: float) -> MoveState:
         # No answer from the probe is no proof that nobody holds the VIP: never reclaim on it.
-        return self.target_probed(run, e.ProbeDone(run.epoch, ("unknown (the probe did not finish)",)), now)
+        return self.target_probed(run, e.ProbeDone(run.epoch, (), "the probe did not finish in time"), now)
 
     def confirmed(self, run: SourceRun, msg: wire.Confirmed, now: float) -> MoveState:
         self.acknowledge(run, msg, now)

@@ -2,7 +2,9 @@
 
 A standby that hears nothing from the holder for `dead_after` probes the segment for the VIP; any
 answer means no takeover. Only silence (and the fence program, if configured) lets it claim. The same
-machine reclaims a VIP removed from the holder behind the agent's back (`on_vip_lost: reclaim`).
+machine reclaims a VIP removed from the holder behind the agent's back (`on_vip_lost: reclaim`), and
+recovers a VIP that neither node holds while both are up (a kill between release and claim, a release
+that timed out but took effect): the node that held it last claims it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class Takeover:
         self.node = node
 
     def start(self, move: str, why: str, first_step: str, now: float) -> TakeoverRun:
-        """Probe, fence if configured, claim: for a silent holder ("takeover") or a lost VIP ("reclaim")."""
+        """Probe, fence if configured, claim: a silent holder ("takeover"), a lost VIP ("reclaim"), or a VIP
+        on nobody ("recover")."""
         node = self.node
         epoch = max(node.epoch, node.peer_epoch) + 1
         run = TakeoverRun(
@@ -51,6 +54,10 @@ class Takeover:
             answered = ", ".join(event.answered_by)
             reason = f"{answered} still answers for the VIP: not claiming"
             return self._finish(run, False, reason, now, probe=list(event.answered_by))
+        if event.unknown:
+            node.step(run, "probe-unknown", now)
+            reason = f"the probe could not tell whether anyone holds the VIP ({event.unknown}): not claiming"
+            return self._finish(run, False, reason, now, probe=[f"unknown: {event.unknown}"])
         node.step(run, "probe-silent", now)
         if node.setup.fence:
             node.emit(a.Fence(run.epoch))
@@ -67,7 +74,7 @@ class Takeover:
             return self._finish(run, False, f"{peer} was heard again: no takeover", now)
         if hb.holds_vip:
             return self._finish(run, False, f"{peer} holds the VIP: not reclaiming", now)
-        return run.state
+        return run.state  # a reclaim or recovery goes on: the peer speaks but does not hold the VIP
 
     def fenced(self, run: TakeoverRun, event: e.FenceDone, now: float) -> TakeoverState:
         if not event.ok:
@@ -126,7 +133,7 @@ class Takeover:
                 a.RunHooks(
                     "takeover",
                     run.epoch,
-                    "takeover",
+                    run.move,
                     source=run.source,
                     target=run.target,
                     reason=node.last_takeover["reason"],
