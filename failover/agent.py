@@ -19,16 +19,18 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, assert_never
 
 import structlog
 
-from failover import announce, check, control, handoff, journal, protocol, sdnotify
+from failover import __version__, announce, check, control, handoff, journal, protocol, sdnotify
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
+from failover.load import recent_rate
 from failover.metrics import MetricsServer
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.protocol import events
@@ -71,9 +73,13 @@ def save_state(state_dir: Path, state: PersistentState) -> None:
     os.replace(tmp, state_dir / "state.json")
 
 
+USER_AGENT = f"failover/{__version__}"
+
+
 def check_health(url: str, timeout: float) -> tuple[bool, str]:
     """GET the node's own health URL; healthy means a 2xx answer."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+    opener.addheaders = [("User-Agent", USER_AGENT)]  # marked: our own requests never prove a move
     try:
         with opener.open(url, timeout=timeout) as resp:
             status = int(resp.status)
@@ -164,6 +170,7 @@ class Agent:
         self.node = node
         self.peer = config.peer_of(node.name)
         self.fault = os.environ.get(FAULT_ENV, "")
+        self._fault_seen: tuple[int, str] | None = None
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
@@ -226,6 +233,7 @@ class Agent:
             boot=time.time_ns(),
             probe_budget=probe_ms / 1000,
             fence_budget=cfg.takeover.fence_timeout_ms / 1000,
+            vip=str(cfg.vip.ip),
             automatic=cfg.takeover.automatic,
             on_vip_lost=cfg.takeover.on_vip_lost,
             fence=bool(cfg.takeover.fence),
@@ -439,6 +447,8 @@ class Agent:
     def _pump(self) -> None:
         if self._stopping:
             return  # sockets are closing; the VIP stays as it is
+        if self.fault.startswith("stop-entering:"):
+            self._stop_if_entering(self.fault.partition(":")[2])
         for action in self.core.pop_actions():
             self._carry_out(action)
         core = self.core
@@ -471,6 +481,8 @@ class Agent:
                 self._vip_ops.put_nowait(action)
             case protocol.CheckHealth():
                 self._spawn(self._check_health(action))
+            case protocol.MeasureLoad():
+                self._spawn(self._measure_load(action))
             case protocol.BeforeRelease():
                 self._spawn(self._before_release(action))
             case protocol.RunHooks():
@@ -522,6 +534,14 @@ class Agent:
                 self._journal_notice(action)
             case _:
                 assert_never(action)
+
+    def _stop_if_entering(self, state: str) -> None:
+        """Test only: freeze (SIGSTOP) as the move enters `state`, before its actions are carried out."""
+        run = self.core.run
+        if run is not None and run.state == state and self._fault_seen != (run.epoch, state):
+            self._fault_seen = (run.epoch, state)
+            log.warning("test-fault-stopping", entering=state, epoch=run.epoch)
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     def _fault_matches(self, action: protocol.Action) -> bool:
         """`stop-before:Release` or `stop-before:Claim:swap`: an action's class, and its `why` if given."""
@@ -604,6 +624,19 @@ class Agent:
         )
         log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
         self._report(events.HealthDone(action.epoch, ok, detail))
+
+    def _not_proof(self) -> tuple[str, ...]:
+        """Clients whose requests never prove a move: the nodes themselves, loopback, and the ignored."""
+        nodes = (str(n.address) for n in self.config.nodes)
+        return (*nodes, "127.0.0.1", "::1", *(str(a) for a in self.config.confirm.ignore_clients))
+
+    async def _measure_load(self, action: protocol.MeasureLoad) -> None:
+        fmt = LogFormat.named(self.config.confirm.log_format)
+        rate, detail = await asyncio.to_thread(
+            recent_rate, self.node.access_log, fmt, self._not_proof(), datetime.now(UTC)
+        )
+        log.info("load-measured", epoch=action.epoch, per_second=rate, detail=detail)
+        self._report(events.LoadMeasured(action.epoch, rate, detail))
 
     async def _host_check(self, action: protocol.HostCheck) -> None:
         """A dry run's checks of this host for the part it would play: reads only, changes nothing."""
@@ -769,7 +802,7 @@ class Agent:
         follower = LogFollower(self.node.access_log, LogFormat.named(cfg.log_format))
         follower.start_at_end()  # only what is logged from now on can prove the move
         token = canary_token(self.config.cluster, action.epoch) if action.canary else None
-        watch = _Watch(action.epoch, follower, token, tuple(str(a) for a in cfg.ignore_clients))
+        watch = _Watch(action.epoch, follower, token, self._not_proof())
         watch.task = asyncio.create_task(self._follow(watch))
         self._watch = watch
         log.info(
@@ -795,11 +828,15 @@ class Agent:
         )
 
     async def _follow(self, watch: _Watch) -> None:
+        unparsed = 0
         while True:
             entries = watch.follower.poll()  # small, non-blocking reads of a regular file
-            if entries:
+            if entries or watch.follower.stats.unparsed != unparsed:
                 watch.add(entries)
-                self._report(events.TrafficSeen(watch.epoch, watch.count, tuple(watch.clients)))
+                unparsed = watch.follower.stats.unparsed
+                clients = tuple(watch.clients)
+                how = "client address"  # the log does not say which address was asked
+                self._report(events.TrafficSeen(watch.epoch, watch.count, clients, how, unparsed))
             await asyncio.sleep(FOLLOW_INTERVAL)
 
     async def _canary(self, action: protocol.Canary) -> None:

@@ -79,6 +79,10 @@ class Refused(Message):
 class Released(Message):
     kind: ClassVar[str] = "released"
     release_ms: float
+    # Requests per second to the VIP the source served just before the move (-1: not known): the target
+    # expects clients within a deadline derived from it.
+    rate: float = -1.0
+    canary: bool = False  # too quiet to judge by clients: the source sends marked requests instead
 
 
 @dataclass(frozen=True)

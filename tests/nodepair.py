@@ -21,6 +21,7 @@ from failover.protocol.states import MACHINE_OF
 
 KEY = b"k" * 32
 MACS = {"live": "02:00:00:00:00:11", "backup": "02:00:00:00:00:12"}
+VIP = "203.0.113.10"
 
 
 @dataclass
@@ -69,6 +70,7 @@ class NodePair:
         self.checks: list[Callable[[NodePair], None]] = []
         self.probes: list[tuple[str, float, float]] = []
         self.probe_time = 0.08
+        self.load_rate: float | None = 200.0  # what the source's access log says of the last seconds
         self.probe_unknown = ""  # non-empty: probes cannot tell (frames dropped), whoever holds the VIP
         self.fence_ok = True
         # Clients follow the announcement to whoever holds the VIP (False: quiet hours, or a holder
@@ -109,6 +111,7 @@ class NodePair:
             on_vip_lost=self.on_vip_lost,
             drain=self.drain,
             before_release=self.before_release,
+            vip=VIP,
         )
         return Node(
             setup,
@@ -204,6 +207,9 @@ class NodePair:
                 self.draining.add(name)
             case protocol.EndDrain():
                 self.draining.discard(name)
+            case protocol.MeasureLoad():
+                load = ev.LoadMeasured(action.epoch, self.load_rate, "fake access log")
+                self.at(self.now + self.health_delay, lambda: self._answer(name, node, load))
             case protocol.CheckHealth():
                 ok = self.healthy[name]
                 done = ev.HealthDone(action.epoch, ok, "HTTP 503")

@@ -70,17 +70,8 @@ def cluster_document(
         "announce": {"schedule_ms": [0, 200, 1100, 2300]},
         "swap": {"step_timeout_ms": 1000},
         "health": {"timeout_ms": 1000},
-        # The lab's clients prove a move; health checks and the nodes themselves do not count.
-        "confirm": {
-            "mode": "traffic",
-            "requests": 3,
-            "within_s": 5,
-            "ignore_clients": [
-                "127.0.0.1",
-                *(["::1"] if ipv6 else []),
-                *(str(node_address(lab.host(n), ipv6)) for n in SERVERS),
-            ],
-        },
+        # The defaults a user gets: the agents themselves leave out the nodes, loopback and their own checks.
+        "confirm": {"mode": "traffic", "requests": 3},
         "nodes": nodes,
     }
     for key, value in (overrides or {}).items():

@@ -49,6 +49,13 @@ class EndDrain:
 
 
 @dataclass(frozen=True)
+class MeasureLoad:
+    """Read how many requests to the VIP this holder served lately; answer LoadMeasured."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
 class Announce:
     round: int
 
@@ -197,6 +204,7 @@ Action = (
     | Release
     | StartDrain
     | EndDrain
+    | MeasureLoad
     | Announce
     | CheckHealth
     | BeforeRelease

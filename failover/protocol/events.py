@@ -23,6 +23,16 @@ class BeforeReleaseDone:
 
 
 @dataclass(frozen=True)
+class LoadMeasured:
+    """Answers MeasureLoad: requests per second that would count as proof, over the last seconds (None:
+    the log could not tell)."""
+
+    epoch: int
+    per_second: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class HealthDone:
     """Answers CheckHealth: is this node's own service healthy."""
 
@@ -83,6 +93,8 @@ class TrafficSeen:
     epoch: int
     requests: int
     clients: tuple[str, ...]
+    how: str = ""  # how the destination was known: "log field" (server address), "client address"
+    unparsed: int = 0  # lines since Watch that did not parse: a log that stops parsing is not silence
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,8 @@ class VipObserved:
 
 
 Event = (
-    BeforeReleaseDone
+    LoadMeasured
+    | BeforeReleaseDone
     | HealthDone
     | HandoffDone
     | ReleaseDone

@@ -35,7 +35,7 @@ from failover.protocol.states import (
     Timeout,
     row,
 )
-from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, straggler_report
+from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, proof_deadline, straggler_report
 from failover.protocol.takeover import Takeover
 
 Record = AnyRun | DryRun
@@ -47,6 +47,7 @@ _RESULT_INPUTS: dict[type[Any], Input] = {
     e.ProbeDone: Input.PROBE_DONE,
     e.FenceDone: Input.FENCE_DONE,
     e.TrafficSeen: Input.TRAFFIC_SEEN,
+    e.LoadMeasured: Input.LOAD_MEASURED,
     e.StragglersSeen: Input.STRAGGLERS_SEEN,
 }
 
@@ -284,7 +285,8 @@ class Node:
             case e.VipObserved():
                 self._observe_vip(event.held, now)
             case (
-                e.BeforeReleaseDone()
+                e.LoadMeasured()
+                | e.BeforeReleaseDone()
                 | e.HealthDone()
                 | e.HandoffDone()
                 | e.ProbeDone()
@@ -393,10 +395,14 @@ class Node:
                 return step + s.before_release
             case Timeout.HEALTH | Timeout.CHECKS:
                 return step + s.host_check_budget
-            case Timeout.CONFIRM:
-                return s.confirm_within
-            case Timeout.CONFIRM_AND_STEP:
-                return s.confirm_within + step
+            case Timeout.PROOF:
+                assert isinstance(record, TargetRun)
+                return record.proof_deadline
+            case Timeout.PROOF_AND_STEP:
+                # The target's deadline, worked out from the same facts, and a step for its answer.
+                assert isinstance(record, SourceRun)
+                rate, canary = record.rate, record.canary
+                return proof_deadline(s.confirm_within, s.confirm_requests, s.name, rate, canary)[0] + step
             case Timeout.STRAGGLERS:
                 assert isinstance(record, SourceRun) and record.straggler_until is not None
                 return max(0.0, record.straggler_until - now)

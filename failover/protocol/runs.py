@@ -51,6 +51,9 @@ class SourceRun(Run):
     stragglers: dict[str, dict[str, Any]] = field(default_factory=dict)  # mac -> ip, told, last_seen
     done: dict[str, Any] | None = None  # the finished move's figures, waiting for the straggler window
     rollback_reason: str = ""  # why we reclaim, once we do
+    rollback_started: float | None = None
+    rate: float | None = None  # requests per second to the VIP before the move, as our log tells
+    canary: bool = False  # the proof comes from our marked requests (confirm.mode canary, or too quiet)
 
     @property
     def role(self) -> str:
@@ -73,6 +76,11 @@ class TargetRun(Run):
     watching: bool = False  # following the access log
     released_received: float | None = None
     claimed_at: float | None = None
+    source_rate: float | None = None  # the source's requests per second before the move
+    canary: bool = False  # only the source's canary requests count
+    proof_deadline: float = 0.0  # seconds from the claim to a proof, else hand back
+    proof_why: str = ""  # how that deadline was chosen, in words
+    unparsed: int = 0  # log lines since the claim that did not parse
 
     @property
     def role(self) -> str:

@@ -43,3 +43,4 @@ class NodeSetup:
     host_check_budget: float = 1.0  # seconds a node's host checks may take (its health check's timeout)
     probe_budget: float = 1.0  # seconds the adapter's probe may take (count x interval + wait)
     fence_budget: float = 5.0  # seconds the fence program may take
+    vip: str = "the VIP"  # the address, as operators read it in a reason

@@ -99,6 +99,7 @@ class Input(StrEnum):
     PROBE_DONE = "ProbeDone"
     FENCE_DONE = "FenceDone"
     TRAFFIC_SEEN = "TrafficSeen"
+    LOAD_MEASURED = "LoadMeasured"
     STRAGGLERS_SEEN = "StragglersSeen"
     HOST_CHECK_DONE = "HostCheckDone"
     # the node itself
@@ -113,8 +114,8 @@ class Timeout(StrEnum):
     STEP = "step_timeout"
     STEP_AND_HOOKS = "step_timeout + before_release hooks"
     HEALTH = "step_timeout + health check"
-    CONFIRM = "confirm.within_s"
-    CONFIRM_AND_STEP = "confirm.within_s + step_timeout"
+    PROOF = "proof deadline (from the source's request rate)"
+    PROOF_AND_STEP = "proof deadline + step_timeout"
     STRAGGLERS = "rest of straggler window"
     PROBE = "step_timeout + probe"
     FENCE = "step_timeout + fence"
@@ -172,6 +173,7 @@ SWAP_SOURCE = Machine(
             Timeout.STEP_AND_HOOKS,
             {
                 In.BEFORE_RELEASE_DONE: _t("hooks_done", S.PREPARING, S.FAILED),
+                In.LOAD_MEASURED: _t("load_measured", S.BEFORE_RELEASE),
                 In.DEADLINE: _t("hooks_timed_out", S.FAILED),
             },
         ),
@@ -179,6 +181,7 @@ SWAP_SOURCE = Machine(
             Timeout.STEP,
             {
                 In.PREPARED: _t("release", S.RELEASING),
+                In.LOAD_MEASURED: _t("load_measured", S.PREPARING),
                 In.REFUSED: _t("refused", S.FAILED),
                 In.DEADLINE: _t("prepare_timed_out", S.FAILED),
             },
@@ -187,6 +190,7 @@ SWAP_SOURCE = Machine(
             None,  # netlink answers within its own step_timeout
             {
                 In.RELEASE_DONE: _t("released", S.HANDED_OVER, S.FAILED),
+                In.LOAD_MEASURED: _t("load_measured", S.RELEASING),
                 In.PREPARED: _t("answer_again", S.RELEASING),
             },
             changes_vip=True,
@@ -220,7 +224,7 @@ SWAP_SOURCE = Machine(
             },
         ),
         S.AWAITING_CONFIRMATION: Row(
-            Timeout.CONFIRM_AND_STEP,
+            Timeout.PROOF_AND_STEP,
             {
                 In.CONFIRMED: _t("confirmed", S.COLLECTING_STRAGGLERS, S.DONE),
                 In.HAND_BACK: _t("handed_back", R.RECLAIMING),
@@ -295,7 +299,7 @@ SWAP_TARGET = Machine(
             finished=True,
         ),
         T.CONFIRMING: Row(
-            Timeout.CONFIRM,
+            Timeout.PROOF,
             {
                 In.TRAFFIC_SEEN: _t("traffic_seen", T.CONFIRMING, T.CONFIRMED),
                 In.DONE: _t("source_knows", T.CONFIRMING),

@@ -30,6 +30,36 @@ if TYPE_CHECKING:
 MOVES = ("swap", "unswap")
 STRAGGLER_GRACE = 0.1  # seconds: frames sent before a client could have heard the announcement
 UNKNOWN_PROBES = 3  # probes in a row that cannot tell before a rollback gives up on reclaiming
+# The proof's deadline: clients must hear the announcement, connect, and their line reach the log.
+PROOF_FLOOR = 0.3  # seconds, at the busiest site
+EXPECTED_ARRIVALS = 20  # mean inter-arrival times of the source's rate: missing them all is no accident
+CANARY_PROOF = 1.0  # seconds for the source's marked requests to cross and be logged
+
+
+def expected_arrivals(requests: int) -> int:
+    return max(EXPECTED_ARRIVALS, 5 * requests)
+
+
+def quiet(rate: float, requests: int, within: float) -> bool:
+    """Too quiet to judge by clients: the deadline the rate calls for would pass confirm.within_s."""
+    return rate * within < expected_arrivals(requests)
+
+
+def proof_deadline(
+    confirm_within: float, requests: int, source: str, rate: float | None, canary: bool
+) -> tuple[float, str]:
+    """Seconds the new holder waits for proof after its claim, and why that long."""
+    if canary:
+        return min(confirm_within, CANARY_PROOF), f"canary requests from {source}"
+    if rate is None:
+        return confirm_within, f"{source}'s request rate was not known: confirm.within_s"
+    n = expected_arrivals(requests)
+    expected = n / rate
+    deadline = min(confirm_within, max(PROOF_FLOOR, expected))
+    why = f"{source} served {rate:.0f} req/s before the move: {n} arrivals take {expected * 1000:.0f} ms"
+    if deadline == PROOF_FLOOR:
+        why += f", at least {PROOF_FLOOR * 1000:.0f} ms"
+    return deadline, why
 
 S, T, R = SourceState, TargetState, RollbackState
 
@@ -90,6 +120,7 @@ class _Answers:
         """The move failed with the VIP perhaps on nobody: take it back (a new epoch outranks the move's)."""
         node = self.node
         run.rollback_reason = reason
+        run.rollback_started = now
         node.send(wire.Abort(epoch=run.epoch, reason=reason))  # a target still in its ready window stops
         node.epoch = max(node.epoch, run.claim_epoch)
         node.claim_vip(run.claim_epoch, "rollback")
@@ -101,6 +132,10 @@ class SwapSource(_Answers):
 
     def start(self, run: SourceRun, now: float) -> MoveState:
         """The before_release hooks, if any, run before the target is even asked: nothing changed yet."""
+        if self.node.setup.confirm == "traffic":
+            # Read while the target gets ready: its proof deadline follows how busy the site is.
+            self.node.emit(a.MeasureLoad(run.epoch))
+        run.canary = self.node.setup.confirm == "canary"
         if self.node.setup.before_release <= 0:
             return self.prepare(run, now)
         self.node.emit(a.BeforeRelease(run.epoch, run.move, run.target))
@@ -129,6 +164,14 @@ class SwapSource(_Answers):
         self.node.finish(run, ok=False, reason=reason, now=now)
         return S.FAILED
 
+    def load_measured(self, run: SourceRun, event: e.LoadMeasured, now: float) -> None:
+        run.rate = event.per_second
+        setup = self.node.setup
+        if run.rate is not None and quiet(run.rate, setup.confirm_requests, setup.confirm_within):
+            run.canary = True
+            detail = {"epoch": run.epoch, "rate": round(run.rate, 3), "detail": event.detail}
+            self.node.emit(a.Notice("too-quiet-canary", detail))
+
     def release(self, run: SourceRun, msg: wire.Prepared, now: float) -> None:
         self.node.step(run, "target-ready", now)
         run.release_started = now
@@ -152,7 +195,8 @@ class SwapSource(_Answers):
         run.release_ms = (now - run.release_started) * 1000.0
         node.step(run, "released", now)
         run.released_sent = now
-        released = wire.Released(epoch=run.epoch, release_ms=run.release_ms)
+        rate = -1.0 if run.rate is None else run.rate
+        released = wire.Released(epoch=run.epoch, release_ms=run.release_ms, rate=rate, canary=run.canary)
         run.replies["prepared"] = released
         node.transmit(run, released, now)
         if node.setup.straggler_window > 0:
@@ -181,7 +225,7 @@ class SwapSource(_Answers):
             return self._finish_ok(run, now, unserved_ms=unserved)
         run.unserved_ms = unserved
         run.probed = True  # a silent target after this: one probe decides
-        if node.setup.confirm == "canary":
+        if run.canary:
             # The drain copy of the VIP would answer our own canaries here: it goes first.
             node.end_drain()
             node.emit(a.Canary(run.epoch))
@@ -268,10 +312,6 @@ class SwapTarget(_Answers):
             run.handoff = run.handoff_pending = True
             node.emit(a.Handoff(run.epoch))
         node.emit(a.CheckHealth(run.epoch))
-        if node.setup.confirm != "none":
-            # From now on: requests logged after this point may prove the move.
-            run.watching = True
-            node.emit(a.Watch(run.epoch, canary=node.setup.confirm == "canary"))
         return T.CHECKING
 
     def prepare_received(self, run: TargetRun, msg: wire.Prepare, now: float) -> MoveState:
@@ -321,6 +361,8 @@ class SwapTarget(_Answers):
     def claim(self, run: TargetRun, msg: wire.Released, now: float) -> None:
         self.node.step(run, "source-released", now)
         run.released_received = now
+        run.source_rate = None if msg.rate < 0 else msg.rate
+        run.canary = msg.canary
         self.node.claim_vip(run.epoch, "swap")
 
     def release_timed_out(self, run: TargetRun, _: None, now: float) -> None:
@@ -353,6 +395,13 @@ class SwapTarget(_Answers):
         if node.setup.confirm == "none":
             node.finish(run, ok=True, reason="", now=now)
             return T.CLAIMED
+        # From the claim on: only what is logged after it can prove that clients followed the VIP.
+        run.watching = True
+        node.emit(a.Watch(run.epoch, canary=run.canary))
+        setup = node.setup
+        run.proof_deadline, run.proof_why = proof_deadline(
+            setup.confirm_within, setup.confirm_requests, run.source, run.source_rate, run.canary
+        )
         return T.CONFIRMING
 
     def source_knows(self, run: TargetRun, msg: wire.Done, now: float) -> None:
@@ -360,6 +409,7 @@ class SwapTarget(_Answers):
 
     def traffic_seen(self, run: TargetRun, event: e.TrafficSeen, now: float) -> MoveState:
         node = self.node
+        run.unparsed = event.unparsed
         if event.requests < node.setup.confirm_requests:
             return T.CONFIRMING
         assert run.claimed_at is not None
@@ -371,7 +421,15 @@ class SwapTarget(_Answers):
         )
         run.replies["released"] = confirmed
         node.transmit(run, confirmed, now)
-        evidence = {"requests": event.requests, "clients": clients}
+        evidence = {
+            "requests": event.requests,
+            "clients": clients,
+            "to": node.setup.vip,
+            "destination": event.how or None,
+            "canary": run.canary,
+            "deadline_ms": round(run.proof_deadline * 1000, 1),
+            "deadline_why": run.proof_why,
+        }
         node.finish(
             run, ok=True, reason="", now=now, confirmed=True, confirm_ms=confirm_ms, evidence=evidence
         )
@@ -398,18 +456,18 @@ class Rollback(_Answers):
     """Effects of the rollback table: the target hands the VIP back, the source reclaims it."""
 
     def released_back(self, run: TargetRun, event: e.ReleaseDone, now: float) -> MoveState:
-        setup = self.node.setup
-        within = f"{setup.confirm_within:g} s"
-        what = "no canary request" if setup.confirm == "canary" else "no client request"
+        what = "canary request" if run.canary else "client request"
+        reason = (
+            f"no {what} to {self.node.setup.vip} reached {self.me} in {run.proof_deadline * 1000:.0f} ms"
+            f" ({run.proof_why})"
+        )
+        if run.unparsed:
+            reason += f"; {run.unparsed} access-log lines since the claim did not parse"
         if not event.ok:
             # We still hold it and it works as far as we know: keep it rather than leave nobody.
-            reason = (
-                f"{what} reached {self.me} within {within}, and releasing failed: "
-                f"{event.error}; the VIP stays on {self.me}"
-            )
+            reason += f", and releasing failed: {event.error}; the VIP stays on {self.me}"
             self.node.finish(run, ok=False, now=now, confirmed=False, reason=reason)
             return T.FAILED
-        reason = f"{what} reached {self.me} within {within}"
         hand_back = wire.HandBack(epoch=run.epoch, reason=reason)
         run.replies["released"] = hand_back
         self.node.transmit(run, hand_back, now)
@@ -428,7 +486,8 @@ class Rollback(_Answers):
         node = self.node
         if event.ok:
             node.step(run, "reclaimed", now)
-            reason = f"{run.rollback_reason}; rolled back to {self.me}"
+            took = "" if run.rollback_started is None else f" in {(now - run.rollback_started) * 1000:.0f} ms"
+            reason = f"{run.rollback_reason}; rolled back to {self.me}{took}"
             node.finish(run, ok=False, rolled_back=True, now=now, reason=reason)
             return S.FAILED
         # Nobody may hold the VIP now: try again each step timeout rather than give up on it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from failover.lab.client import ClientLoad, summarize
@@ -41,7 +42,13 @@ def test_unconfirmed_swap_rolls_back_to_live_and_clients_stay_served() -> None:
         load.stop()
         assert outcome["exit_code"] == 1 and outcome["rolled_back"] is True, outcome
         assert outcome["confirmed"] is False
-        assert outcome["reason"] == "no client request reached backup within 1 s; rolled back to live"
+        # The deadline follows live's load over its last seconds of log, not confirm.within_s (10 s).
+        found = re.fullmatch(
+            r"no client request to 203\.0\.113\.10 reached backup in (\d+) ms \(live served \d+ req/s before "
+            r"the move: 20 arrivals take \d+ ms(, at least 300 ms)?\); rolled back to live in \d+ ms",
+            outcome["reason"],
+        )
+        assert found is not None and 300 <= int(found.group(1)) < 2000, outcome["reason"]
         steps = {s["step"]: s["ms"] for s in outcome["steps"]}
         # Rolled back within a second of the deadline (the floor); here within milliseconds.
         assert steps["reclaimed"] - steps["target-claimed"] < 2000, steps

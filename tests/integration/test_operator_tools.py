@@ -143,9 +143,17 @@ def test_after_claim_and_confirmed_hooks_run_on_the_new_holder(tmp_path: Path) -
 
 
 def test_rolled_back_hook_on_the_old_holder_then_takeover_hook_on_the_survivor(tmp_path: Path) -> None:
-    # No client load: no request can reach backup's access log, so the swap is never confirmed.
+    # backup's web server logs nowhere its agent looks: no proof can come, not even a canary's (a site
+    # without clients, like this one, is proven by live's canary requests).
     overrides, out = hooks_writing_to(tmp_path, confirm={"within_s": 1})
     with lab_cluster(overrides) as cluster:
+        doc = cluster.document()
+        doc["nodes"]["backup"]["access_log"] = str(cluster.workdir / "backup" / "not-the-access.log")
+        cluster.write_config(doc)
+        for name in ("live", "backup"):
+            cluster.stop_agent(name)
+            cluster.start_agent(name)
+        cluster.wait_ready()
         time.sleep(SETTLE_S)
         outcome = cluster.move("swap", via="live")
         assert outcome["exit_code"] == 1 and outcome["rolled_back"] is True, outcome

@@ -1,0 +1,36 @@
+"""How busy the site is, from the tail of a real access log file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from failover.accesslog import LogFormat
+from failover.load import recent_rate
+
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def line(client: str, at: datetime) -> str:
+    stamp = at.strftime("%d/%b/%Y:%H:%M:%S +0000")
+    return f'{client} - - [{stamp}] "GET / HTTP/1.1" 200 5 "-" "curl/8"\n'
+
+
+def test_requests_per_second_over_the_last_seconds_without_the_nodes(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    rows = [line("203.0.113.100", NOW - timedelta(seconds=60))]  # an hour-old log: the window is full
+    for tenth in range(50):  # 10 requests a second for 5 s from a client
+        rows.append(line("203.0.113.100", NOW - timedelta(seconds=tenth / 10)))
+    for second in range(5):  # the peer's monitoring of this node's own address, twice a second
+        rows += [line("203.0.113.12", NOW - timedelta(seconds=second))] * 2
+    log.write_text("".join(rows))
+    rate, detail = recent_rate(log, LogFormat.COMBINED, ("203.0.113.11", "203.0.113.12"), NOW)
+    assert rate is not None and abs(rate - 10.0) < 2.5, (rate, detail)
+
+
+def test_a_log_too_young_or_missing_cannot_tell(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(line("203.0.113.100", NOW))
+    assert recent_rate(log, LogFormat.COMBINED, (), NOW)[0] is None
+    rate, detail = recent_rate(tmp_path / "nope.log", LogFormat.COMBINED, (), NOW)
+    assert rate is None and "nope.log" in detail
