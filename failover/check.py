@@ -139,8 +139,8 @@ PROOF_BY_CLIENT = (
 def server_address_fix(access_log: Path) -> str:
     """The exact web-server lines that put the server address in the log, and the cluster-file line."""
     return (
-        f"nginx, in http {{}}: {NGINX_COMBINED_SERVER} access_log {access_log} combined_server; "
-        f"or Apache: {APACHE_COMBINED_SERVER} CustomLog {access_log} combined_server; "
+        f"nginx, in http {{}}: {NGINX_COMBINED_SERVER} and access_log {access_log} combined_server; | "
+        f"Apache: {APACHE_COMBINED_SERVER} and CustomLog {access_log} combined_server | "
         "then set confirm.log_format: combined_server"
     )
 
