@@ -2,8 +2,9 @@
 
 After the VIP moves, the agent proves that traffic moved by counting requests from real clients in the web
 server's access log on the new holder. `LogFollower` starts at the end of the log at a chosen moment and hands
-back every complete line appended since, parsed by a `LogFormat`; `count_clients` does the counting. Nothing
-here makes a protocol decision.
+back every complete line appended since, parsed by a `LogFormat`; `proof` decides which of those entries are
+evidence that clients reach the VIP here. Nothing here makes a protocol decision: `proof` is a pure judgement
+of entries, the caller decides what the counts mean for the move.
 
 Reader: our own stat()+pread() poll rather than watchdog, pygtail or inotify_simple. The agent already wakes
 on a timer, so one poll is two or three syscalls on a regular file, which never blocks; a library would add a
@@ -26,7 +27,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Final
 
-__all__ = ["FollowerStats", "LogEntry", "LogFollower", "LogFormat", "count_clients", "parse_time"]
+__all__ = [
+    "OWN_USER_AGENT_PREFIX",
+    "REJECT_REASONS",
+    "FollowerStats",
+    "LogEntry",
+    "LogFollower",
+    "LogFormat",
+    "Proof",
+    "count_clients",
+    "parse_time",
+    "proof",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +46,18 @@ class LogEntry:
     """One request read from the access log.
 
     `client` is in canonical form when it is an IP address (IPv6 compressed, IPv4-mapped IPv6 as plain IPv4);
-    `time` is aware, or None when the log's time field could not be read.
+    `time` is aware, or None when the log's time field could not be read. `server` is the address the request
+    arrived at, canonical like `client`, when the format carries it (nginx `$server_addr`, Apache `%A`), and
+    None when it does not or when the field is not an address. `user_agent` is the User-Agent header as
+    logged (escapes left as the server wrote them), None when the format lacks it or logged `-`.
     """
 
     client: str
     time: datetime | None
     request: str | None
     status: int | None
+    server: str | None = None
+    user_agent: str | None = None
 
 
 # --- time ---------------------------------------------------------------------------------------------------
@@ -86,10 +103,15 @@ def parse_time(text: str) -> datetime | None:
 def _canonical_client(client: str) -> str:
     # nginx on a dual-stack socket logs `::ffff:192.0.2.1` and may log `2001:DB8::1`; operators write
     # `192.0.2.1` and `2001:db8::1` in the ignore list. Hostnames (Apache HostnameLookups) pass through.
+    return _canonical_address(client) or client
+
+
+def _canonical_address(text: object) -> str | None:
+    """The canonical form of an IP address (see `LogEntry`), or None when `text` is not one."""
     try:
-        address = ipaddress.ip_address(client.strip("[]"))
+        address = ipaddress.ip_address(str(text).strip("[]"))
     except ValueError:
-        return client
+        return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
     return str(address)
@@ -103,42 +125,84 @@ _COMMON_PATTERN: Final = (
     r"^(?P<client>\S+) \S+ \S+ \[(?P<time>[^\]]*)\] "
     rf'"(?P<request>{_QUOTED_BODY})" (?P<status>\d{{3}}|-) (?:\d+|-)'
 )
-_COMBINED_PATTERN: Final = _COMMON_PATTERN + rf' "{_QUOTED_BODY}" "{_QUOTED_BODY}"'
+_COMBINED_PATTERN: Final = _COMMON_PATTERN + rf' "{_QUOTED_BODY}" "(?P<user_agent>{_QUOTED_BODY})"'
+_COMBINED_SERVER_PATTERN: Final = _COMBINED_PATTERN + r" (?P<server>\S+)"
+
+# The lines that make nginx and Apache write the `combined_server` preset: `combined` plus the address the
+# request arrived at. `failover check` prints them; the README quotes them.
+NGINX_COMBINED_SERVER: Final = (
+    "log_format combined_server '$remote_addr - $remote_user [$time_local] \"$request\" $status "
+    "$body_bytes_sent \"$http_referer\" \"$http_user_agent\" $server_addr';"
+)
+APACHE_COMBINED_SERVER: Final = (
+    'LogFormat "%a %l %u %t \\"%r\\" %>s %b \\"%{Referer}i\\" \\"%{User-Agent}i\\" %A" combined_server'
+)
+PRESETS: Final = ("combined", "combined_server", "common")
+
+
+def log_format_problem(spec: str) -> str | None:
+    """Why `spec` cannot be a log format (one line), or None when it is a preset or a usable regex."""
+    if spec.strip().lower() in PRESETS:
+        return None
+    try:
+        groups = re.compile(spec).groupindex
+    except (re.error, RecursionError, OverflowError, ValueError) as exc:
+        return f"not {', '.join(PRESETS[:-1])}, {PRESETS[-1]} or a valid regex: {exc}"
+    missing = [group for group in ("client", "time") if group not in groups]
+    if missing:
+        names = " and ".join(f"(?P<{group}>...)" for group in missing)
+        return f"not {', '.join(PRESETS[:-1])}, {PRESETS[-1]} or a regex with the named group(s) {names}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class LogFormat:
     """How to read one access-log line: a regex with named groups `client` and `time`.
 
-    Optional groups `request` and `status` fill the matching `LogEntry` fields. The regex is searched, not
-    fully matched, so fields a server appends after the standard ones (`$request_time`, ...) do no harm.
+    Optional groups `request`, `status`, `user_agent` and `server` (the address the request arrived at) fill
+    the matching `LogEntry` fields. The regex is searched, not fully matched, so fields a server appends after
+    the standard ones (`$request_time`, ...) do no harm.
+
+    Presets: `common`; `combined`; `combined_server`, which is `combined` followed by the server address.
+    For `combined_server`, nginx::
+
+        log_format combined_server '$remote_addr - $remote_user [$time_local] "$request" $status '
+                                   '$body_bytes_sent "$http_referer" "$http_user_agent" $server_addr';
+        access_log /var/log/nginx/access.log combined_server;
+
+    and Apache::
+
+        LogFormat "%a %l %u %t \\"%r\\" %>s %b \\"%{Referer}i\\" \\"%{User-Agent}i\\" %A" combined_server
+        CustomLog ${APACHE_LOG_DIR}/access.log combined_server
+
+    nginx needs one getsockname() per connection for `$server_addr` unless the `listen` directive names the
+    address with `bind`; that is the price of a log that says which address was asked.
     """
 
     name: str
     pattern: re.Pattern[str]
 
     COMBINED: ClassVar[LogFormat]
+    COMBINED_SERVER: ClassVar[LogFormat]
     COMMON: ClassVar[LogFormat]
 
     @classmethod
     def named(cls, spec: str) -> LogFormat:
-        """`combined`, `common`, or else a regex; ValueError with a one-line reason if it cannot be used."""
-        builtin = {"combined": cls.COMBINED, "common": cls.COMMON}.get(spec.strip().lower())
+        """A preset by name, or else a regex; ValueError with a one-line reason if it cannot be used."""
+        builtin = {
+            "combined": cls.COMBINED, "combined_server": cls.COMBINED_SERVER, "common": cls.COMMON
+        }.get(spec.strip().lower())
         if builtin is not None:
             return builtin
-        try:
-            pattern = re.compile(spec)
-        except re.error as exc:
-            raise ValueError(
-                f"log format {spec!r} is not 'combined', 'common' or a valid regex: {exc}"
-            ) from None
-        missing = [group for group in ("client", "time") if group not in pattern.groupindex]
-        if missing:
-            raise ValueError(
-                f"log format {spec!r} is not 'combined', 'common' or a regex with named groups "
-                f"client and time: missing {', '.join(missing)}"
-            )
-        return cls(name="custom", pattern=pattern)
+        problem = log_format_problem(spec)
+        if problem is not None:
+            raise ValueError(f"log format {spec!r}: {problem}")
+        return cls(name="custom", pattern=re.compile(spec))
+
+    @property
+    def destination_known(self) -> bool:
+        """Whether each line says which address the request arrived at (a `server` group)."""
+        return "server" in self.pattern.groupindex
 
     def parse(self, line: str) -> LogEntry | None:
         """The entry on `line`, or None when the line does not match (garbage, a different format)."""
@@ -156,21 +220,166 @@ class LogFormat:
             if status_text and status_text.isascii() and status_text.isdigit() and len(status_text) <= 3
             else None
         )
+        server_text = groups.get("server")
+        user_agent = groups.get("user_agent")
         return LogEntry(
             client=_canonical_client(client),
             time=parse_time(time_text) if time_text else None,
             request=groups.get("request"),
             status=status,
+            server=_canonical_address(server_text) if server_text else None,
+            user_agent=user_agent if user_agent and user_agent != "-" else None,
         )
 
 
 LogFormat.COMBINED = LogFormat(name="combined", pattern=re.compile(_COMBINED_PATTERN))
+LogFormat.COMBINED_SERVER = LogFormat(name="combined_server", pattern=re.compile(_COMBINED_SERVER_PATTERN))
 LogFormat.COMMON = LogFormat(name="common", pattern=re.compile(_COMMON_PATTERN))
+
+
+# --- proof --------------------------------------------------------------------------------------------------
+
+# What the agents put in the User-Agent of their own requests (health checks, canaries): never proof.
+OWN_USER_AGENT_PREFIX: Final = "failover/"
+# Why an entry did not count, in the order they are tried: each rejected entry is counted under the first.
+REJECT_REASONS: Final = ("unparsed", "own-request", "loopback", "excluded", "not-to-vip", "not-witnessed")
+DESTINATION_LOG: Final = "log field"
+DESTINATION_WITNESS: Final = "kernel witness"
+DESTINATION_UNKNOWN: Final = "client address only"
+_MAX_CLIENTS: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """What a batch of log entries proves about clients reaching the VIP on this host.
+
+    `counted` entries are evidence; `clients` are the first (at most 10) distinct clients among them, in
+    order; `rejected` maps each reason of `REJECT_REASONS` that occurred to how many entries it rejected.
+    `destination` says how the address a request arrived at was known: `DESTINATION_LOG` (the format has
+    the server address), `DESTINATION_WITNESS` (the client was seen by the kernel witness) or
+    `DESTINATION_UNKNOWN` (only the client address: a request to this node's own address from the same
+    client cannot be told from one to the VIP). Proofs of successive batches add up with `+`.
+    """
+
+    destination: str
+    counted: int = 0
+    clients: tuple[str, ...] = ()
+    rejected: tuple[tuple[str, int], ...] = ()  # (reason, entries), in REJECT_REASONS order, none zero
+
+    @property
+    def destination_known(self) -> bool:
+        return self.destination != DESTINATION_UNKNOWN
+
+    @property
+    def unparsed(self) -> int:
+        """Entries whose client or server field is not an address: a log that stopped parsing shows here."""
+        return dict(self.rejected).get("unparsed", 0)
+
+    def __add__(self, other: Proof) -> Proof:
+        if not isinstance(other, Proof):
+            return NotImplemented
+        clients = list(self.clients)
+        clients += [c for c in other.clients if c not in clients]
+        totals = dict(self.rejected)
+        for reason, n in other.rejected:
+            totals[reason] = totals.get(reason, 0) + n
+        # A sum is only as strong as its weakest part.
+        strength = (DESTINATION_UNKNOWN, DESTINATION_WITNESS, DESTINATION_LOG)
+        weakest = min(self.destination, other.destination, key=strength.index)
+        return Proof(
+            destination=weakest,
+            counted=self.counted + other.counted,
+            clients=tuple(clients[:_MAX_CLIENTS]),
+            rejected=tuple((r, totals[r]) for r in REJECT_REASONS if totals.get(r)),
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "destination": self.destination,
+            "destination_known": self.destination_known,
+            "counted": self.counted,
+            "clients": list(self.clients),
+            "rejected": dict(self.rejected),
+        }
+
+
+def proof(
+    entries: Iterable[LogEntry],
+    *,
+    vip: object,
+    exclude: Collection[object],
+    destination_known: bool,
+    witnessed: Collection[object] | None = None,
+    marker: str = OWN_USER_AGENT_PREFIX,
+) -> Proof:
+    """Which of `entries` prove that clients reach `vip` here; pure, so the caller may feed batch by batch.
+
+    `destination_known` is the format's (`LogFormat.destination_known`): then an entry counts only if its
+    server address is the VIP, and an entry without one is `unparsed`. `witnessed`, for a format without the
+    server address, is the kernel witness's set of clients the VIP answered since the claim: an entry counts
+    only if its client is in it. Never counted, whatever the format: a User-Agent starting with `marker`
+    (the agents' own health checks and canaries), a client in `exclude` (the nodes' own addresses and
+    `confirm.ignore_clients`), loopback (127.0.0.0/8, ::1, IPv4-mapped loopback) or the VIP itself as client
+    (the host asking itself), and a client that is not an address (nothing above could be checked).
+    Addresses compare in canonical form: IPv6 compressed, IPv4-mapped as IPv4.
+    """
+    vip_text = _canonical_address(vip)
+    if vip_text is None:
+        raise ValueError(f"the VIP {vip!r} is not an IP address")
+    excluded = {a for a in map(_canonical_address, exclude) if a is not None}
+    seen = None if witnessed is None else {a for a in map(_canonical_address, witnessed) if a is not None}
+    if destination_known:
+        destination = DESTINATION_LOG
+    else:
+        destination = DESTINATION_UNKNOWN if seen is None else DESTINATION_WITNESS
+    counted = 0
+    clients: list[str] = []
+    rejected = dict.fromkeys(REJECT_REASONS, 0)
+    for entry in entries:
+        reason = _rejection(entry, vip_text, excluded, seen, destination_known, marker)
+        if reason is not None:
+            rejected[reason] += 1
+            continue
+        counted += 1
+        client = _canonical_client(entry.client)
+        if len(clients) < _MAX_CLIENTS and client not in clients:
+            clients.append(client)
+    return Proof(
+        destination=destination,
+        counted=counted,
+        clients=tuple(clients),
+        rejected=tuple((r, n) for r, n in rejected.items() if n),
+    )
+
+
+def _rejection(
+    entry: LogEntry,
+    vip: str,
+    excluded: set[str],
+    witnessed: set[str] | None,
+    destination_known: bool,
+    marker: str,
+) -> str | None:
+    client = _canonical_address(entry.client)
+    if client is None or (destination_known and entry.server is None):
+        return "unparsed"
+    if marker and entry.user_agent is not None and entry.user_agent.startswith(marker):
+        return "own-request"
+    if ipaddress.ip_address(client).is_loopback or client == vip:
+        return "loopback"
+    if client in excluded:
+        return "excluded"
+    if destination_known and _canonical_address(entry.server) != vip:
+        return "not-to-vip"
+    if not destination_known and witnessed is not None and client not in witnessed:
+        return "not-witnessed"
+    return None
 
 
 def count_clients(entries: Iterable[LogEntry], ignore: Collection[str]) -> tuple[int, list[str]]:
     """How many entries came from clients not in `ignore`, and the first (at most 10) such clients, in order.
 
+    The old, weaker count (kept until the agent moves to `proof`): no VIP, marker or loopback rule.
     Addresses are compared in canonical form, so `2001:DB8::1` in either place matches `2001:db8::1`.
     """
     ignored = {_canonical_client(client) for client in ignore}
@@ -200,7 +409,7 @@ class FollowerStats:
     """What a `LogFollower` has seen since it was made."""
 
     lines: int = 0  # complete lines handed to the format (parsed or not)
-    unparsed: int = 0  # of those, lines the format did not match
+    unparsed: int = 0  # of those, lines the format did not match (or whose server field is not an address)
     truncated_lines: int = 0  # lines longer than max_line_bytes, skipped whole
     rotations: int = 0  # switches to a different file at the path (rename+create, delete+recreate)
     truncations: int = 0  # restarts from offset 0 of the same file (copytruncate)
@@ -460,8 +669,9 @@ class LogFollower:
         for raw in lines:
             self.stats.lines += 1
             entry = self.fmt.parse(raw.decode("utf-8", errors="replace").rstrip("\r"))
-            if entry is None:
+            # A server field that is not an address is a log that stopped parsing too; `proof` rejects it.
+            if entry is None or (self.fmt.destination_known and entry.server is None):
                 self.stats.unparsed += 1
-            else:
+            if entry is not None:
                 entries.append(entry)
         return entries

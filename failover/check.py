@@ -1,8 +1,8 @@
 """Host checks for `failover check` and for the preflight of a dry run: each finding with its exact fix.
 
-Owns what is checked about one node on this host (its key, interface, access log, kernel settings, the
-`nft` tool, where the journal goes) and how a finding is written. Reads files, /proc and /sys only;
-changes nothing, sends nothing.
+Owns what is checked about one node on this host (its key, interface, access log and the kind of proof
+its format gives, kernel settings, the `nft` tool, where the journal goes) and how a finding is written.
+Reads files, /proc and /sys only; changes nothing, sends nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from failover import sysctl
-from failover.accesslog import LogFormat
+from failover.accesslog import APACHE_COMBINED_SERVER, NGINX_COMBINED_SERVER, LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -43,6 +43,7 @@ def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
         key_finding(config),
         interface_finding(node.interface),
         access_log_finding(config, node),
+        proof_finding(config, node),
         *sysctl_findings(config, node),
         nft_finding(),
         journal_finding(node.journal),
@@ -126,6 +127,66 @@ def access_log_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
     level = OK if parsed == len(lines) else WARN
     detail = f"{path}: {parsed} of its last {len(lines)} lines parse as {fmt.name}"
     return Finding("access_log", level, detail)
+
+
+PROOF_BY_LOG = "log field (server address in the log)"
+PROOF_BY_CLIENT = (
+    "client address only: a request to this node's own address from the same client cannot be told from "
+    "one to the VIP"
+)
+
+
+def server_address_fix(access_log: Path) -> str:
+    """The exact web-server lines that put the server address in the log, and the cluster-file line."""
+    return (
+        f"nginx, in http {{}}: {NGINX_COMBINED_SERVER} and access_log {access_log} combined_server; | "
+        f"Apache: {APACHE_COMBINED_SERVER} and CustomLog {access_log} combined_server | "
+        "then set confirm.log_format: combined_server"
+    )
+
+
+def proof_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
+    """Which kind of proof of a move this host's log format gives, judged on the log's last lines too."""
+    if config.confirm.mode == "none":
+        return Finding("proof", OK, "none asked (confirm.mode: none)")
+    try:
+        fmt = LogFormat.named(config.confirm.log_format)
+    except ValueError:
+        return Finding("proof", WARN, "unknown: confirm.log_format cannot be used (see access_log)")
+    try:
+        entries = [e for e in map(fmt.parse, tail_lines(node.access_log)) if e is not None]
+    except OSError:
+        entries = []  # access_log already says why it cannot be read
+    fix = server_address_fix(node.access_log)
+    if entries and not any(_is_address(e.client) for e in entries):
+        return Finding(
+            "proof", FAIL,
+            f"{node.access_log}: the client field of its last {len(entries)} lines is not an address, so no "
+            "request would count",
+            "log the client address: nginx $remote_addr; Apache %a (or HostnameLookups Off)",
+        )
+    if not fmt.destination_known:
+        return Finding("proof", WARN, f"{fmt.name} format: {PROOF_BY_CLIENT}", fix)
+    no_server = sum(1 for e in entries if e.server is None)
+    if entries and no_server == len(entries):
+        return Finding(
+            "proof", FAIL,
+            f"{node.access_log}: the server field of none of its last {len(entries)} lines is an address, so "
+            "no request would count",
+            fix,
+        )
+    detail = f"{fmt.name} format: {PROOF_BY_LOG}"
+    if no_server:
+        return Finding("proof", WARN, f"{detail}; {no_server} of its last {len(entries)} lines lack it")
+    return Finding("proof", OK, detail)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def vip_has_listener(vip: str, proc: Path = Path("/proc/net")) -> bool:

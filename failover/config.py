@@ -27,13 +27,14 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import ConstructorError
 
+from failover.accesslog import log_format_problem
+
 IPAddress = IPv4Address | IPv6Address
 
 KEY_MIN_BYTES: Final = 32
 # sun_path in struct sockaddr_un is 108 bytes including the terminating NUL.
 _SOCKET_PATH_MAX: Final = 107
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-_LOG_FORMATS: Final = ("combined", "common")
 _CONFIRM_MODES: Final = ("traffic", "canary", "none")
 
 
@@ -582,17 +583,11 @@ def _load_announce(top: _Section) -> AnnounceConfig:
 
 
 def _load_log_format(sec: _Section) -> str:
+    # One judge of log formats, shared with the reader (accesslog), so what loads is what parses.
     value = sec.string("log_format", "combined")
-    if value in _LOG_FORMATS:
-        return value
-    try:
-        groups = re.compile(value).groupindex
-    except (re.error, RecursionError, OverflowError, ValueError) as e:
-        raise sec.error("log_format", f"not combined, common or a valid regex: {e}") from None
-    missing = [g for g in ("client", "time") if g not in groups]
-    if missing:
-        names = " and ".join(f"(?P<{g}>...)" for g in missing)
-        raise sec.error("log_format", f"regex must contain the named group(s) {names}")
+    problem = log_format_problem(value)
+    if problem is not None:
+        raise sec.error("log_format", problem)
     return value
 
 

@@ -1,4 +1,4 @@
-"""Tests for failover.accesslog: line formats, client counting, and following a log across rotation."""
+"""Tests for failover.accesslog: line formats, what counts as proof, and following a log across rotation."""
 
 from __future__ import annotations
 
@@ -14,12 +14,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from failover.accesslog import (
+    APACHE_COMBINED_SERVER,
+    DESTINATION_LOG,
+    DESTINATION_UNKNOWN,
+    DESTINATION_WITNESS,
+    NGINX_COMBINED_SERVER,
+    REJECT_REASONS,
     LogEntry,
     LogFollower,
     LogFormat,
+    Proof,
     count_clients,
     parse_time,
+    proof,
 )
+from tests import nsutil
 
 NGINX_LINE = '203.0.113.100 - - [26/Nov/2026:04:30:00 +0000] "GET / HTTP/1.1" 200 5 "-" "curl/7.88.1"'
 COMMON_LINE = '203.0.113.100 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326'
@@ -60,6 +69,7 @@ def test_combined_reads_an_nginx_line() -> None:
         time=datetime(2026, 11, 26, 4, 30, 0, tzinfo=UTC),
         request="GET / HTTP/1.1",
         status=200,
+        user_agent="curl/7.88.1",
     )
 
 
@@ -149,10 +159,10 @@ def test_named_builtins() -> None:
 @pytest.mark.parametrize(
     ("spec", "fragment"),
     [
-        ("(?P<client>\\S+", "not 'combined', 'common' or a valid regex: missing )"),
-        ("(?P<client>\\S+) \\S+", "missing time"),
-        ("combind", "missing client, time"),
-        ("(?P<time>.*)\n", "missing client"),
+        ("(?P<client>\\S+", "not combined, combined_server, common or a valid regex: missing )"),
+        ("(?P<client>\\S+) \\S+", "named group(s) (?P<time>...)"),
+        ("combind", "or a regex with the named group(s) (?P<client>...) and (?P<time>...)"),
+        ("(?P<time>.*)\n", "named group(s) (?P<client>...)"),
     ],
 )
 def test_bad_format_spec_says_why_in_one_line(spec: str, fragment: str) -> None:
@@ -190,6 +200,225 @@ def test_count_clients_skips_ignored_and_keeps_first_ten_in_order() -> None:
     assert first == ["192.0.2.9"] + [f"198.51.100.{i}" for i in range(9)]
     assert count_clients([], ignore=()) == (0, [])
     assert count_clients(entries[:2], ignore=["10.0.0.1", "2001:db8:0::1"]) == (0, [])
+
+
+# --- the server address ------------------------------------------------------------------------------------
+
+VIP = "203.0.113.10"
+VIP6 = "2001:db8::10"
+
+
+def server_line(client: str = "203.0.113.100", server: str = VIP, agent: str = "curl/7.88.1") -> str:
+    return f'{client} - - [26/Nov/2026:04:30:00 +0000] "GET / HTTP/1.1" 200 5 "-" "{agent}" {server}'
+
+
+@pytest.mark.parametrize(
+    ("logged", "expected"),
+    [
+        ("203.0.113.10", "203.0.113.10"),
+        ("::ffff:203.0.113.10", "203.0.113.10"),  # nginx on a dual-stack socket
+        ("2001:DB8:0:0:0:0:0:10", "2001:db8::10"),
+        ("[2001:db8::10]", "2001:db8::10"),
+        ("-", None),
+        ("www.example", None),
+        ("203.0.113.300", None),
+    ],
+)
+def test_combined_server_reads_the_address_asked_in_canonical_form(logged: str, expected: str | None) -> None:
+    entry = LogFormat.COMBINED_SERVER.parse(server_line(server=logged))
+    assert entry is not None
+    assert entry.server == expected
+    assert entry.client == "203.0.113.100" and entry.user_agent == "curl/7.88.1" and entry.status == 200
+
+
+def test_combined_server_needs_the_field_and_combined_ignores_it() -> None:
+    assert LogFormat.COMBINED_SERVER.parse(NGINX_LINE) is None  # a plain combined line lacks it
+    plain = LogFormat.COMBINED.parse(server_line())
+    assert plain is not None and plain.server is None  # combined reads the line, not the address
+    assert LogFormat.named("combined_server") is LogFormat.COMBINED_SERVER
+    assert LogFormat.COMBINED_SERVER.destination_known
+    assert not LogFormat.COMBINED.destination_known and not LogFormat.COMMON.destination_known
+
+
+def test_user_agent_keeps_apache_escapes_and_dash_is_none() -> None:
+    apache = server_line(agent=r"failover/0.1.0 \"probe\"")
+    entry = LogFormat.COMBINED_SERVER.parse(apache)
+    assert entry is not None and entry.user_agent == r"failover/0.1.0 \"probe\"" and entry.server == VIP
+    dash = LogFormat.COMBINED.parse(NGINX_LINE.replace('"curl/7.88.1"', '"-"'))
+    assert dash is not None and dash.user_agent is None
+
+
+def test_custom_regex_with_a_server_group() -> None:
+    fmt = LogFormat.named(r"^(?P<server>\S+) (?P<client>\S+) \[(?P<time>[^]]+)\]")
+    assert fmt.destination_known
+    entry = fmt.parse("2001:db8::10 ::ffff:203.0.113.7 [26/Nov/2026:04:30:00 +0000]")
+    assert entry is not None and entry.server == "2001:db8::10" and entry.client == "203.0.113.7"
+
+
+def test_the_documented_server_lines_are_the_preset() -> None:
+    # The nginx and Apache lines failover check prints must write what COMBINED_SERVER reads: same fields,
+    # same order, the server address last.
+    assert NGINX_COMBINED_SERVER.startswith("log_format combined_server '$remote_addr - $remote_user ")
+    assert NGINX_COMBINED_SERVER.endswith('"$http_user_agent" $server_addr\';')
+    assert APACHE_COMBINED_SERVER.endswith('\\"%{User-Agent}i\\" %A" combined_server')
+    assert "%a " in APACHE_COMBINED_SERVER and "%>s" in APACHE_COMBINED_SERVER
+
+
+# --- proof --------------------------------------------------------------------------------------------------
+
+NODES = ("203.0.113.1", "203.0.113.2")
+
+
+def entry(client: str, server: str | None = VIP, agent: str | None = "curl/8") -> LogEntry:
+    return LogEntry(client, None, "GET / HTTP/1.1", 200, server=server, user_agent=agent)
+
+
+def rejected(p: Proof) -> dict[str, int]:
+    return dict(p.rejected)
+
+
+def test_with_the_server_address_only_requests_to_the_vip_count() -> None:
+    entries = [
+        entry("203.0.113.100"),
+        entry("203.0.113.100", server="203.0.113.2"),  # the same client asking the node's own address
+        entry("203.0.113.101", server="::ffff:203.0.113.10"),
+        entry("203.0.113.102", server="203.0.113.2"),
+    ]
+    p = proof(entries, vip=VIP, exclude=NODES, destination_known=True)
+    assert p.counted == 2
+    assert p.clients == ("203.0.113.100", "203.0.113.101")
+    assert rejected(p) == {"not-to-vip": 2}
+    assert p.destination == DESTINATION_LOG and p.destination_known
+
+
+def test_ipv6_vip_compares_canonically() -> None:
+    entries = [
+        entry("2001:db8::100", server="2001:db8::10"),
+        entry("2001:db8::101", server="2001:DB8:0::10"),
+        entry("2001:db8::102", server="2001:db8::11"),
+        entry("2001:db8::103", server="203.0.113.10"),
+    ]
+    p = proof(entries, vip="2001:DB8:0:0::10", exclude=(), destination_known=True)
+    assert p.counted == 2 and p.clients == ("2001:db8::100", "2001:db8::101")
+    assert rejected(p) == {"not-to-vip": 2}
+
+
+def test_own_requests_are_never_proof() -> None:
+    entries = [
+        entry("203.0.113.100", agent="failover/0.1.0"),
+        entry("203.0.113.100", agent="failover/"),
+        entry("203.0.113.100", agent="Mozilla/5.0 failover/0.1.0"),  # only a prefix marks ours
+        entry("203.0.113.100", agent="Failover/0.1.0"),
+        entry("203.0.113.100", agent=None),
+    ]
+    p = proof(entries, vip=VIP, exclude=(), destination_known=True)
+    assert p.counted == 3 and rejected(p) == {"own-request": 2}
+    assert proof(entries, vip=VIP, exclude=(), destination_known=True, marker="Failover/").counted == 4
+
+
+@pytest.mark.parametrize(
+    "client",
+    ["127.0.0.1", "127.45.6.7", "::1", "::ffff:127.0.0.1", "0:0:0:0:0:0:0:1", "203.0.113.10"],
+)
+def test_loopback_and_the_vip_itself_are_never_clients(client: str) -> None:
+    parsed = LogFormat.COMBINED_SERVER.parse(server_line(client=client))
+    assert parsed is not None
+    p = proof([parsed, parsed], vip=VIP, exclude=(), destination_known=True)
+    assert p.counted == 0 and rejected(p) == {"loopback": 2}
+    assert proof([entry(client, server=None)], vip=VIP, exclude=(), destination_known=False).counted == 0
+
+
+def test_excluded_clients_match_in_any_form() -> None:
+    from ipaddress import ip_address
+
+    entries = [
+        entry("::ffff:203.0.113.1"),
+        entry("203.0.113.2"),
+        entry("2001:db8::1", server=VIP6),
+        entry("2001:db8::2", server=VIP6),
+    ]
+    exclude = [ip_address("203.0.113.1"), "::ffff:203.0.113.2", "2001:DB8:0:0::1", "not-an-address"]
+    p = proof(entries, vip=VIP6, exclude=exclude, destination_known=True)
+    assert rejected(p) == {"excluded": 3}
+    assert p.counted == 1 and p.clients == ("2001:db8::2",)
+
+
+def test_unparsed_server_or_client_is_never_a_match() -> None:
+    entries = [entry("203.0.113.100", server=None), entry("www.example"), entry("203.0.113.101")]
+    p = proof(entries, vip=VIP, exclude=(), destination_known=True)
+    assert p.counted == 1 and rejected(p) == {"unparsed": 2} and p.unparsed == 2
+
+
+def test_without_the_server_address_every_other_request_counts_and_the_proof_says_so() -> None:
+    entries = [entry("203.0.113.100", server=None), entry("203.0.113.1", server=None)]
+    p = proof(entries, vip=VIP, exclude=NODES, destination_known=False)
+    assert p.counted == 1 and p.destination == DESTINATION_UNKNOWN and not p.destination_known
+    assert rejected(p) == {"excluded": 1}
+
+
+def test_kernel_witness_decides_when_the_log_cannot() -> None:
+    entries = [entry("203.0.113.100", server=None), entry("::ffff:203.0.113.101", server=None)]
+    p = proof(entries, vip=VIP, exclude=NODES, destination_known=False, witnessed={"203.0.113.101"})
+    assert p.counted == 1 and p.clients == ("203.0.113.101",)
+    assert rejected(p) == {"not-witnessed": 1}
+    assert p.destination == DESTINATION_WITNESS and p.destination_known
+    empty = proof(entries, vip=VIP, exclude=(), destination_known=False, witnessed=())
+    assert empty.counted == 0 and rejected(empty) == {"not-witnessed": 2}
+
+
+def test_each_rejected_entry_is_counted_once_under_the_first_reason() -> None:
+    # Ours, from loopback, excluded and not to the VIP all at once: it is our own request.
+    p = proof([entry("127.0.0.1", server="203.0.113.1", agent="failover/0.1.0")],
+              vip=VIP, exclude=["127.0.0.1"], destination_known=True)
+    assert rejected(p) == {"own-request": 1}
+    assert [r for r, _ in p.rejected] == [r for r in REJECT_REASONS if r in rejected(p)]
+
+
+def test_first_ten_distinct_clients_in_order_and_batches_add_up() -> None:
+    clients = [f"203.0.113.{100 + i % 12}" for i in range(30)]
+    whole = proof([entry(c) for c in clients], vip=VIP, exclude=(), destination_known=True)
+    assert whole.counted == 30
+    assert whole.clients == tuple(f"203.0.113.{100 + i}" for i in range(10))
+    halves = [proof([entry(c) for c in part], vip=VIP, exclude=(), destination_known=True)
+              for part in (clients[:7], clients[7:])]
+    assert halves[0] + halves[1] == whole
+    weak = proof([entry("203.0.113.100", server="203.0.113.1")], vip=VIP, exclude=(), destination_known=False)
+    total = whole + weak
+    assert total.destination == DESTINATION_UNKNOWN  # a sum is as strong as its weakest part
+    assert total.counted == 31
+    assert Proof(DESTINATION_LOG) + Proof(DESTINATION_LOG) == Proof(DESTINATION_LOG)
+    assert total.to_json()["rejected"] == {}
+
+
+def test_a_bad_vip_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an IP address"):
+        proof([], vip="vip.example", exclude=(), destination_known=True)
+
+
+addresses = st.sampled_from(
+    ["203.0.113.10", "::ffff:203.0.113.10", "203.0.113.1", "127.0.0.1", "::1", "2001:db8::10", "2001:db8::5",
+     "203.0.113.77", "::ffff:127.0.0.2", "host.example", "-"]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(addresses, st.one_of(st.none(), addresses), st.sampled_from([None, "curl", "failover/1"]))
+    ),
+    st.booleans(),
+)
+def test_proof_accounts_for_every_entry_and_counts_nothing_it_must_not(
+    rows: list[tuple[str, str | None, str | None]], destination_known: bool
+) -> None:
+    entries = [LogEntry(c, None, None, None, server=s, user_agent=a) for c, s, a in rows]
+    p = proof(entries, vip=VIP, exclude=["203.0.113.1"], destination_known=destination_known)
+    assert p.counted + sum(n for _, n in p.rejected) == len(entries)
+    assert set(p.clients) <= {"203.0.113.77", "2001:db8::10", "2001:db8::5"}
+    counted = [e for e in entries if proof([e], vip=VIP, exclude=["203.0.113.1"],
+                                           destination_known=destination_known).counted]
+    assert all(e.user_agent != "failover/1" for e in counted)
+    if destination_known:
+        assert all(e.server in ("203.0.113.10", "::ffff:203.0.113.10") for e in counted)
 
 
 # --- following ----------------------------------------------------------------------------------------------
@@ -584,3 +813,93 @@ def test_follower_returns_exactly_the_written_lines_in_order(data: st.DataObject
     assert follower.stats.unparsed == 0
     assert follower.stats.truncated_lines == 0
     assert follower.stats.errors == 0
+
+
+def test_follower_counts_a_server_field_that_is_not_an_address_as_unparsed(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+    follower = LogFollower(log, LogFormat.COMBINED_SERVER)
+    follower.start_at_end()
+    append(log, (server_line() + "\n" + server_line(server="-") + "\n" + "garbage\n").encode())
+    entries = drain(follower)
+    assert [e.server for e in entries] == [VIP, None]
+    assert follower.stats.lines == 3 and follower.stats.unparsed == 2
+    p = proof(entries, vip=VIP, exclude=(), destination_known=follower.fmt.destination_known)
+    assert p.counted == 1 and p.unparsed == 1
+
+
+# --- real nginx ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not nsutil.is_root(), reason=nsutil.NEEDS_ROOT_REASON)
+@pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("curl") is None, reason="needs nginx and curl"
+)
+def test_real_nginx_with_the_documented_line_tells_the_vip_from_the_node_address(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    root = tmp_path / "nginx"
+    (root / "tmp").mkdir(parents=True)
+    log = root / "access.log"
+    (root / "nginx.conf").write_text(
+        f"""user root;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log notice;
+events {{ worker_connections 64; }}
+http {{
+    {NGINX_COMBINED_SERVER}
+    access_log {log} combined_server;
+    client_body_temp_path {root}/tmp/body; proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fcgi; uwsgi_temp_path {root}/tmp/uwsgi; scgi_temp_path {root}/tmp/scgi;
+    server {{
+        listen 80 default_server;
+        listen [::]:80 ipv6only=on default_server;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+    )
+    with nsutil.topology(("server", "client")) as topo:
+        server, client = topo["server"], topo["client"]
+        nsutil.ns(server.netns, "ip", "addr", "add", f"{VIP}/32", "dev", "eth0")
+        nsutil.ns(server.netns, "ip", "addr", "add", f"{VIP6}/128", "dev", "eth0", "nodad")
+        nsutil.ns(client.netns, "ip", "route", "add", f"{VIP}/32", "dev", "eth0")
+        nsutil.ns(client.netns, "ip", "route", "add", f"{VIP6}/128", "dev", "eth0")
+        argv = ["ip", "netns", "exec", server.netns, "nginx", "-p", f"{root}/", "-e", f"{root}/error.log",
+                "-c", f"{root}/nginx.conf", "-g", "daemon off;"]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            follower = LogFollower(log, LogFormat.COMBINED_SERVER)
+            follower.start_at_end()
+            urls = [f"http://{VIP}/", f"http://{server.ip4}/", f"http://[{VIP6}]/", f"http://[{server.ip6}]/"]
+            for url in urls:
+                for _ in range(50):  # until nginx answers: bounded, 5 s at most
+                    out = nsutil.ns(client.netns, "curl", "-s", "-m", "1", "-o", "/dev/null", "-w",
+                                    "%{http_code}", "-A", "curl/8", url, check=False)
+                    if out == "200":
+                        break
+                    time.sleep(0.1)
+            nsutil.ns(client.netns, "curl", "-s", "-m", "1", "-o", "/dev/null", "-A", "failover/0.1.0",
+                      f"http://{VIP}/", check=False)
+            entries: list[LogEntry] = []
+            for _ in range(50):
+                entries += drain(follower)
+                if len(entries) >= 5:
+                    break
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+    ok = [e for e in entries if e.status == 200]
+    assert [(e.client, e.server) for e in ok] == [
+        (client.ip4, VIP), (client.ip4, server.ip4), (client.ip6, VIP6), (client.ip6, server.ip6),
+        (client.ip4, VIP),
+    ]
+    assert follower.stats.unparsed == 0
+    p4 = proof(ok, vip=VIP, exclude=[server.ip4, server.ip6], destination_known=True)
+    assert p4.counted == 1 and p4.clients == (client.ip4,)
+    assert dict(p4.rejected) == {"own-request": 1, "not-to-vip": 3}
+    p6 = proof(ok, vip=VIP6, exclude=[server.ip4, server.ip6], destination_known=True)
+    assert p6.counted == 1 and p6.clients == (client.ip6,)

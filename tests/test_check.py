@@ -1,11 +1,23 @@
-"""`failover check` without root: sysctls judged on a fake /proc, the access-log format, listeners."""
+"""`failover check` without root: sysctls on a fake /proc, the access-log format and its proof, listeners."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from failover import sysctl
-from failover.check import FAIL, OK, WARN, access_log_finding, tail_lines, vip_has_listener
+from failover.accesslog import APACHE_COMBINED_SERVER, NGINX_COMBINED_SERVER, LogFormat
+from failover.check import (
+    FAIL,
+    OK,
+    PROOF_BY_CLIENT,
+    PROOF_BY_LOG,
+    WARN,
+    access_log_finding,
+    host_checks,
+    proof_finding,
+    tail_lines,
+    vip_has_listener,
+)
 from failover.config import ClusterConfig, load_config
 from failover.lab.cluster import cluster_document
 from failover.lab.netns import Lab
@@ -110,3 +122,57 @@ def test_listener_bound_to_the_vip_is_found_in_proc_net_tcp(tmp_path: Path) -> N
     )
     assert vip_has_listener("203.0.113.10", proc=tmp_path)
     assert not vip_has_listener("203.0.113.11", proc=tmp_path)
+
+
+WITH_SERVER = COMBINED.rstrip("\n") + " 203.0.113.10\n"
+
+
+def test_plain_combined_gives_the_weaker_proof_and_the_fix_names_the_exact_lines(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    node = config.node("live")
+    node.access_log.parent.mkdir(parents=True)
+    node.access_log.write_text(COMBINED * 3)
+    finding = proof_finding(config, node)
+    assert finding.level == WARN  # weaker, not broken
+    assert PROOF_BY_CLIENT in finding.detail
+    assert NGINX_COMBINED_SERVER in finding.fix
+    assert f"access_log {node.access_log} combined_server;" in finding.fix
+    assert APACHE_COMBINED_SERVER in finding.fix
+    assert f"CustomLog {node.access_log} combined_server" in finding.fix
+    assert "confirm.log_format: combined_server" in finding.fix
+    assert finding in host_checks(config, node)
+    # The line the fix gives makes the log the preset reads.
+    assert LogFormat.COMBINED_SERVER.parse(WITH_SERVER) is not None
+
+
+def test_combined_server_gives_the_log_field_proof(tmp_path: Path) -> None:
+    config = _config(tmp_path, "combined_server")
+    node = config.node("live")
+    node.access_log.parent.mkdir(parents=True)
+    node.access_log.write_text("")  # nothing to judge yet: the format alone decides
+    assert proof_finding(config, node).level == OK
+    node.access_log.write_text(WITH_SERVER * 3)
+    finding = proof_finding(config, node)
+    assert finding.level == OK and PROOF_BY_LOG in finding.detail and not finding.fix
+    node.access_log.write_text(WITH_SERVER + WITH_SERVER.replace(" 203.0.113.10", " -"))
+    finding = proof_finding(config, node)
+    assert finding.level == WARN and "1 of its last 2 lines" in finding.detail
+
+
+def test_a_server_field_that_never_parses_fails(tmp_path: Path) -> None:
+    config = _config(tmp_path, "combined_server")
+    node = config.node("live")
+    node.access_log.parent.mkdir(parents=True)
+    node.access_log.write_text(WITH_SERVER.replace(" 203.0.113.10", " www.example") * 4)
+    finding = proof_finding(config, node)
+    assert finding.level == FAIL and "server field of none of its last 4 lines" in finding.detail
+    assert "$server_addr" in finding.fix
+
+
+def test_hostnames_for_clients_fail_whatever_the_format(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    node = config.node("live")
+    node.access_log.parent.mkdir(parents=True)
+    node.access_log.write_text(COMBINED.replace("203.0.113.50", "client.example") * 2)
+    finding = proof_finding(config, node)
+    assert finding.level == FAIL and "client field" in finding.detail and "%a" in finding.fix
