@@ -35,7 +35,6 @@ __all__ = [
     "LogFollower",
     "LogFormat",
     "Proof",
-    "count_clients",
     "parse_time",
     "proof",
 ]
@@ -374,25 +373,6 @@ def _rejection(
     if not destination_known and witnessed is not None and client not in witnessed:
         return "not-witnessed"
     return None
-
-
-def count_clients(entries: Iterable[LogEntry], ignore: Collection[str]) -> tuple[int, list[str]]:
-    """How many entries came from clients not in `ignore`, and the first (at most 10) such clients, in order.
-
-    The old, weaker count (kept until the agent moves to `proof`): no VIP, marker or loopback rule.
-    Addresses are compared in canonical form, so `2001:DB8::1` in either place matches `2001:db8::1`.
-    """
-    ignored = {_canonical_client(client) for client in ignore}
-    count = 0
-    first: list[str] = []
-    for entry in entries:
-        client = _canonical_client(entry.client)
-        if client in ignored:
-            continue
-        count += 1
-        if len(first) < 10 and client not in first:
-            first.append(client)
-    return count, first
 
 
 # --- following a file ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
@@ -26,9 +26,10 @@ from typing import Any, assert_never
 
 import structlog
 
-from failover import __version__, announce, check, control, handoff, journal, protocol, sdnotify
-from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
+from failover import __version__, announce, check, control, handoff, journal, protocol, sdnotify, witness
+from failover.accesslog import LogFollower, LogFormat
 from failover.config import ClusterConfig, NodeConfig, keys_for
+from failover.confirm import CANARY_PARAM, LogWatch, canary_token
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
 from failover.metrics import MetricsServer
@@ -106,11 +107,8 @@ async def find_own_node(config: ClusterConfig) -> NodeConfig:
 
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
 FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
+WITNESS_INTERVAL = 0.05  # how often the kernel witness is asked, while log lines wait for it
 STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
-
-
-def canary_token(cluster: str, epoch: int) -> str:
-    return f"{cluster}-{epoch}"
 
 
 def canary_url(health_url: str, vip: Any, token: str) -> str:
@@ -120,34 +118,14 @@ def canary_url(health_url: str, vip: Any, token: str) -> str:
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     query = f"{parts.query}&" if parts.query else ""
     return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path or "/", f"{query}failover-canary={token}", "")
+        (parts.scheme, netloc, parts.path or "/", f"{query}{CANARY_PARAM}={token}", "")
     )
 
 
-@dataclass
-class _Watch:
-    """One move's look at the access log: what counts, and what was counted so far."""
-
-    epoch: int
-    follower: LogFollower
-    canary_token: str | None  # canary mode: only requests carrying it count
-    ignore: tuple[str, ...]
-    count: int = 0
-    clients: list[str] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-
-    def add(self, entries: list[LogEntry]) -> None:
-        if self.canary_token is not None:
-            marker = f"failover-canary={self.canary_token}"
-            canaries = [e for e in entries if e.request is not None and marker in e.request]
-            self.count += len(canaries)
-            for e in canaries:
-                if e.client not in self.clients:
-                    self.clients.append(e.client)
-            return
-        count, first = count_clients(entries, self.ignore)
-        self.count += count
-        self.clients += [c for c in first if c not in self.clients][: 10 - len(self.clients)]
+def service_port(url: str) -> int:
+    """The port a node's service answers on, as its health_url says: what the kernel witness watches."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 _Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
@@ -178,7 +156,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
         self._stopping = False
-        self._watch: _Watch | None = None
+        self._watch: LogWatch | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self._handoff_end: asyncio.TimerHandle | None = None
         self.announced = 0
@@ -633,7 +612,8 @@ class Agent:
     async def _measure_load(self, action: protocol.MeasureLoad) -> None:
         fmt = LogFormat.named(self.config.confirm.log_format)
         rate, detail = await asyncio.to_thread(
-            recent_rate, self.node.access_log, fmt, self._not_proof(), datetime.now(UTC)
+            recent_rate, self.node.access_log, fmt, str(self.config.vip.ip), self._not_proof(),
+            datetime.now(UTC),
         )
         log.info("load-measured", epoch=action.epoch, per_second=rate, detail=detail)
         self._report(events.LoadMeasured(action.epoch, rate, detail))
@@ -802,9 +782,9 @@ class Agent:
         follower = LogFollower(self.node.access_log, LogFormat.named(cfg.log_format))
         follower.start_at_end()  # only what is logged from now on can prove the move
         token = canary_token(self.config.cluster, action.epoch) if action.canary else None
-        watch = _Watch(action.epoch, follower, token, self._not_proof())
-        watch.task = asyncio.create_task(self._follow(watch))
+        watch = LogWatch(action.epoch, follower, str(self.config.vip.ip), self._not_proof(), token)
         self._watch = watch
+        self._watch_task = asyncio.create_task(self._follow(watch))
         log.info(
             "watching-access-log", epoch=action.epoch, path=str(self.node.access_log), canary=action.canary
         )
@@ -814,8 +794,11 @@ class Agent:
         if watch is None or (epoch is not None and watch.epoch != epoch):
             return
         self._watch = None
-        if watch.task is not None:
-            watch.task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            self._watch_task = None
+        if watch.witnessing:
+            self._spawn(self._remove_witness(watch.epoch))
         watch.follower.close()
         stats = watch.follower.stats
         log.info(
@@ -827,17 +810,40 @@ class Agent:
             error=watch.follower.last_error,
         )
 
-    async def _follow(self, watch: _Watch) -> None:
-        unparsed = 0
+    async def _follow(self, watch: LogWatch) -> None:
+        if watch.canary_token is None and not watch.follower.fmt.destination_known and shutil.which("nft"):
+            # The log does not say which address was asked: the kernel says which clients the VIP answered.
+            try:
+                port = service_port(self.node.health_url)
+                await witness.install(self.config.cluster, self.config.vip.ip, (port,))
+                watch.witnessing = True
+            except (witness.WitnessError, TimeoutError) as err:
+                log.warning("witness-unavailable", epoch=watch.epoch, error=str(err))
+        unparsed, pending, asked = 0, [], 0.0
         while True:
-            entries = watch.follower.poll()  # small, non-blocking reads of a regular file
-            if entries or watch.follower.stats.unparsed != unparsed:
-                watch.add(entries)
-                unparsed = watch.follower.stats.unparsed
-                clients = tuple(watch.clients)
-                how = "client address"  # the log does not say which address was asked
-                self._report(events.TrafficSeen(watch.epoch, watch.count, clients, how, unparsed))
+            pending += watch.follower.poll()  # small, non-blocking reads of a regular file
+            if pending and watch.witnessing and self.now() - asked < WITNESS_INTERVAL:
+                pass  # the witness is asked at most this often: each time is one nft run
+            elif pending or watch.unparsed != unparsed:
+                witnessed = None
+                if watch.witnessing:
+                    asked = self.now()
+                    try:
+                        witnessed = await witness.sources(self.config.cluster)
+                    except (witness.WitnessError, TimeoutError) as err:
+                        log.warning("witness-failed", epoch=watch.epoch, error=str(err))
+                        watch.witnessing = False
+                watch.add(pending, witnessed)
+                pending, unparsed = [], watch.unparsed
+                how = watch.proof.destination if watch.canary_token is None else "canary"
+                self._report(events.TrafficSeen(watch.epoch, watch.count, watch.clients, how, unparsed))
             await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def _remove_witness(self, epoch: int) -> None:
+        try:
+            await witness.remove(self.config.cluster)
+        except (witness.WitnessError, TimeoutError) as err:
+            log.warning("witness-remove-failed", epoch=epoch, error=str(err))
 
     async def _canary(self, action: protocol.Canary) -> None:
         await self._vip_ops.join()  # the core ended the drain first: its copy would answer them here

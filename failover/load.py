@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from failover.accesslog import LogEntry, LogFormat, count_clients
+from failover.accesslog import LogEntry, LogFormat, proof
 
 WINDOW_S: Final = 5.0  # seconds of log that tell the rate
 TAIL_BYTES: Final = 512 * 1024  # enough for the window at a few hundred requests a second
@@ -21,7 +21,7 @@ MIN_SPAN_S: Final = 1.0  # a shorter log says too little to judge; its time stam
 
 
 def recent_rate(
-    path: Path, log_format: LogFormat, exclude: Collection[str], now: datetime
+    path: Path, log_format: LogFormat, vip: str, exclude: Collection[str], now: datetime
 ) -> tuple[float | None, str]:
     """(requests per second over the last WINDOW_S, how it was read); None when the log cannot tell."""
     try:
@@ -42,7 +42,7 @@ def recent_rate(
     span = min(WINDOW_S, oldest)
     if span < MIN_SPAN_S:
         return None, f"{path}: only {span:.1f} s of log"
-    counted, _ = count_clients(recent, exclude)
+    counted = proof(recent, vip=vip, exclude=exclude, destination_known=log_format.destination_known).counted
     return counted / span, f"{counted} requests in the last {span:.1f} s of {path}"
 
 

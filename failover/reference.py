@@ -68,10 +68,14 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("confirm.mode", "what proves a move: `traffic` (client requests in the new holder's access log), "
         "`canary` (marked requests from the old holder) or `none`", "confirm.mode"),
     Key("confirm.requests", "this many client requests confirm a move", "confirm.requests"),
-    Key("confirm.within_s", "no confirmation within this many seconds: roll back", "confirm.within_s"),
-    Key("confirm.ignore_clients", "client addresses that do not count (health checkers, the nodes)",
+    Key("confirm.within_s", "the longest wait for proof; the deadline is ~20 of the source's request "
+        "intervals, at least 300 ms, and canaries when the site is too quiet for that", "confirm.within_s"),
+    Key("confirm.ignore_clients", "client addresses that do not count, besides the nodes, loopback and "
+        "`failover/` user agents, which never do",
         "confirm.ignore_clients"),
-    Key("confirm.log_format", "`combined`, `common`, or a regex with named groups `client` and `time`",
+    Key("confirm.log_format", "`combined`, `combined_server` (the server address appended: proof by log "
+        "field), `common`, or a regex with named groups `client` and `time` (optional `server`, "
+        "`user_agent`)",
         "confirm.log_format"),
     Key("confirm.straggler_window_ms", "how long the old holder looks for clients still sending to it "
         "(0: off)", "confirm.straggler_window_ms"),

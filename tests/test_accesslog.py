@@ -24,7 +24,6 @@ from failover.accesslog import (
     LogFollower,
     LogFormat,
     Proof,
-    count_clients,
     parse_time,
     proof,
 )
@@ -187,19 +186,6 @@ def test_parse_never_raises(text: str) -> None:
 
 
 # --- counting -----------------------------------------------------------------------------------------------
-
-
-def test_count_clients_skips_ignored_and_keeps_first_ten_in_order() -> None:
-    def entry(client: str) -> LogEntry:
-        return LogEntry(client, None, None, None)
-
-    entries = [entry("10.0.0.1"), entry("2001:DB8::1"), entry("192.0.2.9"), entry("192.0.2.9")]
-    entries += [entry(f"198.51.100.{i}") for i in range(20)]
-    count, first = count_clients(entries, ignore={"10.0.0.1", "2001:db8::1"})
-    assert count == 22
-    assert first == ["192.0.2.9"] + [f"198.51.100.{i}" for i in range(9)]
-    assert count_clients([], ignore=()) == (0, [])
-    assert count_clients(entries[:2], ignore=["10.0.0.1", "2001:db8:0::1"]) == (0, [])
 
 
 # --- the server address ------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from failover.accesslog import LogFormat
 from failover.load import recent_rate
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
+VIP = "203.0.113.10"
 
 
 def line(client: str, at: datetime) -> str:
@@ -24,13 +25,26 @@ def test_requests_per_second_over_the_last_seconds_without_the_nodes(tmp_path: P
     for second in range(5):  # the peer's monitoring of this node's own address, twice a second
         rows += [line("203.0.113.12", NOW - timedelta(seconds=second))] * 2
     log.write_text("".join(rows))
-    rate, detail = recent_rate(log, LogFormat.COMBINED, ("203.0.113.11", "203.0.113.12"), NOW)
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, ("203.0.113.11", "203.0.113.12"), NOW)
     assert rate is not None and abs(rate - 10.0) < 2.5, (rate, detail)
 
 
 def test_a_log_too_young_or_missing_cannot_tell(tmp_path: Path) -> None:
     log = tmp_path / "access.log"
     log.write_text(line("203.0.113.100", NOW))
-    assert recent_rate(log, LogFormat.COMBINED, (), NOW)[0] is None
-    rate, detail = recent_rate(tmp_path / "nope.log", LogFormat.COMBINED, (), NOW)
+    assert recent_rate(log, LogFormat.COMBINED, VIP, (), NOW)[0] is None
+    rate, detail = recent_rate(tmp_path / "nope.log", LogFormat.COMBINED, VIP, (), NOW)
     assert rate is None and "nope.log" in detail
+
+
+def test_with_the_server_address_only_requests_to_the_vip_count(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    rows = [line("203.0.113.100", NOW - timedelta(seconds=60)).rstrip("\n") + " 203.0.113.10\n"]
+    for tenth in range(50):
+        at = NOW - timedelta(seconds=tenth / 10)
+        # Each client request to the VIP has a twin to the node's own address (a monitor on the client).
+        rows.append(line("203.0.113.100", at).rstrip("\n") + " 203.0.113.10\n")
+        rows.append(line("203.0.113.100", at).rstrip("\n") + " 203.0.113.11\n")
+    log.write_text("".join(rows))
+    rate, detail = recent_rate(log, LogFormat.COMBINED_SERVER, VIP, (), NOW)
+    assert rate is not None and abs(rate - 10.0) < 2.5, (rate, detail)
