@@ -84,11 +84,18 @@ async def install(cluster: str, vip: IPAddress, old_holder: IPAddress, interface
     return await close_time_wait(vip)
 
 
-def _time_wait_filter(vip: IPAddress) -> list[str]:
-    """ss arguments that select the TCP sockets in TIME_WAIT (either substate) on the VIP."""
+def _ss_filter(vip: IPAddress, states: tuple[str, ...]) -> list[str]:
+    """ss arguments that select the VIP's TCP sockets (local address) in any of ``states``."""
     family = "-4" if vip.version == 4 else "-6"
     source = str(vip) if vip.version == 4 else f"[{vip}]"
-    return [family, "-t", "-n", "-H", "state", "time-wait", "state", "fin-wait-2", "src", source]
+    return [family, "-t", "-n", "-H", *(w for state in states for w in ("state", state)), "src", source]
+
+
+async def _close(vip: IPAddress, states: tuple[str, ...], what: str) -> int:
+    code, out = await _run("ss", ["-K", *_ss_filter(vip, states)])
+    if code != 0:
+        raise HandoffError(f"{what}: ss -K: {out.splitlines()[0] if out else f'exit {code}'}")
+    return len(out.splitlines())
 
 
 async def close_time_wait(vip: IPAddress) -> int:
@@ -98,10 +105,19 @@ async def close_time_wait(vip: IPAddress) -> int:
     a live connection of its own. FIN-WAIT-2 is included: a socket whose client's FIN went to the
     other host during an earlier move lingers there just the same.
     """
-    code, out = await _run("ss", ["-K", *_time_wait_filter(vip)])
-    if code != 0:
-        raise HandoffError(f"rule in place, but ss -K: {out.splitlines()[0] if out else f'exit {code}'}")
-    return len(out.splitlines())
+    return await _close(vip, ("time-wait", "fin-wait-2"), "handoff rule in place, but its TIME_WAIT sockets")
+
+
+async def close_leftovers(vip: IPAddress) -> int:
+    """Close every TCP connection on the VIP here (listeners stay); returns how many.
+
+    For the old holder when its drain ends on schedule: nothing reaches these connections any more
+    (the VIP is on no interface here, the new holder's handoff is over), yet a keep-alive server
+    keeps its end for a minute or more (nginx: keepalive_timeout 75 s). Left, such a socket hides a
+    reused client port from the handoff rule of the next move back, exactly as a TIME_WAIT does.
+    Never call it while this host holds or drains the VIP: it would reset live connections.
+    """
+    return await _close(vip, ("connected",), "leftover connections")
 
 
 async def remove(cluster: str, version: int) -> int:
