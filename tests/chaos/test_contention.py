@@ -88,43 +88,84 @@ def time_wait_of(cluster: LabCluster, host: str, port: int) -> list[str]:
     return cluster.lab.run(host, argv, timeout=10).stdout.splitlines()
 
 
+def keep_alive_from(cluster: LabCluster, port: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """A keep-alive connection from the client's port to the VIP, and what its first request got."""
+    proc = cluster.lab.popen(
+        CLIENT, [sys.executable, "-c", CLIENT_SCRIPT, "keep", VIP_IP, str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())
+
+
+def ask_again(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """The keep-alive connection's second request: {"second": who} or {"second_error": name}."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+    answer: dict[str, Any] = json.loads(proc.stdout.readline())
+    proc.wait(timeout=5)
+    return answer
+
+
+def swap_and_ask_again(cluster: LabCluster, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Swap to backup; as soon as the client follows backup, inside live's drain, use the connection."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        swapped = pool.submit(move, cluster, "swap")
+        backup_mac = cluster.lab.host("backup").mac
+        assert cluster.lab.wait_until(lambda: cluster.lab.neighbour_mac(CLIENT, VIP_IP) == backup_mac, 5.0)
+        answer = ask_again(proc)
+        swapped.result(timeout=30)
+    return answer
+
+
 def test_connection_on_a_port_the_new_holder_left_in_time_wait_is_handed_off(cluster: LabCluster) -> None:
     # Other clients keep coming, so each move is confirmed within milliseconds.
     load = ClientLoad(cluster.lab, CLIENT, VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=40)
     load.start()
-    script = [sys.executable, "-c", CLIENT_SCRIPT]
     try:
         # backup serves one request from the port and keeps its TIME_WAIT (60 s) after moving back.
         move(cluster, "swap")
-        primed = cluster.lab.run(CLIENT, [*script, "close", VIP_IP, str(REUSED_PORT)], timeout=10)
-        assert json.loads(primed.stdout) == {"first": "backup"}
+        argv = [sys.executable, "-c", CLIENT_SCRIPT, "close", VIP_IP, str(REUSED_PORT)]
+        assert json.loads(cluster.lab.run(CLIENT, argv, timeout=10).stdout) == {"first": "backup"}
         move(cluster, "unswap")
         assert time_wait_of(cluster, "backup", REUSED_PORT), "precondition: backup keeps the TIME_WAIT"
-
-        # The same port now opens a connection that live owns; use it after the client follows backup.
-        proc = cluster.lab.popen(
-            CLIENT, [*script, "keep", VIP_IP, str(REUSED_PORT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdin is not None and proc.stdout is not None
-        result: dict[str, Any] = json.loads(proc.stdout.readline())
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            swapped = pool.submit(move, cluster, "swap")
-            backup_mac = cluster.lab.host("backup").mac
-            assert cluster.lab.wait_until(
-                lambda: cluster.lab.neighbour_mac(CLIENT, VIP_IP) == backup_mac, 5.0
-            )
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            result.update(json.loads(proc.stdout.readline()))
-            proc.wait(timeout=5)
-            swapped.result(timeout=30)
+        # The same port now opens a connection that live owns.
+        proc, first = keep_alive_from(cluster, REUSED_PORT)
+        assert first == {"first": "live"}
+        second = swap_and_ask_again(cluster, proc)
     finally:
         load.stop()
-    assert result["first"] == "live"
     # Before the fix: backup's TIME_WAIT answered the request with a stale ACK; "second_error": "timeout".
-    assert result.get("second") == "live", result
+    assert second == {"second": "live"}
     assert summarize(load.records()).failed == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the agent to call handoff.close_leftovers when a drain ends on schedule (core owner)",
+)
+def test_connection_on_a_port_the_new_holder_left_established_is_handed_off(cluster: LabCluster) -> None:
+    load = ClientLoad(cluster.lab, CLIENT, VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=40)
+    load.start()
+    try:
+        move(cluster, "swap")
+        # A keep-alive connection that backup serves, used again after the move back: live resets it,
+        # and backup's end of it stays ESTABLISHED (nginx keepalive_timeout 75 s).
+        old, first = keep_alive_from(cluster, REUSED_PORT)
+        assert first == {"first": "backup"}
+        move(cluster, "unswap")
+        live_mac = cluster.lab.host("live").mac
+        assert cluster.lab.wait_until(lambda: cluster.lab.neighbour_mac(CLIENT, VIP_IP) == live_mac, 5.0)
+        time.sleep(1.0)  # past live's handoff and backup's drain
+        assert "second_error" in ask_again(old)
+        # Unless its agent closed it when the drain ended, backup's end is still ESTABLISHED now.
+        proc, first = keep_alive_from(cluster, REUSED_PORT)
+        assert first == {"first": "live"}
+        second = swap_and_ask_again(cluster, proc)
+    finally:
+        load.stop()
+    assert second == {"second": "live"}
 
 
 # --- cycles with both cores busy --------------------------------------------------------------------
@@ -171,54 +212,3 @@ def test_swap_unswap_cycles_with_every_core_busy(cluster: LabCluster, request: p
     )
     assert total.failed == 0, [r for r in load.records() if not r.ok][:5]
     assert total.requests > 100 * PAIRS
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the agent to call handoff.close_leftovers when a drain ends on schedule (core owner)",
-)
-def test_connection_on_a_port_the_new_holder_left_established_is_handed_off(cluster: LabCluster) -> None:
-    load = ClientLoad(cluster.lab, CLIENT, VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=40)
-    load.start()
-    script = [sys.executable, "-c", CLIENT_SCRIPT]
-    try:
-        move(cluster, "swap")
-        # A keep-alive connection that backup serves, used again after the move back: live resets it,
-        # and backup's end of it stays ESTABLISHED (nginx keepalive_timeout 75 s).
-        old = cluster.lab.popen(
-            CLIENT, [*script, "keep", VIP_IP, str(REUSED_PORT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert old.stdin is not None and old.stdout is not None
-        assert json.loads(old.stdout.readline()) == {"first": "backup"}
-        move(cluster, "unswap")
-        live_mac = cluster.lab.host("live").mac
-        assert cluster.lab.wait_until(lambda: cluster.lab.neighbour_mac(CLIENT, VIP_IP) == live_mac, 5.0)
-        time.sleep(1.0)  # past live's handoff and backup's drain
-        old.stdin.write(b"go\n")
-        old.stdin.flush()
-        assert "second_error" in json.loads(old.stdout.readline())
-        old.wait(timeout=5)
-        # Unless its agent closed it when the drain ended, backup's end is still ESTABLISHED now.
-
-        proc = cluster.lab.popen(
-            CLIENT, [*script, "keep", VIP_IP, str(REUSED_PORT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        assert proc.stdin is not None and proc.stdout is not None
-        result: dict[str, Any] = json.loads(proc.stdout.readline())
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            swapped = pool.submit(move, cluster, "swap")
-            backup_mac = cluster.lab.host("backup").mac
-            assert cluster.lab.wait_until(
-                lambda: cluster.lab.neighbour_mac(CLIENT, VIP_IP) == backup_mac, 5.0
-            )
-            proc.stdin.write(b"go\n")
-            proc.stdin.flush()
-            result.update(json.loads(proc.stdout.readline()))
-            proc.wait(timeout=5)
-            swapped.result(timeout=30)
-    finally:
-        load.stop()
-    assert result["first"] == "live"
-    assert result.get("second") == "live", result
