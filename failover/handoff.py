@@ -7,6 +7,12 @@ The kernel's socket lookup tells the two apart: a segment (not SYN, not RST) tha
 wildcard listener belongs to no connection here. `dup to` keeps the VIP as destination and sends
 the copy to the old holder's MAC; the original is dropped.
 
+A TIME_WAIT socket left here from when this host last held the VIP (up to 60 s ago) is found by that
+lookup too: a client that reuses the port for a connection the old holder owns would have its segments
+answered here with the dead connection's ACK, never handed off, until the request times out. Clients
+reuse ports within seconds under load, so ``install`` closes those sockets first (``ss -K``): they
+serve nothing, the connection they guarded is over.
+
 Limits: only for services whose listening socket is bound to the wildcard address (0.0.0.0 / ::);
 a service bound to the VIP itself never matches and keeps today's behaviour (reset).
 """
@@ -49,26 +55,69 @@ def ruleset(cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str)
 
 
 async def _nft(args: list[str], stdin: str | None = None) -> tuple[int, str]:
+    return await _run("nft", args, stdin)
+
+
+async def _run(tool: str, args: list[str], stdin: str | None = None) -> tuple[int, str]:
     try:
         proc = await asyncio.create_subprocess_exec(
-            "nft",
+            tool,
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
     except OSError as err:
-        raise HandoffError(f"nft: {err.strerror or err}") from None
+        raise HandoffError(f"{tool}: {err.strerror or err}") from None
     out, _ = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 5.0)
     return int(proc.returncode or 0), out.decode(errors="replace").strip()
 
 
-async def install(cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str) -> None:
-    """Put the handoff rule in place (replacing an older one of this cluster)."""
+async def install(cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str) -> int:
+    """Put the handoff rule in place (replacing an older one of this cluster), then close the VIP's
+    leftover TIME_WAIT sockets here so that the rule sees every connection the old holder owns;
+    returns how many it closed."""
     await remove(cluster, vip.version)
     code, out = await _nft(["-f", "-"], ruleset(cluster, vip, old_holder, interface))
     if code != 0:
         raise HandoffError(f"nft -f: {out.splitlines()[0] if out else f'exit {code}'}")
+    return await close_time_wait(vip)
+
+
+def _ss_filter(vip: IPAddress, states: tuple[str, ...]) -> list[str]:
+    """ss arguments that select the VIP's TCP sockets (local address) in any of ``states``."""
+    family = "-4" if vip.version == 4 else "-6"
+    source = str(vip) if vip.version == 4 else f"[{vip}]"
+    return [family, "-t", "-n", "-H", *(w for state in states for w in ("state", state)), "src", source]
+
+
+async def _close(vip: IPAddress, states: tuple[str, ...], what: str) -> int:
+    code, out = await _run("ss", ["-K", *_ss_filter(vip, states)])
+    if code != 0:
+        raise HandoffError(f"{what}: ss -K: {out.splitlines()[0] if out else f'exit {code}'}")
+    return len(out.splitlines())
+
+
+async def close_time_wait(vip: IPAddress) -> int:
+    """Close (SOCK_DESTROY) the VIP's TIME_WAIT sockets on this host; returns how many.
+
+    Called on the new holder before it claims, when it does not hold the VIP: none of these serves
+    a live connection of its own. FIN-WAIT-2 is included: a socket whose client's FIN went to the
+    other host during an earlier move lingers there just the same.
+    """
+    return await _close(vip, ("time-wait", "fin-wait-2"), "handoff rule in place, but its TIME_WAIT sockets")
+
+
+async def close_leftovers(vip: IPAddress) -> int:
+    """Close every TCP connection on the VIP here (listeners stay); returns how many.
+
+    For the old holder when its drain ends on schedule: nothing reaches these connections any more
+    (the VIP is on no interface here, the new holder's handoff is over), yet a keep-alive server
+    keeps its end for a minute or more (nginx: keepalive_timeout 75 s). Left, such a socket hides a
+    reused client port from the handoff rule of the next move back, exactly as a TIME_WAIT does.
+    Never call it while this host holds or drains the VIP: it would reset live connections.
+    """
+    return await _close(vip, ("connected",), "leftover connections")
 
 
 async def remove(cluster: str, version: int) -> int:
