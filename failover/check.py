@@ -10,31 +10,24 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
-from typing import Any
 
 from failover import sysctl
 from failover.accesslog import APACHE_COMBINED_SERVER, NGINX_COMBINED_SERVER, LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
+from failover.findings import FAIL as FAIL
+from failover.findings import OK as OK
+from failover.findings import WARN as WARN
+from failover.findings import Check
+from failover.findings import failed as failed
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+Finding = Check  # the name the host checks have always used
+
 TAIL_BYTES = 64 * 1024
 TAIL_LINES = 20
 IFF_UP = 0x1
 TCP_LISTEN = "0A"
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str
-    level: str  # ok, warn, FAIL
-    detail: str
-    fix: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
@@ -48,10 +41,6 @@ def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
         nft_finding(),
         journal_finding(node.journal),
     ]
-
-
-def failed(findings: list[Finding]) -> bool:
-    return any(f.level == FAIL for f in findings)
 
 
 def key_finding(config: ClusterConfig) -> Finding:
@@ -217,7 +206,7 @@ def sysctl_findings(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
         drain=config.swap.drain_ms > 0,
         vip_bound=vip_has_listener(str(config.vip.ip)),
     )
-    return [Finding(j.name, OK if j.ok else FAIL, j.detail, j.fix) for j in judged]
+    return judged
 
 
 def nft_finding() -> Finding:

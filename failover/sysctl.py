@@ -6,20 +6,12 @@ Owns the names, the values a swap needs, and the exact command that fixes each. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from failover.findings import FAIL, OK
+from failover.findings import Check as Finding
+
 PROC = Path("/proc/sys/net")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One setting judged: ok, or the problem and the exact fix."""
-
-    name: str  # e.g. net.ipv4.conf.eth0.arp_ignore
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 def read(*parts: str, proc: Path = PROC) -> int:
@@ -81,17 +73,17 @@ def judge(interface: str, family: int, *, drain: bool, vip_bound: bool, proc: Pa
             try:
                 value = effective(interface, setting, proc)
             except (OSError, ValueError) as err:
-                found.append(Finding(name, False, f"cannot read: {err}"))
+                found.append(Finding(name, FAIL, f"cannot read: {err}"))
                 continue
             good = value in DRAIN_SAFE[setting]
             if good or not drain:
                 why = "" if good else " (swap.drain_ms is 0, so the drain that needs it is off)"
-                found.append(Finding(name, True, f"{value}{why}"))
+                found.append(Finding(name, OK, f"{value}{why}"))
             else:
                 found.append(
                     Finding(
                         name,
-                        False,
+                        FAIL,
                         f"{value} (effective, max of all and {interface}); the drain needs {want}, "
                         "without it the agent skips the drain and a request in flight may be reset",
                         _fix(name, want),
@@ -102,15 +94,15 @@ def judge(interface: str, family: int, *, drain: bool, vip_bound: bool, proc: Pa
         try:
             value = effective(interface, "promote_secondaries", proc)
         except (OSError, ValueError) as err:
-            found.append(Finding(name, False, f"cannot read: {err}"))
+            found.append(Finding(name, FAIL, f"cannot read: {err}"))
         else:
             if value == 1:
-                found.append(Finding(name, True, "1"))
+                found.append(Finding(name, OK, "1"))
             else:
                 found.append(
                     Finding(
                         name,
-                        False,
+                        FAIL,
                         "0: removing a primary address of the VIP's subnet also removes its secondaries",
                         _fix(name, 1),
                     )
@@ -120,16 +112,16 @@ def judge(interface: str, family: int, *, drain: bool, vip_bound: bool, proc: Pa
     try:
         nonlocal_bind = read(ip, "ip_nonlocal_bind", proc=proc)
     except (OSError, ValueError) as err:
-        found.append(Finding(nonlocal_name, False, f"cannot read: {err}"))
+        found.append(Finding(nonlocal_name, FAIL, f"cannot read: {err}"))
     else:
         if nonlocal_bind == 1 or not vip_bound:
             why = "" if nonlocal_bind == 1 else " (not needed: no listener is bound to the VIP itself)"
-            found.append(Finding(nonlocal_name, True, f"{nonlocal_bind}{why}"))
+            found.append(Finding(nonlocal_name, OK, f"{nonlocal_bind}{why}"))
         else:
             found.append(
                 Finding(
                     nonlocal_name,
-                    False,
+                    FAIL,
                     "0 and a listener is bound to the VIP: the web server cannot start on the host "
                     "that does not hold it (or better: listen on the wildcard address)",
                     _fix(nonlocal_name, 1),

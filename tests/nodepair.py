@@ -245,7 +245,7 @@ class NodePair:
                         self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
             case protocol.HostCheck():
                 self.host_checks.append((name, action))
-                fine = [protocol.Check(name, f"{action.role} host", protocol.OK, "fine")]
+                fine = [protocol.Check(f"{action.role} host", protocol.OK, "fine", node=name)]
                 found = self.host_findings.get(name, fine)
                 checked = ev.HostCheckDone(action, tuple(found))
                 self.at(self.now + self.health_delay, lambda: self._answer(name, node, checked))

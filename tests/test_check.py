@@ -19,6 +19,7 @@ from failover.check import (
     vip_has_listener,
 )
 from failover.config import ClusterConfig, load_config
+from failover.findings import Check
 from failover.lab.cluster import cluster_document
 from failover.lab.netns import Lab
 
@@ -38,8 +39,8 @@ def fake_proc(root: Path, values: dict[str, int]) -> Path:
     return root
 
 
-def by_name(found: list[sysctl.Finding]) -> dict[str, sysctl.Finding]:
-    return {f.name: f for f in found}
+def by_name(found: list[Check]) -> dict[str, Check]:
+    return {f.check: f for f in found}
 
 
 def test_good_settings_pass(tmp_path: Path) -> None:

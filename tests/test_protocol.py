@@ -671,8 +671,8 @@ def test_dry_run_changes_nothing_and_plans_every_step(via: str, move: str) -> No
 def test_dry_run_names_the_failing_check_of_the_target() -> None:
     pair = settled(NodePair())
     pair.host_findings["backup"] = [
-        protocol.Check("backup", "health_url", "FAIL", "http://203.0.113.12/: Connection refused"),
-        protocol.Check("backup", "access_log", "ok", "readable"),
+        protocol.Check("health_url", protocol.FAIL, "http://203.0.113.12/: Connection refused", "", "backup"),
+        protocol.Check("access_log", protocol.OK, "readable", node="backup"),
     ]
     cid = pair.command("live", "swap", dry_run=True)
     pair.run(0.1)

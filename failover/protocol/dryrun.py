@@ -67,11 +67,12 @@ class DryRuns:
         dry.waiting_peer = False
         dry.resend_at = None
         found = [
-            Check(peer, check, _level(level), detail, fix)
+            Check(check, _level(level), detail, fix, node=peer)
             for level, check, detail, fix in wire.unpack_findings(msg.findings)
         ]
         if not msg.ok and all(c.level != FAIL for c in found):
-            found.append(Check(peer, "checks", FAIL, "a check failed (its text did not fit in the answer)"))
+            lost = "a check failed (its text did not fit in the answer)"
+            found.append(Check("checks", FAIL, lost, node=peer))
         dry.host[peer] = found
         return self._plan_when_all_in(dry, now)
 
@@ -81,11 +82,12 @@ class DryRuns:
             dry.waiting_peer = False
             dry.resend_at = None
             peer = self.node.setup.peer
-            dry.host[peer] = [Check(peer, "checks answered", FAIL, f"{peer} did not answer {within}")]
+            dry.host[peer] = [Check("checks answered", FAIL, f"{peer} did not answer {within}", node=peer)]
         if dry.waiting_local:
             dry.waiting_local = False
             me = self.node.setup.name
-            dry.host[me] = [Check(me, "checks answered", FAIL, f"this host's checks did not finish {within}")]
+            late = f"this host's checks did not finish {within}"
+            dry.host[me] = [Check("checks answered", FAIL, late, node=me)]
         return self._plan_when_all_in(dry, now)
 
     def _plan_when_all_in(self, dry: DryRun, now: float) -> DryRunState:

@@ -108,7 +108,7 @@ class Moves:
         me = node.setup.name
         source, target = self.source_target(now)
         checks = [
-            Check(me, name, FAIL if problem else OK, problem or detail)
+            Check(name, FAIL if problem else OK, problem or detail, node=me)
             for name, problem, detail in self.preflight(move, source, target, now)
         ]
         dry = DryRun(

@@ -6,39 +6,11 @@ Plain data with their JSON shape (the CLI's `--json`, the journal, the status): 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
+from failover.findings import FAIL, OK, WARN, Check, Level
 
-class Level(StrEnum):
-    """How a check came out; the strings are those of the `--json` output."""
-
-    OK = "ok"
-    WARN = "warn"  # passes, worth knowing
-    FAIL = "FAIL"
-
-
-OK, WARN, FAIL = Level.OK, Level.WARN, Level.FAIL
-
-
-@dataclass(frozen=True)
-class Check:
-    """One check, judged on one node: by the core (a move's rules) or by a host (its settings)."""
-
-    node: str
-    check: str
-    level: Level
-    detail: str
-    fix: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "check": self.check,
-            "level": str(self.level),
-            "detail": self.detail,
-            "fix": self.fix,
-        }
+__all__ = ["FAIL", "OK", "WARN", "Check", "Level", "Outcome", "Plan"]
 
 
 @dataclass(frozen=True)

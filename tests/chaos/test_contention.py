@@ -141,10 +141,6 @@ def test_connection_on_a_port_the_new_holder_left_in_time_wait_is_handed_off(clu
     assert summarize(load.records()).failed == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the agent to call handoff.close_leftovers when a drain ends on schedule (core owner)",
-)
 def test_connection_on_a_port_the_new_holder_left_established_is_handed_off(cluster: LabCluster) -> None:
     load = ClientLoad(cluster.lab, CLIENT, VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=40)
     load.start()
