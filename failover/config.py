@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 import yaml
 from yaml.constructor import ConstructorError
 
+from failover.agentsocket import default_control_socket
+
 IPAddress = IPv4Address | IPv6Address
 
 KEY_MIN_BYTES: Final = 32
@@ -757,7 +759,7 @@ def _health_url(sec: _Section) -> str:
 
 
 def _control_socket(sec: _Section, cluster: str) -> Path:
-    path = sec.filepath("control_socket", Path(f"/run/failover/{cluster}.sock"))
+    path = sec.filepath("control_socket", default_control_socket(cluster))
     if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
         raise sec.error("control_socket", f"longer than {_SOCKET_PATH_MAX} bytes, too long for a Unix socket")
     return path
