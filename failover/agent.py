@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -29,10 +29,12 @@ from failover import announce, check, control, handoff, journal, protocol, sdnot
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
-from failover.metrics import MetricsServer
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
+
+if TYPE_CHECKING:
+    from failover.metrics import MetricsServer  # imported when metrics are on: prometheus_client is ~3 MiB
 
 log = structlog.get_logger("failover.agent")
 
@@ -306,6 +308,8 @@ class Agent:
             return None
         address, port = listen
         where = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        from failover.metrics import MetricsServer
+
         try:
             server = MetricsServer(listen, self._metrics_status)
         except OSError as err:
