@@ -173,7 +173,7 @@ class _Agent:
         self.config = config
         self.node = node
         self.answered = False
-        self._checked = False
+        self._checked: NodeConfig | None = None
         found = _fast_socket(config, node)
         if found is None:
             # The file is not plainly readable or names no single local node: the full loader says why.
@@ -182,12 +182,12 @@ class _Agent:
             self.socket = found
 
     def check_file(self) -> NodeConfig:
-        """The whole cluster file through the full loader; raises ConfigError for a bad one."""
+        """The whole cluster file through the full loader (once); raises ConfigError for a bad one."""
         from failover.config import load_config
 
-        node = _own_node(load_config(self.config), self.node)
-        self._checked = True
-        return node
+        if self._checked is None:
+            self._checked = _own_node(load_config(self.config), self.node)
+        return self._checked
 
     def check_file_after_move(self) -> None:
         """After a move the agent carried out, a bad cluster file is a warning: the move is done."""

@@ -27,6 +27,8 @@ HEAVY = ("failover.config", "failover.check", "failover.lab", "failover.netlink"
          "failover.agent", "failover.logs", "scapy", "pyroute2", "structlog", "prometheus_client",
          "asyncio", "dataclasses")
 
+BAD_HEARTBEAT = "  dead_after_ms: fast\n"  # line 9 of cluster_file()
+
 HOOK = """
 import json, sys
 SEEN = sys.argv[1]
@@ -143,27 +145,21 @@ def test_other_commands_still_load_the_whole_file_first(tmp_path: Path) -> None:
     assert "heartbeat.dead_after_ms" in done.stderr
 
 
-@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("swap",), ("swap", "--dry-run")])
-def test_bad_file_with_no_agent_is_exit_2_naming_file_line_and_field(
-    tmp_path: Path, args: tuple[str, ...]
+@pytest.mark.parametrize(
+    ("args", "answering"),
+    [(("status",), False), (("status", "--json"), False), (("swap",), False), (("swap", "--dry-run"), False),
+     (("status", "--json"), True), (("unswap", "--dry-run"), True)],
+)
+def test_a_bad_file_is_exit_2_naming_file_line_and_field(
+    tmp_path: Path, stand_in_agent: tuple[Path, list[dict[str, Any]]], args: tuple[str, ...], answering: bool
 ) -> None:
-    config = cluster_file(tmp_path, control_socket=tmp_path / "none.sock", extra="  dead_after_ms: fast\n")
-    done, seen = run_cli(tmp_path, *args, "-c", str(config))
-    assert seen is not None  # it tried the agent first, found none, and then read the whole file
-    assert done.returncode == 2
-    assert done.stdout == ""
-    assert done.stderr.splitlines() == [f"failover: {config}:9: heartbeat.dead_after_ms: "
-                                        "expected an integer, got string 'fast'"]
-
-
-def test_bad_file_makes_status_exit_2_even_when_the_agent_answers(
-    tmp_path: Path, stand_in_agent: tuple[Path, list[dict[str, Any]]]
-) -> None:
+    # With no agent, or for a command that changes nothing, exactly as before: the file's error and exit 2.
     sock, replies = stand_in_agent
-    replies.append({"type": "done", "status": {"node": "live"}})
-    config = cluster_file(tmp_path, control_socket=sock, extra="  dead_after_ms: fast\n")
-    done, seen = run_cli(tmp_path, "status", "--json", "-c", str(config))
-    assert seen is not None and seen["address"] == str(sock)
+    replies.append({"type": "done"})
+    target = sock if answering else tmp_path / "none.sock"
+    config = cluster_file(tmp_path, control_socket=target, extra=BAD_HEARTBEAT)
+    done, seen = run_cli(tmp_path, *args, "-c", str(config))
+    assert seen is not None and seen["address"] == str(target)  # the agent was tried first
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.splitlines() == [f"failover: {config}:9: heartbeat.dead_after_ms: "
                                         "expected an integer, got string 'fast'"]
@@ -175,7 +171,7 @@ def test_a_move_the_agent_made_with_a_bad_file_ends_with_a_warning(
     sock, replies = stand_in_agent
     outcome = {"ok": True, "holder": "backup", "epoch": 7}
     replies.append({"type": "done", "outcome": outcome})
-    config = cluster_file(tmp_path, control_socket=sock, extra="  dead_after_ms: fast\n")
+    config = cluster_file(tmp_path, control_socket=sock, extra=BAD_HEARTBEAT)
     done, _ = run_cli(tmp_path, "swap", "--json", "-c", str(config))
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == outcome
