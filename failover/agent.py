@@ -23,21 +23,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
-from typing import Any, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 import structlog
 
 from failover import __version__, announce, check, control, handoff, journal, protocol, sdnotify, witness
 from failover.accesslog import LogFollower, LogFormat
-from failover.config import ClusterConfig, NodeConfig, keys_for
+from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import CANARY_PARAM, LogWatch, canary_token
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
-from failover.metrics import MetricsServer
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.protocol import events
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
+
+if TYPE_CHECKING:
+    from failover.metrics import MetricsServer  # imported when metrics are on: prometheus_client is ~3 MiB
 
 log = structlog.get_logger("failover.agent")
 
@@ -311,6 +313,8 @@ class Agent:
             return None
         address, port = listen
         where = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+        from failover.metrics import MetricsServer
+
         try:
             server = MetricsServer(listen, self._metrics_status)
         except OSError as err:
@@ -364,6 +368,13 @@ class Agent:
         return {"type": "error", "error": f"unknown command {cmd!r}"}
 
     async def _run_move(self, move: str, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
+        path = request.get("config")
+        if isinstance(path, str):
+            # The operator's file, as the CLI did not load it (to reach us fast): a bad one changes nothing.
+            try:
+                await asyncio.to_thread(load_config, Path(path))
+            except ConfigError as err:
+                return {"type": "error", "error": str(err), "config_error": True}
         core = self.core
         holder = self.node.name if core.holds else self.peer.name if core.peer_holds() else None
         # Where the VIP came from, as this node's journal tells it: an unswap shows what it undoes.

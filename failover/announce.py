@@ -3,9 +3,10 @@ ARP/NS to stragglers, and the RFC 5227 / DAD-style probe that asks whether anyon
 
 The only module that imports scapy. Scapy only *builds and parses* frames; sending goes through one plain
 long-lived ``AF_PACKET`` socket per interface, so the critical path (``Announcer.announce``) is a few
-``send()`` calls of bytes built at start-up. The scapy layers are imported with this module (~0.3 s), which
-the agent does at start, never during a swap. It makes no protocol decisions: when and how often to
-announce is the caller's business.
+``send()`` calls of bytes built at start-up. Only the layers used are loaded: Ethernet and ARP with this
+module (the agent imports it at start, never during a swap), the IPv6 ones by the first IPv6 frame, so an
+IPv4 agent never holds them. It makes no protocol decisions: when and how often to announce is the
+caller's business.
 
 Why both ARP forms (see FIELD.md): switches and routers disagree on which one they honour. Linux takes
 either as gratuitous when sender IP = target IP; a reply must also carry target MAC = sender MAC.
@@ -20,15 +21,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from typing import Any
 
-from scapy.layers.inet6 import (
-    ICMPv6ND_NA,
-    ICMPv6ND_NS,
-    ICMPv6NDOptDstLLAddr,
-    ICMPv6NDOptSrcLLAddr,
-    IPv6,
-)
+import scapy.data
 from scapy.layers.l2 import ARP, Ether
+
+# scapy.data reads Wireshark's vendor table when scapy is imported: about 50,000 MAC prefixes, some 10 MiB
+# that would stay resident in every agent. scapy consults it only to print a MAC with its vendor's name,
+# which nothing here does, so the table is dropped as soon as the layers are in.
+scapy.data.MANUFDB = scapy.data.ManufDA(_name="scapy/manufdb")
+
+# scapy's IPv6 layers (~2 MiB, ~40 ms to import), bound by _need_inet6() before the first IPv6 frame.
+IPv6: Any
+ICMPv6ND_NA: Any
+ICMPv6ND_NS: Any
+ICMPv6NDOptDstLLAddr: Any
+ICMPv6NDOptSrcLLAddr: Any
 
 __all__ = [
     "GARP_REPLY",
@@ -94,6 +102,17 @@ def _norm_mac(mac: str) -> str:
     return mac.lower()
 
 
+def _need_inet6() -> None:
+    global IPv6, ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptDstLLAddr, ICMPv6NDOptSrcLLAddr
+    from scapy.layers.inet6 import (
+        ICMPv6ND_NA,
+        ICMPv6ND_NS,
+        ICMPv6NDOptDstLLAddr,
+        ICMPv6NDOptSrcLLAddr,
+        IPv6,
+    )
+
+
 def build_frames(vip: IPAddress, mac: str) -> dict[str, bytes]:
     """The gratuitous frames for ``vip`` held at ``mac``, by form name."""
     if isinstance(vip, IPv4Address):
@@ -106,6 +125,7 @@ def build_frames(vip: IPAddress, mac: str) -> dict[str, bytes]:
                 Ether(dst=BROADCAST, src=mac) / ARP(op=2, hwsrc=mac, psrc=str(vip), hwdst=mac, pdst=str(vip))
             ),
         }
+    _need_inet6()
     return {
         UNSOLICITED_NA: bytes(
             Ether(dst=ALL_NODES_MAC, src=mac)
@@ -126,6 +146,7 @@ def build_tell(vip: IPAddress, mac: str, ip: IPAddress, dst_mac: str) -> bytes:
         )
     if not isinstance(ip, IPv6Address):
         raise ValueError(f"cannot tell IPv4 {ip} about IPv6 VIP {vip}")
+    _need_inet6()
     return bytes(
         Ether(dst=dst_mac, src=mac)
         / IPv6(src=str(vip), dst=str(ip), hlim=255)
@@ -141,6 +162,7 @@ def build_probe(vip: IPAddress, mac: str) -> bytes:
             Ether(dst=BROADCAST, src=mac)
             / ARP(op=1, hwsrc=mac, psrc="0.0.0.0", hwdst=ZERO_MAC, pdst=str(vip))
         )
+    _need_inet6()  # also for _claimant, which reads the answers to this probe
     group, group_mac = _solicited_node(vip)
     # No source link-layer option: RFC 4861 forbids it when the source is the unspecified address.
     return bytes(

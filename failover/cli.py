@@ -4,7 +4,13 @@ Owns their arguments, human and `--json` output, and exit codes.
 
 Exit codes: 0 done; 1 the move failed or was refused (the VIP is left on a working holder and the
 reason is printed); 2 bad usage or a bad cluster file; 3 the local agent could not be reached.
-The CLI never imports the agent's adapters (scapy is slow to import) except to run the agent itself.
+
+Each command imports only what it needs. `swap`, `unswap` and `status` must reach the agent fast, so they
+find its socket with `failover.agentsocket` and leave the whole cluster file to the full loader: here when
+the agent cannot be reached (a bad file is reported first, exit 2, as always) or after `status` and dry
+runs answered (exit 2 on a bad file, nothing else printed), and in the agent, which has the loader
+loaded, before a move: a bad file refuses the move with nothing changed, exit 2. Never imported on that
+path: the full loader, the host checks, the lab, netlink (pyroute2), frames (scapy), structlog.
 """
 
 from __future__ import annotations
@@ -17,14 +23,18 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from failover import check, control, journal
-from failover.config import ClusterConfig, ConfigError, NodeConfig, load_config
+from failover import control
+
+if TYPE_CHECKING:
+    from failover.check import Finding
+    from failover.config import ClusterConfig, NodeConfig
 
 DEFAULT_CONFIG = Path(os.environ.get("FAILOVER_CONFIG", "/etc/failover/cluster.yaml"))
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+AGENT_COMMANDS = ("swap", "unswap", "status")
 
 EXAMPLES = """\
 examples:
@@ -46,7 +56,8 @@ examples:
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
+    """Every command; or, for a `swap|unswap|status` command line, only those (a quicker start)."""
     p = argparse.ArgumentParser(
         prog="failover", description="Heartbeat-style IP failover for machine swaps.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -58,10 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"cluster file (default {DEFAULT_CONFIG}, or $FAILOVER_CONFIG)")
         sp.add_argument("--node", help="the node this host plays (default: the one whose address is local)")
 
-    agent = sub.add_parser("agent", help="run the agent daemon in the foreground")
-    with_config(agent)
-    agent.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                       help="JSON log lines (default: when stdout is not a terminal)")
+    if not agent_commands_only:
+        agent = sub.add_parser("agent", help="run the agent daemon in the foreground")
+        with_config(agent)
+        agent.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
+                           help="JSON log lines (default: when stdout is not a terminal)")
     for move, text in (("swap", "move the VIP from its holder to the peer"),
                        ("unswap", "move the VIP back to its home node")):
         sp = sub.add_parser(move, help=text)
@@ -75,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="both nodes, who holds the VIP, heartbeat age, last move")
     with_config(status)
     status.add_argument("--json", action="store_true", help="print one JSON document")
+    if agent_commands_only:
+        return p
     checks = sub.add_parser("check", help="check the cluster file and this host's settings; 1 on a problem")
     with_config(checks)
     checks.add_argument("--json", action="store_true", help="print one JSON document")
@@ -115,8 +129,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(agent_commands_only=bool(words) and words[0] in AGENT_COMMANDS).parse_args(words)
     try:
+        if args.command in AGENT_COMMANDS:
+            return _to_agent(args)
         if args.command == "lab":
             from failover.lab.commands import run
 
@@ -130,32 +147,92 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(render(), end="")
             return EXIT_OK
+        from failover.config import load_config
+
         config = load_config(args.config)
         if args.command == "agent":
             return _agent(config, args)
         node = _own_node(config, args.node)
-        if args.command == "status":
-            return _status(node, args.json)
         if args.command == "check":
             return _check(config, node, args.json)
         if args.command == "history":
             return _history(node, args.json, args.n)
-        if args.command in ("announce", "probe"):
-            return _one_shot(args.command, config, node, args.json)
-        if args.dry_run:
-            return _dry_run(args.command, node, args.json, args.timeout)
-        return _move(args.command, node, args.json, args.timeout, args.reason)
-    except ConfigError as err:
-        if getattr(args, "command", "") == "check":
-            # `check` reports a bad file like every other finding, in the format asked for.
-            return _report([check.Finding("cluster file", check.FAIL, str(err))], args.json)
-        print(f"failover: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return _one_shot(args.command, config, node, args.json)
     except control.ControlError as err:
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        # Here, not at the top: importing the full loader is what the fast commands avoid.
+        from failover.config import ConfigError
+
+        if not isinstance(err, ConfigError):
+            raise
+        if args.command == "check":
+            from failover import check
+
+            # `check` reports a bad file like every other finding, in the format asked for.
+            return _report([check.Finding("cluster file", check.FAIL, str(err))], args.json)
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+class _Agent:
+    """This node's agent as the fast commands reach it, and the full check of the cluster file they owe."""
+
+    def __init__(self, config: Path, node: str | None) -> None:
+        self.config = config
+        self.node = node
+        self.answered = False
+        self._checked: NodeConfig | None = None
+        found = _fast_socket(config, node)
+        if found is None:
+            # The file is not plainly readable or names no single local node: the full loader says why.
+            self.socket = self.check_file().control_socket
+        else:
+            self.socket = found
+
+    def check_file(self) -> NodeConfig:
+        """The whole cluster file through the full loader (once); raises ConfigError for a bad one."""
+        from failover.config import load_config
+
+        if self._checked is None:
+            self._checked = _own_node(load_config(self.config), self.node)
+        return self._checked
+
+    def request(self, req: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
+        for reply in control.request(self.socket, req, timeout=timeout):
+            self.answered = True
+            yield reply
+
+
+def _fast_socket(config: Path, name: str | None) -> Path | None:
+    from failover.agentsocket import node_sockets
+
+    nodes = node_sockets(config)
+    if nodes is None:
+        return None
+    if name:
+        return next((n.control_socket for n in nodes if n.name == name), None)
+    local = [n for n in nodes if _is_local(n.family, n.address)]
+    return local[0].control_socket if len(local) == 1 else None
+
+
+def _to_agent(args: argparse.Namespace) -> int:
+    agent = _Agent(args.config, args.node)
+    read_only = args.command == "status" or args.dry_run
+    try:
+        if args.command == "status":
+            return _status(agent, args.json)
+        if args.dry_run:
+            return _dry_run(args.command, agent, args.json, args.timeout)
+        return _move(args.command, agent, args.json, args.timeout, args.reason)
+    except control.ControlError:
+        # Read-only, or nothing reached the agent: a bad cluster file comes first (exit 2), as it always did.
+        if read_only or not agent.answered:
+            agent.check_file()
+        raise
 
 
 def _agent(config: ClusterConfig, args: argparse.Namespace) -> int:
@@ -172,10 +249,12 @@ def _agent(config: ClusterConfig, args: argparse.Namespace) -> int:
 
 
 def _own_node(config: ClusterConfig, name: str | None) -> NodeConfig:
+    from failover.config import ConfigError
+
     if name:
         return config.node(name)
-    # A node address is ours if we can bind to it; no netlink needed for that.
-    local = [n for n in config.nodes if _is_local(n)]
+    families = {4: socket.AF_INET, 6: socket.AF_INET6}
+    local = [n for n in config.nodes if _is_local(families[n.address.version], str(n.address))]
     if len(local) != 1:
         names = ", ".join(n.name for n in config.nodes)
         found = "none" if not local else "both"
@@ -184,18 +263,19 @@ def _own_node(config: ClusterConfig, name: str | None) -> NodeConfig:
     return local[0]
 
 
-def _is_local(node: NodeConfig) -> bool:
-    family = socket.AF_INET if node.address.version == 4 else socket.AF_INET6
+def _is_local(family: int, address: str) -> bool:
+    # A node address is ours if we can bind to it; no netlink needed for that.
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         try:
-            s.bind((str(node.address), 0))
+            s.bind((address, 0))
         except OSError:
             return False
     return True
 
 
-def _status(node: NodeConfig, as_json: bool) -> int:
-    final = _last(control.request(node.control_socket, {"cmd": "status"}, timeout=5.0))
+def _status(agent: _Agent, as_json: bool) -> int:
+    final = _last(agent.request({"cmd": "status"}, timeout=5.0))
+    agent.check_file()  # a bad cluster file: exit 2 and nothing else, as if the agent had not been asked
     st = final["status"]
     if as_json:
         print(json.dumps(st, indent=2))
@@ -240,17 +320,21 @@ def _operator() -> str:
     return f"uid {os.getuid()}"
 
 
-def _move(move: str, node: NodeConfig, as_json: bool, timeout: float, reason: str = "") -> int:
+def _move(move: str, agent: _Agent, as_json: bool, timeout: float, reason: str = "") -> int:
     steps: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
-    req = {"cmd": move, "operator": _operator(), "reason": reason}
-    for reply in control.request(node.control_socket, req, timeout=timeout):
+    # The agent loads this file before it moves anything: a bad one refuses the move, nothing changed.
+    req = {"cmd": move, "operator": _operator(), "reason": reason, "config": str(agent.config)}
+    for reply in agent.request(req, timeout=timeout):
         if reply["type"] == "progress":
             steps.append(reply)
             if not as_json:
                 print(f"  {reply['step']:<22} {reply['ms']:>9.1f} ms", flush=True)
         else:
             final = reply
+    if final.get("type") == "error" and final.get("config_error"):
+        print(f"failover: {final['error']}", file=sys.stderr)
+        return EXIT_USAGE
     if final.get("type") == "error":
         print(f"failover: agent refused: {final['error']}", file=sys.stderr)
         return EXIT_FAILED
@@ -286,8 +370,9 @@ def _move(move: str, node: NodeConfig, as_json: bool, timeout: float, reason: st
     return EXIT_OK if outcome["ok"] else EXIT_FAILED
 
 
-def _dry_run(move: str, node: NodeConfig, as_json: bool, timeout: float) -> int:
-    final = _last(control.request(node.control_socket, {"cmd": move, "dry_run": True}, timeout=timeout))
+def _dry_run(move: str, agent: _Agent, as_json: bool, timeout: float) -> int:
+    final = _last(agent.request({"cmd": move, "dry_run": True}, timeout=timeout))
+    agent.check_file()  # as for status: a bad cluster file is exit 2 and nothing else
     plan = final["plan"]
     if as_json:
         print(json.dumps(plan, indent=2))
@@ -324,12 +409,16 @@ def _by(entry: dict[str, Any]) -> str:
 
 
 def _check(config: ClusterConfig, node: NodeConfig, as_json: bool) -> int:
+    from failover import check
+
     found = [check.Finding("cluster file", check.OK, f"{config.source}: valid, node {node.name}"),
              *check.host_checks(config, node)]
     return _report(found, as_json)
 
 
-def _report(found: list[check.Finding], as_json: bool) -> int:
+def _report(found: list[Finding], as_json: bool) -> int:
+    from failover import check
+
     bad = check.failed(found)
     if as_json:
         print(json.dumps({"ok": not bad, "findings": [f.to_json() for f in found]}, indent=2))
@@ -344,6 +433,8 @@ def _report(found: list[check.Finding], as_json: bool) -> int:
 
 
 def _history(node: NodeConfig, as_json: bool, last: int) -> int:
+    from failover import journal
+
     try:
         entries = journal.read(node.journal, last=max(last, 0))
     except journal.JournalError as err:

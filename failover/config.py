@@ -28,6 +28,7 @@ import yaml
 from yaml.constructor import ConstructorError
 
 from failover.accesslog import log_format_problem
+from failover.agentsocket import default_control_socket
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -752,7 +753,7 @@ def _health_url(sec: _Section) -> str:
 
 
 def _control_socket(sec: _Section, cluster: str) -> Path:
-    path = sec.filepath("control_socket", Path(f"/run/failover/{cluster}.sock"))
+    path = sec.filepath("control_socket", default_control_socket(cluster))
     if len(os.fsencode(path)) > _SOCKET_PATH_MAX:
         raise sec.error("control_socket", f"longer than {_SOCKET_PATH_MAX} bytes, too long for a Unix socket")
     return path

@@ -63,6 +63,20 @@ def test_bad_cluster_file_is_one_line_naming_file_line_and_field(
     assert "Traceback" not in done.stderr
 
 
+def test_a_swap_with_a_bad_cluster_file_changes_nothing(cluster: LabCluster) -> None:
+    # The CLI reaches the agent without loading the whole file (to be fast); the agent loads it first.
+    text = cluster.config_path.read_text()
+    assert text.count("dead_after_ms: 250") == 1
+    line = text[: text.index("dead_after_ms: 250")].count("\n") + 1
+    bad = cluster.workdir / "bad.yaml"
+    bad.write_text(text.replace("dead_after_ms: 250", "dead_after_ms: soon"))
+    done = failover_cli(cluster, "live", "swap", "-c", str(bad), "--node", "live", timeout=30)
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines() == [
+        f"failover: {bad}:{line}: heartbeat.dead_after_ms: expected an integer, got string 'soon'"
+    ], done.stderr
+    assert cluster.holders() == ["live"]
+    assert cluster.status("live")["epoch"] == cluster.status("backup")["epoch"] == 0
 
 
 # --- status through the CLI -------------------------------------------------------------------------

@@ -1,0 +1,187 @@
+"""`failover swap|unswap|status` reach the agent with nothing heavy imported, at the socket the loader names.
+
+Each CLI runs as a real subprocess. An audit hook (``sys.addaudithook``, run by the interpreter itself on
+every ``socket.connect``) writes down the modules loaded at the moment the CLI connects to its agent and
+the address it connects to. A stand-in agent (a Unix socket in the test's directory, speaking the control
+protocol's line format) answers where a test needs an answer; the real agent is exercised by
+tests/integration/test_cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failover.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("failover.config", "failover.check", "failover.lab", "failover.netlink", "failover.announce",
+         "failover.agent", "failover.logs", "scapy", "pyroute2", "structlog", "prometheus_client",
+         "asyncio", "dataclasses")
+
+BAD_HEARTBEAT = "  dead_after_ms: fast\n"  # line 9 of cluster_file()
+
+HOOK = """
+import json, sys
+SEEN = sys.argv[1]
+def hook(event, args):
+    if event == "socket.connect" and isinstance(args[1], str):
+        with open(SEEN, "x") as out:  # the first connect only: a second one fails here, loudly
+            json.dump({"address": args[1], "modules": sorted(sys.modules)}, out)
+sys.addaudithook(hook)
+sys.argv = ["failover", *sys.argv[2:]]
+from failover.cli import main
+raise SystemExit(main())
+"""
+
+
+def cluster_file(tmp_path: Path, *, control_socket: Path | None, extra: str = "") -> Path:
+    # One node address is loopback, so `--node` can be left out and the CLI finds its node by binding.
+    sock = "" if control_socket is None else f"    control_socket: {control_socket}\n"
+    text = f"""\
+cluster: clitest-{tmp_path.name[-8:].replace("_", "-")}
+vip:
+  address: 203.0.113.10/24
+  interface: eth0
+auth:
+  key_file: {tmp_path / "key"}
+heartbeat:
+  interval_ms: 50
+{extra}nodes:
+  live:
+    address: 127.0.0.1
+    home: true
+    health_url: http://127.0.0.1/
+    access_log: {tmp_path / "live.log"}
+{sock}  backup:
+    address: 203.0.113.12
+    health_url: http://203.0.113.12/
+    access_log: {tmp_path / "backup.log"}
+{sock}"""
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    seen = tmp_path / "seen.json"
+    seen.unlink(missing_ok=True)
+    argv = [sys.executable, "-c", HOOK, str(seen), *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    return done, json.loads(seen.read_text()) if seen.exists() else None
+
+
+@pytest.fixture
+def stand_in_agent(tmp_path: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """A Unix socket answering each request line with one `done` reply; yields (path, replies to send)."""
+    path = tmp_path / "agent.sock"
+    replies: list[dict[str, Any]] = []
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while not request.endswith(b"\n"):
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                for reply in replies:
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path, replies
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("swap",), ("unswap", "--json"),
+                                  ("swap", "--dry-run"), ("status", "--node", "backup")])
+@pytest.mark.parametrize("explicit_socket", [True, False])
+def test_agent_commands_connect_with_nothing_heavy_imported(
+    tmp_path: Path, args: tuple[str, ...], explicit_socket: bool
+) -> None:
+    config = cluster_file(tmp_path, control_socket=tmp_path / "none.sock" if explicit_socket else None)
+    done, seen = run_cli(tmp_path, *args, "-c", str(config))
+    assert seen is not None, done.stderr
+    heavy = [m for m in seen["modules"] if m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY))]
+    assert heavy == [], heavy
+    # The socket it went to is the one the full loader names for that node: one rule, not two.
+    node = load_config(config).node("backup" if "backup" in args else "live")
+    assert seen["address"] == str(node.control_socket)
+    # Nobody listens there: the agent is unreachable (3), with the documented one-line message.
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines() == [f"failover: no agent socket at {node.control_socket}; "
+                                                "is `failover agent` running?"]
+
+
+def test_other_commands_still_load_the_whole_file_first(tmp_path: Path) -> None:
+    config = cluster_file(tmp_path, control_socket=tmp_path / "none.sock", extra="  dead_after_ms: 1\n")
+    done, _ = run_cli(tmp_path, "history", "-c", str(config))
+    assert done.returncode == 2
+    assert "heartbeat.dead_after_ms" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "answering"),
+    [(("status",), False), (("status", "--json"), False), (("swap",), False), (("swap", "--dry-run"), False),
+     (("status", "--json"), True), (("unswap", "--dry-run"), True)],
+)
+def test_a_bad_file_is_exit_2_naming_file_line_and_field(
+    tmp_path: Path, stand_in_agent: tuple[Path, list[dict[str, Any]]], args: tuple[str, ...], answering: bool
+) -> None:
+    # With no agent, or for a command that changes nothing, exactly as before: the file's error and exit 2.
+    sock, replies = stand_in_agent
+    replies.append({"type": "done"})
+    target = sock if answering else tmp_path / "none.sock"
+    config = cluster_file(tmp_path, control_socket=target, extra=BAD_HEARTBEAT)
+    done, seen = run_cli(tmp_path, *args, "-c", str(config))
+    assert seen is not None and seen["address"] == str(target)  # the agent was tried first
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == [f"failover: {config}:9: heartbeat.dead_after_ms: "
+                                        "expected an integer, got string 'fast'"]
+
+
+def test_a_move_refused_by_the_agent_for_a_bad_file_is_exit_2(
+    tmp_path: Path, stand_in_agent: tuple[Path, list[dict[str, Any]]]
+) -> None:
+    # The agent loads the file the CLI names before it moves anything (tests/integration/test_cli.py).
+    sock, replies = stand_in_agent
+    error = "/etc/failover/x.yaml:9: heartbeat.dead_after_ms: expected an integer, got string 'fast'"
+    replies.append({"type": "error", "error": error, "config_error": True})
+    config = cluster_file(tmp_path, control_socket=sock, extra=BAD_HEARTBEAT)
+    done, _ = run_cli(tmp_path, "swap", "--json", "-c", str(config))
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.splitlines() == [f"failover: {error}"]
+
+
+def test_a_good_file_moves_quietly(tmp_path: Path, stand_in_agent: tuple[Path, list[dict[str, Any]]]) -> None:
+    sock, replies = stand_in_agent
+    replies.append({"type": "done", "outcome": {"ok": False, "holder": "live", "reason": "peer not alive"}})
+    config = cluster_file(tmp_path, control_socket=sock)
+    done, _ = run_cli(tmp_path, "swap", "-c", str(config))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["swap FAILED: peer not alive; VIP on live"]
