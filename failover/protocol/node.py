@@ -2,10 +2,10 @@
 
 Adapters feed it `receive_datagram`, `handle_timer`, `command` and `handle(event)`, each with `now`,
 a float of seconds; it answers with actions pulled by `pop_actions()`, and `get_timer()` says when it
-next wants `handle_timer`. The node itself owns liveness (heartbeats, who holds the VIP), key
-rotation, settling a VIP held twice, the holder's self-check, status, and the dispatch of every input
-to the row of the current state's table (`failover.protocol.states`); the machines' effects live in
-`swap`, `takeover` and `dryrun`, how a move starts in `moves`.
+next wants `handle_timer`. The node owns the dispatch of every input to the row of the current state's
+table (`failover.protocol.states`), the VIP as netlink reports it, the holder's self-check and the
+status; its view of the peer is `peer.PeerWatch`'s, the machines' effects live in `swap`, `takeover`
+and `dryrun`, how a move starts in `moves`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from failover.protocol import actions as a
 from failover.protocol import events as e
 from failover.protocol.dryrun import DryRuns
 from failover.protocol.moves import Moves
+from failover.protocol.peer import PeerWatch
 from failover.protocol.results import Outcome
 from failover.protocol.runs import AnyRun, DryRun, SourceRun, TargetRun
 from failover.protocol.setup import NodeSetup
@@ -59,7 +60,7 @@ def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
     return nested
 
 
-class Node:
+class Node(PeerWatch):
     """One agent's protocol state. Both hosts run the same code."""
 
     def __init__(
@@ -157,12 +158,6 @@ class Node:
         return min(deadlines)
 
     # --- queries -----------------------------------------------------------------------------------
-
-    def peer_alive(self, now: float) -> bool:
-        return self.peer_seen is not None and now - self.peer_seen <= self.timing.dead_after
-
-    def peer_holds(self) -> bool:
-        return self.peer_heartbeat is not None and self.peer_heartbeat.holds_vip
 
     def busy(self) -> bool:
         return self.run is not None and not row(self.run.state).finished
@@ -598,117 +593,3 @@ class Node:
         if holds != self.holds:
             self.holds = holds
             self._next_heartbeat = now  # the peer learns at once, not one interval later
-
-    # --- the peer: heartbeats, keys, silence, settling ------------------------------------------------
-
-    def _reject(self, reason: str) -> None:
-        self.rejected[reason] += 1
-        self._actions.append(a.Notice("datagram-rejected", {"reason": reason}))
-
-    def _on_heartbeat(self, hb: wire.Heartbeat, now: float) -> None:
-        self.peer_heartbeat = hb
-        if hb.keys:
-            # Sign with our newest key the peer accepts: during a rotation, host by host, both keep
-            # talking; once both have the new key first, both use it.
-            accepted = set(hb.keys.split(","))
-            usable = [k for k in self.setup.keys if wire.key_fingerprint(k) in accepted]
-            if usable and usable[0] != self._signing_key:
-                self._signing_key = usable[0]
-                self._actions.append(a.Notice("signing-key", {"key": wire.key_fingerprint(usable[0])}))
-        self.peer_epoch = max(self.peer_epoch, hb.epoch)
-        self._silence_reported = False
-        self.offer(Input.PEER_HEARD, hb, now)
-        if not (self.holds and hb.holds_vip) or self._changing_vip():
-            return
-        # Both hold the VIP: the newer holding epoch keeps it, the home node wins a tie.
-        mine = (self.held_epoch, self.setup.home)
-        theirs = (hb.held_epoch, not self.setup.home)
-        if theirs > mine:
-            self._actions.append(
-                a.Notice("settle", {"keeps": self.setup.peer, "mine": mine[0], "theirs": theirs[0]})
-            )
-            self.release_vip(self.held_epoch, "settle")
-        elif now - self._settle_announced >= self.timing.dead_after:
-            # The peer will release; re-announce so clients that followed it come back.
-            self._settle_announced = now
-            self._schedule_announce(now)
-
-    def _may_take_over(self) -> bool:
-        """Standing by while the peer holds the VIP: its silence would be a takeover question."""
-        return (
-            not self.holds
-            and self.peer_holds()
-            and self.peer_seen is not None
-            and not self.busy()
-            and not self._silence_reported  # automatic off: said once, until the peer is heard again
-        )
-
-    @property
-    def recover_after(self) -> float:
-        """Both up and neither holding this long: no move can still be under way, the VIP is on nobody."""
-        return 2 * self.timing.step_timeout + self.timing.dead_after
-
-    def _held_last(self) -> bool:
-        """One rule on both nodes, with the same facts: the node that held the VIP last (home wins a tie)."""
-        hb = self.peer_heartbeat
-        theirs = 0 if hb is None else hb.held_epoch
-        return self.held_before and (self.held_epoch, self.setup.home) > (theirs, not self.setup.home)
-
-    def _recover_if_nobody_holds(self, now: float) -> None:
-        hb = self.peer_heartbeat
-        up = hb is not None and self.peer_alive(now)
-        if self.holds or not up or self.peer_holds() or self.busy():
-            self._nobody_since = None
-            return
-        if self._nobody_since is None:
-            self._nobody_since = now
-        if now - self._nobody_since < self.recover_after or now < self._takeover_not_before:
-            return
-        if not self._held_last():
-            return  # the peer held it last: it claims it, after the same silent probe as a takeover
-        self._nobody_since = None
-        nobody_ms = self.recover_after * 1000
-        if not self.setup.automatic:
-            self.hold_off_takeover(now + self.setup.takeover_retry)
-            if not self._silence_reported:
-                self._silence_reported = True
-                reason = f"neither node has held the VIP for {nobody_ms:.0f} ms; automatic takeover is off"
-                self.last_takeover = {"ok": False, "at": now, "reason": reason}
-                self._actions.append(a.Notice("nobody-holds", dict(self.last_takeover)))
-            return
-        why = f"neither node held the VIP for {nobody_ms:.0f} ms; {self.setup.name} held it last"
-        run = self.takeover.start("recover", why, "nobody-holds", now)
-        self.begin(run, run.state, now)
-
-    def _holder_silent(self, now: float) -> None:
-        assert self.peer_seen is not None
-        silent_ms = (now - self.peer_seen) * 1000
-        peer = self.setup.peer
-        if not self.setup.automatic:
-            if not self._silence_reported:
-                self._silence_reported = True
-                self.last_takeover = {
-                    "ok": False,
-                    "at": now,
-                    "peer_silent_ms": round(silent_ms, 1),
-                    "reason": f"{peer} silent for {silent_ms:.0f} ms; automatic takeover is off",
-                }
-                self._actions.append(a.Notice("holder-silent", dict(self.last_takeover)))
-            return
-        why = f"{peer} silent for {silent_ms:.0f} ms"
-        run = self.takeover.start("takeover", why, "holder-silent", now)
-        self.begin(run, run.state, now)
-
-    # --- announcements -----------------------------------------------------------------------------------
-
-    def _schedule_announce(self, now: float) -> None:
-        self._announce_round = 0
-        self._announce_due = [now + offset for offset in self.timing.announce_schedule]
-        self._announce_if_due(now)  # the first round goes out at once, not a timer tick later
-
-    def _announce_if_due(self, now: float) -> None:
-        while self._announce_due and now >= self._announce_due[0]:
-            self._announce_due.pop(0)
-            if self.holds:
-                self._actions.append(a.Announce(self._announce_round))
-                self._announce_round += 1
