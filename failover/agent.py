@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from failover import announce, check, control, handoff, journal, protocol, sdnotify
+from failover import announce, bootid, check, control, handoff, journal, protocol, sdnotify
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
@@ -201,6 +200,10 @@ class Agent:
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
+        try:
+            boot = bootid.next_boot(node.state_dir)  # grows at every start, whatever the clock did
+        except bootid.BootIdError as err:
+            raise AgentError(str(err)) from None
         setup = protocol.NodeSetup(
             cluster=cfg.cluster,
             name=node.name,
@@ -214,7 +217,7 @@ class Agent:
                 step_timeout=cfg.swap.step_timeout_ms / 1000,
                 announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
             ),
-            boot=time.time_ns(),
+            boot=boot,
             automatic=cfg.takeover.automatic,
             on_vip_lost=cfg.takeover.on_vip_lost,
             fence=bool(cfg.takeover.fence),
