@@ -30,6 +30,7 @@ from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
 from failover.metrics import MetricsServer
 from failover.netlink import NetlinkError, VipLink, local_addresses
+from failover.rejections import RejectionLog
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
 
@@ -145,7 +146,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.agent = agent
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.agent.on_datagram(data)
+        self.agent.on_datagram(data, str(addr[0]))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp-error", error=str(exc))
@@ -172,6 +173,7 @@ class Agent:
         self.announced = 0
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
         self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> operator, reason, came_from
+        self.rejections = RejectionLog(log)
 
     def now(self) -> float:
         return self.loop.time()
@@ -330,7 +332,11 @@ class Agent:
 
     # --- events in ---------------------------------------------------------------------------------
 
-    def on_datagram(self, data: bytes) -> None:
+    def on_datagram(self, data: bytes, source: str) -> None:
+        if source.partition("%")[0] != str(self.peer.address):
+            # Only the peer's address is worth an HMAC: a flood from anywhere else costs one comparison.
+            self.rejections.drop("source", self.now())
+            return
         self.core.receive_datagram(data, self.now())
         self._pump()
 
@@ -413,6 +419,7 @@ class Agent:
         except NetlinkError as err:
             status["holds_vip_netlink"] = None
             status["netlink_error"] = str(err)
+        status["rejected"] = {**status["rejected"], **self.rejections.dropped}
         status.update(
             cluster=self.config.cluster,
             vip=str(self.config.vip.address),
@@ -498,7 +505,7 @@ class Agent:
             if action.event != "datagram-rejected":
                 log.info(action.event, **action.detail)
             else:
-                log.debug(action.event, **action.detail)
+                self.rejections.note(str(action.detail.get("reason")), self.now())
             self._on_notice(action)
 
     def _fault_matches(self, action: protocol.Action) -> bool:

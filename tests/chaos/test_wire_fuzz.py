@@ -1,6 +1,8 @@
 """Wire fuzzing against a running agent: hostile datagrams to live's heartbeat port from the client.
 
-Sent over real UDP from the client's namespace at a bounded rate (tests/chaos/fuzzsend.py): random
+Sent over real UDP from the peer's (backup's) namespace and address at a bounded rate, as a forger of the
+peer's address would (from any other address the agent drops a datagram before any crypto; see
+test_forged_flood.py), with tests/chaos/fuzzsend.py: random
 bytes, bad versions, oversized datagrams, messages signed with another key, real-key messages with a bit
 flipped, real-key messages naming another cluster or the wrong sender, and replays of old boots and
 epochs. The agent must survive every one (still running, status answers), change nothing (holder,
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from failover.lab.cluster import LabCluster
-from tests.integration.conftest import CLIENT, events, package_env, vip_holders
+from tests.integration.conftest import events, package_env, vip_holders
 
 from .conftest import SOAK, figure, sniffing, total_rejected
 
@@ -43,7 +45,10 @@ REASONS = {
 }
 
 
-def fuzz(cluster: LabCluster, count: int, kinds: str, rate: float = RATE, seed: int = 7) -> dict[str, Any]:
+def fuzz(
+    cluster: LabCluster, count: int, kinds: str, rate: float = RATE, seed: int = 7, via: str = "backup"
+) -> dict[str, Any]:
+    """Send from `via`'s namespace and address: backup's, the one address live runs the decoder for."""
     live = cluster.lab.host("live")
     argv = [
         sys.executable,
@@ -63,8 +68,10 @@ def fuzz(cluster: LabCluster, count: int, kinds: str, rate: float = RATE, seed: 
         str(seed),
         "--kinds",
         kinds,
+        "--bind",
+        str(cluster.lab.host(via).address),
     ]
-    done = cluster.lab.run(CLIENT, argv, timeout=count / rate * 3 + 60, env=package_env())
+    done = cluster.lab.run(via, argv, timeout=count / rate * 3 + 60, env=package_env())
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
