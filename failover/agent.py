@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -141,6 +142,19 @@ class _Watch:
 _Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
 
 
+HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; the socket module does not name it
+
+
+def _size_receive_buffer(sock: socket.socket) -> None:
+    """A loop held up for a moment (a busy host) must not cost the peer's datagrams: queue more of them."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, HEARTBEAT_RCVBUF)  # past rmem_max
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEARTBEAT_RCVBUF)
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -250,6 +264,7 @@ class Agent:
             where = f"{node.address}:{cfg.heartbeat.port}"
             raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
         self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
+        _size_receive_buffer(self.transport.get_extra_info("socket"))
         metrics = self._start_metrics()
         try:
             server = await control.serve(node.control_socket, self.on_control)
