@@ -60,10 +60,8 @@ def load_state(state_dir: Path) -> PersistentState:
 
 
 def save_state(state_dir: Path, state: PersistentState) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = state_dir / "state.json.tmp"
-    tmp.write_text(json.dumps({"epoch": state.epoch, "held_epoch": state.held_epoch}))
-    os.replace(tmp, state_dir / "state.json")
+    doc = {"epoch": state.epoch, "held_epoch": state.held_epoch}
+    journal.write_file_durably(state_dir / "state.json", json.dumps(doc).encode())
 
 
 def check_health(url: str, timeout: float) -> tuple[bool, str]:
@@ -188,6 +186,9 @@ class Agent:
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
         self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> operator, reason, came_from
         self.rejections = RejectionLog(log)
+        self._journal_writer = journal.Writer(
+            node.journal, on_error=lambda err: log.error("journal-failed", error=str(err))
+        )
 
     def now(self) -> float:
         return self.loop.time()
@@ -317,6 +318,7 @@ class Agent:
             self.announcer.close()
             for task in self._tasks:
                 task.cancel()
+            await self._journal_writer.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
 
@@ -401,6 +403,7 @@ class Agent:
         async with contextlib.aclosing(self._reports(cid)) as reports:
             async for item in reports:
                 if isinstance(item, protocol.Finished):
+                    await self._journal_writer.flushed()  # the CLI hears of a move once it is journalled
                     return {"type": "done", "outcome": item.outcome.to_json(), "came_from": came_from}
                 if isinstance(item, protocol.Progress):
                     with contextlib.suppress(ConnectionError):
@@ -667,12 +670,9 @@ class Agent:
                              source=self.peer.name, target=self.node.name, reason=detail.get("reason", ""))
 
     def _journal(self, entry: dict[str, Any]) -> None:
-        # Synchronous on purpose: the fsync is a few ms, and an entry must be on disk before the CLI
-        # hears the outcome (Finished comes after the Notice in the same pump).
-        try:
-            journal.append(self.node.journal, entry)
-        except journal.JournalError as err:
-            log.error("journal-failed", error=str(err))
+        # Off the loop (an fsync on a busy disk can outlast dead_after_ms), in order; _run_move waits
+        # for it, so an entry is still on disk before the CLI hears the outcome.
+        self._journal_writer.append(entry)
 
     def _hook_env(self, event: str, **extra: str) -> dict[str, str]:
         env = {

@@ -13,12 +13,13 @@ the running peer remembers, and a state dir that was lost falls back to today's 
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from failover import journal
 
 FILE = "boot"
 BOOT_MAX = 2**63 - 1  # wire.INT_MAX: what the peer accepts
@@ -42,7 +43,10 @@ def next_boot(state_dir: Path, clock_ns: Callable[[], int] = time.time_ns) -> in
         boot = max(stored + 1, clock_ns())
         if boot > BOOT_MAX:
             raise BootIdError(f"{path}: boot id {stored} cannot grow any more; remove the file")
-        _write(path, dfd, boot)
+        try:
+            journal.write_file_durably(path, f"{boot}\n".encode())
+        except OSError as err:
+            raise BootIdError(f"{path}: cannot write: {err.strerror or err}") from None
         return boot
     finally:
         os.close(dfd)
@@ -63,20 +67,3 @@ def _read(path: Path) -> int:
     if not 0 <= value <= BOOT_MAX:
         raise BootIdError(f"{path}: boot id out of range; remove the file to start counting anew")
     return value
-
-
-def _write(path: Path, dfd: int, boot: int) -> None:
-    tmp = path.with_name(FILE + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, f"{boot}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        os.fsync(dfd)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise BootIdError(f"{path}: cannot write: {err.strerror or err}") from None
