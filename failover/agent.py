@@ -700,9 +700,10 @@ class Agent:
             "before_release", epoch=str(action.epoch), move=action.move, source=self.node.name,
             target=action.target,
         )
-        async with self._hook_lock:
-            hooks, timeout = self.config.hooks.before_release, self.config.hooks.timeout_ms / 1000
-            ok, details = await run_all(hooks, env, timeout)
+        # Not queued behind the notification hooks (_hook_lock): the core's budget for these runs from
+        # its asking, and a slow `confirmed` hook of the last move must not spend it.
+        hooks, timeout = self.config.hooks.before_release, self.config.hooks.timeout_ms / 1000
+        ok, details = await run_all(hooks, env, timeout)
         log.info("hooks", hook_event="before_release", epoch=action.epoch, ok=ok, details=details)
         self.core.before_release_done(action.epoch, ok, details[-1] if details else "", self.now())
         self._pump()
