@@ -309,9 +309,7 @@ class Agent:
             if self._timer is not None:
                 self._timer.cancel()
             self._stopping = True
-            server.close()
-            with contextlib.suppress(OSError):
-                node.control_socket.unlink()
+            server.close()  # and its socket file, unless another agent's replaced it
             self.transport.close()
             if metrics is not None:
                 metrics.close()
