@@ -29,7 +29,7 @@ from failover import announce, bootid, check, control, handoff, journal, protoco
 from failover.accesslog import LogEntry, LogFollower, LogFormat, count_clients
 from failover.config import ClusterConfig, NodeConfig, keys_for
 from failover.hooks import run_all, run_hook
-from failover.metrics import MetricsServer
+from failover.metrics import MetricsServer, status_on_loop
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.rejections import RejectionLog
 from failover.stragglers import StragglerWatch
@@ -337,8 +337,7 @@ class Agent:
 
     def _metrics_status(self) -> dict[str, Any]:
         """Called from the metrics thread: the status, taken on the event loop like any other."""
-        future = asyncio.run_coroutine_threadsafe(self.status(), self.loop)
-        return future.result(timeout=METRICS_STATUS_TIMEOUT)
+        return status_on_loop(self.status, self.loop, METRICS_STATUS_TIMEOUT)()
 
     def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a stuck loop stops the pings and systemd restarts the agent.
