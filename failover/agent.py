@@ -75,6 +75,8 @@ def check_health(url: str, timeout: float) -> tuple[bool, str]:
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         return False, f"{url}: {reason}"
+    except Exception as err:  # BadStatusLine, too many headers, ...: a backend that answers garbage
+        return False, " ".join(f"{url}: {type(err).__name__}: {err}".split())[:300]
     return (200 <= status < 300), f"HTTP {status} from {url}"
 
 
@@ -186,6 +188,7 @@ class Agent:
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
         self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> operator, reason, came_from
         self.rejections = RejectionLog(log)
+        self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
         self._journal_writer = journal.Writer(
             node.journal, on_error=lambda err: log.error("journal-failed", error=str(err))
         )
@@ -435,6 +438,7 @@ class Agent:
             status["holds_vip_netlink"] = None
             status["netlink_error"] = str(err)
         status["rejected"] = {**status["rejected"], **self.rejections.dropped}
+        status["task_failures"] = self.task_failures
         status.update(
             cluster=self.config.cluster,
             vip=str(self.config.vip.address),
@@ -532,7 +536,17 @@ class Agent:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        # No adapter exception may end a task unnoticed: it is logged with its traceback and counted.
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        self.task_failures += 1
+        err = task.exception()
+        name = getattr(task.get_coro(), "__name__", task.get_name())
+        log.error("task-failed", task=name, error=f"{type(err).__name__}: {err}", exc_info=err)
 
     async def _claim(self, action: protocol.Claim) -> None:
         ok, error = True, ""
