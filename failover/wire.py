@@ -237,7 +237,7 @@ class Envelope:
 
     cluster: str
     sender: str
-    boot: int  # the sender's start time in ns: a restarted agent's stream sorts after its old one
+    boot: int  # the sender's boot id (bootid.py): grows at every start, so a restart sorts later
     seq: int
     message: Message
 
@@ -372,7 +372,8 @@ def key_fingerprint(key: bytes) -> str:
 
 
 class ReplayGuard:
-    """Accepts each sender's (boot, seq) only if it sorts after the last one accepted."""
+    """Accepts each sender's (boot, seq) only if it sorts after the last one accepted (in memory: a
+    restarted receiver takes the first position it hears as the start)."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[int, int]] = {}
