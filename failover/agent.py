@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import signal
-import time
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +27,18 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 import structlog
 
-from failover import __version__, announce, check, control, handoff, journal, protocol, sdnotify, witness
+from failover import (
+    __version__,
+    announce,
+    bootid,
+    check,
+    control,
+    handoff,
+    journal,
+    protocol,
+    sdnotify,
+    witness,
+)
 from failover.accesslog import LogFollower, LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import CANARY_PARAM, LogWatch, canary_token
@@ -35,6 +46,7 @@ from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
 from failover.netlink import NetlinkError, VipLink, local_addresses
 from failover.protocol import events
+from failover.rejections import RejectionLog
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
 
@@ -69,12 +81,8 @@ def load_state(state_dir: Path) -> PersistentState:
 
 
 def save_state(state_dir: Path, state: PersistentState) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = state_dir / "state.json.tmp"
-    tmp.write_text(
-        json.dumps({"epoch": state.epoch, "held_epoch": state.held_epoch, "held_before": state.held_before})
-    )
-    os.replace(tmp, state_dir / "state.json")
+    doc = {"epoch": state.epoch, "held_epoch": state.held_epoch, "held_before": state.held_before}
+    journal.write_file_durably(state_dir / "state.json", json.dumps(doc).encode())
 
 
 USER_AGENT = f"failover/{__version__}"
@@ -92,6 +100,8 @@ def check_health(url: str, timeout: float) -> tuple[bool, str]:
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         return False, f"{url}: {reason}"
+    except Exception as err:  # BadStatusLine, too many headers, ...: a backend that answers garbage
+        return False, " ".join(f"{url}: {type(err).__name__}: {err}".split())[:300]
     return (200 <= status < 300), f"HTTP {status} from {url}"
 
 
@@ -134,12 +144,25 @@ def service_port(url: str) -> int:
 _Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
 
 
+HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
+SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; the socket module does not name it
+
+
+def _size_receive_buffer(sock: socket.socket) -> None:
+    """A loop held up for a moment (a busy host) must not cost the peer's datagrams: queue more of them."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, HEARTBEAT_RCVBUF)  # past rmem_max
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEARTBEAT_RCVBUF)
+
+
 class _Datagrams(asyncio.DatagramProtocol):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.agent.on_datagram(data)
+        self.agent.on_datagram(data, str(addr[0]))
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp-error", error=str(exc))
@@ -169,6 +192,11 @@ class Agent:
         self._vip_ops: asyncio.Queue[protocol.Action] = asyncio.Queue()
         self._command_meta: dict[int, dict[str, Any]] = {}  # command -> operator, reason, came_from
         self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> the same, once the core named it
+        self.rejections = RejectionLog(log)
+        self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
+        self._journal_writer = journal.Writer(
+            node.journal, on_error=lambda err: log.error("journal-failed", error=str(err))
+        )
 
     def now(self) -> float:
         return self.loop.time()
@@ -199,6 +227,10 @@ class Agent:
         self._persisted = state
         t = cfg.takeover
         probe_ms = t.probe_count * t.probe_interval_ms + t.probe_wait_ms
+        try:
+            boot = bootid.next_boot(node.state_dir)  # grows at every start, whatever the clock did
+        except bootid.BootIdError as err:
+            raise AgentError(str(err)) from None
         setup = protocol.NodeSetup(
             cluster=cfg.cluster,
             name=node.name,
@@ -212,7 +244,7 @@ class Agent:
                 step_timeout=cfg.swap.step_timeout_ms / 1000,
                 announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
             ),
-            boot=time.time_ns(),
+            boot=boot,
             probe_budget=probe_ms / 1000,
             fence_budget=cfg.takeover.fence_timeout_ms / 1000,
             vip=str(cfg.vip.ip),
@@ -251,6 +283,7 @@ class Agent:
             where = f"{node.address}:{cfg.heartbeat.port}"
             raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
         self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
+        _size_receive_buffer(self.transport.get_extra_info("socket"))
         metrics = self._start_metrics()
         try:
             server = await control.serve(node.control_socket, self.on_control)
@@ -295,15 +328,14 @@ class Agent:
             if self._timer is not None:
                 self._timer.cancel()
             self._stopping = True
-            server.close()
-            with contextlib.suppress(OSError):
-                node.control_socket.unlink()
+            server.close()  # and its socket file, unless another agent's replaced it
             self.transport.close()
             if metrics is not None:
                 metrics.close()
             self.announcer.close()
             for task in self._tasks:
                 task.cancel()
+            await self._journal_writer.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
 
@@ -326,8 +358,10 @@ class Agent:
 
     def _metrics_status(self) -> dict[str, Any]:
         """Called from the metrics thread: the status, taken on the event loop like any other."""
-        future = asyncio.run_coroutine_threadsafe(self.status(), self.loop)
-        return future.result(timeout=METRICS_STATUS_TIMEOUT)
+        from failover.metrics import status_on_loop  # loaded with the metrics server, when metrics are on
+
+        status: dict[str, Any] = status_on_loop(self.status, self.loop, METRICS_STATUS_TIMEOUT)()
+        return status
 
     def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a stuck loop stops the pings and systemd restarts the agent.
@@ -336,7 +370,11 @@ class Agent:
 
     # --- events in ---------------------------------------------------------------------------------
 
-    def on_datagram(self, data: bytes) -> None:
+    def on_datagram(self, data: bytes, source: str) -> None:
+        if source.partition("%")[0] != str(self.peer.address):
+            # Only the peer's address is worth an HMAC: a flood from anywhere else costs one comparison.
+            self.rejections.drop("source", self.now())
+            return
         self.core.receive_datagram(data, self.now())
         self._pump()
 
@@ -392,6 +430,7 @@ class Agent:
         async with contextlib.aclosing(self._reports(cid)) as reports:
             async for item in reports:
                 if isinstance(item, protocol.Finished):
+                    await self._journal_writer.flushed()  # the CLI hears of a move once it is journalled
                     return {"type": "done", "outcome": item.outcome.to_json(), "came_from": came_from}
                 if isinstance(item, protocol.Progress):
                     with contextlib.suppress(ConnectionError):
@@ -425,6 +464,8 @@ class Agent:
         except NetlinkError as err:
             status["holds_vip_netlink"] = None
             status["netlink_error"] = str(err)
+        status["rejected"] = {**status["rejected"], **self.rejections.dropped}
+        status["task_failures"] = self.task_failures
         status.update(
             cluster=self.config.cluster,
             vip=str(self.config.vip.address),
@@ -521,7 +562,7 @@ class Agent:
                 if action.event != "datagram-rejected":
                     log.info(action.event, **action.detail)
                 else:
-                    log.debug(action.event, **action.detail)
+                    self.rejections.note(str(action.detail.get("reason")), self.now())
                 self._journal_notice(action)
             case _:
                 assert_never(action)
@@ -546,10 +587,14 @@ class Agent:
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
+        # No adapter exception may end a task unnoticed: it is logged with its traceback and counted.
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # An adapter that dies must be seen: the core's deadlines end what it was waiting for.
-            log.error("task-failed", task=task.get_name(), error=repr(task.exception()))
+        if task.cancelled() or task.exception() is None:
+            return
+        self.task_failures += 1
+        err = task.exception()
+        name = getattr(task.get_coro(), "__name__", task.get_name())
+        log.error("task-failed", task=name, error=f"{type(err).__name__}: {err}", exc_info=err)
 
     async def _carry_out_vip_ops(self) -> None:
         """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
@@ -691,12 +736,9 @@ class Agent:
                            "source": self.peer.name, "target": self.node.name, **detail})
 
     def _journal(self, entry: dict[str, Any]) -> None:
-        # Synchronous on purpose: the fsync is a few ms, and an entry must be on disk before the CLI
-        # hears the outcome (Finished comes after the Notice in the same pump).
-        try:
-            journal.append(self.node.journal, entry)
-        except journal.JournalError as err:
-            log.error("journal-failed", error=str(err))
+        # Off the loop (an fsync on a busy disk can outlast dead_after_ms), in order; _run_move waits
+        # for it, so an entry is still on disk before the CLI hears the outcome.
+        self._journal_writer.append(entry)
 
     def _hook_env(self, event: str, **extra: str | None) -> dict[str, str]:
         """The one environment of every hook and of the fence program: FAILOVER_* variables."""

@@ -214,24 +214,50 @@ class ClusterConfig:
 # --- keys -----------------------------------------------------------------------------------------------
 
 
+def _read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result] | None:
+    """The content (at most `limit` bytes) and stat of the regular file at `path`; None when it is not
+    one. Never blocks: a FIFO is opened non-blocking and refused by its fstat, never read."""
+    import errno  # here, not at the top: the imports there are kept minimal for a fast CLI start
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        st = os.fstat(fd)  # of the file we read, not of whatever the path names a moment later
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))  # as open() says it
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        chunks, size = [], 0
+        while size < limit and (chunk := os.read(fd, min(65536, limit - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
 def load_key(path: Path, *, field: str = "auth.key_file") -> bytes:
-    """Read a shared key: a regular file, no group/other permission bits, at least 32 bytes.
+    """Read a shared key: a regular file owned by root or by us, no group/other permission bits, at
+    least 32 bytes.
 
     The content is used as raw bytes; a single trailing newline (as editors add) is not part of the key.
     """
     shown = os.fspath(path)
     try:
-        # Check the mode of the file we actually read, not of whatever the path names a moment earlier.
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ConfigError("not a regular file", file=shown, field=field)
-            mode = stat.S_IMODE(st.st_mode)
-            if mode & 0o077:
-                raise ConfigError(
-                    f"mode {mode:04o} is group/other-accessible; chmod 600 {shown}", file=shown, field=field
-                )
-            key = f.read()
+        found = _read_regular(path, 64 * 1024)
+        if found is None:
+            raise ConfigError("not a regular file", file=shown, field=field)
+        key, st = found
+        if st.st_uid not in (0, os.geteuid()):
+            # Whoever owns it can replace it with a key of their choosing.
+            raise ConfigError(
+                f"owned by uid {st.st_uid}, not root or uid {os.geteuid()}; chown root {shown}",
+                file=shown, field=field,
+            )
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"mode {mode:04o} is group/other-accessible; chmod 600 {shown}", file=shown, field=field
+            )
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", file=shown, field=field) from None
     except ValueError as e:  # e.g. an embedded NUL in the path
@@ -336,6 +362,34 @@ _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
+def _bound_aliases(root: yaml.Node, shown: str, limit: int = 10_000) -> None:
+    """Refuse a document whose aliases make it larger than any cluster file (a billion laughs) before a
+    single value is built; counted once per node, so the count itself costs no more than the text."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError("a YAML alias refers to a value that contains it", file=shown, line=_line(node))
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        open_nodes.discard(key)
+        if total > limit:
+            problem = f"YAML aliases expand to more than {limit} values"
+            raise ConfigError(problem, file=shown, line=_line(root))
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
 def _parse(text: str, shown: str) -> Any:
     loader: _LineLoader | None = None
     try:
@@ -343,6 +397,7 @@ def _parse(text: str, shown: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             raise ConfigError("top level must be a mapping, got an empty document", file=shown, line=1)
+        _bound_aliases(node, shown)
         data = loader.construct_document(node)
         if not isinstance(data, _Mapping):
             raise ConfigError(f"top level must be a mapping, got {_kind(data)}", file=shown, line=_line(node))
@@ -374,8 +429,8 @@ def _kind(value: object) -> str:
     if isinstance(value, int | float):
         return f"number {value!r}"
     if isinstance(value, str):
-        text = value if len(value) <= 40 else value[:37] + "..."
-        return f"string {text!r}"
+        # A long string may be a key pasted in the wrong place: its length says enough.
+        return f"string {value!r}" if len(value) <= 24 else f"a string of {len(value)} characters"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -483,7 +538,8 @@ class _Section:
         if "\0" in value:
             raise self.error(key, "must not contain a NUL character")
         if not value.startswith("/"):
-            raise self.error(key, f"must be an absolute path, got {value!r}")
+            # Not shown: what goes where a key's path should may be the key itself.
+            raise self.error(key, f"must be an absolute path (starting with /), got {_kind(value)}")
         return Path(value)
 
     def interface(self, key: str, default: str | None = None) -> str:
@@ -772,11 +828,14 @@ def load_config(path: Path | str) -> ClusterConfig:
     shown = os.fspath(path)
     source = Path(path)
     try:
-        raw = source.read_bytes()
+        found = _read_regular(source, 4 * 1024 * 1024)
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", file=shown) from None
     except ValueError as e:
         raise ConfigError(f"cannot read: {e}", file=shown) from None
+    if found is None:
+        raise ConfigError("not a regular file", file=shown)
+    raw = found[0]
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

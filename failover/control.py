@@ -64,7 +64,38 @@ def claim_socket_path(path: Path) -> None:
     raise ControlError(f"{path}: another agent is already running for this cluster and node")
 
 
-async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
+class Server:
+    """The agent's listening socket; close() removes the socket file only while it is still ours."""
+
+    def __init__(self, server: asyncio.AbstractServer, path: Path, identity: tuple[int, int]) -> None:
+        self._server, self.path, self._identity = server, path, identity
+
+    def close(self) -> None:
+        self._server.close()
+        with contextlib.suppress(OSError):
+            st = self.path.lstat()
+            # Another agent may have been started after the file was removed: its socket stays.
+            if (st.st_dev, st.st_ino) == self._identity:
+                self.path.unlink()
+
+
+def _bind(path: Path) -> tuple[socket.socket, tuple[int, int]]:
+    """A Unix socket bound at `path` with mode 0600 from its first moment: the umask is set around bind,
+    so there is no window in which another user could connect before a chmod."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    st = path.lstat()
+    return sock, (st.st_dev, st.st_ino)
+
+
+async def serve(path: Path, handler: Handler) -> Server:
     import asyncio  # here, not at the top: the CLI imports this module and must start fast
 
     claim_socket_path(path)
@@ -105,9 +136,12 @@ async def serve(path: Path, handler: Handler) -> asyncio.AbstractServer:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    server = await asyncio.start_unix_server(on_client, path=str(path), limit=MAX_REQUEST)
-    os.chmod(path, 0o600)
-    return server
+    try:
+        sock, identity = _bind(path)
+    except OSError as err:
+        raise ControlError(f"{path}: cannot listen: {err.strerror or err}") from None
+    server = await asyncio.start_unix_server(on_client, sock=sock, limit=MAX_REQUEST)
+    return Server(server, path, identity)
 
 
 def _parse_request(line: bytes) -> dict[str, Any] | str:

@@ -2,7 +2,10 @@
 
 Owns the file format and its durability: each entry is written with one `write` on an O_APPEND file
 and fsynced (the directory too, when the file was created), so an entry a caller was told about
-survives a crash or a SIGKILL. A torn last line (power loss mid-write) is skipped when reading.
+survives a crash or a SIGKILL. A torn last line (power loss mid-write) is skipped when reading, and
+ended before the next entry is appended, so it never swallows that entry. `Writer` appends from a
+worker thread, in order, so a slow disk never holds up the agent's event loop. `write_file_durably` is
+the one way a small state file is replaced (temporary file, fsync, rename, fsync of the directory).
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 TAIL_CHUNK = 64 * 1024
 
@@ -28,21 +34,77 @@ def append(path: Path, entry: dict[str, Any]) -> dict[str, Any]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         created = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # end the torn line first: it stays unreadable, this entry does not
             os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
         if created:
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            _fsync_dir(path.parent)
     except OSError as err:
         raise JournalError(f"{path}: cannot append: {err.strerror or err}") from None
     return record
+
+
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_file_durably(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash at any point leaves the old content or the new one,
+    and the new one once this returns. Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class Writer:
+    """Appends entries from a worker thread, one after another in the order given; for the event loop.
+
+    `append` returns at once; `flushed()` waits until every entry given so far is on disk (or failed,
+    which `on_error` is told of).
+    """
+
+    def __init__(self, path: Path, on_error: Callable[[JournalError], None]) -> None:
+        self.path = path
+        self._on_error = on_error
+        self._tail: asyncio.Task[None] | None = None
+
+    def append(self, entry: dict[str, Any]) -> None:
+        import asyncio  # here: the CLI reads the journal and must start fast
+
+        previous = self._tail
+
+        async def write() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                await asyncio.to_thread(append, self.path, entry)
+            except JournalError as err:
+                self._on_error(err)
+
+        self._tail = asyncio.get_running_loop().create_task(write())
+
+    async def flushed(self) -> None:
+        import asyncio
+
+        if self._tail is not None:
+            await asyncio.wait([self._tail])
 
 
 def _lines_from_end(path: Path) -> Iterator[bytes]:

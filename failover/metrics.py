@@ -2,22 +2,50 @@
 
 Every value is read at scrape time from the agent's status (the core's `status()` plus what netlink
 and the announcer say), so nothing is counted twice and a scrape never disagrees with `failover status`.
-The listener is prometheus-client's own HTTP server in a daemon thread; the status is taken on the
-agent's event loop, never read across threads.
+The listener is a small threading HTTP server serving prometheus-client's text; the status is taken on
+the agent's event loop, never read across threads. Scrapers cannot hold up the loop: at most
+MAX_SCRAPERS connections are served at once (more are closed at once), each has READ_TIMEOUT to send
+its request and CONNECTION_TIMEOUT in all, and a status call that times out is cancelled on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 Snapshot = Callable[[], dict[str, Any]]
+MAX_SCRAPERS = 4
+READ_TIMEOUT = 5.0  # seconds a scraper has to send each part of its request
+CONNECTION_TIMEOUT = 10.0  # seconds a scraper's connection lasts at most, however it trickles
+
+
+def status_on_loop(
+    status: Callable[[], Coroutine[Any, Any, dict[str, Any]]], loop: asyncio.AbstractEventLoop, timeout: float
+) -> Snapshot:
+    """A Snapshot for the metrics thread: `status()` run on `loop`, cancelled there if it takes longer
+    than `timeout` (the scrape says failover_up 0), so no scrape leaves work queued on the loop."""
+
+    def snapshot() -> dict[str, Any]:
+        future = asyncio.run_coroutine_threadsafe(status(), loop)
+        try:
+            return future.result(timeout=timeout)
+        finally:
+            future.cancel()  # no-op when done
+
+    return snapshot
 
 
 def _gauge(name: str, doc: str, value: float | None) -> Iterator[Metric]:
@@ -111,16 +139,101 @@ class _StatusCollector(Collector):
         yield from families(status)
 
 
+class _Scrape(BaseHTTPRequestHandler):
+    server: _Listener
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.read_timeout)  # a silent scraper is dropped
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path not in ("/", "/metrics"):
+            self.send_error(404)
+            return
+        body = generate_latest(self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape is not an event of the agent's
+
+
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64  # a burst of connections is accepted and refused at once, not left in SYN retries
+
+    def __init__(
+        self, listen: tuple[IPv4Address | IPv6Address, int], registry: CollectorRegistry, max_scrapers: int,
+        read_timeout: float, connection_timeout: float,
+    ) -> None:
+        address, port = listen
+        self.address_family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+        self.registry = registry
+        self.read_timeout = read_timeout
+        self.connection_timeout = connection_timeout
+        self._slots = threading.BoundedSemaphore(max_scrapers)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._lock = threading.Lock()
+        super().__init__((str(address), port), _Scrape)  # OSError: address not local, port taken
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # enough scrapers at once: the next one is refused, not queued
+            return
+        with self._lock:
+            self._deadlines[request] = time.monotonic() + self.connection_timeout
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request: socket.socket) -> None:
+        with self._lock:
+            self._deadlines.pop(request, None)
+        self._slots.release()
+
+    def service_actions(self) -> None:
+        # Run by serve_forever between polls: however slowly a scraper trickles its request, its
+        # connection ends at connection_timeout (the read timeout alone is per byte).
+        now = time.monotonic()
+        with self._lock:
+            late = [sock for sock, deadline in self._deadlines.items() if deadline <= now]
+        for sock in late:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class MetricsServer:
     """http://<listen>/metrics for one agent, until close()."""
 
-    def __init__(self, listen: tuple[IPv4Address | IPv6Address, int], snapshot: Snapshot) -> None:
-        address, port = listen
+    def __init__(
+        self,
+        listen: tuple[IPv4Address | IPv6Address, int],
+        snapshot: Snapshot,
+        *,
+        max_scrapers: int = MAX_SCRAPERS,
+        read_timeout: float = READ_TIMEOUT,
+        connection_timeout: float = CONNECTION_TIMEOUT,
+    ) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_StatusCollector(snapshot))
         ProcessCollector(registry=registry)  # memory, CPU, open files of the agent
-        # Raises OSError when the address is not local or the port is taken.
-        self._server, self._thread = start_http_server(port, addr=str(address), registry=registry)
+        self._server = _Listener(listen, registry, max_scrapers, read_timeout, connection_timeout)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics", daemon=True
+        )
+        self._thread.start()
 
     def close(self) -> None:
         self._server.shutdown()

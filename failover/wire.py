@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import re
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar
 
@@ -79,9 +81,10 @@ class Refused(Message):
 class Released(Message):
     kind: ClassVar[str] = "released"
     release_ms: float
-    # Requests per second to the VIP the source served just before the move (-1: not known): the target
+    # Requests per second to the VIP the source served just before the move, if rate_known: the target
     # expects clients within a deadline derived from it.
-    rate: float = -1.0
+    rate: float = 0.0
+    rate_known: bool = False
     canary: bool = False  # too quiet to judge by clients: the source sends marked requests instead
 
 
@@ -197,7 +200,8 @@ def pack_findings(rows: list[tuple[str, str, str, str]], limit: int = FINDINGS_M
     """
 
     def clean(row: tuple[str, str, str, str]) -> tuple[str, ...]:
-        return tuple(" ".join(str(v).split())[:n] for v, n in zip(row, _FIELD_MAX, strict=True))
+        words = (_FORBIDDEN.sub(REPLACEMENT, " ".join(str(v).split())) for v in row)
+        return tuple(w[:n] for w, n in zip(words, _FIELD_MAX, strict=True))
 
     def size(text: str) -> int:
         return len(json.dumps(text))
@@ -242,17 +246,38 @@ class Envelope:
 
     cluster: str
     sender: str
-    boot: int  # the sender's start time in ns: a restarted agent's stream sorts after its old one
+    boot: int  # the sender's boot id (bootid.py): grows at every start, so a restart sorts later
     seq: int
     message: Message
 
 
+# Bounds of what a peer may say: every number is a count, an epoch, a sequence or a duration, never
+# negative; an int must fit a signed 64-bit field, a duration one day (config allows minutes at most).
+INT_MAX = 2**63 - 1
+MS_MAX = 86_400_000.0
+# Text that would break execve or an environment (NUL, lone surrogates) or a log line or a terminal
+# (other control characters). Only a CheckResult's findings carry tabs and newlines: they are its format.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_FORBIDDEN_MULTILINE = re.compile("[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
+_MULTILINE = {("check-result", "findings")}
+REPLACEMENT = "\ufffd"
+
+
+def _forbidden(kind: str, name: str) -> re.Pattern[str]:
+    return _FORBIDDEN_MULTILINE if (kind, name) in _MULTILINE else _FORBIDDEN
+
+
 def encode(envelope: Envelope, key: bytes) -> bytes:
+    """Sign one message. Text the peer's decode would refuse (a hook's coloured last line, say) is sent
+    with U+FFFD in place of each offending character, so our own words never get our message dropped."""
     msg = envelope.message
     body = {f.name: getattr(msg, f.name) for f in fields(msg)}
+    for name, value in body.items():
+        if isinstance(value, str):
+            body[name] = _forbidden(msg.kind, name).sub(REPLACEMENT, value)
     doc = {
-        "c": envelope.cluster,
-        "s": envelope.sender,
+        "c": _FORBIDDEN.sub(REPLACEMENT, envelope.cluster),
+        "s": _FORBIDDEN.sub(REPLACEMENT, envelope.sender),
         "b": envelope.boot,
         "n": envelope.seq,
         "k": msg.kind,
@@ -277,7 +302,7 @@ def decode(data: bytes, keys: tuple[bytes, ...]) -> Envelope:
     if not any(hmac.compare_digest(hmac.new(k, head, hashlib.sha256).digest(), mac) for k in keys):
         raise WireError("auth")
     try:
-        doc = json.loads(head[3:])
+        doc = json.loads(head[3:], parse_constant=_no_constant)
         return _envelope(doc)
     except WireError:
         raise
@@ -309,14 +334,38 @@ def _envelope(doc: Any) -> Envelope:
         value: Any = body[f.name]
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             raise WireError("malformed", f"{cls.kind}.{f.name} has the wrong type")
-        kwargs[f.name] = float(body[f.name]) if f.type == "float" else value
+        kwargs[f.name] = _sane(f"{cls.kind}.{f.name}", value, f.type == "float", _forbidden(cls.kind, f.name))
     return Envelope(
-        cluster=_typed(doc, "c", str),
-        sender=_typed(doc, "s", str),
-        boot=_typed(doc, "b", int),
-        seq=_typed(doc, "n", int),
+        cluster=_sane("c", _typed(doc, "c", str)),
+        sender=_sane("s", _typed(doc, "s", str)),
+        boot=_sane("b", _typed(doc, "b", int)),
+        seq=_sane("n", _typed(doc, "n", int)),
         message=cls(**kwargs),
     )
+
+
+def _no_constant(name: str) -> float:
+    raise WireError("out-of-range", f"{name} is not a number")
+
+
+def _sane(where: str, value: Any, as_float: bool = False, forbidden: re.Pattern[str] = _FORBIDDEN) -> Any:
+    """`value` as the message will hold it, or a WireError naming the field."""
+    if isinstance(value, str):
+        bad = forbidden.search(value)
+        if bad:
+            raise WireError("control-char", f"{where} has U+{ord(bad.group()):04X} at {bad.start()}")
+        return value
+    if isinstance(value, bool):
+        return value
+    if as_float:
+        if not (isinstance(value, float) and math.isfinite(value)) and not isinstance(value, int):
+            raise WireError("out-of-range", f"{where} is not finite")
+        if not 0 <= value <= MS_MAX:  # compared before float(): a huge int never reaches float()
+            raise WireError("out-of-range", f"{where} is outside 0..{MS_MAX:.0f}")
+        return float(value)
+    if not 0 <= value <= INT_MAX:
+        raise WireError("out-of-range", f"{where} is outside 0..2**63-1")
+    return value
 
 
 def _typed(doc: dict[str, Any], key: str, expected: type) -> Any:
@@ -332,7 +381,8 @@ def key_fingerprint(key: bytes) -> str:
 
 
 class ReplayGuard:
-    """Accepts each sender's (boot, seq) only if it sorts after the last one accepted."""
+    """Accepts each sender's (boot, seq) only if it sorts after the last one accepted (in memory: a
+    restarted receiver takes the first position it hears as the start)."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[int, int]] = {}

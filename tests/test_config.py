@@ -844,3 +844,76 @@ def test_digest_ignores_key_paths_so_keys_rotate_host_by_host(tmp_path: Path) ->
     rotated = edit(BASE, "key_file: /etc/failover/web.key",
                    "key_file: /etc/failover/web2.key\n  previous_key_file: /etc/failover/web.key")
     assert load_config(write(tmp_path, rotated, "b.yaml")).digest == before
+
+
+# --- hostile files: owners, FIFOs, secrets in errors, alias bombs -----------------------------------------
+
+
+def test_load_key_rejects_a_key_owned_by_another_user(tmp_path: Path) -> None:
+    path = _key_file(tmp_path, KEY)
+    os.chown(path, 65534, 65534)  # nobody: could have written a key of its own choosing
+    with pytest.raises(ConfigError) as info:
+        load_key(path)
+    assert str(info.value) == f"{path}: auth.key_file: owned by uid 65534, not root or uid {os.geteuid()}; " \
+        f"chown root {path}"
+
+
+def _in_time(call: Any, seconds: float = 5.0) -> BaseException | None:
+    """Run call in a thread; the exception it raised. A call still blocked after `seconds` fails the test."""
+    import threading
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as err:
+            raised.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "blocked on the file"
+    return raised[0] if raised else None
+
+
+def test_a_fifo_as_key_or_cluster_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    err = _in_time(lambda: load_key(fifo))
+    assert isinstance(err, ConfigError) and str(err) == f"{fifo}: auth.key_file: not a regular file", err
+    err = _in_time(lambda: load_config(fifo))
+    assert isinstance(err, ConfigError) and str(err) == f"{fifo}: not a regular file", err
+
+
+def test_a_key_pasted_where_its_path_goes_is_never_shown(tmp_path: Path) -> None:
+    secret = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    path = write(tmp_path, BASE.replace("/etc/failover/web.key", secret))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert secret[:8] not in str(info.value)
+    assert "auth.key_file: must be an absolute path" in str(info.value)
+
+
+def test_the_key_file_given_as_cluster_file_is_never_shown(tmp_path: Path) -> None:
+    secret = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    path = tmp_path / "web.key"
+    path.write_text(secret + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert secret[:8] not in str(info.value)
+    assert str(info.value) == f"{path}:1: top level must be a mapping, got a string of 64 characters"
+
+
+@pytest.mark.parametrize("where", ["cluster: *a9\n", "hooks:\n  confirmed: *a9\n", "zzz: *a9\n"])
+def test_a_billion_laughs_fails_fast_with_one_line(tmp_path: Path, where: str) -> None:
+    import time
+
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = write(tmp_path, "\n".join(lines) + "\n" + where)
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert time.monotonic() - started < 1.0
+    assert str(info.value) == f"{path}:1: YAML aliases expand to more than 10000 values"

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from failover import protocol
-from failover.hooks import run_all
+from failover.hooks import run_all, run_hook
 from failover.protocol.events import BeforeReleaseDone
 from tests.nodepair import NodePair
 
@@ -42,6 +48,76 @@ def test_a_hook_that_hangs_is_killed_at_its_timeout() -> None:
 def test_missing_program_fails_without_raising() -> None:
     ok, details = asyncio.run(run_all((("/nonexistent/hook",),), {}, 1.0))
     assert not ok and details[0].startswith("/nonexistent/hook")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1].split()[0] != "Z"
+
+
+def test_a_timed_out_hook_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    script = f"sleep 60 & echo $! > {pids}; wait"
+    started = time.monotonic()
+    ok, details = asyncio.run(run_hook(("/bin/sh", "-c", script), {}, 0.5))
+    assert not ok and "timed out" in details
+    assert time.monotonic() - started < 5
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 2
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child), "the hook's background child outlived the timeout"
+
+
+def test_each_hook_runs_in_a_session_of_its_own(tmp_path: Path) -> None:
+    out = tmp_path / "ids"
+    code = f"import os; open({str(out)!r}, 'w').write(f'{{os.getsid(0)}} {{os.getpgrp()}} {{os.getpid()}}')"
+    ok, _ = asyncio.run(run_hook((sys.executable, "-c", code), {}, 5.0))
+    sid, pgrp, pid = map(int, out.read_text().split())
+    assert ok and sid == pgrp == pid != os.getsid(0)
+
+
+def test_a_hook_that_leaves_a_child_in_the_background_is_done_when_it_exits(tmp_path: Path) -> None:
+    """The child keeps the hook's stdout open; waiting for EOF would wait for the child (60 s)."""
+    pids = tmp_path / "pids"
+    script = f"echo starting the helper; sleep 60 & echo $! > {pids}; echo done"
+    started = time.monotonic()
+    ok, details = asyncio.run(run_hook(("/bin/sh", "-c", script), {}, 10.0))
+    took = time.monotonic() - started
+    os.kill(int(pids.read_text()), signal.SIGKILL)
+    assert ok and details.endswith(": exit 0: done"), details
+    assert took < 3, f"{took:.1f} s: waited for the background child"
+
+
+def test_hooks_get_a_clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    out = tmp_path / "env"
+    code = f"import os, json; open({str(out)!r}, 'w').write(json.dumps(dict(os.environ)))"
+    ok, _ = asyncio.run(run_hook((sys.executable, "-c", code), {"FAILOVER_EVENT": "confirmed"}, 5.0))
+    env = json.loads(out.read_text())
+    assert ok
+    assert {k for k in env if k not in ("LC_CTYPE",)} == {"FAILOVER_EVENT", "PATH"}, env
+    assert env["PATH"] == os.environ["PATH"]
+
+
+def test_a_peer_supplied_nul_or_surrogate_never_breaks_execve(tmp_path: Path) -> None:
+    out = tmp_path / "reason"
+    code = f"import os; open({str(out)!r}, 'w').write(os.environ['FAILOVER_REASON'])"
+    env = {"FAILOVER_EVENT": "rolled_back", "FAILOVER_REASON": "peer said a\x00b \ud800 c"}
+    ok, details = asyncio.run(run_hook((sys.executable, "-c", code), env, 5.0))
+    assert ok, details
+    assert out.read_text() == "peer said a\ufffdb \ufffd c"
+
+
+def test_a_flood_of_output_is_kept_to_its_tail() -> None:
+    code = "import sys; sys.stdout.write('x' * 10_000_000 + '\\nlast line\\n')"
+    ok, details = asyncio.run(run_hook((sys.executable, "-c", code), {}, 10.0))
+    assert ok and details.endswith(": exit 0: last line"), details[-100:]
 
 
 # --- the core: before_release comes before anything changes --------------------------------------------

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import stat
+import time
 from pathlib import Path
+
+import pytest
 
 from failover import journal
 
@@ -47,3 +53,90 @@ def test_came_from_is_the_newest_successful_move_to_the_holder(tmp_path: Path) -
     found = journal.came_from(path, "live")
     assert found is not None and found["epoch"] == 2
     assert journal.came_from(tmp_path / "none.jsonl", "live") is None
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_entry(tmp_path: Path) -> None:
+    """The entry appended after a torn line starts a line of its own: it is on disk and it is read."""
+    path = tmp_path / "journal.jsonl"
+    journal.append(path, {"epoch": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"epoch": 2, "ok": tr')  # power loss mid-write
+    journal.append(path, {"epoch": 3})
+    assert [e["epoch"] for e in journal.read(path)] == [1, 3]
+    journal.append(path, {"epoch": 4})
+    assert [e["epoch"] for e in journal.read(path)] == [1, 3, 4]
+    assert path.read_bytes().count(b"\n") == 4  # one repaired line end, no blank lines made
+
+
+def test_a_file_written_durably_is_fsynced_then_renamed_then_its_directory_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "state" / "state.json"
+    journal.write_file_durably(path, b'{"epoch": 3}')
+    assert calls == ["fsync-file", "rename", "fsync-dir"]
+    assert path.read_bytes() == b'{"epoch": 3}'
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["state.json"]
+
+
+def test_the_writer_keeps_the_loop_running_during_a_slow_fsync_and_keeps_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.2)  # a busy disk
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    path = tmp_path / "journal.jsonl"
+    errors: list[str] = []
+
+    async def main() -> int:
+        writer = journal.Writer(path, on_error=lambda err: errors.append(str(err)))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        for epoch in range(1, 4):
+            writer.append({"epoch": epoch})
+        await writer.flushed()
+        task.cancel()
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert [e["epoch"] for e in journal.read(path)] == [1, 2, 3]
+    assert ticks >= 20  # the loop ran all along the 0.6 s of fsyncs (blocked, it would not tick)
+    assert errors == []
+
+
+def test_the_writer_reports_a_failed_append_and_goes_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    errors: list[str] = []
+
+    async def main() -> None:
+        writer = journal.Writer(blocker / "journal.jsonl", on_error=lambda err: errors.append(str(err)))
+        writer.append({"epoch": 1})
+        await writer.flushed()
+
+    asyncio.run(main())
+    assert len(errors) == 1 and "cannot append" in errors[0]

@@ -134,12 +134,15 @@ def test_random_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
 @settings(max_examples=500)
 @given(st.integers(0, 10**9), st.booleans(), st.text(max_size=200))
 def test_generated_messages_round_trip(epoch: int, holds: bool, reason: str) -> None:
-    for msg in (
-        wire.Heartbeat(epoch=epoch, holds_vip=holds, held_epoch=epoch, digest="0" * 64),
-        wire.Refused(epoch=epoch, reason=reason),
+    """Any text goes out; what arrives is the text with each control character shown as U+FFFD."""
+    arrives = "".join("\ufffd" if ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF else c
+                      for c in reason)
+    for msg, expected in (
+        (wire.Heartbeat(epoch=epoch, holds_vip=holds, held_epoch=epoch, digest="0" * 64), None),
+        (wire.Refused(epoch=epoch, reason=reason), wire.Refused(epoch=epoch, reason=arrives)),
     ):
         env = envelope(msg)
-        assert wire.decode(wire.encode(env, KEY), (KEY,)) == env
+        assert wire.decode(wire.encode(env, KEY), (KEY,)).message == (expected or msg)
 
 
 @settings(max_examples=300)
@@ -188,3 +191,64 @@ def test_a_failure_of_wide_characters_is_cut_by_characters_and_keeps_its_level()
     assert len(json.dumps(packed)) <= wire.FINDINGS_MAX
     [(level, check, _detail, _fix)] = wire.unpack_findings(packed)
     assert level == "FAIL" and check.startswith("\U0001d54b")
+
+
+def _signed(payload: bytes) -> bytes:
+    import hashlib
+    import hmac
+
+    head = b"FO\x01" + payload
+    return head + hmac.new(KEY, head, hashlib.sha256).digest()
+
+
+_ENV = b'"c":"web","s":"live","b":1,"n":1'
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # An integer too large for a float, where a float goes: float() raised OverflowError here.
+        (b'{' + _ENV + b',"k":"released","m":{"epoch":1,"release_ms":1' + b"0" * 400 + b"}}", "out-of-range"),
+        (b'{' + _ENV + b',"k":"prepare","m":{"epoch":1,"move":"swap","digest":"x","drain_ms":Infinity}}',
+         "out-of-range"),
+        (b'{' + _ENV + b',"k":"prepare","m":{"epoch":1,"move":"swap","digest":"x","drain_ms":1e999}}',
+         "out-of-range"),
+        (b'{' + _ENV + b',"k":"prepare","m":{"epoch":1,"move":"swap","digest":"x","drain_ms":NaN}}',
+         "out-of-range"),
+        (b'{' + _ENV + b',"k":"prepare","m":{"epoch":1,"move":"swap","digest":"x","drain_ms":-5}}',
+         "out-of-range"),
+        (b'{' + _ENV + b',"k":"claimed","m":{"epoch":1,"turnaround_ms":-Infinity,"claim_ms":0}}',
+         "out-of-range"),
+        (b'{' + _ENV + b',"k":"released","m":{"epoch":1,"release_ms":1e12}}', "out-of-range"),
+        (b'{' + _ENV + b',"k":"done","m":{"epoch":-1}}', "out-of-range"),
+        (b'{' + _ENV + b',"k":"done","m":{"epoch":1' + b"0" * 30 + b"}}", "out-of-range"),
+        (b'{"c":"web","s":"live","b":-1,"n":1,"k":"done","m":{"epoch":1}}', "out-of-range"),
+        (b'{"c":"web","s":"live","b":1,"n":1' + b"0" * 25 + b',"k":"done","m":{"epoch":1}}', "out-of-range"),
+        (b'{' + _ENV + b',"k":"confirmed","m":{"epoch":1,"requests":-3,"clients":"","confirm_ms":1}}',
+         "out-of-range"),
+        # Strings that break execve or an environment (the reason reaches a hook as FAILOVER_REASON).
+        (b'{' + _ENV + b',"k":"refused","m":{"epoch":1,"reason":"a\\u0000b"}}', "control-char"),
+        (b'{' + _ENV + b',"k":"abort","m":{"epoch":1,"reason":"\\ud800"}}', "control-char"),
+        (b'{' + _ENV + b',"k":"hand-back","m":{"epoch":1,"reason":"\\u001b[2J"}}', "control-char"),
+        (b'{' + _ENV + b',"k":"claim-failed","m":{"epoch":1,"reason":"two\\nlines"}}', "control-char"),
+        (b'{"c":"web\\u0000","s":"live","b":1,"n":1,"k":"done","m":{"epoch":1}}', "control-char"),
+    ],
+)
+def test_authenticated_but_absurd_values_rejected_with_a_reason(payload: bytes, reason: str) -> None:
+    """A key holder's absurd values stop at decode, with a reason the core counts like any other."""
+    with pytest.raises(wire.WireError) as err:
+        wire.decode(_signed(payload), (KEY,))
+    assert err.value.reason == reason
+
+
+def test_findings_keep_their_tabs_and_newlines() -> None:
+    msg = wire.CheckResult(epoch=0, nonce=1, ok=False, findings="FAIL\tkey\tmissing\t\nok\tnic\tup\t")
+    assert wire.decode(wire.encode(envelope(msg), KEY), (KEY,)).message == msg
+
+
+def test_encode_neutralises_what_decode_would_refuse() -> None:
+    """Our own reasons (a hook's last line, an errno text) never make the peer drop our message."""
+    env = envelope(wire.Refused(epoch=4, reason="hook said \x1b[31mno\x1b[0m\x00 twice\nor more \ud800"))
+    decoded = wire.decode(wire.encode(env, KEY), (KEY,))
+    assert isinstance(decoded.message, wire.Refused)
+    assert decoded.message.reason == "hook said \ufffd[31mno\ufffd[0m\ufffd twice\ufffdor more \ufffd"

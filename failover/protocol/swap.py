@@ -195,8 +195,13 @@ class SwapSource(_Answers):
         run.release_ms = (now - run.release_started) * 1000.0
         node.step(run, "released", now)
         run.released_sent = now
-        rate = -1.0 if run.rate is None else run.rate
-        released = wire.Released(epoch=run.epoch, release_ms=run.release_ms, rate=rate, canary=run.canary)
+        released = wire.Released(
+            epoch=run.epoch,
+            release_ms=run.release_ms,
+            rate=run.rate or 0.0,
+            rate_known=run.rate is not None,
+            canary=run.canary,
+        )
         run.replies["prepared"] = released
         node.transmit(run, released, now)
         if node.setup.straggler_window > 0:
@@ -361,7 +366,7 @@ class SwapTarget(_Answers):
     def claim(self, run: TargetRun, msg: wire.Released, now: float) -> None:
         self.node.step(run, "source-released", now)
         run.released_received = now
-        run.source_rate = None if msg.rate < 0 else msg.rate
+        run.source_rate = msg.rate if msg.rate_known else None
         run.canary = msg.canary
         self.node.claim_vip(run.epoch, "swap")
 

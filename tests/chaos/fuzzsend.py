@@ -13,6 +13,9 @@ each it sent. Every kind must be rejected by a correct agent:
   peer's live stream);  ``nested``: real key, JSON nested deeper than the parser's recursion limit;
 - ``hex:FILE``: each line of FILE (hex), sent as it is (captured real datagrams, replayed).
 
+``--bind ADDR`` sends from that address (run in the peer's namespace with the peer's address, the
+datagrams reach the decoder; from any other address the agent drops them before any crypto).
+
 Bounded: at most 2,000,000 datagrams and 900 s.
 """
 
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluster", default="lab")
     parser.add_argument("--peer", default="backup", help="the name the target hears from")
     parser.add_argument("--me", default="live", help="the target's own name")
+    parser.add_argument("--bind", default="", help="the source address to send from")
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=8000.0, help="datagrams per second")
     parser.add_argument("--seed", type=int, default=7)
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             plan.append((kind, makers[kind]))
     sent: Counter[str] = Counter()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if args.bind:
+        sock.bind((args.bind, 0))
     started = time.monotonic()
     for i in range(count):
         kind, make = plan[i % len(plan)]

@@ -1,0 +1,92 @@
+"""The agent's health check against a backend that misbehaves, on a real loopback socket; and no task of
+the agent ends with an exception unnoticed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import structlog
+
+from failover import agent
+from failover.config import load_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "cluster.example.yaml"
+
+
+@contextmanager
+def backend(answer: bytes) -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that reads a request and answers `answer` (then closes); its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/health"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\r\n\r\n",  # http.client.BadStatusLine
+        b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 200 + b"\r\n",  # too many headers: HTTPException
+        b"HTTP/1.1 2000 OK\r\n\r\n",  # a status out of range
+        b"",  # closed without a word: RemoteDisconnected
+        b"\xff\xfe\x00garbage",
+    ],
+)
+def test_a_backend_answering_garbage_is_a_failed_check_not_an_exception(answer: bytes) -> None:
+    with backend(answer) as url:
+        ok, detail = agent.check_health(url, 2.0)
+    assert not ok
+    assert url in detail and "\n" not in detail
+
+
+def test_a_backend_answering_200_is_healthy() -> None:
+    with backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as url:
+        assert agent.check_health(url, 2.0) == (True, f"HTTP 200 from {url}")
+
+
+def test_a_task_that_raises_is_logged_and_counted_not_lost() -> None:
+    config = load_config(EXAMPLE)
+
+    async def main() -> tuple[int, list[dict[str, object]]]:
+        a = agent.Agent(config, config.nodes[0])
+
+        async def broken() -> None:
+            raise RuntimeError("adapter bug")
+
+        with structlog.testing.capture_logs() as logs:
+            a._spawn(broken())
+            await asyncio.sleep(0.05)
+        return a.task_failures, logs
+
+    failures, logs = asyncio.run(main())
+    assert failures == 1
+    [line] = [entry for entry in logs if entry["event"] == "task-failed"]
+    assert line["task"] == "broken" and "adapter bug" in str(line["error"])
