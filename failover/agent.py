@@ -15,9 +15,6 @@ import os
 import shutil
 import signal
 import socket
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +25,6 @@ from typing import TYPE_CHECKING, Any, assert_never
 import structlog
 
 from failover import (
-    __version__,
     announce,
     bootid,
     check,
@@ -37,11 +33,11 @@ from failover import (
     journal,
     protocol,
     sdnotify,
-    witness,
 )
-from failover.accesslog import LogFollower, LogFormat
+from failover.accesslog import LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
-from failover.confirm import CANARY_PARAM, LogWatch, canary_token
+from failover.confirm import LogWatcher
+from failover.health import canary_token, canary_url, check_health, service_port
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
 from failover.netlink import NetlinkError, VipLink, local_addresses
@@ -85,26 +81,6 @@ def save_state(state_dir: Path, state: PersistentState) -> None:
     journal.write_file_durably(state_dir / "state.json", json.dumps(doc).encode())
 
 
-USER_AGENT = f"failover/{__version__}"
-
-
-def check_health(url: str, timeout: float) -> tuple[bool, str]:
-    """GET the node's own health URL; healthy means a 2xx answer."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
-    opener.addheaders = [("User-Agent", USER_AGENT)]  # marked: our own requests never prove a move
-    try:
-        with opener.open(url, timeout=timeout) as resp:
-            status = int(resp.status)
-    except urllib.error.HTTPError as err:
-        return False, f"HTTP {err.code} from {url}"
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        return False, f"{url}: {reason}"
-    except Exception as err:  # BadStatusLine, too many headers, ...: a backend that answers garbage
-        return False, " ".join(f"{url}: {type(err).__name__}: {err}".split())[:300]
-    return (200 <= status < 300), f"HTTP {status} from {url}"
-
-
 async def find_own_node(config: ClusterConfig) -> NodeConfig:
     """The node whose address is on this host."""
     local = await local_addresses()
@@ -119,26 +95,7 @@ async def find_own_node(config: ClusterConfig) -> NodeConfig:
 
 
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
-FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
-WITNESS_INTERVAL = 0.05  # how often the kernel witness is asked, while log lines wait for it
 STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
-
-
-def canary_url(health_url: str, vip: Any, token: str) -> str:
-    """The target's health URL aimed at the VIP, marked so its log line is recognised."""
-    parts = urllib.parse.urlsplit(health_url)
-    host = f"[{vip}]" if ":" in str(vip) else str(vip)
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    query = f"{parts.query}&" if parts.query else ""
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path or "/", f"{query}{CANARY_PARAM}={token}", "")
-    )
-
-
-def service_port(url: str) -> int:
-    """The port a node's service answers on, as its health_url says: what the kernel witness watches."""
-    parts = urllib.parse.urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 _Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
@@ -182,8 +139,17 @@ class Agent:
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
         self._stopping = False
-        self._watch: LogWatch | None = None
-        self._watch_task: asyncio.Task[None] | None = None
+        self.watcher = LogWatcher(
+            cluster=config.cluster,
+            vip=config.vip.ip,
+            access_log=node.access_log,
+            log_format=config.confirm.log_format,
+            exclude=self._not_proof(),
+            service_port=service_port(node.health_url),
+            report=self._report,
+            spawn=self._spawn,
+            now=self.now,
+        )
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self._handoff_end: asyncio.TimerHandle | None = None
         self.announced = 0
@@ -319,7 +285,7 @@ class Agent:
             # The VIP stays where it is: restarting or stopping the agent must never cause an outage.
             sdnotify.notify("STOPPING=1")
             watcher.cancel()
-            self._stop_watch(None)
+            self.watcher.stop(None)
             self._unwatch_stragglers(None)
             if self._handoff_end is not None:
                 # A handoff outliving the agent would send segments to a host that stopped draining.
@@ -543,9 +509,10 @@ class Agent:
                 except (announce.AnnounceError, ValueError) as err:
                     log.error("tell-failed", ip=action.ip, mac=action.mac, error=str(err))
             case protocol.Watch():
-                self._start_watch(action)
+                token = canary_token(self.config.cluster, action.epoch) if action.canary else None
+                self.watcher.start(action.epoch, token)
             case protocol.Unwatch():
-                self._stop_watch(action.epoch)
+                self.watcher.stop(action.epoch)
             case protocol.Canary():
                 self._spawn(self._canary(action))
             case protocol.HostCheck():
@@ -838,75 +805,6 @@ class Agent:
         log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)
 
     # --- confirmation: the access log, and canaries -------------------------------------------------
-
-    def _start_watch(self, action: protocol.Watch) -> None:
-        self._stop_watch(None)
-        cfg = self.config.confirm
-        follower = LogFollower(self.node.access_log, LogFormat.named(cfg.log_format))
-        follower.start_at_end()  # only what is logged from now on can prove the move
-        token = canary_token(self.config.cluster, action.epoch) if action.canary else None
-        watch = LogWatch(action.epoch, follower, str(self.config.vip.ip), self._not_proof(), token)
-        self._watch = watch
-        self._watch_task = asyncio.create_task(self._follow(watch))
-        log.info(
-            "watching-access-log", epoch=action.epoch, path=str(self.node.access_log), canary=action.canary
-        )
-
-    def _stop_watch(self, epoch: int | None) -> None:
-        watch = self._watch
-        if watch is None or (epoch is not None and watch.epoch != epoch):
-            return
-        self._watch = None
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            self._watch_task = None
-        if watch.witnessing:
-            self._spawn(self._remove_witness(watch.epoch))
-        watch.follower.close()
-        stats = watch.follower.stats
-        log.info(
-            "stopped-watching-access-log",
-            epoch=watch.epoch,
-            counted=watch.count,
-            lines=stats.lines,
-            unparsed=stats.unparsed,
-            error=watch.follower.last_error,
-        )
-
-    async def _follow(self, watch: LogWatch) -> None:
-        if watch.canary_token is None and not watch.follower.fmt.destination_known and shutil.which("nft"):
-            # The log does not say which address was asked: the kernel says which clients the VIP answered.
-            try:
-                port = service_port(self.node.health_url)
-                await witness.install(self.config.cluster, self.config.vip.ip, (port,))
-                watch.witnessing = True
-            except (witness.WitnessError, TimeoutError) as err:
-                log.warning("witness-unavailable", epoch=watch.epoch, error=str(err))
-        unparsed, pending, asked = 0, [], 0.0
-        while True:
-            pending += watch.follower.poll()  # small, non-blocking reads of a regular file
-            if pending and watch.witnessing and self.now() - asked < WITNESS_INTERVAL:
-                pass  # the witness is asked at most this often: each time is one nft run
-            elif pending or watch.unparsed != unparsed:
-                witnessed = None
-                if watch.witnessing:
-                    asked = self.now()
-                    try:
-                        witnessed = await witness.sources(self.config.cluster)
-                    except (witness.WitnessError, TimeoutError) as err:
-                        log.warning("witness-failed", epoch=watch.epoch, error=str(err))
-                        watch.witnessing = False
-                watch.add(pending, witnessed)
-                pending, unparsed = [], watch.unparsed
-                how = watch.proof.destination if watch.canary_token is None else "canary"
-                self._report(events.TrafficSeen(watch.epoch, watch.count, watch.clients, how, unparsed))
-            await asyncio.sleep(FOLLOW_INTERVAL)
-
-    async def _remove_witness(self, epoch: int) -> None:
-        try:
-            await witness.remove(self.config.cluster)
-        except (witness.WitnessError, TimeoutError) as err:
-            log.warning("witness-remove-failed", epoch=epoch, error=str(err))
 
     async def _canary(self, action: protocol.Canary) -> None:
         await self._vip_ops.join()  # the core ended the drain first: its copy would answer them here

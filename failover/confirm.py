@@ -1,21 +1,37 @@
 """The new holder's look at its access log during a move: which requests prove that clients followed the VIP.
 
 Owns what one move has counted so far (the real clients' requests to the VIP, or the source's canaries
-in canary mode) and how the destination of a request was known; the rules of what counts are
-`accesslog.proof`'s. Reads nothing itself: the agent polls the log and hands the entries in.
+in canary mode) and how the destination of a request was known (`LogWatch`, pure), and the agent's
+follower of the log for the move, with the kernel witness when the log cannot say (`LogWatcher`). The
+rules of what counts are `accesslog.proof`'s; no protocol decision is made here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import Any
 
-from failover.accesslog import DESTINATION_LOG, DESTINATION_UNKNOWN, LogEntry, LogFollower, Proof, proof
+import structlog
 
-CANARY_PARAM = "failover-canary"
+from failover import witness
+from failover.accesslog import (
+    DESTINATION_LOG,
+    DESTINATION_UNKNOWN,
+    LogEntry,
+    LogFollower,
+    LogFormat,
+    Proof,
+    proof,
+)
+from failover.health import CANARY_PARAM
+from failover.protocol import events
 
-
-def canary_token(cluster: str, epoch: int) -> str:
-    return f"{cluster}-{epoch}"
+log = structlog.get_logger("failover.agent")
 
 
 @dataclass
@@ -63,3 +79,98 @@ class LogWatch:
             destination_known=self.follower.fmt.destination_known,
             witnessed=witnessed,
         )
+
+
+FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
+WITNESS_INTERVAL = 0.05  # how often the kernel witness is asked, while log lines wait for it
+
+
+class LogWatcher:
+    """The agent's side of Watch/Unwatch: follows the log, asks the witness, reports TrafficSeen.
+
+    One move at a time; `report` hands each running count to the core, `spawn` runs a clean-up task.
+    """
+
+    def __init__(
+        self,
+        *,
+        cluster: str,
+        vip: IPv4Address | IPv6Address,
+        access_log: Path,
+        log_format: str,
+        exclude: tuple[str, ...],
+        service_port: int,
+        report: Callable[[events.TrafficSeen], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        now: Callable[[], float],
+    ) -> None:
+        self.cluster, self.vip, self.access_log, self.log_format = cluster, vip, access_log, log_format
+        self.exclude, self.service_port = exclude, service_port
+        self.report, self.spawn, self.now = report, spawn, now
+        self.watch: LogWatch | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, epoch: int, canary: str | None) -> None:
+        """From now on, for the move of `epoch`: only what is logged from here can prove it."""
+        self.stop(None)
+        follower = LogFollower(self.access_log, LogFormat.named(self.log_format))
+        follower.start_at_end()
+        self.watch = LogWatch(epoch, follower, str(self.vip), self.exclude, canary)
+        self._task = asyncio.create_task(self._follow(self.watch))
+        log.info("watching-access-log", epoch=epoch, path=str(self.access_log), canary=canary is not None)
+
+    def stop(self, epoch: int | None) -> None:
+        watch = self.watch
+        if watch is None or (epoch is not None and watch.epoch != epoch):
+            return
+        self.watch = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if watch.witnessing:
+            self.spawn(self._remove_witness(watch.epoch))
+        watch.follower.close()
+        stats = watch.follower.stats
+        log.info(
+            "stopped-watching-access-log",
+            epoch=watch.epoch,
+            counted=watch.count,
+            lines=stats.lines,
+            unparsed=stats.unparsed,
+            error=watch.follower.last_error,
+        )
+
+    async def _follow(self, watch: LogWatch) -> None:
+        if watch.canary_token is None and not watch.follower.fmt.destination_known and shutil.which("nft"):
+            # The log does not say which address was asked: the kernel says which clients the VIP answered.
+            try:
+                await witness.install(self.cluster, self.vip, (self.service_port,))
+                watch.witnessing = True
+            except (witness.WitnessError, TimeoutError) as err:
+                log.warning("witness-unavailable", epoch=watch.epoch, error=str(err))
+        unparsed, asked = 0, 0.0
+        pending: list[LogEntry] = []
+        while True:
+            pending += watch.follower.poll()  # small, non-blocking reads of a regular file
+            if pending and watch.witnessing and self.now() - asked < WITNESS_INTERVAL:
+                pass  # the witness is asked at most this often: each time is one nft run
+            elif pending or watch.unparsed != unparsed:
+                witnessed = None
+                if watch.witnessing:
+                    asked = self.now()
+                    try:
+                        witnessed = await witness.sources(self.cluster)
+                    except (witness.WitnessError, TimeoutError) as err:
+                        log.warning("witness-failed", epoch=watch.epoch, error=str(err))
+                        watch.witnessing = False
+                watch.add(pending, witnessed)
+                pending, unparsed = [], watch.unparsed
+                how = watch.proof.destination if watch.canary_token is None else "canary"
+                self.report(events.TrafficSeen(watch.epoch, watch.count, watch.clients, how, unparsed))
+            await asyncio.sleep(FOLLOW_INTERVAL)
+
+    async def _remove_witness(self, epoch: int) -> None:
+        try:
+            await witness.remove(self.cluster)
+        except (witness.WitnessError, TimeoutError) as err:
+            log.warning("witness-remove-failed", epoch=epoch, error=str(err))
