@@ -16,7 +16,7 @@ from typing import Final
 from failover.accesslog import LogEntry, LogFormat, proof
 
 WINDOW_S: Final = 5.0  # seconds of log that tell the rate
-TAIL_BYTES: Final = 512 * 1024  # enough for the window at a few hundred requests a second
+TAIL_BYTES: Final = 256 * 1024  # the window at a few hundred requests a second; read and parsed in ms
 MIN_SPAN_S: Final = 1.0  # a shorter log says too little to judge; its time stamps have one-second steps
 
 

@@ -71,6 +71,7 @@ class NodePair:
         self.probes: list[tuple[str, float, float]] = []
         self.probe_time = 0.08
         self.load_rate: float | None = 200.0  # what the source's access log says of the last seconds
+        self.load_delay = 0.002  # reading it
         self.probe_unknown = ""  # non-empty: probes cannot tell (frames dropped), whoever holds the VIP
         self.fence_ok = True
         # Clients follow the announcement to whoever holds the VIP (False: quiet hours, or a holder
@@ -209,7 +210,7 @@ class NodePair:
                 self.draining.discard(name)
             case protocol.MeasureLoad():
                 load = ev.LoadMeasured(action.epoch, self.load_rate, "fake access log")
-                self.at(self.now + self.health_delay, lambda: self._answer(name, node, load))
+                self.at(self.now + self.load_delay, lambda: self._answer(name, node, load))
             case protocol.CheckHealth():
                 ok = self.healthy[name]
                 done = ev.HealthDone(action.epoch, ok, "HTTP 503")

@@ -867,3 +867,25 @@ def test_the_log_is_followed_from_the_claim_on_not_before() -> None:
     assert pair.watching == {}  # the health check is logged now: it must not count
     pair.run(0.04)
     assert pair.vip_on == {"backup"} and "backup" in pair.watching
+
+
+def test_the_source_releases_only_once_it_knows_its_rate_or_a_moment_has_passed() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    pair.load_delay = 0.1  # the log is read slower than backup gets ready
+    pair.clients_follow = False
+    cid = pair.command("live", "swap")
+    pair.run(0.05)
+    live = pair.nodes["live"]
+    assert live.run is not None and live.run.state == "measuring-load" and pair.vip_on == {"live"}
+    pair.run(0.6)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.rolled_back
+    assert "live served 200 req/s" in out.reason  # the rate reached backup: its deadline used it
+    # A log that never answers: released after the wait anyway, and the deadline is confirm.within_s.
+    pair.load_delay = 10.0
+    cid = pair.command("live", "swap")
+    pair.run(0.2)
+    assert live.run is not None and live.run.state == "measuring-load"
+    pair.run(0.1)
+    assert pair.vip_on == {"backup"}
+    assert any(n.event == "load-not-measured" for _, n in pair.notices)

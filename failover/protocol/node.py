@@ -41,6 +41,8 @@ from failover.protocol.takeover import Takeover
 
 Record = AnyRun | DryRun
 
+LOAD_WAIT = 0.25  # seconds the source waits for its own rate before it releases anyway
+
 _RESULT_INPUTS: dict[type[Any], Input] = {
     e.BeforeReleaseDone: Input.BEFORE_RELEASE_DONE,
     e.HealthDone: Input.HEALTH_DONE,
@@ -124,6 +126,8 @@ class Node(PeerWatch):
         self._silence_reported = False
         self._nobody_since: float | None = None  # both up, neither holding the VIP, since then
         self._self_swap_not_before = now
+        self._release_failed_at: float | None = None
+        self.vip_removed_by_hand = False  # until someone holds the VIP again
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
         self._draining: int | None = None  # the release whose ARP-silent copy on lo still serves
         self._drain_until: float | None = None
@@ -386,6 +390,9 @@ class Node(PeerWatch):
         match timeout:
             case Timeout.STEP:
                 return step
+            case Timeout.LOAD:
+                # Well inside the target's ready window (step_timeout), which runs while we wait.
+                return min(LOAD_WAIT, step / 4)
             case Timeout.STEP_AND_HOOKS:
                 return step + s.before_release
             case Timeout.HEALTH | Timeout.CHECKS:
@@ -548,6 +555,8 @@ class Node(PeerWatch):
     def _release_done(self, event: e.ReleaseDone, now: float) -> None:
         if event.ok:
             self._set_holds(False, now)
+        else:
+            self._release_failed_at = now  # netlink may still carry it out: then it is ours, not a hand's
         if self._draining == event.epoch:
             self._drain_until = now + self.setup.drain
         run = self.run
@@ -560,8 +569,16 @@ class Node(PeerWatch):
         """What netlink says about the VIP on this host; it wins over what the core believed."""
         if held == self.holds or self._changing_vip():
             return
+        failed_at = self._release_failed_at
+        if not held and failed_at is not None and now - failed_at < 2 * self.timing.step_timeout:
+            # Our own release that timed out took effect after all: nobody's hand, a VIP to take back.
+            self._actions.append(a.Notice("release-took-effect", {"held": held}))
+            self._set_holds(held, now)
+            return
         self._actions.append(a.Notice("vip-changed-behind-our-back", {"held": held}))
         self._set_holds(held, now)
+        # Removed by hand with on_vip_lost: report, it stays removed: the operator's word, not a fault.
+        self.vip_removed_by_hand = not held and self.setup.on_vip_lost == "report"
         if not held and self.setup.on_vip_lost == "reclaim" and not self.peer_holds() and not self.busy():
             # Policy: the VIP vanished from under us and nobody else has it: probe, then take it back.
             why = "the VIP was removed from this host behind the agent's back"
@@ -590,6 +607,7 @@ class Node(PeerWatch):
 
     def _set_holds(self, holds: bool, now: float) -> None:
         self.held_before = self.held_before or holds
+        self.vip_removed_by_hand = self.vip_removed_by_hand and not holds
         if holds != self.holds:
             self.holds = holds
             self._next_heartbeat = now  # the peer learns at once, not one interval later

@@ -44,6 +44,7 @@ class PeerWatch:
     _nobody_since: float | None
     _announce_due: list[float]
     _announce_round: int
+    vip_removed_by_hand: bool
 
     if TYPE_CHECKING:
 
@@ -117,7 +118,9 @@ class PeerWatch:
     def _recover_if_nobody_holds(self, now: float) -> None:
         hb = self.peer_heartbeat
         up = hb is not None and self.peer_alive(now)
-        if self.holds or not up or self.peer_holds() or self.busy():
+        if self.peer_holds():
+            self.vip_removed_by_hand = False
+        if self.holds or not up or self.peer_holds() or self.busy() or self.vip_removed_by_hand:
             self._nobody_since = None
             return
         if self._nobody_since is None:

@@ -52,6 +52,7 @@ class SourceRun(Run):
     done: dict[str, Any] | None = None  # the finished move's figures, waiting for the straggler window
     rollback_reason: str = ""  # why we reclaim, once we do
     rollback_started: float | None = None
+    load_measured: bool = False  # our log was read for the rate (it may still not have told it)
     rate: float | None = None  # requests per second to the VIP before the move, as our log tells
     canary: bool = False  # the proof comes from our marked requests (confirm.mode canary, or too quiet)
 

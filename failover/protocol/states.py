@@ -19,6 +19,7 @@ class SourceState(StrEnum):
 
     BEFORE_RELEASE = "before-release"
     PREPARING = "preparing"
+    MEASURING = "measuring-load"
     RELEASING = "releasing"
     HANDED_OVER = "handed-over"
     PROBING = "probing"
@@ -112,6 +113,7 @@ class Timeout(StrEnum):
     """How long a state waits before its DEADLINE row fires; the seconds come from the node's setup."""
 
     STEP = "step_timeout"
+    LOAD = "load measurement"
     STEP_AND_HOOKS = "step_timeout + before_release hooks"
     HEALTH = "step_timeout + health check"
     PROOF = "proof deadline (from the source's request rate)"
@@ -180,10 +182,18 @@ SWAP_SOURCE = Machine(
         S.PREPARING: Row(
             Timeout.STEP,
             {
-                In.PREPARED: _t("release", S.RELEASING),
+                In.PREPARED: _t("release", S.RELEASING, S.MEASURING),
                 In.LOAD_MEASURED: _t("load_measured", S.PREPARING),
                 In.REFUSED: _t("refused", S.FAILED),
                 In.DEADLINE: _t("prepare_timed_out", S.FAILED),
+            },
+        ),
+        S.MEASURING: Row(
+            Timeout.LOAD,
+            {
+                In.LOAD_MEASURED: _t("release_measured", S.RELEASING),
+                In.PREPARED: _t("answer_again", S.MEASURING),
+                In.DEADLINE: _t("release_unmeasured", S.RELEASING),
             },
         ),
         S.RELEASING: Row(

@@ -165,6 +165,7 @@ class SwapSource(_Answers):
         return S.FAILED
 
     def load_measured(self, run: SourceRun, event: e.LoadMeasured, now: float) -> None:
+        run.load_measured = True
         run.rate = event.per_second
         setup = self.node.setup
         if run.rate is not None and quiet(run.rate, setup.confirm_requests, setup.confirm_within):
@@ -172,10 +173,25 @@ class SwapSource(_Answers):
             detail = {"epoch": run.epoch, "rate": round(run.rate, 3), "detail": event.detail}
             self.node.emit(a.Notice("too-quiet-canary", detail))
 
-    def release(self, run: SourceRun, msg: wire.Prepared, now: float) -> None:
+    def release(self, run: SourceRun, msg: wire.Prepared, now: float) -> MoveState:
         self.node.step(run, "target-ready", now)
+        if self.node.setup.confirm == "traffic" and not run.load_measured:
+            # The target's deadline needs our rate: still holding the VIP, we wait for it a moment.
+            return S.MEASURING
+        return self._release(run, now)
+
+    def release_measured(self, run: SourceRun, event: e.LoadMeasured, now: float) -> MoveState:
+        self.load_measured(run, event, now)
+        return self._release(run, now)
+
+    def release_unmeasured(self, run: SourceRun, _: None, now: float) -> MoveState:
+        self.node.emit(a.Notice("load-not-measured", {"epoch": run.epoch}))
+        return self._release(run, now)
+
+    def _release(self, run: SourceRun, now: float) -> MoveState:
         run.release_started = now
         self.node.release_vip(run.epoch, "swap")
+        return S.RELEASING
 
     def refused(self, run: AnyRun, msg: wire.Refused, now: float) -> None:
         self.node.finish(run, ok=False, reason=f"{self.peer} refused: {msg.reason}", now=now)
@@ -267,7 +283,8 @@ class SwapSource(_Answers):
                 f"{self.peer} did not confirm the claim, but {', '.join(event.answered_by)} "
                 "answers for the VIP: not reclaiming"
             )
-            node.finish(run, ok=False, now=now, holder=None, reason=reason)
+            holder = self.peer if node.peer_holds() else None  # its heartbeats say so, once it is back
+            node.finish(run, ok=False, now=now, holder=holder, reason=reason)
             return S.FAILED
         # Someone holds the VIP: most likely the target, whose answer was lost. Wait once more.
         run.probed = True

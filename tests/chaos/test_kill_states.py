@@ -36,6 +36,7 @@ BOUND_S = 6.0
 NOT_REACHED: dict[State, str] = {
     SWAP_SOURCE.states("before-release"): "only with before_release hooks (none in the lab's file)",
     SWAP_SOURCE.states("probing"): "only when the target's answer is lost or late",
+    SWAP_SOURCE.states("measuring-load"): "only when live reads its log slower than backup gets ready",
     SWAP_SOURCE.states("failed"): "the end of a failed move: the rollback cases end there",
     SWAP_TARGET.states("claimed"): "only with confirm.mode none (the lab's file proves moves by traffic)",
     SWAP_TARGET.states("failed"): "the end of a refused or expired move, covered by the kills before it",
