@@ -244,6 +244,30 @@ def unconfirmable_figures(
     }
 
 
+def rate_lateness_ms(
+    source_events: Sequence[Mapping[str, Any]], started: float, ended: float
+) -> float | None:
+    """How long after its release (which sends Released, carrying the rate) the source logged this
+    move's `load-measured`, in ms of wall clock; negative when the rate was ready in time."""
+    releases = [
+        e for e in source_events
+        if e.get("event") == "release" and e.get("why") == "swap"
+        and started <= float(e.get("at", 0.0)) <= ended
+    ]  # fmt: skip
+    if not releases:
+        return None
+    release = releases[-1]
+    measured = [
+        e
+        for e in source_events
+        if e.get("event") == "load-measured" and e.get("epoch") == release.get("epoch")
+    ]
+    released_wall, measured_wall = _wall(release), _wall(measured[-1]) if measured else None
+    if released_wall is None or measured_wall is None:
+        return None
+    return round((measured_wall - released_wall) * 1000.0, 3)
+
+
 def monitor_figures(records: Sequence[Request]) -> dict[str, Any]:
     """A monitor's polls: how many, how many answered, by whom."""
     total = summarize(records)
@@ -269,6 +293,12 @@ def summarize_unconfirmable(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]
     out["exit_codes"] = dict(Counter(str(r.get("exit_code")) for r in measured))
     out["rolled_back"] = sum(1 for r in measured if r.get("rolled_back") is True)
     out["confirmed"] = sum(1 for r in measured if r.get("confirmed") is True)
+    late = [float(r["rate_late_ms"]) for r in measured if r.get("rate_late_ms") is not None]
+    out["rate_late"] = {
+        "runs": sum(1 for v in late if v > 0),
+        "of": len(late),
+        "ms": spread(v for v in late if v > 0),
+    }
     out["vip_after"] = dict(Counter(str(r.get("vip_after") or "none") for r in measured))
     monitors: dict[str, dict[str, int]] = {}
     for run in measured:

@@ -231,6 +231,15 @@ def render_unconfirmable(report: Mapping[str, Any]) -> list[str]:
             f"from {h}: {m['served']} of {m['requests']} answered" for h, m in monitors.items()
         )
         lines += ["", f"Monitors polling backup's own address meanwhile (all runs): {polled}."]
+    late = stats.get("rate_late", {})
+    if late.get("of"):
+        lines += [
+            "",
+            f"live's request rate (read from its access log, sent in Released) was measured after its "
+            f"Released had gone in {late['runs']} of {late['of']} runs"
+            + (f", by {fmt_spread(late['ms'])} ms" if late["runs"] else "")
+            + "; the target then knows no rate and waits confirm.within_s.",
+        ]
     reasons = [r["reason"] for r in section.get("runs", []) if r.get("reason")]
     if reasons:
         lines += ["", f"The CLI's reason (first run): {reasons[0]}"]
@@ -289,7 +298,8 @@ def unconfirmable_text(r: Mapping[str, Any]) -> str:
         f"{r['vip_after']}; max gap {fmt_number(r['max_gap_ms'])} ms, claim -> served again "
         f"{fmt_number(r['served_again_ms'])} ms, reclaim {fmt_number(r['reclaim_ms'])} ms, deadline "
         f"{fmt_number(r['deadline_ms'])} ms; failed {r['failed']}, stalled {r['stalled_over_1s']}, "
-        f"served by backup {r['served_by_target']}; monitors served {monitors}"
+        f"served by backup {r['served_by_target']}; monitors served {monitors}; live's rate measured "
+        f"{fmt_number(r.get('rate_late_ms'))} ms after its release"
     )
 
 

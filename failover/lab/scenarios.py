@@ -33,6 +33,7 @@ from failover.lab.figures import (
     monitor_figures,
     move_figures,
     profile,
+    rate_lateness_ms,
     ratios,
     reason_figures,
     summarize_runs,
@@ -483,8 +484,11 @@ def unconfirmable_swap(cluster: LabCluster, workdir: Path) -> dict[str, Any]:
     def more(records: Sequence[Request]) -> dict[str, Any]:
         started, ended = float(outcome["started"]), float(outcome["ended"])
         claim = claim_at(cluster.agent_events("backup"), started, ended)
-        reclaim = claim_at(cluster.agent_events("live"), started, ended)
-        return unconfirmable_figures(records, claim, reclaim, "live", "backup")
+        live_events = cluster.agent_events("live")
+        reclaim = claim_at(live_events, started, ended)
+        figures = unconfirmable_figures(records, claim, reclaim, "live", "backup")
+        figures["rate_late_ms"] = rate_lateness_ms(live_events, started, ended)
+        return figures
 
     lab.run("backup", ["nft", "-f", "-"], input=rules, timeout=10)
     try:

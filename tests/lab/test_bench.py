@@ -362,6 +362,26 @@ def test_reason_figures_read_the_deadline_and_the_sources_rate() -> None:
     assert bench.reason_figures("") == {"deadline_ms": None, "source_rate": None}
 
 
+def test_rate_lateness_compares_this_moves_release_with_its_load_measurement() -> None:
+    events = [
+        {"event": "release", "why": "swap", "epoch": 1, "at": 10.0, "timestamp": "2026-01-01T00:00:10.000Z"},
+        {"event": "load-measured", "epoch": 1, "timestamp": "2026-01-01T00:00:09.990Z"},
+        {
+            "event": "claim",
+            "why": "rollback",
+            "epoch": 2,
+            "at": 10.3,
+            "timestamp": "2026-01-01T00:00:10.300Z",
+        },
+        {"event": "release", "why": "swap", "epoch": 3, "at": 20.0, "timestamp": "2026-01-01T00:00:20.000Z"},
+        {"event": "load-measured", "epoch": 3, "timestamp": "2026-01-01T00:00:20.012Z"},
+    ]
+    assert bench.rate_lateness_ms(events, 9.5, 11.0) == pytest.approx(-10.0)  # in time
+    assert bench.rate_lateness_ms(events, 19.5, 21.0) == pytest.approx(12.0)  # after Released had gone
+    assert bench.rate_lateness_ms(events[:1], 9.5, 11.0) is None  # never measured
+    assert bench.rate_lateness_ms(events, 30.0, 31.0) is None
+
+
 def test_monitor_figures_count_answered_polls() -> None:
     polls = [req(1.0, 1.001, who="backup"), req(1.1, 1.101, who="backup"), req(1.2, 3.2, ok=False)]
     assert bench.monitor_figures(polls) == {"requests": 3, "served": 2, "served_by": {"backup": 2}}
@@ -372,7 +392,7 @@ def unconfirmable_run(gap_ms: float, *, vip_after: str = "live", confirmed: bool
         "exit_code": 0 if confirmed else 1, "rolled_back": not confirmed, "confirmed": confirmed,
         "vip_after": vip_after, "max_gap_ms": gap_ms, "served_again_ms": gap_ms - 2, "reclaim_ms": gap_ms - 8,
         "deadline_ms": 300.0, "source_rate": 198.0, "failed": 0, "stalled_over_1s": 60, "served_by_target": 0,
-        "cli_wall_ms": 450.0, "reason": ROLLED_BACK,
+        "cli_wall_ms": 450.0, "reason": ROLLED_BACK, "rate_late_ms": -5.0 if gap_ms < 1000 else 12.0,
         "monitors": {"live": {"requests": 70, "served": 70}, "client": {"requests": 70, "served": 69}},
     }  # fmt: skip
 
@@ -383,6 +403,7 @@ def test_unconfirmable_floors() -> None:
     assert stats["runs"] == 3 and stats["errors"] == 1
     assert stats["exit_codes"] == {"1": 3} and stats["rolled_back"] == 3 and stats["confirmed"] == 0
     assert stats["max_gap_ms"]["median"] == 320.0 and stats["served_again_ms"]["max"] == 10008.0
+    assert stats["rate_late"] == {"runs": 1, "of": 3, "ms": bench.spread([12.0])}
     assert stats["monitors"] == {
         "live": {"requests": 210, "served": 210},
         "client": {"requests": 210, "served": 207},
@@ -412,6 +433,7 @@ def test_unconfirmable_section_in_the_markdown() -> None:
     assert row + "| 300 | 198 | 0 | 60 | 0 | 450 |" in text
     assert "from client: 138 of 140 answered" in text
     assert f"The CLI's reason (first run): {ROLLED_BACK}" in text
+    assert "was measured after its Released had gone in 0 of 2 runs;" in text
     assert "median_max_gap_ms 315 (floor 1000) met" in text and "confirmed 0 (floor 0) met" in text
     assert "A swap that cannot be confirmed" not in bench.render_markdown(sample_report())
 
