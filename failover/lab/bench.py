@@ -139,7 +139,9 @@ def bench(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m failover.lab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--pairs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="2 pairs, 2 runs per contender (<= 6 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 pairs, 2 runs per contender, 5 unconfirmable swaps (<= 8 min)"
+    )
     parser.add_argument("--runs", type=int, help=f"runs per contender and scenario (default {FULL_RUNS})")
     parser.add_argument("--only", action="append", choices=known_names(), help="repeatable")
     parser.add_argument(
