@@ -63,7 +63,7 @@ QUICK_SOAK_S = 25.0
 UNCONFIRMABLE_NAME = "unconfirmable"
 UNCONFIRMABLE_TABLE = "fo_unconfirmable"
 # The load runs as long before the swap as live's rate window (failover.load.WINDOW_S), so that the rate
-# live sends in Prepare, and the deadline backup derives from it, are those of a site at 200 req/s.
+# live sends (in Released), and the deadline backup derives from it, are those of a site at 200 req/s.
 UNCONFIRMABLE_PRE_S = WINDOW_S + 0.5
 MONITOR_INTERVAL_MS = 100.0  # a monitor polls backup's own address 10 times a second
 MONITORS = ("live", "client")  # where the monitors poll from: the peer node, and the clients' own address
