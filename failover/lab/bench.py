@@ -15,18 +15,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from failover.lab import contenders as cont
 from failover.lab.figures import (
     crash_ratios,
     floors,
+    monitor_figures,
     move_figures,
     profile,
+    rate_lateness_ms,
     ratio,
     ratios,
+    reason_figures,
     spread,
     summarize_runs,
+    summarize_unconfirmable,
     takeover_floors,
     timeline,
+    unconfirmable_figures,
+    unconfirmable_floors,
 )
 from failover.lab.idle_cost import sample_idle
 from failover.lab.render import (
@@ -35,6 +40,7 @@ from failover.lab.render import (
     fmt_spread,
     render_markdown,
     render_takeover,
+    render_unconfirmable,
     write_outputs,
 )
 from failover.lab.scenarios import (
@@ -43,14 +49,18 @@ from failover.lab.scenarios import (
     QUICK_SOAK_S,
     BenchError,
     Budget,
+    client_block_rules,
     contender_row,
     crash_failover,
     failover_crashes,
     failover_moves,
     heartbeat_soak,
+    known_names,
     measure,
     restore_after_crash,
     run_bench,
+    unconfirmable_swap,
+    unconfirmable_swaps,
     wait_settled,
 )
 
@@ -58,6 +68,7 @@ __all__ = [
     "BenchError",
     "Budget",
     "bench",
+    "client_block_rules",
     "contender_row",
     "crash_failover",
     "crash_ratios",
@@ -68,21 +79,31 @@ __all__ = [
     "fmt_number",
     "fmt_spread",
     "heartbeat_soak",
+    "known_names",
     "main",
     "measure",
+    "monitor_figures",
     "move_figures",
     "profile",
+    "rate_lateness_ms",
     "ratio",
     "ratios",
+    "reason_figures",
     "render_markdown",
     "render_takeover",
+    "render_unconfirmable",
     "restore_after_crash",
     "run_bench",
     "sample_idle",
     "spread",
     "summarize_runs",
+    "summarize_unconfirmable",
     "takeover_floors",
     "timeline",
+    "unconfirmable_figures",
+    "unconfirmable_floors",
+    "unconfirmable_swap",
+    "unconfirmable_swaps",
     "wait_settled",
     "write_outputs",
 ]
@@ -111,15 +132,18 @@ def bench(
     print(markdown)
     checks = [*report.get("failover_moves", {}).get("floors", {}).values()]
     checks += report.get("takeover_floors", {}).values()
+    checks += report.get("unconfirmable", {}).get("floors", {}).values()
     return 0 if all(c["met"] for c in checks) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m failover.lab.bench", description=__doc__.split("\n")[0])
     parser.add_argument("-n", "--pairs", type=int, default=10)
-    parser.add_argument("--quick", action="store_true", help="2 pairs, 2 runs per contender (<= 6 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 pairs, 2 runs per contender, 5 unconfirmable swaps (<= 8 min)"
+    )
     parser.add_argument("--runs", type=int, help=f"runs per contender and scenario (default {FULL_RUNS})")
-    parser.add_argument("--only", action="append", choices=cont.known_names(), help="repeatable")
+    parser.add_argument("--only", action="append", choices=known_names(), help="repeatable")
     parser.add_argument(
         "--soak-s",
         type=float,

@@ -2,12 +2,14 @@
 
 Owns the figures of one move (from its client load's records), min/median/max spreads and their
 summary over runs, the ratios against keepalived tuned, the floors failover's moves and takeovers are
-held to, where a swap's time goes (profile), and one move's timeline from the agents' logs.
+held to, where a swap's time goes (profile), one move's timeline from the agents' logs, and the
+figures and floors of a swap that cannot be confirmed (the target unreachable for clients).
 Every figure comes from a measured record; a value that was not measured stays None.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +23,14 @@ CRASH_FLOOR_MS = 150.0  # median fault -> first response from backup, heartbeats
 SOAK_SAMPLE_S = 0.5  # how often the soak samples the VIP's holders; its report says so
 FLOORS = {"failed": 0, "stalled_over_1s": 0, "median_max_gap_ms": 10.0}
 METRICS = ("failed", "stalled_over_1s", "max_gap_ms", "first_response_ms", "keepalive_resets")
+# A swap to a target that clients cannot reach: clients unserved until the rollback, at most this (median).
+UNCONFIRMABLE_FLOOR_MS = 1000.0
+UNCONFIRMABLE_METRICS = (
+    "max_gap_ms", "served_again_ms", "reclaim_ms", "deadline_ms", "source_rate", "failed",
+    "stalled_over_1s", "served_by_target", "cli_wall_ms",
+)  # fmt: skip
+_DEADLINE = re.compile(r"reached \S+ in (\d+(?:\.\d+)?) ms")
+_RATE = re.compile(r"served (\d+(?:\.\d+)?) req/s before the move")
 
 
 # --- one move ----------------------------------------------------------------------------------------
@@ -207,3 +217,113 @@ def floors(stats: Mapping[str, Any]) -> dict[str, Any]:
             "met": gap is not None and gap <= FLOORS["median_max_gap_ms"],
         },
     }
+
+
+# --- a swap that cannot be confirmed -----------------------------------------------------------------
+
+
+def unconfirmable_figures(
+    records: Sequence[Request], claim_at: float | None, reclaim_at: float | None, source: str, target: str
+) -> dict[str, Any]:
+    """Figures of one swap whose target clients cannot reach, from the client load's records and the
+    target's claim and the source's reclaim (the agents' `at`, on the records' clock).
+
+    served_again_ms: the target's claim to the end of the first request the source served after its
+    reclaim (every request started in between went to the target and was dropped). reclaim_ms: the
+    claim to the source's reclaim, i.e. the proof's deadline plus the hand-back.
+    """
+    again = None if reclaim_at is None else first_served_by(records, source, reclaim_at)
+
+    def since_claim(at: float | None) -> float | None:
+        return None if at is None or claim_at is None else round((at - claim_at) * 1000.0, 3)
+
+    return {
+        "served_again_ms": since_claim(None if again is None else again.end),
+        "reclaim_ms": since_claim(reclaim_at),
+        "served_by_target": sum(1 for r in records if r.ok and r.served_by == target),
+    }
+
+
+def rate_lateness_ms(
+    source_events: Sequence[Mapping[str, Any]], started: float, ended: float
+) -> float | None:
+    """How long after its release (which sends Released, carrying the rate) the source logged this
+    move's `load-measured`, in ms of wall clock; negative when the rate was ready in time."""
+    releases = [
+        e for e in source_events
+        if e.get("event") == "release" and e.get("why") == "swap"
+        and started <= float(e.get("at", 0.0)) <= ended
+    ]  # fmt: skip
+    if not releases:
+        return None
+    release = releases[-1]
+    measured = [
+        e
+        for e in source_events
+        if e.get("event") == "load-measured" and e.get("epoch") == release.get("epoch")
+    ]
+    released_wall, measured_wall = _wall(release), _wall(measured[-1]) if measured else None
+    if released_wall is None or measured_wall is None:
+        return None
+    return round((measured_wall - released_wall) * 1000.0, 3)
+
+
+def monitor_figures(records: Sequence[Request]) -> dict[str, Any]:
+    """A monitor's polls: how many, how many answered, by whom."""
+    total = summarize(records)
+    return {"requests": total.requests, "served": total.requests - total.failed, "served_by": total.served_by}
+
+
+def reason_figures(reason: str) -> dict[str, float | None]:
+    """What a rollback's reason names: the proof deadline ("... reached backup in 300 ms"), in ms, and
+    the source's request rate it was derived from ("live served 198 req/s before the move")."""
+    deadline, rate = _DEADLINE.search(reason or ""), _RATE.search(reason or "")
+    return {
+        "deadline_ms": float(deadline.group(1)) if deadline else None,
+        "source_rate": float(rate.group(1)) if rate else None,
+    }
+
+
+def summarize_unconfirmable(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """min/median/max of each figure over the measured runs, and how the runs ended (counts)."""
+    measured = [r for r in runs if not r.get("error")]
+    out: dict[str, Any] = {m: spread(r.get(m) for r in measured) for m in UNCONFIRMABLE_METRICS}
+    out["runs"] = len(measured)
+    out["errors"] = len(runs) - len(measured)
+    out["exit_codes"] = dict(Counter(str(r.get("exit_code")) for r in measured))
+    out["rolled_back"] = sum(1 for r in measured if r.get("rolled_back") is True)
+    out["confirmed"] = sum(1 for r in measured if r.get("confirmed") is True)
+    late = [float(r["rate_late_ms"]) for r in measured if r.get("rate_late_ms") is not None]
+    out["rate_late"] = {
+        "runs": sum(1 for v in late if v > 0),
+        "of": len(late),
+        "ms": spread(v for v in late if v > 0),
+    }
+    out["vip_after"] = dict(Counter(str(r.get("vip_after") or "none") for r in measured))
+    monitors: dict[str, dict[str, int]] = {}
+    for run in measured:
+        for host, seen in run.get("monitors", {}).items():
+            total = monitors.setdefault(host, {"requests": 0, "served": 0})
+            total["requests"] += int(seen.get("requests", 0))
+            total["served"] += int(seen.get("served", 0))
+    out["monitors"] = monitors
+    return out
+
+
+def unconfirmable_floors(stats: Mapping[str, Any], source: str = "live") -> dict[str, Any]:
+    """Median unserved <= 1 s (both the longest gap and claim -> served again), the VIP back on the
+    old holder after every run, no run confirmed."""
+    runs = int(stats.get("runs", 0))
+    out: dict[str, Any] = {}
+    for metric in ("max_gap_ms", "served_again_ms"):
+        median = stats.get(metric, {}).get("median")
+        out[f"median_{metric}"] = {
+            "measured": median,
+            "floor": UNCONFIRMABLE_FLOOR_MS,
+            "met": median is not None and median <= UNCONFIRMABLE_FLOOR_MS,
+        }
+    on_source = int(stats.get("vip_after", {}).get(source, 0))
+    out["vip_on_old_holder"] = {"measured": on_source, "floor": runs, "met": runs > 0 and on_source == runs}
+    confirmed = int(stats.get("confirmed", 0))
+    out["confirmed"] = {"measured": confirmed, "floor": 0, "met": runs > 0 and confirmed == 0}
+    return out

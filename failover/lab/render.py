@@ -1,7 +1,8 @@
 """The bench's reports: the markdown tables, the one-line progress texts, and the files written.
 
-Owns how figures read (fmt_*), the markdown report (render_markdown, render_takeover), the progress
-lines the scenarios print (run_text, idle_text, soak_text), and write_outputs (JSON and markdown).
+Owns how figures read (fmt_*), the markdown report (render_markdown, render_unconfirmable,
+render_takeover), the progress lines the scenarios print (run_text, idle_text, soak_text,
+unconfirmable_text), and write_outputs (JSON and markdown).
 It measures and judges nothing: every number it shows comes from a report built by scenarios.py
 and figures.py.
 """
@@ -87,6 +88,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             )
             lines += ["", f"Floors (0 failed, 0 stalled, median max gap ≤ 10 ms): {verdict}."]
         lines.append("")
+    lines += render_unconfirmable(report)
     lines += ["#### Side by side (same topology, same load; min / median / max over runs)", ""]
     lines += [
         "| contender | scenario | runs | " + " | ".join(METRIC_TITLES[m] for m in METRICS) + " |",
@@ -198,6 +200,65 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def render_unconfirmable(report: Mapping[str, Any]) -> list[str]:
+    """The swap backup cannot confirm: how the CLI ended, where the VIP went, clients' unserved time."""
+    section = report.get("unconfirmable")
+    if not section:
+        return []
+    stats = section["stats"]
+    lines = [
+        "#### A swap that cannot be confirmed (rolled back)",
+        "",
+        f"{section.get('action', '')}. min / median / max over runs.",
+        "",
+        "| runs | CLI exit | rolled back | confirmed | VIP afterwards | max gap (ms) "
+        "| backup's claim → first request served again by live (ms) "
+        "| claim → live's reclaim (ms, agents' logs) "
+        "| proof deadline (ms) | live's rate before (req/s) | failed | stalled ≥ 1 s | served by backup "
+        "| CLI wall (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {stats['runs']}{_errors(stats)} | {_counts(stats['exit_codes'])} | {stats['rolled_back']} "
+        f"| {stats['confirmed']} | {_counts(stats['vip_after'])} | {fmt_spread(stats['max_gap_ms'])} "
+        f"| {fmt_spread(stats['served_again_ms'])} | {fmt_spread(stats['reclaim_ms'])} "
+        f"| {fmt_spread(stats['deadline_ms'])} | {fmt_spread(stats['source_rate'])} "
+        f"| {fmt_spread(stats['failed'])} "
+        f"| {fmt_spread(stats['stalled_over_1s'])} | {fmt_spread(stats['served_by_target'])} "
+        f"| {fmt_spread(stats['cli_wall_ms'])} |",
+    ]
+    monitors = stats.get("monitors", {})
+    if monitors:
+        polled = ", ".join(
+            f"from {h}: {m['served']} of {m['requests']} answered" for h, m in monitors.items()
+        )
+        lines += ["", f"Monitors polling backup's own address meanwhile (all runs): {polled}."]
+    late = stats.get("rate_late", {})
+    if late.get("of"):
+        lines += [
+            "",
+            f"live's request rate (read from its access log, sent in Released) was measured after its "
+            f"Released had gone in {late['runs']} of {late['of']} runs"
+            + (f", by {fmt_spread(late['ms'])} ms" if late["runs"] else "")
+            + "; the target then knows no rate and waits confirm.within_s.",
+        ]
+    reasons = [r["reason"] for r in section.get("runs", []) if r.get("reason")]
+    if reasons:
+        lines += ["", f"The CLI's reason (first run): {reasons[0]}"]
+    checks = section.get("floors", {})
+    if checks:
+        verdict = ", ".join(
+            f"{name} {fmt_number(c['measured'])} (floor {fmt_number(c['floor'])}) "
+            f"{'met' if c['met'] else 'NOT met'}"
+            for name, c in checks.items()
+        )
+        lines += ["", f"Floors: {verdict}."]
+    return [*lines, ""]
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    """`{"1": 5}` as `1 (5x)`; several values side by side."""
+    return ", ".join(f"{value} ({n}x)" for value, n in sorted(counts.items())) or "-"
+
+
 def _errors(stats: Mapping[str, Any]) -> str:
     return f" (+{stats['errors']} not measured)" if stats.get("errors") else ""
 
@@ -226,6 +287,20 @@ def run_text(r: Mapping[str, Any]) -> str:
     if r.get("error"):
         text += f" — {r['error']}"
     return text
+
+
+def unconfirmable_text(r: Mapping[str, Any]) -> str:
+    if r.get("error"):
+        return f"NOT MEASURED: {r['error']}"
+    monitors = ", ".join(f"{h} {m['served']}/{m['requests']}" for h, m in r.get("monitors", {}).items())
+    return (
+        f"exit {r['exit_code']}, rolled back {r['rolled_back']}, confirmed {r['confirmed']}, VIP on "
+        f"{r['vip_after']}; max gap {fmt_number(r['max_gap_ms'])} ms, claim -> served again "
+        f"{fmt_number(r['served_again_ms'])} ms, reclaim {fmt_number(r['reclaim_ms'])} ms, deadline "
+        f"{fmt_number(r['deadline_ms'])} ms; failed {r['failed']}, stalled {r['stalled_over_1s']}, "
+        f"served by backup {r['served_by_target']}; monitors served {monitors}; live's rate measured "
+        f"{fmt_number(r.get('rate_late_ms'))} ms after its release"
+    )
 
 
 def idle_text(idle: Mapping[str, Any]) -> str:

@@ -1,10 +1,10 @@
 """The bench's scenarios: the code that drives a lab and measures what happens in it.
 
 Owns the measurement loop (one client load per move, started on a settled lab and stopped after the
-move has settled), failover's own swap/unswap pairs, its crash takeovers and the heartbeat-loss soak,
-each anchor's row (the contenders themselves live in ``contenders.py``), the time budget, and
-run_bench, which puts the whole report together. A contender that cannot run gets a row saying why,
-never a number.
+move has settled), failover's own swap/unswap pairs, its crash takeovers, the heartbeat-loss soak, the
+swap that cannot be confirmed (backup unreachable for clients, rolled back), each anchor's row (the
+contenders themselves live in ``contenders.py``), the time budget, and run_bench, which puts the whole
+report together. A contender that cannot run gets a row saying why, never a number.
 """
 
 from __future__ import annotations
@@ -24,23 +24,30 @@ from pathlib import Path
 from typing import Any
 
 from failover.lab import contenders as cont
-from failover.lab.client import ClientLoad, summarize
+from failover.lab.client import ClientLoad, Request, summarize
 from failover.lab.cluster import LabCluster
 from failover.lab.figures import (
     SOAK_SAMPLE_S,
     crash_ratios,
     floors,
+    monitor_figures,
     move_figures,
     profile,
+    rate_lateness_ms,
     ratios,
+    reason_figures,
     summarize_runs,
+    summarize_unconfirmable,
     takeover_floors,
     timeline,
+    unconfirmable_figures,
+    unconfirmable_floors,
 )
 from failover.lab.idle_cost import sample_idle
 from failover.lab.netns import VIP, Lab
-from failover.lab.rehearse import unserved_ms
-from failover.lab.render import idle_text, run_text, soak_text
+from failover.lab.rehearse import claim_at, unserved_ms
+from failover.lab.render import idle_text, run_text, soak_text, unconfirmable_text
+from failover.load import WINDOW_S
 
 Say = Callable[[str], None]
 
@@ -49,9 +56,22 @@ PRE_S = 0.5  # load before the action, to see a served client first
 SETTLE_S = 1.0  # load after the client has moved
 RECOVER_TIMEOUT_S = 15.0
 FULL_BUDGET_S = 35 * 60.0
-QUICK_BUDGET_S = 6 * 60.0
+QUICK_BUDGET_S = 8 * 60.0  # quick: ~5 min with the unconfirmable swap
 FULL_SOAK_S = 300.0
 QUICK_SOAK_S = 25.0
+# The swap that cannot be confirmed: selected with `--only unconfirmable`, run in every default bench.
+UNCONFIRMABLE_NAME = "unconfirmable"
+UNCONFIRMABLE_TABLE = "fo_unconfirmable"
+# The load runs as long before the swap as live's rate window (failover.load.WINDOW_S), so that the rate
+# live sends (in Released), and the deadline backup derives from it, are those of a site at 200 req/s.
+UNCONFIRMABLE_PRE_S = WINDOW_S + 0.5
+MONITOR_INTERVAL_MS = 100.0  # a monitor polls backup's own address 10 times a second
+MONITORS = ("live", "client")  # where the monitors poll from: the peer node, and the clients' own address
+
+
+def known_names() -> list[str]:
+    """What `--only` accepts: the contenders, and the scenarios of failover's own."""
+    return [*cont.known_names(), UNCONFIRMABLE_NAME]
 
 
 class BenchError(RuntimeError):
@@ -97,17 +117,25 @@ def wait_settled(lab: Lab, holder: str, timeout: float = 10.0) -> None:
 
 
 def measure(
-    lab: Lab, workdir: Path, source: str, target: str, act: Callable[[], tuple[float, dict[str, Any]]]
+    lab: Lab,
+    workdir: Path,
+    source: str,
+    target: str,
+    act: Callable[[], tuple[float, dict[str, Any]]],
+    more: Callable[[Sequence[Request]], dict[str, Any]] | None = None,
+    pre_s: float = PRE_S,
 ) -> dict[str, Any]:
     """One move under its own client load: settle check, load, action, wait for the client to move.
 
-    `act` carries out the move and returns (monotonic time just before it, extra facts to record).
+    `act` carries out the move and returns (monotonic time just before it, extra facts to record);
+    `more`, given the load's records once it stopped, returns figures of the scenario's own; `pre_s`
+    is how long the load runs before the action.
     """
     wait_settled(lab, source)
     load = ClientLoad(lab, "client", str(VIP.ip), workdir / "client", duration_s=60, max_requests=20_000)
     load.start()
     try:
-        time.sleep(PRE_S)
+        time.sleep(pre_s)
         if target != source and cont.vip_on_eth0(lab, target):
             raise BenchError(f"{target} took the VIP before the action (split brain)")
         action_at, extra = act()
@@ -120,8 +148,11 @@ def measure(
         time.sleep(SETTLE_S)
     finally:
         load.stop()
-    figures = move_figures(load.records(), load.keepalive(), action_at, target)
+    records = load.records()
+    figures = move_figures(records, load.keepalive(), action_at, target)
     figures.update(extra)
+    if more is not None:
+        figures.update(more(records))
     figures["recovered"] = moved
     figures["action_at"] = action_at
     figures["recovered_after_s"] = round(recovered_after, 3)
@@ -378,6 +409,135 @@ def heartbeat_soak(
     return result
 
 
+# --- a swap that cannot be confirmed ------------------------------------------------------------------
+
+
+def client_block_rules(client: str, vip: str, port: int = 80) -> str:
+    """nft rules for backup's namespace, a firewall mistake: drop the client's TCP to VIP:port on input.
+    The same client's packets to backup's own address pass, and so does everyone else's."""
+    return (
+        f"table ip {UNCONFIRMABLE_TABLE} {{\n"
+        "  counter dropped {}\n"
+        "  chain input {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        f"    ip saddr {client} ip daddr {vip} tcp dport {port} counter name dropped drop\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def unconfirmable_swaps(runs: int, workdir: Path, budget: Budget, say: Say) -> dict[str, Any]:
+    """`runs` swaps in one LabCluster (the lab's cluster file as it is) that backup cannot confirm."""
+    action = (
+        f"`failover swap` (CLI on live) while backup drops the client's TCP to {VIP.ip}:80; monitors poll "
+        f"backup's own address 10x/s from {' and '.join(MONITORS)}"
+    )
+    results: list[dict[str, Any]] = []
+    with LabCluster(workdir / UNCONFIRMABLE_NAME) as cluster:
+        say(f"unconfirmable swap: lab {cluster.lab.prefix} up")
+        for run in range(runs):
+            if budget.left() < 30:
+                budget.truncated = f"unconfirmable swap stopped after {run} of {runs} runs (time budget)"
+                break
+            try:
+                result = unconfirmable_swap(cluster, workdir)
+            except BenchError as err:
+                result = {"error": str(err)}
+            result["run"] = run
+            results.append(result)
+            say(f"  unconfirmable swap {run + 1}/{runs}: {unconfirmable_text(result)}")
+    stats = summarize_unconfirmable(results)
+    return {
+        "action": action,
+        "status": "ok",
+        "runs": results,
+        "stats": stats,
+        "floors": unconfirmable_floors(stats),
+    }
+
+
+def unconfirmable_swap(cluster: LabCluster, workdir: Path) -> dict[str, Any]:
+    """One swap to a backup that clients cannot reach, under the usual load, with both monitors on."""
+    lab = cluster.lab
+    backup_address = str(lab.host("backup").address)
+    rules = client_block_rules(str(lab.host("client").address), str(VIP.ip))
+    # A monitor opens a new connection per poll; its one keep-alive request is made once and left idle.
+    monitors = {
+        host: ClientLoad(
+            lab,
+            host,
+            backup_address,
+            workdir / f"monitor-{host}",
+            interval_ms=MONITOR_INTERVAL_MS,
+            keepalive_interval_ms=60_000.0,
+            duration_s=60,
+            max_requests=600,
+        )
+        for host in MONITORS
+    }
+    outcome: dict[str, Any] = {}
+
+    def act() -> tuple[float, dict[str, Any]]:
+        outcome.update(cluster.move("swap", via="live"))
+        return float(outcome["started"]), {}
+
+    def more(records: Sequence[Request]) -> dict[str, Any]:
+        started, ended = float(outcome["started"]), float(outcome["ended"])
+        claim = claim_at(cluster.agent_events("backup"), started, ended)
+        live_events = cluster.agent_events("live")
+        reclaim = claim_at(live_events, started, ended)
+        figures = unconfirmable_figures(records, claim, reclaim, "live", "backup")
+        figures["rate_late_ms"] = rate_lateness_ms(live_events, started, ended)
+        return figures
+
+    lab.run("backup", ["nft", "-f", "-"], input=rules, timeout=10)
+    try:
+        started: list[ClientLoad] = []
+        try:
+            for monitor in monitors.values():
+                monitor.start()
+                started.append(monitor)
+            # The old holder is also the one the client must be back on: "moved" means rolled back.
+            result = measure(lab, workdir, "live", "live", act, more, pre_s=UNCONFIRMABLE_PRE_S)
+        finally:
+            for monitor in started:
+                monitor.stop()
+        dropped = _nft_counter(lab, "backup", UNCONFIRMABLE_TABLE, "dropped")
+    finally:
+        lab.run("backup", ["nft", "delete", "table", "ip", UNCONFIRMABLE_TABLE], check=False, timeout=10)
+    holders = cluster.holders()
+    reason = str(outcome.get("reason") or outcome.get("stderr") or "")
+    result.update(
+        exit_code=outcome.get("exit_code"),
+        rolled_back=outcome.get("rolled_back"),
+        confirmed=outcome.get("confirmed"),
+        reason=reason,
+        **reason_figures(reason),
+        cli_wall_ms=round((float(outcome["ended"]) - float(outcome["started"])) * 1000.0, 3),
+        vip_after=",".join(holders) or "none",
+        monitors={host: monitor_figures(m.records()) for host, m in monitors.items()},
+        dropped_by_backup=dropped,
+        steps=outcome.get("steps", []),
+    )
+    for monitor in monitors.values():
+        shutil.rmtree(monitor.dir, ignore_errors=True)
+    if holders != ["live"]:
+        # A confirmed (or stuck) swap is a measured result; put the VIP back so the next run starts alike.
+        if "backup" in holders:
+            cluster.move("unswap", via="live")
+        wait_settled(lab, "live")
+    return result
+
+
+def _nft_counter(lab: Lab, host: str, table: str, name: str) -> int | None:
+    done = lab.run(host, ["nft", "-j", "list", "counter", "ip", table, name], check=False, timeout=10)
+    with contextlib.suppress(ValueError, KeyError, TypeError, IndexError):
+        for item in json.loads(done.stdout or "{}")["nftables"]:
+            if "counter" in item:
+                return int(item["counter"]["packets"])
+    return None
+
+
 # --- the anchors -------------------------------------------------------------------------------------
 
 
@@ -472,11 +632,13 @@ def run_bench(
     soak_s: float | None = None,
 ) -> dict[str, Any]:
     quick = pairs <= 2
+    # Unless asked for a number, at least 5 even in quick mode: its floor is a median (~4 s a run).
+    unconfirmable_runs = runs if runs is not None else FULL_RUNS
     runs = runs if runs is not None else (max(1, pairs) if quick else FULL_RUNS)
-    chosen = list(only) if only else cont.known_names()
-    unknown = set(chosen) - set(cont.known_names())
+    chosen = list(only) if only else known_names()
+    unknown = set(chosen) - set(known_names())
     if unknown:
-        raise ValueError(f"unknown contenders {sorted(unknown)}; known: {cont.known_names()}")
+        raise ValueError(f"unknown contenders {sorted(unknown)}; known: {known_names()}")
     budget = Budget(time.monotonic() + (QUICK_BUDGET_S if quick else FULL_BUDGET_S))
     needed = [tool for kind in cont.CONTENDERS if kind.name in chosen for tool in kind.needs]
     missing = cont.ensure_tools(say) if needed else {}
@@ -515,6 +677,8 @@ def run_bench(
                 },
                 "idle": None,
             }
+        if UNCONFIRMABLE_NAME in chosen:
+            report["unconfirmable"] = unconfirmable_swaps(unconfirmable_runs, workdir, budget, say)
         for kind in cont.CONTENDERS:
             if kind.name in chosen:
                 report["contenders"][kind.name] = contender_row(kind, runs, workdir, budget, missing, say)

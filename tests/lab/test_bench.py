@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +317,159 @@ def test_quick_bench_manual_and_one_failover_pair(tmp_path: Path, capsys: pytest
     assert taken["takeover"]["ok"] is True and taken["served_by"].get("backup", 0) > 0
     assert 0 < taken["fault_to_claim_ms"] <= taken["first_response_ms"] < 5000
     assert "| manual: ip del; ip add; one GARP | planned" in (tmp_path / "b.md").read_text()
+
+
+# --- a swap that cannot be confirmed ---------------------------------------------------------------------
+
+ROLLED_BACK = (
+    "no client request to 203.0.113.10 reached backup in 300 ms (live served 198 req/s before the move: "
+    "20 arrivals take 101 ms, at least 300 ms); rolled back to live in 3 ms"
+)
+UNKNOWN_RATE = (
+    "no client request to 203.0.113.10 reached backup in 10000 ms (live's request rate was not known: "
+    "confirm.within_s); rolled back to live in 2 ms"
+)
+
+
+def test_unconfirmable_figures_time_the_outage_from_the_claim() -> None:
+    claim, reclaim = 100.0, 100.305
+    records = [
+        req(99.990, 99.991),  # live, before the claim
+        req(100.001, 100.002),  # still reached live's drain copy before the client heard the claim
+        req(100.010, 101.020),  # SYN dropped by backup, resent after 1 s to live: stalled, not "again"
+        req(100.200, 102.200, ok=False),  # timed out
+        req(100.304, 100.306),  # started before the reclaim, ended after it: live answers again
+        req(100.311, 100.312),
+    ]
+    fig = bench.unconfirmable_figures(records, claim, reclaim, "live", "backup")
+    assert fig["reclaim_ms"] == pytest.approx(305.0)
+    assert fig["served_again_ms"] == pytest.approx(306.0)
+    assert fig["served_by_target"] == 0
+    served_by_backup = [*records, req(100.02, 100.03, who="backup")]
+    assert (
+        bench.unconfirmable_figures(served_by_backup, claim, reclaim, "live", "backup")["served_by_target"]
+        == 1
+    )
+    unknown = bench.unconfirmable_figures(records, None, reclaim, "live", "backup")
+    assert unknown["served_again_ms"] is None and unknown["reclaim_ms"] is None
+    never = bench.unconfirmable_figures(records[:2], claim, reclaim, "live", "backup")
+    assert never["served_again_ms"] is None  # live never answered again: not measured, not zero
+
+
+def test_reason_figures_read_the_deadline_and_the_sources_rate() -> None:
+    assert bench.reason_figures(ROLLED_BACK) == {"deadline_ms": 300.0, "source_rate": 198.0}
+    assert bench.reason_figures(UNKNOWN_RATE) == {"deadline_ms": 10000.0, "source_rate": None}
+    assert bench.reason_figures("") == {"deadline_ms": None, "source_rate": None}
+
+
+def test_rate_lateness_compares_this_moves_release_with_its_load_measurement() -> None:
+    events = [
+        {"event": "release", "why": "swap", "epoch": 1, "at": 10.0, "timestamp": "2026-01-01T00:00:10.000Z"},
+        {"event": "load-measured", "epoch": 1, "timestamp": "2026-01-01T00:00:09.990Z"},
+        {
+            "event": "claim",
+            "why": "rollback",
+            "epoch": 2,
+            "at": 10.3,
+            "timestamp": "2026-01-01T00:00:10.300Z",
+        },
+        {"event": "release", "why": "swap", "epoch": 3, "at": 20.0, "timestamp": "2026-01-01T00:00:20.000Z"},
+        {"event": "load-measured", "epoch": 3, "timestamp": "2026-01-01T00:00:20.012Z"},
+    ]
+    assert bench.rate_lateness_ms(events, 9.5, 11.0) == pytest.approx(-10.0)  # in time
+    assert bench.rate_lateness_ms(events, 19.5, 21.0) == pytest.approx(12.0)  # after Released had gone
+    assert bench.rate_lateness_ms(events[:1], 9.5, 11.0) is None  # never measured
+    assert bench.rate_lateness_ms(events, 30.0, 31.0) is None
+
+
+def test_monitor_figures_count_answered_polls() -> None:
+    polls = [req(1.0, 1.001, who="backup"), req(1.1, 1.101, who="backup"), req(1.2, 3.2, ok=False)]
+    assert bench.monitor_figures(polls) == {"requests": 3, "served": 2, "served_by": {"backup": 2}}
+
+
+def unconfirmable_run(gap_ms: float, *, vip_after: str = "live", confirmed: bool = False) -> dict[str, Any]:
+    return {
+        "exit_code": 0 if confirmed else 1, "rolled_back": not confirmed, "confirmed": confirmed,
+        "vip_after": vip_after, "max_gap_ms": gap_ms, "served_again_ms": gap_ms - 2, "reclaim_ms": gap_ms - 8,
+        "deadline_ms": 300.0, "source_rate": 198.0, "failed": 0, "stalled_over_1s": 60, "served_by_target": 0,
+        "cli_wall_ms": 450.0, "reason": ROLLED_BACK, "rate_late_ms": -5.0 if gap_ms < 1000 else 12.0,
+        "monitors": {"live": {"requests": 70, "served": 70}, "client": {"requests": 70, "served": 69}},
+    }  # fmt: skip
+
+
+def test_unconfirmable_floors() -> None:
+    runs = [unconfirmable_run(g) for g in (310.0, 320.0, 10010.0)] + [{"error": "lab did not settle"}]
+    stats = bench.summarize_unconfirmable(runs)
+    assert stats["runs"] == 3 and stats["errors"] == 1
+    assert stats["exit_codes"] == {"1": 3} and stats["rolled_back"] == 3 and stats["confirmed"] == 0
+    assert stats["max_gap_ms"]["median"] == 320.0 and stats["served_again_ms"]["max"] == 10008.0
+    assert stats["rate_late"] == {"runs": 1, "of": 3, "ms": bench.spread([12.0])}
+    assert stats["monitors"] == {
+        "live": {"requests": 210, "served": 210},
+        "client": {"requests": 210, "served": 207},
+    }
+    floors = bench.unconfirmable_floors(stats)
+    assert all(check["met"] for check in floors.values()), floors
+    assert floors["median_max_gap_ms"] == {"measured": 320.0, "floor": 1000.0, "met": True}
+    slow = bench.unconfirmable_floors(
+        bench.summarize_unconfirmable([unconfirmable_run(g) for g in (310, 10010, 10020)])
+    )
+    assert not slow["median_max_gap_ms"]["met"] and not slow["median_served_again_ms"]["met"]
+    moved = [unconfirmable_run(310.0), unconfirmable_run(40.0, vip_after="backup", confirmed=True)]
+    verdict = bench.unconfirmable_floors(bench.summarize_unconfirmable(moved))
+    assert verdict["confirmed"] == {"measured": 1, "floor": 0, "met": False}
+    assert verdict["vip_on_old_holder"] == {"measured": 1, "floor": 2, "met": False}
+    nothing = bench.unconfirmable_floors(bench.summarize_unconfirmable([{"error": "x"}]))
+    assert not any(check["met"] for check in nothing.values())  # no measured run proves nothing
+
+
+def test_unconfirmable_section_in_the_markdown() -> None:
+    runs = [unconfirmable_run(g) for g in (310.0, 320.0)]
+    stats = bench.summarize_unconfirmable(runs)
+    report = {**sample_report(), "unconfirmable": {"action": "swap while backup drops", "status": "ok",
+              "runs": runs, "stats": stats, "floors": bench.unconfirmable_floors(stats)}}  # fmt: skip
+    text = bench.render_markdown(report)
+    row = "| 2 | 1 (2x) | 2 | 0 | live (2x) | 310 / 315 / 320 | 308 / 313 / 318 | 302 / 307 / 312 "
+    assert row + "| 300 | 198 | 0 | 60 | 0 | 450 |" in text
+    assert "from client: 138 of 140 answered" in text
+    assert f"The CLI's reason (first run): {ROLLED_BACK}" in text
+    assert "was measured after its Released had gone in 0 of 2 runs;" in text
+    assert "median_max_gap_ms 315 (floor 1000) met" in text and "confirmed 0 (floor 0) met" in text
+    assert "A swap that cannot be confirmed" not in bench.render_markdown(sample_report())
+
+
+def test_client_block_rules_drop_only_the_clients_tcp_to_the_vip() -> None:
+    rules = bench.client_block_rules("203.0.113.100", "203.0.113.10")
+    matches = [line.strip() for line in rules.splitlines() if line.endswith(" drop")]
+    assert matches == ["ip saddr 203.0.113.100 ip daddr 203.0.113.10 tcp dport 80 counter name dropped drop"]
+    assert "hook input priority 0" in rules and "policy accept" in rules
+
+
+def test_the_unconfirmable_scenario_can_be_chosen_alone() -> None:
+    assert "unconfirmable" in bench.known_names()
+    assert set(cont.known_names()) < set(bench.known_names())
+
+
+@needs_root
+@needs_tools
+def test_one_unconfirmable_swap_is_rolled_back(capsys: pytest.CaptureFixture[str]) -> None:
+    before = netns_names()
+    report = bench.run_bench(1, runs=1, only=["unconfirmable"], say=lambda text: print(text, file=sys.stderr))
+    prefixes = set(re.findall(r"lab (fo[0-9a-f]+) up", capsys.readouterr().err))
+    assert prefixes
+    assert {n for n in netns_names() - before if n.split("-")[0] in prefixes} == set()
+    section = report["unconfirmable"]
+    run = section["runs"][0]
+    assert not run.get("error"), run
+    assert run["exit_code"] == 1 and run["rolled_back"] is True and run["confirmed"] is False, run["reason"]
+    assert run["vip_after"] == "live"
+    assert "rolled back to live" in run["reason"] and run["deadline_ms"] is not None
+    # The rule held (no client request served by backup, SYNs dropped) while backup's own address kept
+    # answering both monitors: what the proof must not be fooled by.
+    assert run["served_by_target"] == 0 and run["dropped_by_backup"] > 0
+    assert set(run["monitors"]) == {"live", "client"}
+    assert all(
+        m["served"] > 0 and m["served_by"] == {"backup": m["served"]} for m in run["monitors"].values()
+    )
+    assert 0 < run["reclaim_ms"] <= run["served_again_ms"]
+    assert section["stats"]["runs"] == 1 and section["floors"]["confirmed"]["met"] is True
