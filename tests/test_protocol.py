@@ -754,7 +754,12 @@ ops = st.one_of(
 def test_random_commands_and_faults_keep_the_safety_rules(
     seed: int, confirm: str, steps: list[tuple[object, ...]]
 ) -> None:
-    pair = NodePair(seed=seed, confirm=confirm, straggler_window=0.5 if seed % 2 else 0.0)
+    pair = NodePair(
+        seed=seed,
+        confirm=confirm,
+        straggler_window=0.5 if seed % 2 else 0.0,
+        drain=0.3 if seed % 3 == 0 else 0.0,  # handoffs, drains and their rollback rows too
+    )
     boot = 2
 
     def never_two_holders(p: NodePair) -> None:

@@ -42,6 +42,7 @@ from failover.protocol.takeover import Takeover
 Record = AnyRun | DryRun
 
 LOAD_WAIT = 0.25  # seconds the source waits for its own rate before it releases anyway
+HANDOFF_WAIT = 0.1  # seconds a rollback waits for its handoff rule before it reclaims anyway
 
 _RESULT_INPUTS: dict[type[Any], Input] = {
     e.BeforeReleaseDone: Input.BEFORE_RELEASE_DONE,
@@ -390,6 +391,8 @@ class Node(PeerWatch):
         match timeout:
             case Timeout.STEP:
                 return step
+            case Timeout.HANDOFF:
+                return min(HANDOFF_WAIT, step / 4)  # the VIP is on nobody meanwhile: not long
             case Timeout.LOAD:
                 # Well inside the target's ready window (step_timeout), which runs while we wait.
                 return min(LOAD_WAIT, step / 4)
@@ -495,13 +498,12 @@ class Node(PeerWatch):
         """The move's outcome: reported once, whatever its state does afterwards."""
         me = self.setup.name
         self.moves[run.move, "ok" if ok else "rolled_back" if rolled_back else "failed"] += 1
-        if isinstance(run, TargetRun):
-            if run.watching:
-                run.watching = False
-                self._actions.append(a.Unwatch(run.epoch))
-            if run.handoff:
-                run.handoff = False
-                self._actions.append(a.EndHandoff(run.epoch, after=0.0))
+        if isinstance(run, TargetRun) and run.watching:
+            run.watching = False
+            self._actions.append(a.Unwatch(run.epoch))
+        if run.handoff:
+            run.handoff = False
+            self._actions.append(a.EndHandoff(run.epoch, after=0.0))
         if isinstance(run, SourceRun) and run.straggler_until is not None:
             run.straggler_until = None
             self._actions.append(a.UnwatchStragglers(run.epoch))

@@ -29,6 +29,7 @@ class Run:
     resend_at: float | None = None
     # The answer we gave to each kind of question, sent again when a duplicate of it arrives.
     replies: dict[str, wire.Message] = field(default_factory=dict)
+    handoff: bool = False  # a Handoff is in place and no EndHandoff has been asked for yet
 
     def elapsed_ms(self, now: float) -> float:
         return (now - self.started) * 1000.0
@@ -71,7 +72,6 @@ class TargetRun(Run):
 
     state: MoveState = field(kw_only=True)
     peer_drain: float = 0.0  # seconds the source keeps serving in-flight connections after releasing
-    handoff: bool = False  # a Handoff is in place and no EndHandoff has been asked for yet
     handoff_pending: bool = False  # waiting for HandoffDone before we may say we are ready
     health: tuple[bool, str] | None = None  # the health check's answer, once in
     watching: bool = False  # following the access log

@@ -49,6 +49,7 @@ class RollbackState(StrEnum):
 
     HANDING_BACK = "handing-back"
     HANDED_BACK = "handed-back"
+    HANDING_OFF = "placing-handoff"
     RECLAIMING = "reclaiming"
     RECLAIM_RETRY = "reclaim-retry"
 
@@ -114,6 +115,7 @@ class Timeout(StrEnum):
 
     STEP = "step_timeout"
     LOAD = "load measurement"
+    HANDOFF = "handoff rule"
     STEP_AND_HOOKS = "step_timeout + before_release hooks"
     HEALTH = "step_timeout + health check"
     PROOF = "proof deadline (from the source's request rate)"
@@ -227,7 +229,7 @@ SWAP_SOURCE = Machine(
                 ),
                 In.CLAIM_FAILED: _t("target_claim_failed", R.RECLAIMING),
                 In.CONFIRMED: _t("confirmed", S.COLLECTING_STRAGGLERS, S.DONE),
-                In.HAND_BACK: _t("handed_back", R.RECLAIMING),
+                In.HAND_BACK: _t("handed_back", R.RECLAIMING, R.HANDING_OFF),
                 In.PREPARED: _t("answer_again", S.PROBING),
                 In.STRAGGLERS_SEEN: _t("note_stragglers", S.PROBING),
                 In.DEADLINE: _t("probe_timed_out", S.FAILED, S.HANDED_OVER),
@@ -237,7 +239,7 @@ SWAP_SOURCE = Machine(
             Timeout.PROOF_AND_STEP,
             {
                 In.CONFIRMED: _t("confirmed", S.COLLECTING_STRAGGLERS, S.DONE),
-                In.HAND_BACK: _t("handed_back", R.RECLAIMING),
+                In.HAND_BACK: _t("handed_back", R.RECLAIMING, R.HANDING_OFF),
                 In.PREPARED: _t("answer_again", S.AWAITING_CONFIRMATION),
                 In.CLAIMED: _t("answer_again", S.AWAITING_CONFIRMATION),
                 In.STRAGGLERS_SEEN: _t("note_stragglers", S.AWAITING_CONFIRMATION),
@@ -371,6 +373,14 @@ ROLLBACK = Machine(
                 In.DEADLINE: _t("unacknowledged", T.UNACKNOWLEDGED),
             },
             finished=True,
+        ),
+        R.HANDING_OFF: Row(
+            Timeout.HANDOFF,
+            {
+                **_source_answers(R.HANDING_OFF),
+                In.HANDOFF_DONE: _t("reclaim_with_handoff", R.RECLAIMING),
+                In.DEADLINE: _t("reclaim_with_handoff", R.RECLAIMING),
+            },
         ),
         R.RECLAIMING: Row(
             None,  # netlink answers within its own step_timeout

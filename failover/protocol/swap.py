@@ -305,7 +305,14 @@ class SwapSource(_Answers):
     def handed_back(self, run: SourceRun, msg: wire.HandBack, now: float) -> MoveState:
         self.acknowledge(run, msg, now)
         self.node.step(run, "target-handed-back", now)
-        return self.reclaim(run, msg.reason, now)
+        if self.node.setup.drain <= 0:
+            return self.reclaim(run, msg.reason, now)
+        # The target drains what clients began on it: pass their segments back to it before we claim,
+        # or our kernel answers them with a reset.
+        run.rollback_reason, run.rollback_started = msg.reason, now
+        run.handoff = True
+        self.node.emit(a.Handoff(run.epoch))
+        return R.HANDING_OFF
 
     def confirmation_timed_out(self, run: SourceRun, _: None, now: float) -> None:
         self.node.step(run, "confirmation-timeout", now)
@@ -477,6 +484,12 @@ class SwapTarget(_Answers):
 class Rollback(_Answers):
     """Effects of the rollback table: the target hands the VIP back, the source reclaims it."""
 
+    def reclaim_with_handoff(self, run: SourceRun, _: object, now: float) -> MoveState:
+        started = run.rollback_started
+        state = self.reclaim(run, run.rollback_reason, now)
+        run.rollback_started = started  # the rollback began with the hand-back, not with our claim
+        return state
+
     def released_back(self, run: TargetRun, event: e.ReleaseDone, now: float) -> MoveState:
         what = "canary request" if run.canary else "client request"
         reason = (
@@ -508,6 +521,10 @@ class Rollback(_Answers):
         node = self.node
         if event.ok:
             node.step(run, "reclaimed", now)
+            if run.handoff:
+                # The target drains for its drain_ms after its hand-back release, a moment before this.
+                run.handoff = False
+                node.emit(a.EndHandoff(run.epoch, after=node.setup.drain * 0.8))
             took = "" if run.rollback_started is None else f" in {(now - run.rollback_started) * 1000:.0f} ms"
             reason = f"{run.rollback_reason}; rolled back to {self.me}{took}"
             node.finish(run, ok=False, rolled_back=True, now=now, reason=reason)

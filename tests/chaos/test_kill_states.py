@@ -49,7 +49,9 @@ SCENARIOS: dict[str, tuple[str, str]] = {  # machine -> (victim, scenario)
     SWAP_SOURCE.name: ("live", "swap"),
     SWAP_TARGET.name: ("backup", "swap"),
 }
-ROLLBACK_VICTIM = {"handing-back": "backup", "handed-back": "backup", "reclaiming": "live"}
+ROLLBACK_VICTIM = {
+    "handing-back": "backup", "handed-back": "backup", "placing-handoff": "live", "reclaiming": "live"
+}
 
 
 def cases() -> list[tuple[str, str, str, str]]:

@@ -56,7 +56,12 @@ def test_unconfirmed_swap_rolls_back_to_live_and_clients_stay_served() -> None:
         assert cluster.lab.neighbour_mac("client", VIP_IP) == cluster.lab.host("live").mac
         total = summarize(load.records())
         # Clients that accept gratuitous ARP lose nothing, even on a move that ends in rollback.
-        assert total.failed == 0, total
+        claims = {e["why"]: e["at"] for n in ("live", "backup") for e in events(cluster, n, "claim")
+                  if e["ok"]}
+        lost = [(r.start - claims["swap"], r.end - r.start, r.served_by) for r in load.records() if not r.ok]
+        assert total.failed == 0, (total, "failed (start after the swap's claim, took, error):", lost, claims)
+        # What backup's clients began there is passed back to it (draining) before live claims again.
+        assert [e["epoch"] for e in events(cluster, "live", "handoff-installed")] == [outcome["epoch"]]
         assert total.served_by.get("backup", 0) > 0  # they did reach backup meanwhile
 
 
