@@ -95,6 +95,34 @@ def _served_by(lab: Lab, host: str) -> bool:
     return answer.stdout.strip() == host
 
 
+def repeat(
+    runs: int,
+    budget: Budget,
+    say: Say,
+    what: str,
+    label: str,
+    run_once: Callable[[], dict[str, Any]],
+    describe: Callable[[Mapping[str, Any]], str],
+    between: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """A scenario's runs in one lab, within the time budget; a run that fails is a result with its error."""
+    results: list[dict[str, Any]] = []
+    for run in range(runs):
+        if budget.left() < 30:
+            budget.truncated = f"{what} stopped after {run} of {runs} runs (time budget)"
+            break
+        try:
+            result = run_once()
+        except BenchError as err:
+            result = {"error": str(err)}
+        result["run"] = run
+        results.append(result)
+        say(f"  {label} {run + 1}/{runs}: {describe(result)}")
+        if between is not None and run + 1 < runs:
+            between()
+    return results
+
+
 def wait_settled(lab: Lab, holder: str, timeout: float = 10.0) -> None:
     """Until only `holder` has the VIP on eth0 and the client reaches it there (bounded)."""
     other = "backup" if holder == "live" else "live"
@@ -250,22 +278,12 @@ def failover_crashes(
     name: str, overrides: Mapping[str, Any] | None, runs: int, workdir: Path, budget: Budget, say: Say
 ) -> dict[str, Any]:
     """`runs` crashes of live in one LabCluster, put back between runs; the crash scenario's result."""
-    results: list[dict[str, Any]] = []
     with LabCluster(workdir / name, overrides=overrides) as cluster:
         say(f"{name}: crash lab {cluster.lab.prefix} up")
-        for run in range(runs):
-            if budget.left() < 30:
-                budget.truncated = f"{name} crash stopped after {run} of {runs} runs (time budget)"
-                break
-            try:
-                result = crash_failover(cluster, workdir)
-            except BenchError as err:
-                result = {"error": str(err)}
-            result["run"] = run
-            results.append(result)
-            say(f"  crash {run + 1}/{runs}: {run_text(result)}")
-            if run + 1 < runs:
-                restore_after_crash(cluster)
+        results = repeat(
+            runs, budget, say, f"{name} crash", "crash",
+            lambda: crash_failover(cluster, workdir), run_text, between=lambda: restore_after_crash(cluster),
+        )
     return {
         "action": cont.FAILOVER_ACTIONS["crash"],
         "status": "ok",
@@ -432,20 +450,12 @@ def unconfirmable_swaps(runs: int, workdir: Path, budget: Budget, say: Say) -> d
         f"`failover swap` (CLI on live) while backup drops the client's TCP to {VIP.ip}:80; monitors poll "
         f"backup's own address 10x/s from {' and '.join(MONITORS)}"
     )
-    results: list[dict[str, Any]] = []
     with LabCluster(workdir / UNCONFIRMABLE_NAME) as cluster:
         say(f"unconfirmable swap: lab {cluster.lab.prefix} up")
-        for run in range(runs):
-            if budget.left() < 30:
-                budget.truncated = f"unconfirmable swap stopped after {run} of {runs} runs (time budget)"
-                break
-            try:
-                result = unconfirmable_swap(cluster, workdir)
-            except BenchError as err:
-                result = {"error": str(err)}
-            result["run"] = run
-            results.append(result)
-            say(f"  unconfirmable swap {run + 1}/{runs}: {unconfirmable_text(result)}")
+        label = "unconfirmable swap"
+        results = repeat(
+            runs, budget, say, label, label, lambda: unconfirmable_swap(cluster, workdir), unconfirmable_text
+        )
     stats = summarize_unconfirmable(results)
     return {
         "action": action,
