@@ -40,7 +40,8 @@ from failover.confirm import LogWatcher
 from failover.health import canary_token, canary_url, check_health, service_port
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
-from failover.netlink import NetlinkError, VipLink, local_addresses
+from failover.localnode import own_node
+from failover.netlink import NetlinkError, VipLink
 from failover.protocol import events
 from failover.rejections import RejectionLog
 from failover.stragglers import StragglerWatch
@@ -79,19 +80,6 @@ def load_state(state_dir: Path) -> PersistentState:
 def save_state(state_dir: Path, state: PersistentState) -> None:
     doc = {"epoch": state.epoch, "held_epoch": state.held_epoch, "held_before": state.held_before}
     journal.write_file_durably(state_dir / "state.json", json.dumps(doc).encode())
-
-
-async def find_own_node(config: ClusterConfig) -> NodeConfig:
-    """The node whose address is on this host."""
-    local = await local_addresses()
-    mine = [n for n in config.nodes if n.address in local]
-    if len(mine) != 1:
-        names = ", ".join(n.name for n in config.nodes)
-        found = "none" if not mine else "both"
-        raise AgentError(
-            f"{config.source}: {found} of the node addresses ({names}) are on this host; use --node"
-        )
-    return mine[0]
 
 
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
@@ -859,7 +847,10 @@ def _summary(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _main(config: ClusterConfig, node_name: str | None) -> None:
-    node = config.node(node_name) if node_name else await find_own_node(config)
+    try:
+        node = own_node(config, node_name)
+    except ConfigError as err:
+        raise AgentError(str(err)) from None
     agent = Agent(config, node)
     await agent.run()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from failover import control
+from failover.localnode import is_local, own_node
 
 if TYPE_CHECKING:
     from failover.check import Finding
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "agent":
             return _agent(config, args)
-        node = _own_node(config, args.node)
+        node = own_node(config, args.node)
         if args.command == "check":
             return _check(config, node, args.json)
         if args.command == "history":
@@ -198,7 +198,7 @@ class _Agent:
         from failover.config import load_config
 
         if self._checked is None:
-            self._checked = _own_node(load_config(self.config), self.node)
+            self._checked = own_node(load_config(self.config), self.node)
         return self._checked
 
     def request(self, req: dict[str, Any], timeout: float) -> Iterator[dict[str, Any]]:
@@ -215,7 +215,7 @@ def _fast_socket(config: Path, name: str | None) -> Path | None:
         return None
     if name:
         return next((n.control_socket for n in nodes if n.name == name), None)
-    local = [n for n in nodes if _is_local(n.family, n.address)]
+    local = [n for n in nodes if is_local(n.family, n.address)]
     return local[0].control_socket if len(local) == 1 else None
 
 
@@ -246,31 +246,6 @@ def _agent(config: ClusterConfig, args: argparse.Namespace) -> int:
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
-
-
-def _own_node(config: ClusterConfig, name: str | None) -> NodeConfig:
-    from failover.config import ConfigError
-
-    if name:
-        return config.node(name)
-    families = {4: socket.AF_INET, 6: socket.AF_INET6}
-    local = [n for n in config.nodes if _is_local(families[n.address.version], str(n.address))]
-    if len(local) != 1:
-        names = ", ".join(n.name for n in config.nodes)
-        found = "none" if not local else "both"
-        raise ConfigError(f"{found} of the node addresses ({names}) are on this host; use --node",
-                          file=str(config.source), field="nodes")
-    return local[0]
-
-
-def _is_local(family: int, address: str) -> bool:
-    # A node address is ours if we can bind to it; no netlink needed for that.
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((address, 0))
-        except OSError:
-            return False
-    return True
 
 
 def _status(agent: _Agent, as_json: bool) -> int:
