@@ -140,6 +140,7 @@ class Agent:
         )
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self._handoff_end: asyncio.TimerHandle | None = None
+        self._handoff_install: asyncio.Task[None] | None = None
         self.announced = 0
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
         # The VIP's netlink changes (drain, release, claim) run one at a time, in the order asked for.
@@ -480,7 +481,8 @@ class Agent:
             case protocol.Handoff():
                 if self._handoff_end is not None:
                     self._handoff_end.cancel()
-                self._spawn(self._install_handoff(action.epoch))
+                self._handoff_install = asyncio.create_task(self._install_handoff(action.epoch))
+                self._handoff_install.add_done_callback(self._task_done)
             case protocol.EndHandoff():
                 epoch = action.epoch
                 self._handoff_end = self.loop.call_later(
@@ -555,7 +557,7 @@ class Agent:
         """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
         while True:
             action = await self._vip_ops.get()
-            try:
+            try:  # one that fails is logged and the next goes on: the core's deadlines see to the rest
                 match action:
                     case protocol.StartDrain():
                         await self._start_drain(action)
@@ -565,6 +567,9 @@ class Agent:
                         await self._claim(action)
                     case protocol.EndDrain():
                         await self._end_drain(action)
+            except Exception as err:
+                self.task_failures += 1
+                log.error("vip-op-failed", action=type(action).__name__, error=repr(err), exc_info=err)
             finally:
                 self._vip_ops.task_done()
 
@@ -602,20 +607,26 @@ class Agent:
         log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 
     async def _end_drain(self, action: protocol.EndDrain) -> None:
+        step = self.config.swap.step_timeout_ms / 1000
         try:
-            await self.link.end_drain()
-        except NetlinkError as err:
-            log.error("drain-end-failed", epoch=action.epoch, error=str(err))
+            await asyncio.wait_for(self.link.end_drain(), step)
+            held = await asyncio.wait_for(self.link.holds(), step)
+        except (NetlinkError, TimeoutError) as err:
+            log.error("drain-end-failed", epoch=action.epoch, error=str(err) or "timed out")
             return
-        closed = 0
+        log.info("drain-ended", epoch=action.epoch, at=self.now())
+        if not held:  # ended on schedule, not by a claim here
+            self._spawn(self._close_leftovers(action.epoch))  # not in the VIP's queue: it may take seconds
+
+    async def _close_leftovers(self, epoch: int) -> None:
+        # Unreachable now, but a keep-alive server keeps them open: each would hide a reused client port
+        # from the handoff rule of the next move back (tests/chaos/test_contention.py).
         try:
-            if not await self.link.holds():  # ended on schedule, not by a claim here
-                # Unreachable now, but a keep-alive server keeps them open: each would hide a reused
-                # client port from the handoff rule of the next move back (tests/chaos/test_contention.py).
-                closed = await handoff.close_leftovers(self.config.vip.ip)
-        except (NetlinkError, handoff.HandoffError, TimeoutError) as err:
-            log.warning("leftovers-not-closed", epoch=action.epoch, error=str(err))
-        log.info("drain-ended", epoch=action.epoch, at=self.now(), connections_closed=closed)
+            closed = await handoff.close_leftovers(self.config.vip.ip)
+        except (handoff.HandoffError, TimeoutError) as err:
+            log.warning("leftovers-not-closed", epoch=epoch, error=str(err))
+            return
+        log.info("leftovers-closed", epoch=epoch, connections_closed=closed)
 
     async def _check_health(self, action: protocol.CheckHealth) -> None:
         ok, detail = await asyncio.to_thread(
@@ -785,6 +796,10 @@ class Agent:
 
     async def _remove_handoff(self, epoch: int) -> None:
         self._handoff_end = None
+        install = self._handoff_install
+        if install is not None and not install.done():
+            # Asked for at once (a failed health check): the rule must not land after its removal.
+            await asyncio.wait([install])
         try:
             handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
         except (handoff.HandoffError, TimeoutError) as err:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from failover import protocol
+from failover import protocol, wire
 from failover.protocol import diagram
 from failover.protocol.events import ClaimDone, HealthDone, VipObserved
 from failover.protocol.states import MACHINE_OF, MACHINES, Input, State
 from failover.reference import section_of
-from tests.nodepair import NodePair
+from tests.nodepair import KEY, NodePair
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,3 +275,40 @@ def test_a_takeover_probe_that_cannot_tell_does_not_claim() -> None:
     assert pair.vip_on == {"live"}
     taken = pair.nodes["backup"].last_takeover
     assert taken is not None and not taken["ok"] and "could not tell" in taken["reason"], taken
+
+
+# --- rows the review of the tables found missing ------------------------------------------------------
+
+
+def _dropping_the_first(pair: NodePair, kind: type) -> None:
+    """The link loses the first datagram of this message kind (decoded with the pair's key)."""
+    transmit, dropped = pair._transmit, []
+
+    def lossy(to: str, data: bytes) -> None:
+        if not dropped and isinstance(wire.decode(data, (KEY,)).message, kind):
+            dropped.append(to)
+            return
+        transmit(to, data)
+
+    pair._transmit = lossy  # type: ignore[method-assign]
+
+
+def test_a_lost_refusal_is_sent_again_to_the_asking_source() -> None:
+    pair = settled(NodePair())
+    pair.healthy["backup"] = False
+    _dropping_the_first(pair, wire.Refused)
+    cid = pair.command("live", "swap")
+    pair.run(2.0)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.reason == "backup refused: backup is not healthy: HTTP 503", out
+    assert out.duration_ms < 100  # the resent Prepare got the same Refused, not the step timeout
+
+
+def test_a_verdict_that_arrives_before_the_lost_claimed_is_taken() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    _dropping_the_first(pair, wire.Claimed)
+    cid = pair.command("live", "swap")
+    pair.run(0.5)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.confirmed, out  # Confirmed, read in handed-over
+    assert pair.vip_on == {"backup"}

@@ -125,8 +125,8 @@ class PeerWatch:
             return
         if self._nobody_since is None:
             self._nobody_since = now
-        if now - self._nobody_since < self.recover_after or now < self._takeover_not_before:
-            return
+        if now < self._nobody_since + self.recover_after or now < self._takeover_not_before:
+            return  # the same sum get_timer() waits for, so the two never disagree by a rounding
         if not self._held_last():
             return  # the peer held it last: it claims it, after the same silent probe as a takeover
         self._nobody_since = None

@@ -215,8 +215,9 @@ SWAP_SOURCE = Machine(
                 ),
                 In.CLAIM_FAILED: _t("target_claim_failed", R.RECLAIMING),
                 In.PREPARED: _t("answer_again", S.HANDED_OVER),
-                In.CONFIRMED: _t("acknowledge", S.HANDED_OVER),
-                In.HAND_BACK: _t("acknowledge", S.HANDED_OVER),
+                # Its Claimed was lost, not its verdict: the target claimed, and this is how it ended.
+                In.CONFIRMED: _t("confirmed", S.COLLECTING_STRAGGLERS, S.DONE),
+                In.HAND_BACK: _t("handed_back", R.RECLAIMING, R.HANDING_OFF),
                 In.DEADLINE: _t("probe_target", S.PROBING),
             },
         ),
@@ -347,7 +348,12 @@ SWAP_TARGET = Machine(
             terminal=True,
         ),
         T.FAILED: Row(
-            on={In.RELEASED: _t("answer_late_release", T.FAILED)}, finished=True, terminal=True
+            on={
+                In.RELEASED: _t("answer_late_release", T.FAILED),
+                In.PREPARE: _t("answer_again", T.FAILED),  # our Refused was lost: the source asks again
+            },
+            finished=True,
+            terminal=True,
         ),
     },
 )

@@ -133,7 +133,7 @@ class Takeover:
                 a.RunHooks(
                     "takeover",
                     run.epoch,
-                    run.move,
+                    "takeover",  # also for a reclaim or a recovery, as hooks have always seen it
                     source=run.source,
                     target=run.target,
                     reason=node.last_takeover["reason"],
