@@ -636,9 +636,10 @@ class Agent:
         self._report(events.HealthDone(action.epoch, ok, detail))
 
     def _not_proof(self) -> tuple[str, ...]:
-        """Clients whose requests never prove a move: the nodes themselves, loopback, and the ignored."""
+        """Clients whose requests never prove a move, besides loopback (accesslog.proof knows it): the nodes
+        themselves and the ignored."""
         nodes = (str(n.address) for n in self.config.nodes)
-        return (*nodes, "127.0.0.1", "::1", *(str(a) for a in self.config.confirm.ignore_clients))
+        return (*nodes, *(str(a) for a in self.config.confirm.ignore_clients))
 
     async def _measure_load(self, action: protocol.MeasureLoad) -> None:
         fmt = LogFormat.named(self.config.confirm.log_format)

@@ -26,7 +26,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
 
-__all__ = ["IPInterface", "NetlinkError", "VipLink", "local_addresses", "neighbour_ips"]
+__all__ = ["IPInterface", "NetlinkError", "VipLink", "neighbour_ips"]
 
 IPInterface = IPv4Interface | IPv6Interface
 
@@ -268,22 +268,6 @@ class VipLink:
 
     async def close(self) -> None:
         self._ipr.close()
-
-
-async def local_addresses(netns: str | None = None) -> set[IPv4Address | IPv6Address]:
-    """Every address on every interface (of ``netns`` if given)."""
-    ipr = await _connect(netns)
-    found: set[IPv4Address | IPv6Address] = set()
-    try:
-        async for msg in await ipr.addr("dump"):
-            addr = _msg_address(msg)
-            if addr is not None:
-                found.add(addr)
-    except (_PyrouteNetlinkError, OSError) as exc:
-        raise NetlinkError(f"list addresses: {_describe(exc)}") from exc
-    finally:
-        ipr.close()
-    return found
 
 
 async def neighbour_ips(

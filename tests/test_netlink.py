@@ -7,11 +7,11 @@ import json
 import statistics
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv6Address, ip_interface
+from ipaddress import ip_interface
 
 import pytest
 
-from failover.netlink import NetlinkError, VipLink, local_addresses
+from failover.netlink import NetlinkError, VipLink
 from tests.nsutil import NEEDS_ROOT_REASON, Topology, is_root, ns, py_in, topology
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not is_root(), reason=NEEDS_ROOT_REASON)]
@@ -171,13 +171,6 @@ def test_link_up_follows_the_interface(topo: Topology) -> None:
             await link.close()
 
     assert asyncio.run(scenario()) == (True, False)
-
-
-def test_local_addresses(topo: Topology) -> None:
-    found = asyncio.run(local_addresses(topo["a"].netns))
-    assert IPv4Address(topo["a"].ip4) in found
-    assert IPv6Address(topo["a"].ip6) in found
-    assert IPv4Address("127.0.0.1") in found
 
 
 def test_watch_vip_sees_changes_behind_our_back(topo: Topology) -> None:

@@ -120,7 +120,8 @@ class _Answers:
         """The move failed with the VIP perhaps on nobody: take it back (a new epoch outranks the move's)."""
         node = self.node
         run.rollback_reason = reason
-        run.rollback_started = now
+        if run.rollback_started is None:  # begun earlier when a handoff to the target came first
+            run.rollback_started = now
         node.send(wire.Abort(epoch=run.epoch, reason=reason))  # a target still in its ready window stops
         node.epoch = max(node.epoch, run.claim_epoch)
         node.claim_vip(run.claim_epoch, "rollback")
@@ -485,10 +486,7 @@ class Rollback(_Answers):
     """Effects of the rollback table: the target hands the VIP back, the source reclaims it."""
 
     def reclaim_with_handoff(self, run: SourceRun, _: object, now: float) -> MoveState:
-        started = run.rollback_started
-        state = self.reclaim(run, run.rollback_reason, now)
-        run.rollback_started = started  # the rollback began with the hand-back, not with our claim
-        return state
+        return self.reclaim(run, run.rollback_reason, now)
 
     def released_back(self, run: TargetRun, event: e.ReleaseDone, now: float) -> MoveState:
         what = "canary request" if run.canary else "client request"
