@@ -98,9 +98,12 @@ class AnnounceConfig:
 @dataclass(frozen=True)
 class SwapConfig:
     step_timeout_ms: int = 1000
-    # After releasing, the old holder keeps accepting packets for the VIP (ARP-silent) this long, so
-    # connections that left clients before the announcement reached them are still served. 0: off.
+    # After releasing, the old holder keeps accepting packets for the VIP (ARP-silent) at least this
+    # long, so connections that left clients before the announcement reached them are still served;
+    # then until its last connection to the VIP has ended, or drain_max_ms after the release. 0: off.
     drain_ms: int = 1000
+    # A long download, or a client that keeps its connection: named in the outcome once this runs out.
+    drain_max_ms: int = 60_000
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ class NodeConfig:
     journal: Path = Path("/var/lib/failover/journal.jsonl")
 
 
-HOOK_EVENTS: Final = ("before_release", "after_claim", "confirmed", "rolled_back", "takeover")
+HOOK_EVENTS: Final = ("before_release", "after_claim", "confirmed", "rolled_back", "takeover", "drain")
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,9 @@ class HooksConfig:
     confirmed: tuple[tuple[str, ...], ...] = ()  # on the new holder, once clients proved the move
     rolled_back: tuple[tuple[str, ...], ...] = ()  # on the node that took the VIP back after a failed move
     takeover: tuple[tuple[str, ...], ...] = ()  # on the node that took over from a silent holder
+    # On the old holder once it released: ask the web server to close idle keep-alive connections in
+    # order (nginx -s reload), so the drain ends when the work does.
+    drain: tuple[tuple[str, ...], ...] = ()
     timeout_ms: int = 10_000  # each program; a timed-out before_release hook aborts the swap
 
     def for_event(self, event: str) -> tuple[tuple[str, ...], ...]:
@@ -858,10 +864,11 @@ def load_config(path: Path | str) -> ClusterConfig:
     auth = _load_auth(top)
     heartbeat = _load_heartbeat(top)
     announce = _load_announce(top)
-    swap = top.section("swap", optional=("step_timeout_ms", "drain_ms"))
+    swap = top.section("swap", optional=("step_timeout_ms", "drain_ms", "drain_max_ms"))
     health = top.section("health", optional=("timeout_ms", "self_check"))
     step_timeout = swap.integer("step_timeout_ms", SwapConfig.step_timeout_ms, 50, 60_000)
     drain = swap.integer("drain_ms", SwapConfig.drain_ms, 0, 60_000)
+    drain_max = swap.integer("drain_max_ms", max(drain, SwapConfig.drain_max_ms), drain, 3_600_000)
     health_timeout = health.integer("timeout_ms", HealthConfig.timeout_ms, 50, 60_000)
     self_check = health.section("self_check", optional=("every_ms", "fails"))
     self_check_every = self_check.integer("every_ms", HealthConfig.self_check_every_ms, 0, 3_600_000)
@@ -877,7 +884,7 @@ def load_config(path: Path | str) -> ClusterConfig:
         auth=auth,
         heartbeat=heartbeat,
         announce=announce,
-        swap=SwapConfig(step_timeout_ms=step_timeout, drain_ms=drain),
+        swap=SwapConfig(step_timeout_ms=step_timeout, drain_ms=drain, drain_max_ms=drain_max),
         health=HealthConfig(
             timeout_ms=health_timeout,
             self_check_every_ms=self_check_every,

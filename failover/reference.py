@@ -58,8 +58,10 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("announce.schedule_ms", "gratuitous ARP / unsolicited NA rounds, ms after a claim",
         "announce.schedule_ms"),
     Key("swap.step_timeout_ms", "each step of a swap; also the rollback timer", "swap.step_timeout_ms"),
-    Key("swap.drain_ms", "how long the old holder keeps the VIP ARP-silent on `lo` after releasing (0: off)",
-        "swap.drain_ms"),
+    Key("swap.drain_ms", "the old holder keeps the VIP ARP-silent on `lo` at least this long after releasing, "
+        "then until its last connection to the VIP ends (0: off)", "swap.drain_ms"),
+    Key("swap.drain_max_ms", "the drain ends at the latest this long after the release; connections still "
+        "open then are named in the outcome (at least `drain_ms`)", "swap.drain_max_ms"),
     Key("health.timeout_ms", "one check of a `health_url`", "health.timeout_ms"),
     Key("health.self_check.every_ms", "the holder checks its own `health_url` this often (0: never)",
         "health.self_check_every_ms"),
@@ -101,6 +103,8 @@ KEYS: Final[tuple[Key, ...]] = (
         "hooks.rolled_back"),
     Key("hooks.takeover", "argv lists run on the node that took over from a silent holder",
         "hooks.takeover"),
+    Key("hooks.drain", "argv lists run on the old holder once it released, to close idle keep-alive "
+        "connections in order (nginx: `nginx -s reload`)", "hooks.drain"),
     Key("hooks.timeout_ms", "each hook program's time limit; a timed-out `before_release` aborts the swap",
         "hooks.timeout_ms"),
     Key("metrics.listen", "`ADDRESS:PORT` (IPv6 in brackets) of a Prometheus endpoint: VIP held, role, "
