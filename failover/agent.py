@@ -37,6 +37,7 @@ from failover import (
 from failover.accesslog import LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import LogWatcher
+from failover.connections import Count, count_while_draining
 from failover.health import canary_token, canary_url, check_health, service_port
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
@@ -86,7 +87,10 @@ METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to h
 STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
 
 
-_Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
+# What a waiting CLI hears; None: nothing for a while (the CLI is told the agent still works on it).
+_Reported = protocol.Progress | protocol.Finished | protocol.Planned | protocol.DrainReported
+DRAIN_COUNT_EVERY = 0.1  # seconds between two counts of the draining host's connections to the VIP
+WAITING_TICK = 5.0  # a CLI waiting for a drain hears that it goes on this often
 
 
 HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
@@ -123,6 +127,7 @@ class Agent:
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
+        self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
@@ -211,6 +216,10 @@ class Agent:
             confirm_requests=cfg.confirm.requests,
             confirm_within=cfg.confirm.within_s,
             drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
+            drain_max=0.0 if self.drain_blocker else cfg.swap.drain_max_ms / 1000,
+            drain_off="" if not self.drain_blocker else (
+                "swap.drain_ms is 0" if self.drain_blocker == "off" else self.drain_blocker
+            ),
             straggler_window=cfg.confirm.straggler_window_ms / 1000,
             before_release=len(cfg.hooks.before_release) * cfg.hooks.timeout_ms / 1000,
             # A dry run's host checks: the health check with its timeout, then reading a few files.
@@ -382,11 +391,23 @@ class Agent:
             "operator_reason": str(request.get("reason") or "")[:500],
             "came_from": None if came_from is None else _summary(came_from),
         }
-        async with contextlib.aclosing(self._reports(cid)) as reports:
+        wait_drained = request.get("wait_drained", True) is not False
+        outcome: dict[str, Any] | None = None  # the move is over; its drain is not
+        async with contextlib.aclosing(self._reports(cid, tick=WAITING_TICK)) as reports:
             async for item in reports:
                 if isinstance(item, protocol.Finished):
                     await self._journal_writer.flushed()  # the CLI hears of a move once it is journalled
-                    return {"type": "done", "outcome": item.outcome.to_json(), "came_from": came_from}
+                    outcome = item.outcome.to_json()
+                    drain = outcome.get("drain") or {}
+                    if not (wait_drained and drain.get("pending")):
+                        return {"type": "done", "outcome": outcome, "came_from": came_from}
+                    step = f"draining on {drain['host']}"
+                    item = protocol.Progress(cid, step, item.outcome.duration_ms, {})
+                if isinstance(item, protocol.DrainReported) and outcome is not None:
+                    outcome["drain"] = item.report
+                    return {"type": "done", "outcome": outcome, "came_from": came_from}
+                if item is None and outcome is not None:
+                    item = protocol.Progress(cid, "still draining", outcome["duration_ms"], {})
                 if isinstance(item, protocol.Progress):
                     with contextlib.suppress(ConnectionError):
                         await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
@@ -401,14 +422,18 @@ class Agent:
                     return {"type": "done", "plan": item.plan.to_json()}
         raise AssertionError("unreachable: the reports end only when closed")
 
-    async def _reports(self, cid: int) -> AsyncGenerator[_Reported, None]:
-        """What the core reports for one command (progress, outcome, plan), as it comes."""
+    async def _reports(self, cid: int, tick: float | None = None) -> AsyncGenerator[_Reported | None, None]:
+        """What the core reports for one command (progress, outcome, plan), as it comes; None after each
+        `tick` seconds without a word."""
         queue: asyncio.Queue[_Reported] = asyncio.Queue()
         self._waiters[cid] = queue
         self._pump()  # the command's first actions may already be waiting
         try:
             while True:
-                yield await queue.get()
+                try:
+                    yield await asyncio.wait_for(queue.get(), tick)
+                except TimeoutError:
+                    yield None
         finally:
             del self._waiters[cid]
 
@@ -466,6 +491,7 @@ class Agent:
                 log.info("announced", round=action.round, at=self.now())
             case protocol.StartDrain() | protocol.Release() | protocol.Claim() | protocol.EndDrain():
                 self._vip_ops.put_nowait(action)
+                self._count_connections(action)
             case protocol.CheckHealth():
                 self._spawn(self._check_health(action))
             case protocol.MeasureLoad():
@@ -511,7 +537,7 @@ class Agent:
                 meta = self._command_meta.pop(action.command, None)
                 if meta is not None:
                     self._move_meta[action.epoch] = meta
-            case protocol.Progress() | protocol.Finished() | protocol.Planned():
+            case protocol.Progress() | protocol.Finished() | protocol.Planned() | protocol.DrainReported():
                 queue = self._waiters.get(action.command)
                 if queue is not None:
                     queue.put_nowait(action)
@@ -523,6 +549,25 @@ class Agent:
                 self._journal_notice(action)
             case _:
                 assert_never(action)
+
+    def _count_connections(self, action: protocol.Action) -> None:
+        """From the drain's start to its end, the core hears how many connections to the VIP are open."""
+        if isinstance(action, protocol.EndDrain | protocol.StartDrain) and self._counting is not None:
+            self._counting.cancel()
+            self._counting = None
+        if isinstance(action, protocol.StartDrain):
+            epoch = action.epoch
+
+            def counted(count: Count | str) -> None:
+                if isinstance(count, str):
+                    self._report(events.ConnectionsCounted(epoch, None, 0.0, count))
+                else:
+                    self._report(events.ConnectionsCounted(epoch, count.open, count.oldest_s))
+
+            self._counting = asyncio.create_task(
+                count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted)
+            )
+            self._counting.add_done_callback(self._task_done)
 
     def _stop_if_entering(self, state: str) -> None:
         """Test only: freeze (SIGSTOP) as the move enters `state`, before its actions are carried out."""

@@ -81,6 +81,9 @@ def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print one JSON document")
         sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
         sp.add_argument("--reason", default="", help="why, in words: written to the journal")
+        sp.add_argument("--wait-drained", action=argparse.BooleanOptionalAction, default=True,
+                        help="return once the old holder's connections to the VIP have ended (its drain), "
+                             "so that it may go down (default); --no-wait-drained: once the move is done")
         sp.add_argument("--dry-run", action="store_true",
                         help="run every check on both hosts for real and print the plan; change nothing "
                              "(exit 0: all pass, 1: a check failed)")
@@ -227,7 +230,7 @@ def _to_agent(args: argparse.Namespace) -> int:
             return _status(agent, args.json)
         if args.dry_run:
             return _dry_run(args.command, agent, args.json, args.timeout)
-        return _move(args.command, agent, args.json, args.timeout, args.reason)
+        return _move(args.command, agent, args.json, args.timeout, args.reason, args.wait_drained)
     except control.ControlError:
         # Read-only, or nothing reached the agent: a bad cluster file comes first (exit 2), as it always did.
         if read_only or not agent.answered:
@@ -295,11 +298,16 @@ def _operator() -> str:
     return f"uid {os.getuid()}"
 
 
-def _move(move: str, agent: _Agent, as_json: bool, timeout: float, reason: str = "") -> int:
+def _move(
+    move: str, agent: _Agent, as_json: bool, timeout: float, reason: str = "", wait_drained: bool = True
+) -> int:
     steps: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     # The agent loads this file before it moves anything: a bad one refuses the move, nothing changed.
-    req = {"cmd": move, "operator": _operator(), "reason": reason, "config": str(agent.config)}
+    req = {
+        "cmd": move, "operator": _operator(), "reason": reason, "config": str(agent.config),
+        "wait_drained": wait_drained,
+    }
     for reply in agent.request(req, timeout=timeout):
         if reply["type"] == "progress":
             steps.append(reply)
@@ -342,7 +350,29 @@ def _move(move: str, agent: _Agent, as_json: bool, timeout: float, reason: str =
             print(f"  straggler {straggler['ip']} ({straggler['mac']}): {verdict}")
     else:
         print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
+    if outcome.get("drain"):
+        print(_drained(outcome["drain"]), file=sys.stdout if outcome["ok"] else sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED
+
+
+def _drained(drain: dict[str, Any]) -> str:
+    """The old holder's drain in one line: may it go down now?"""
+    host = drain.get("host")
+    if drain.get("skipped"):
+        return f"  {host} did not drain ({drain['skipped']}): connections open there at the move were reset"
+    if drain.get("pending"):
+        return f"  {host} is still draining: see `failover status` there before taking it down"
+    left, after = drain.get("left"), drain.get("after_s")
+    if drain.get("how") == "claimed":
+        return f"  {host} holds the VIP again: its connections go on there"
+    if left is None:
+        why = drain.get("error") or "no report came"
+        took = "?" if after is None else f"{after:.1f}"
+        return f"  {host} drained for {took} s; its connections were not counted ({why})"
+    if left == 0:
+        return f"  {host} drained: 0 connections left after {after:.1f} s"
+    return (f"  {host} drained: {left} connections LEFT after {after:.1f} s (swap.drain_max_ms; oldest open "
+            f"{drain.get('oldest_s') or 0:.1f} s): they were cut")
 
 
 def _dry_run(move: str, agent: _Agent, as_json: bool, timeout: float) -> int:

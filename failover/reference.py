@@ -58,8 +58,8 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("announce.schedule_ms", "gratuitous ARP / unsolicited NA rounds, ms after a claim",
         "announce.schedule_ms"),
     Key("swap.step_timeout_ms", "each step of a swap; also the rollback timer", "swap.step_timeout_ms"),
-    Key("swap.drain_ms", "the old holder keeps the VIP ARP-silent on `lo` at least this long after releasing, "
-        "then until its last connection to the VIP ends (0: off)", "swap.drain_ms"),
+    Key("swap.drain_ms", "the old holder keeps the VIP ARP-silent on `lo` at least this long after "
+        "releasing, then until its last connection to the VIP ends (0: off)", "swap.drain_ms"),
     Key("swap.drain_max_ms", "the drain ends at the latest this long after the release; connections still "
         "open then are named in the outcome (at least `drain_ms`)", "swap.drain_max_ms"),
     Key("health.timeout_ms", "one check of a `health_url`", "health.timeout_ms"),

@@ -64,6 +64,7 @@ class Prepare(Message):
     move: str
     digest: str
     drain_ms: float = 0.0  # how long the source will keep serving in-flight connections after release
+    drain_max_ms: float = 0.0  # and at the latest this long, waiting for them to end
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class HandBack(Message):
 
     kind: ClassVar[str] = "hand-back"
     reason: str
+    drain_ms: float = 0.0  # the new holder drains after its hand-back release, as a source after a swap
+    drain_max_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,17 @@ class TellStragglers(Message):
 
     kind: ClassVar[str] = "tell-stragglers"
     entries: str  # "ip=mac,ip=mac"
+
+
+@dataclass(frozen=True)
+class Drained(Message):
+    """The old holder's drain after its release of `epoch` is over: the new holder's handoff may end."""
+
+    kind: ClassVar[str] = "drained"
+    left: int  # connections to the VIP still open when it ended (-1: not counted)
+    oldest_ms: float  # how long the oldest of those had been open
+    after_ms: float  # from the release to the end of the drain
+    how: str  # "closed" | "drain_max" | "claimed" | "not-counted" | "ended"
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Confirmed,
         HandBack,
         TellStragglers,
+        Drained,
         Ack,
         CheckRequest,
         CheckResult,

@@ -47,6 +47,7 @@ class NodePair:
     straggler_window: float = 0.0
     on_vip_lost: str = "report"
     drain: float = 0.0
+    drain_max: float = 60.0
     before_release: float = 0.0  # the hooks' budget; their answer comes from before_release_ok
 
     def __post_init__(self) -> None:
@@ -90,6 +91,10 @@ class NodePair:
         self.hook_delay = 0.01
         self.hooks: list[tuple[str, protocol.RunHooks]] = []  # (node, action), in the order asked
         self.draining: set[str] = set()  # nodes with the VIP's ARP-silent copy on lo
+        # The connections to the VIP each node's kernel counts while it drains (None: counting fails).
+        self.connections: dict[str, int | None] = {"live": 0, "backup": 0}
+        self.count_every = 0.1
+        self.drain_reports: dict[str, list[protocol.DrainReported]] = {"live": [], "backup": []}
         self.handoffs: dict[str, int] = {}  # node -> epoch of the handoff rule in place
         self.started: dict[str, list[protocol.Started]] = {"live": [], "backup": []}
 
@@ -111,6 +116,8 @@ class NodePair:
             straggler_window=self.straggler_window,
             on_vip_lost=self.on_vip_lost,
             drain=self.drain,
+            drain_max=max(self.drain, self.drain_max) if self.drain else 0.0,
+            drain_off="" if self.drain else "swap.drain_ms is 0",
             before_release=self.before_release,
             vip=VIP,
         )
@@ -192,6 +199,7 @@ class NodePair:
         for node in self.nodes.values():
             # Every state a node is in is a row of its own machine's table.
             records = [*node._dry.values(), *([node.run] if node.run is not None else [])]
+            records += [node.drainer.run] if node.drainer.run is not None else []
             for record in records:
                 assert record.state in MACHINE_OF[type(record.state)].rows, record
 
@@ -206,6 +214,8 @@ class NodePair:
                 self.at(self.now + self.op_delay, lambda: self._release(name, node, action.epoch))
             case protocol.StartDrain():
                 self.draining.add(name)
+                epoch = action.epoch
+                self.at(self.now + self.op_delay, lambda: self._count(name, node, epoch))
             case protocol.EndDrain():
                 self.draining.discard(name)
             case protocol.MeasureLoad():
@@ -266,6 +276,8 @@ class NodePair:
                 self.finished[name].append(action)
             case protocol.Planned():
                 self.planned[name].append(action)
+            case protocol.DrainReported():
+                self.drain_reports[name].append(action)
             case protocol.Notice():
                 self.notices.append((name, action))
             case _:
@@ -274,6 +286,15 @@ class NodePair:
     def _answer(self, name: str, node: Node, event: ev.Event) -> None:
         if self._live(name, node):
             node.handle(event, self.now)
+
+    def _count(self, name: str, node: Node, epoch: int) -> None:
+        """The drain's connection count, every count_every while the copy on lo is there."""
+        if name not in self.draining or not self._live(name, node):
+            return
+        n = self.connections[name]
+        counted = ev.ConnectionsCounted(epoch, n, 1.5 if n else 0.0, "" if n is not None else "injected")
+        node.handle(counted, self.now)
+        self.at(self.now + self.count_every, lambda: self._count(name, node, epoch))
 
     def _end_handoff(self, name: str, epoch: int) -> None:
         if self.handoffs.get(name) == epoch:

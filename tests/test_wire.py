@@ -19,6 +19,7 @@ SAMPLES: list[wire.Message] = [
     wire.SwapRequest(epoch=4, move="unswap"),
     wire.Prepare(epoch=4, move="swap", digest="cd" * 32),
     wire.Prepared(epoch=4),
+    wire.Drained(epoch=4, left=2, oldest_ms=1500.0, after_ms=60000.0, how="drain_max"),
     wire.Refused(epoch=4, reason="backup is not healthy: HTTP 503"),
     wire.Released(epoch=4, release_ms=0.25),
     wire.Claimed(epoch=4, turnaround_ms=0.4, claim_ms=0.3),

@@ -36,7 +36,11 @@ class Release:
 
 @dataclass(frozen=True)
 class StartDrain:
-    """Keep the VIP ARP-silent on `lo` before it leaves the interface: packets in flight are still served."""
+    """Keep the VIP ARP-silent on `lo` before it leaves the interface: packets in flight are still served.
+
+    Until EndDrain, count this host's connections to the VIP every little while and answer each count
+    with ConnectionsCounted: the drain ends when they have.
+    """
 
     epoch: int
 
@@ -80,7 +84,7 @@ class BeforeRelease:
 class RunHooks:
     """Run the operator's hooks of `event` on this node, after those of earlier events; no answer."""
 
-    event: str  # "after_claim", "confirmed", "rolled_back", "takeover"
+    event: str  # "after_claim", "confirmed", "rolled_back", "takeover", "drain"
     epoch: int
     move: str
     source: str | None = None
@@ -185,6 +189,15 @@ class Finished:
 
 
 @dataclass(frozen=True)
+class DrainReported:
+    """The drain that followed a command's move is over (or its report never came): `report` says how."""
+
+    command: int
+    epoch: int
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Planned:
     command: int
     plan: Plan
@@ -213,6 +226,7 @@ Action = (
     | Fence
     | Handoff
     | EndHandoff
+    | DrainReported
     | WatchStragglers
     | UnwatchStragglers
     | Tell

@@ -114,6 +114,17 @@ class HostCheckDone:
 
 
 @dataclass(frozen=True)
+class ConnectionsCounted:
+    """While a drain copy of the VIP is on lo: this host's TCP connections to the VIP, as the kernel lists
+    them (`open` None: they could not be counted, `error` says why)."""
+
+    epoch: int
+    open: int | None
+    oldest_s: float = 0.0  # how long the oldest of them has been open, as far as the counting saw
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class SelfCheckDone:
     """The periodic check of this node's own health_url."""
 
@@ -140,6 +151,7 @@ Event = (
     | TrafficSeen
     | StragglersSeen
     | HostCheckDone
+    | ConnectionsCounted
     | SelfCheckDone
     | VipObserved
 )

@@ -163,6 +163,7 @@ class Moves:
         run = TargetRun(
             epoch=msg.epoch, move=msg.move, source=node.setup.peer, target=node.setup.name, started=now,
             command=None, state=TargetState.CHECKING, peer_drain=msg.drain_ms / 1000,
+            peer_drain_max=msg.drain_max_ms / 1000,
         )
         node.begin(run, node.target.check(run, now), now)
 

@@ -17,19 +17,22 @@ from typing import Any, assert_never
 from failover import wire
 from failover.protocol import actions as a
 from failover.protocol import events as e
+from failover.protocol.drain import Drain
 from failover.protocol.dryrun import DryRuns
 from failover.protocol.moves import Moves
 from failover.protocol.peer import PeerWatch
 from failover.protocol.results import Outcome
-from failover.protocol.runs import AnyRun, DryRun, SourceRun, TargetRun
+from failover.protocol.runs import AnyRun, DrainRun, DryRun, SourceRun, TargetRun
 from failover.protocol.setup import NodeSetup
 from failover.protocol.states import (
+    DRAIN,
     DRY_RUN,
     MACHINE_OF,
     ROLLBACK,
     SWAP_SOURCE,
     SWAP_TARGET,
     TAKEOVER,
+    DrainState,
     DryRunState,
     Input,
     State,
@@ -39,7 +42,7 @@ from failover.protocol.states import (
 from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, proof_deadline, straggler_report
 from failover.protocol.takeover import Takeover
 
-Record = AnyRun | DryRun
+Record = AnyRun | DryRun | DrainRun
 
 LOAD_WAIT = 0.25  # seconds the source waits for its own rate before it releases anyway
 HANDOFF_WAIT = 0.1  # seconds a rollback waits for its handoff rule before it reclaims anyway
@@ -102,12 +105,14 @@ class Node(PeerWatch):
         self.takeover = Takeover(self)
         self.dry_runs = DryRuns(self)
         self.start = Moves(self)
+        self.drainer = Drain(self)
         self._effects: dict[str, object] = {
             SWAP_SOURCE.name: self.source,
             SWAP_TARGET.name: self.target,
             ROLLBACK.name: Rollback(self),
             TAKEOVER.name: self.takeover,
             DRY_RUN.name: self.dry_runs,
+            DRAIN.name: self.drainer,
         }
         self._actions: list[a.Action] = []
         self._seq = itertools.count(1)
@@ -130,8 +135,7 @@ class Node(PeerWatch):
         self._release_failed_at: float | None = None
         self.vip_removed_by_hand = False  # until someone holds the VIP again
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
-        self._draining: int | None = None  # the release whose ARP-silent copy on lo still serves
-        self._drain_until: float | None = None
+        self._draining: int | None = None  # the release asked for after a StartDrain, until it is done
         if holds:
             # Whoever held the VIP before this start may not have announced it (killed mid-swap, or the
             # network changed meanwhile): the holder says so again, once, now.
@@ -151,11 +155,12 @@ class Node(PeerWatch):
             deadlines.append(max(self.peer_seen + self.timing.dead_after + 0.001, self._takeover_not_before))
         if self._announce_due:
             deadlines.append(self._announce_due[0])
-        if self._drain_until is not None:
-            deadlines.append(self._drain_until)
+        deadlines += self.drainer.deadlines()
         if self._nobody_since is not None and self._held_last():
             deadlines.append(max(self._nobody_since + self.recover_after, self._takeover_not_before))
         records: list[Record] = [*self._dry.values()]
+        if self.drainer.run is not None:
+            records.append(self.drainer.run)
         if self.run is not None:
             records.append(self.run)
         for record in records:
@@ -193,9 +198,8 @@ class Node(PeerWatch):
             "swap_in_progress": None
             if run is None or not self.busy()
             else {"epoch": run.epoch, "move": run.move, "role": run.role, "state": str(run.state)},
-            "draining": None
-            if self._drain_until is None
-            else {"epoch": self._draining, "ends_in_ms": round(max(0.0, self._drain_until - now) * 1000, 1)},
+            "draining": self.drainer.status(now),
+            "last_drain": self.drainer.last,
             "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
             "last_takeover": self.last_takeover,
             "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
@@ -243,6 +247,8 @@ class Node(PeerWatch):
         run = self.run
         if isinstance(msg, wire.Heartbeat):
             self._on_heartbeat(msg, now)
+        elif isinstance(msg, wire.Drained):
+            self.drainer.peer_drained(msg, now)
         elif isinstance(msg, wire.SwapRequest):
             self.start.on_swap_request(msg, now)
         elif isinstance(msg, wire.CheckRequest):
@@ -284,6 +290,12 @@ class Node(PeerWatch):
                 self._self_check_done(event, now)
             case e.VipObserved():
                 self._observe_vip(event.held, now)
+            case e.ConnectionsCounted():
+                drain = self.drainer.run
+                if drain is None or drain.epoch != event.epoch or drain.state is DrainState.DRAINED:
+                    self.ignored["other-epoch"] += 1
+                else:
+                    self.dispatch(drain, Input.CONNECTIONS_COUNTED, event, now)
             case (
                 e.LoadMeasured()
                 | e.BeforeReleaseDone()
@@ -311,9 +323,11 @@ class Node(PeerWatch):
                 )
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
+            self.drainer.on_heartbeat()
         self._announce_if_due(now)
-        if self._drain_until is not None and now >= self._drain_until:
-            self.end_drain()
+        if self.drainer.run is not None:
+            self._deadline(self.drainer.run, now)
+        self.drainer.on_timer(now)
         for dry in list(self._dry.values()):
             if dry.resend_at is not None and now >= dry.resend_at and dry.request is not None:
                 self.send(dry.request)
@@ -361,6 +375,14 @@ class Node(PeerWatch):
         self.run = run
         run.state = state  # type: ignore[assignment]  # each run's first state is of its own machine
         self._arm(run, state, now, transmitted=True)
+
+    def begin_record(self, record: Record, state: State, now: float) -> None:
+        """A record that is not the move (a drain) starts in `state`."""
+        record.state = state
+        self._arm(record, state, now, transmitted=True)
+
+    def enter_record(self, record: Record, state: State, now: float) -> None:
+        self._enter(record, state, now, transmitted=False)
 
     def begin_dry_run(self, dry: DryRun, state: DryRunState, now: float) -> None:
         if state is DryRunState.CHECKING:
@@ -415,6 +437,11 @@ class Node(PeerWatch):
                 return step + s.probe_budget
             case Timeout.FENCE:
                 return step + s.fence_budget
+            case Timeout.DRAIN_MIN:
+                return s.drain
+            case Timeout.DRAIN_MAX:
+                assert isinstance(record, DrainRun)
+                return max(0.0, record.released_at + s.drain_max - now)
             case _:
                 assert_never(timeout)
 
@@ -476,10 +503,12 @@ class Node(PeerWatch):
             self._actions.append(a.StartDrain(epoch))
         self._actions.append(a.Release(epoch, why))
 
-    def end_drain(self) -> None:
+    def end_drain(self, how: str, now: float) -> None:
+        """The copy on lo goes now, whether its release is done or not."""
         if self._draining is not None:
             self._actions.append(a.EndDrain(self._draining))
-        self._draining = self._drain_until = None
+            self._draining = None
+        self.drainer.end_now(how, now)
 
     def finish(
         self,
@@ -527,6 +556,7 @@ class Node(PeerWatch):
             confirm_ms=confirm_ms,
             evidence=evidence,
             stragglers=straggler_report(run) if ok and isinstance(run, SourceRun) else (),
+            drain=self.drainer.expect(run, ok=ok, rolled_back=rolled_back, now=now),
         )
         self.last_outcome = outcome
         self._actions.append(a.Notice("move-finished", outcome.to_json()))
@@ -545,7 +575,13 @@ class Node(PeerWatch):
             self.held_epoch = max(self.held_epoch, event.epoch)
             self.epoch = max(self.epoch, event.epoch)
             self._schedule_announce(now)
-            self.end_drain()  # on the interface again: the copy on lo goes
+            # On the interface again: the copy on lo goes, and its connections go on from there.
+            drain = self.drainer.run
+            if drain is not None and drain.state is not DrainState.DRAINED:
+                self.dispatch(drain, Input.CLAIM_DONE, event, now)
+            elif self._draining is not None:
+                self._actions.append(a.EndDrain(self._draining))
+            self._draining = None
             # Before the hooks of whatever this claim brings (rolled_back, takeover).
             self._actions.append(a.RunHooks("after_claim", event.epoch, why))
         run = self.run
@@ -559,9 +595,13 @@ class Node(PeerWatch):
             self._set_holds(False, now)
         else:
             self._release_failed_at = now  # netlink may still carry it out: then it is ours, not a hand's
-        if self._draining == event.epoch:
-            self._drain_until = now + self.setup.drain
         run = self.run
+        if self._draining == event.epoch:
+            self._draining = None
+            if event.ok:
+                self.drainer.start(event.epoch, run.move if run is not None else "settle", now)
+            else:
+                self._actions.append(a.EndDrain(event.epoch))  # the VIP stays here: nothing to drain
         if run is not None and run.epoch == event.epoch and Input.RELEASE_DONE in row(run.state).on:
             self.dispatch(run, Input.RELEASE_DONE, event, now)
         elif event.ok:

@@ -57,6 +57,9 @@ class Outcome:
     confirm_ms: float | None = None  # from the claim to the request that confirmed the move
     evidence: dict[str, Any] | None = None  # requests counted, first clients
     stragglers: tuple[dict[str, Any], ...] = ()  # {ip, mac, moved}
+    # The old holder's drain after the move: {host, left, oldest_s, after_s, how}, or {host, pending}
+    # while it goes on, or {host, skipped}; None when no drain follows (the VIP never left its host).
+    drain: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,4 +78,5 @@ class Outcome:
             "confirm_ms": None if self.confirm_ms is None else round(self.confirm_ms, 3),
             "evidence": self.evidence,
             "stragglers": list(self.stragglers),
+            "drain": self.drain,
         }

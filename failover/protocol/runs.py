@@ -12,7 +12,7 @@ from typing import Any
 
 from failover import wire
 from failover.protocol.results import Check
-from failover.protocol.states import DryRunState, MoveState, TakeoverState
+from failover.protocol.states import DrainState, DryRunState, MoveState, TakeoverState
 
 
 @dataclass
@@ -55,6 +55,8 @@ class SourceRun(Run):
     rollback_started: float | None = None
     load_measured: bool = False  # our log was read for the rate (it may still not have told it)
     rate: float | None = None  # requests per second to the VIP before the move, as our log tells
+    peer_drain: float = 0.0  # seconds the target drains after its hand-back release (from HandBack)
+    peer_drain_max: float = 0.0
     canary: bool = False  # the proof comes from our marked requests (confirm.mode canary, or too quiet)
 
     @property
@@ -72,6 +74,7 @@ class TargetRun(Run):
 
     state: MoveState = field(kw_only=True)
     peer_drain: float = 0.0  # seconds the source keeps serving in-flight connections after releasing
+    peer_drain_max: float = 0.0  # and at the latest this long after it, waiting for them to end
     handoff_pending: bool = False  # waiting for HandoffDone before we may say we are ready
     health: tuple[bool, str] | None = None  # the health check's answer, once in
     watching: bool = False  # following the access log
@@ -130,3 +133,18 @@ class DryRun:
     waiting_peer: bool = False
     request: wire.CheckRequest | None = None
     resend_at: float | None = None
+
+
+@dataclass
+class DrainRun:
+    """The old holder's drain after one release: how long, and what the kernel counts still open."""
+
+    epoch: int
+    move: str
+    released_at: float
+    state: DrainState = DrainState.SERVING
+    deadline: float | None = None
+    resend_at: float | None = None  # never set: a drain resends nothing, but every record has one
+    open: int | None = None  # connections to the VIP at the last count; None: not counted (yet)
+    oldest_s: float = 0.0
+    error: str = ""  # why the last count failed

@@ -37,7 +37,9 @@ class NodeSetup:
     confirm: str = "none"  # "traffic" | "canary" | "none": how the new holder proves clients arrived
     confirm_requests: int = 3
     confirm_within: float = 10.0
-    drain: float = 0.0  # seconds this node keeps serving in-flight connections after it releases
+    drain: float = 0.0  # seconds this node keeps serving in-flight connections after it releases, at least
+    drain_max: float = 0.0  # seconds after the release at which the drain ends, connections or not
+    drain_off: str = ""  # why this node does not drain, when drain is 0
     straggler_window: float = 0.0  # seconds the old holder watches for clients still sending to it
     before_release: float = 0.0  # budget in seconds for the holder's before_release hooks (0: none)
     host_check_budget: float = 1.0  # seconds a node's host checks may take (its health check's timeout)

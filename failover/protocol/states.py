@@ -1,11 +1,11 @@
 """The protocol as tables: every state of every machine, what it listens for, and its timeout.
 
-One machine per role a node plays in a move: the swap's source (the holder) and its target, the
-rollback that follows a failed move on either side, a takeover of a silent holder (or a reclaim of a
-VIP lost behind our back), and a dry run. Each state has one row: its timeout, and for each input it
-listens to, the effect (a method of that machine, named here) and the states the effect may lead to.
-An input a state does not list is counted as `out-of-state` and ignored. `failover protocol-diagram`
-draws these tables for the README, and a test keeps the two the same.
+One machine per role a node plays in a move: the swap's source (the holder) and its target, the rollback
+that follows a failed move on either side, a takeover of a silent holder (or a reclaim of a VIP lost
+behind our back), a dry run, and the drain of the old holder after its release. Each state has one row:
+its timeout, and for each input it listens to, the effect (a method of that machine, named here) and the
+states the effect may lead to. An input a state does not list is counted as `out-of-state` and ignored.
+`failover protocol-diagram` draws these tables for the README, and a test keeps the two the same.
 """
 
 from __future__ import annotations
@@ -71,7 +71,15 @@ class DryRunState(StrEnum):
     PLANNED = "planned"
 
 
-State = SourceState | TargetState | RollbackState | TakeoverState | DryRunState
+class DrainState(StrEnum):
+    """The old holder after its release: the VIP ARP-silent on `lo` serves what clients began here."""
+
+    SERVING = "draining"  # at least drain_ms: packets already on their way are served
+    WAITING = "draining-connections"  # then until the last connection to the VIP ends, or drain_max_ms
+    DRAINED = "drained"
+
+
+State = SourceState | TargetState | RollbackState | TakeoverState | DryRunState | DrainState
 MoveState = SourceState | TargetState | RollbackState  # the states of a swap's run
 
 
@@ -104,6 +112,7 @@ class Input(StrEnum):
     LOAD_MEASURED = "LoadMeasured"
     STRAGGLERS_SEEN = "StragglersSeen"
     HOST_CHECK_DONE = "HostCheckDone"
+    CONNECTIONS_COUNTED = "ConnectionsCounted"
     # the node itself
     PEER_HEARD = "peer heard"  # a heartbeat from the peer
     NEW_MOVE = "new move"  # another move starts on this node
@@ -124,6 +133,8 @@ class Timeout(StrEnum):
     PROBE = "step_timeout + probe"
     FENCE = "step_timeout + fence"
     CHECKS = "step_timeout + host checks"
+    DRAIN_MIN = "drain_ms"
+    DRAIN_MAX = "rest of drain_max_ms"
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,7 @@ def _t(effect: str, *next_states: State) -> Transition:
 
 
 S, T, R, K, D, In = SourceState, TargetState, RollbackState, TakeoverState, DryRunState, Input
+DR = DrainState
 
 def _source_answers(state: SourceState | RollbackState, done: bool = False) -> dict[Input, Transition]:
     """What every source state after the release answers: a lost Released or Done, a result to ack."""
@@ -454,7 +466,32 @@ DRY_RUN = Machine(
     },
 )
 
-MACHINES = (SWAP_SOURCE, SWAP_TARGET, ROLLBACK, TAKEOVER, DRY_RUN)
+DRAIN = Machine(
+    "drain",
+    DrainState,
+    entry=(DR.SERVING,),  # when a release with a drain copy on lo is done, whatever move it served
+    rows={
+        DR.SERVING: Row(
+            Timeout.DRAIN_MIN,
+            {
+                In.CONNECTIONS_COUNTED: _t("counted", DR.SERVING),
+                In.CLAIM_DONE: _t("claimed_again", DR.DRAINED, DR.SERVING),
+                In.DEADLINE: _t("served_minimum", DR.WAITING, DR.DRAINED),
+            },
+        ),
+        DR.WAITING: Row(
+            Timeout.DRAIN_MAX,
+            {
+                In.CONNECTIONS_COUNTED: _t("counted_waiting", DR.WAITING, DR.DRAINED),
+                In.CLAIM_DONE: _t("claimed_again", DR.DRAINED, DR.WAITING),
+                In.DEADLINE: _t("bound_reached", DR.DRAINED),
+            },
+        ),
+        DR.DRAINED: Row(finished=True, terminal=True),
+    },
+)
+
+MACHINES = (SWAP_SOURCE, SWAP_TARGET, ROLLBACK, TAKEOVER, DRY_RUN, DRAIN)
 MACHINE_OF: dict[type[StrEnum], Machine] = {m.states: m for m in MACHINES}
 
 

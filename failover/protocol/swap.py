@@ -145,7 +145,10 @@ class SwapSource(_Answers):
     def prepare(self, run: SourceRun, now: float) -> MoveState:
         setup = self.node.setup
         drain_ms = setup.drain * 1000
-        prepare = wire.Prepare(epoch=run.epoch, move=run.move, digest=setup.digest, drain_ms=drain_ms)
+        prepare = wire.Prepare(
+            epoch=run.epoch, move=run.move, digest=setup.digest, drain_ms=drain_ms,
+            drain_max_ms=setup.drain_max * 1000 if drain_ms else 0.0,
+        )
         self.node.transmit(run, prepare, now)
         return S.PREPARING
 
@@ -249,7 +252,7 @@ class SwapSource(_Answers):
         run.probed = True  # a silent target after this: one probe decides
         if run.canary:
             # The drain copy of the VIP would answer our own canaries here: it goes first.
-            node.end_drain()
+            node.end_drain("ended for canaries", now)
             node.emit(a.Canary(run.epoch))
         return S.AWAITING_CONFIRMATION
 
@@ -306,13 +309,13 @@ class SwapSource(_Answers):
     def handed_back(self, run: SourceRun, msg: wire.HandBack, now: float) -> MoveState:
         self.acknowledge(run, msg, now)
         self.node.step(run, "target-handed-back", now)
-        if self.node.setup.drain <= 0:
+        run.peer_drain, run.peer_drain_max = msg.drain_ms / 1000, msg.drain_max_ms / 1000
+        if run.peer_drain <= 0:
             return self.reclaim(run, msg.reason, now)
         # The target drains what clients began on it: pass their segments back to it before we claim,
         # or our kernel answers them with a reset.
         run.rollback_reason, run.rollback_started = msg.reason, now
-        run.handoff = True
-        self.node.emit(a.Handoff(run.epoch))
+        self.node.drainer.place_handoff(run)
         return R.HANDING_OFF
 
     def confirmation_timed_out(self, run: SourceRun, _: None, now: float) -> None:
@@ -339,13 +342,13 @@ class SwapTarget(_Answers):
         node.step(run, "prepare-received", now)
         if run.peer_drain > 0:
             # In place before we say we are ready, so before we claim.
-            run.handoff = run.handoff_pending = True
-            node.emit(a.Handoff(run.epoch))
+            node.drainer.place_handoff(run)
+            run.handoff_pending = True
         node.emit(a.CheckHealth(run.epoch))
         return T.CHECKING
 
     def prepare_received(self, run: TargetRun, msg: wire.Prepare, now: float) -> MoveState:
-        run.peer_drain = msg.drain_ms / 1000
+        run.peer_drain, run.peer_drain_max = msg.drain_ms / 1000, msg.drain_max_ms / 1000
         return self.check(run, now)
 
     def refused(self, run: AnyRun, msg: wire.Refused, now: float) -> None:
@@ -413,9 +416,8 @@ class SwapTarget(_Answers):
             return T.FAILED
         node.step(run, "claimed", now)
         if run.handoff:
-            # The source drains for peer_drain after its release, a moment before our claim.
-            run.handoff = False
-            node.emit(a.EndHandoff(run.epoch, after=run.peer_drain * 0.8))
+            # The source drains from its release, a moment before our claim, until its connections end.
+            node.drainer.keep_handoff(run, run.peer_drain_max, now)
         assert run.released_received is not None
         claim_ms = (now - run.released_received) * 1000.0
         claimed = wire.Claimed(epoch=run.epoch, turnaround_ms=claim_ms, claim_ms=claim_ms)
@@ -501,7 +503,11 @@ class Rollback(_Answers):
             reason += f", and releasing failed: {event.error}; the VIP stays on {self.me}"
             self.node.finish(run, ok=False, now=now, confirmed=False, reason=reason)
             return T.FAILED
-        hand_back = wire.HandBack(epoch=run.epoch, reason=reason)
+        setup = self.node.setup
+        hand_back = wire.HandBack(
+            epoch=run.epoch, reason=reason, drain_ms=setup.drain * 1000,
+            drain_max_ms=setup.drain_max * 1000 if setup.drain else 0.0,
+        )
         run.replies["released"] = hand_back
         self.node.transmit(run, hand_back, now)
         self.node.finish(
@@ -520,9 +526,9 @@ class Rollback(_Answers):
         if event.ok:
             node.step(run, "reclaimed", now)
             if run.handoff:
-                # The target drains for its drain_ms after its hand-back release, a moment before this.
-                run.handoff = False
-                node.emit(a.EndHandoff(run.epoch, after=node.setup.drain * 0.8))
+                # The target drains from its hand-back release, a moment before this, until its
+                # connections end.
+                node.drainer.keep_handoff(run, run.peer_drain_max, now)
             took = "" if run.rollback_started is None else f" in {(now - run.rollback_started) * 1000:.0f} ms"
             reason = f"{run.rollback_reason}; rolled back to {self.me}{took}"
             node.finish(run, ok=False, rolled_back=True, now=now, reason=reason)

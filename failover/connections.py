@@ -1,0 +1,97 @@
+"""This host's TCP connections to the VIP, as the kernel's sock_diag lists them: what a drain waits for.
+
+The old holder drains until none is left. Counted: every state in which a segment from the client may
+still arrive and need this host's socket (ESTABLISHED through LAST_ACK, FIN-WAIT-2 included: after the
+server's FIN the client's own FIN still comes, through the new holder's handoff). Not counted: LISTEN,
+and TIME-WAIT (the connection is over; a late retransmitted FIN is answered by whoever holds the VIP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from pyroute2 import DiagSocket
+
+IPAddress = IPv4Address | IPv6Address
+
+# TCP states (include/net/tcp_states.h) a drain waits through.
+_ESTABLISHED, _SYN_RECV, _FIN_WAIT1, _FIN_WAIT2 = 1, 3, 4, 5
+_CLOSE_WAIT, _LAST_ACK, _CLOSING, _NEW_SYN_RECV = 8, 9, 11, 12
+OPEN_STATES = (
+    _ESTABLISHED, _SYN_RECV, _FIN_WAIT1, _FIN_WAIT2, _CLOSE_WAIT, _LAST_ACK, _CLOSING, _NEW_SYN_RECV,
+)
+_STATE_MASK = sum(1 << s for s in OPEN_STATES)
+
+
+class CountError(Exception):
+    """sock_diag is not available or refused; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Count:
+    open: int
+    oldest_s: float  # the longest any of them has been seen open by this counter
+
+
+class ConnectionCounter:
+    """Counts the VIP's open connections; remembers when it first saw each, to name the oldest."""
+
+    def __init__(self, vip: IPAddress) -> None:
+        self.vip = vip
+        # A dual-stack listener's IPv4 clients are AF_INET6 sockets with a v4-mapped address.
+        self._families = (socket.AF_INET, socket.AF_INET6) if vip.version == 4 else (socket.AF_INET6,)
+        self._first_seen: dict[int, float] = {}  # socket cookie -> monotonic time
+        self._diag: Any = None
+
+    def count(self) -> Count:
+        """One count now (blocking: a netlink dump; run it in a thread)."""
+        try:
+            if self._diag is None:
+                self._diag = DiagSocket()
+                self._diag.bind()
+            replies = [
+                msg for family in self._families for msg in self._diag.get_sock_stats(family, _STATE_MASK)
+            ]
+        except OSError as err:
+            self.close()
+            raise CountError(f"sock_diag: {err.strerror or err}") from None
+        now = time.monotonic()
+        vip = str(self.vip)
+        seen: dict[int, float] = {}
+        for msg in replies:
+            if msg["idiag_state"] in OPEN_STATES and _same(msg["idiag_src"], vip):
+                cookie = int(msg["idiag_cookie"])
+                seen[cookie] = self._first_seen.get(cookie, now)
+        self._first_seen = seen
+        oldest = now - min(seen.values()) if seen else 0.0
+        return Count(open=len(seen), oldest_s=oldest)
+
+    def close(self) -> None:
+        if self._diag is not None:
+            self._diag.close()
+            self._diag = None
+
+
+def _same(address: str, vip: str) -> bool:
+    return address == vip or address == f"::ffff:{vip}"
+
+
+async def count_while_draining(vip: IPAddress, every: float, report: Callable[[Count | str], None]) -> None:
+    """Count now and every `every` seconds until cancelled (the drain ended); a failure is reported as
+    its one-line reason, and counting goes on: the core decides what an uncounted drain does."""
+    counter = ConnectionCounter(vip)
+    try:
+        while True:
+            try:
+                report(await asyncio.to_thread(counter.count))
+            except CountError as err:
+                report(str(err))
+            await asyncio.sleep(every)
+    finally:
+        counter.close()

@@ -1,0 +1,229 @@
+"""The drain on both sides of a move: the old holder serves what clients began on it until that ends.
+
+Old holder (the node that released)          New holder
+  StartDrain: the VIP on lo, ARP-silent        Handoff: segments of connections it does not own
+  release; drain hooks (nginx -s reload)         go to the old holder instead of being reset
+  drain_ms at least, then until the kernel
+  counts no connection to the VIP, or
+  drain_max_ms after the release
+  EndDrain; Drained(E) ------------------->   EndHandoff
+
+The old holder's side is the drain table (`states.DRAIN`), one `DrainRun` per release; its effects are
+here. The new holder keeps its handoff past the move's end until Drained arrives, or until the old
+holder's drain_max_ms (and two steps) have passed with no word. A command that waits for the drain gets
+its report as DrainReported; every outcome says what it knows of the drain (`drain_report`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from failover import wire
+from failover.protocol import actions as a
+from failover.protocol import events as e
+from failover.protocol.runs import AnyRun, DrainRun, SourceRun, TargetRun
+from failover.protocol.states import DrainState
+
+if TYPE_CHECKING:
+    from failover.protocol.node import Node
+
+DR = DrainState
+
+DRAINED_COPIES = 3  # Drained goes out again with this many heartbeats: a lost one costs a handoff's life
+PEER_REPORTS_KEPT = 8
+
+
+class Drain:
+    """Effects of the drain table, the new holder's handoff lifetime, and the reports to commands."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.run: DrainRun | None = None
+        self.last: dict[str, Any] | None = None  # the report of the last drain here
+        self._peer_reports: dict[int, dict[str, Any]] = {}  # epoch -> the peer's Drained, as a report
+        self._handoff: tuple[int, float] | None = None  # (epoch, until): kept for the peer's drain
+        self._waiting: dict[int, list[tuple[int, float]]] = {}  # epoch -> [(command, give up at)]
+        self._copies: list[wire.Drained] = []  # Drained still to resend with the next heartbeats
+        self._copies_left = 0
+
+    # --- the old holder: one drain per release ---------------------------------------------------------
+
+    def start(self, epoch: int, move: str, now: float) -> None:
+        """The release of `epoch` is done with a drain copy on lo: serve, and ask the web server to let go."""
+        run = DrainRun(epoch=epoch, move=move, released_at=now)
+        self.run = run
+        self.node.begin_record(run, DR.SERVING, now)
+        source, target = self._roles(epoch)
+        self.node.emit(a.RunHooks("drain", epoch, move, source, target, None))
+
+    def counted(self, run: DrainRun, event: e.ConnectionsCounted, now: float) -> None:
+        run.open, run.oldest_s, run.error = event.open, event.oldest_s, event.error
+
+    def counted_waiting(self, run: DrainRun, event: e.ConnectionsCounted, now: float) -> DrainState:
+        self.counted(run, event, now)
+        if event.open is None:
+            return self._end(run, "not-counted", now)
+        return self._end(run, "closed", now) if event.open == 0 else DR.WAITING
+
+    def served_minimum(self, run: DrainRun, _: None, now: float) -> DrainState:
+        if run.open is None and run.error:
+            # Without a count the drain cannot know when the work ends: it ends as it always did.
+            return self._end(run, "not-counted", now)
+        return self._end(run, "closed", now) if run.open == 0 else DR.WAITING
+
+    def bound_reached(self, run: DrainRun, _: None, now: float) -> DrainState:
+        return self._end(run, "drain_max", now)
+
+    def claimed_again(self, run: DrainRun, event: e.ClaimDone, now: float) -> DrainState:
+        if not event.ok:
+            return run.state
+        return self._end(run, "claimed", now)  # on the interface again: its connections go on there
+
+    def end_now(self, how: str, now: float) -> None:
+        """End the drain at once (our own canaries must reach the new holder, not the copy on lo)."""
+        if self.run is not None and self.run.state is not DR.DRAINED:
+            self.node.enter_record(self.run, self._end(self.run, how, now), now)
+
+    def _end(self, run: DrainRun, how: str, now: float) -> DrainState:
+        node = self.node
+        left = -1 if run.open is None else run.open
+        report = {
+            "host": node.setup.name,
+            "epoch": run.epoch,
+            "left": None if left < 0 else left,
+            "oldest_s": round(run.oldest_s, 3) if left > 0 else None,
+            "after_s": round(now - run.released_at, 3),
+            "how": how,
+        }
+        if run.error:
+            report["error"] = run.error
+        self.last = report
+        node.emit(a.EndDrain(run.epoch))
+        node.emit(a.Notice("drained", report))
+        drained = wire.Drained(
+            epoch=run.epoch,
+            left=left,
+            oldest_ms=run.oldest_s * 1000,
+            after_ms=(now - run.released_at) * 1000,
+            how=how,
+        )
+        node.send(drained)
+        self._copies, self._copies_left = [drained], DRAINED_COPIES
+        self._report(run.epoch, report)
+        return DR.DRAINED
+
+    def on_heartbeat(self) -> None:
+        """A lost Drained would keep the peer's handoff for drain_max_ms: it rides the next heartbeats too."""
+        if self._copies_left > 0:
+            self._copies_left -= 1
+            for msg in self._copies:
+                self.node.send(msg)
+
+    # --- the new holder: the handoff lives as long as the peer's drain ------------------------------------
+
+    def keep_handoff(self, run: AnyRun, peer_drain_max: float, now: float) -> None:
+        """Our claim is done: the handoff outlives the move, until the peer says it drained."""
+        run.handoff = False
+        if self._peer_reports.get(run.epoch) is not None:
+            self.node.emit(a.EndHandoff(run.epoch, after=0.0))
+            return
+        self._handoff = (run.epoch, now + peer_drain_max + 2 * self.node.timing.step_timeout)
+
+    def place_handoff(self, run: AnyRun) -> None:
+        """A new handoff replaces whatever rule an earlier move left: its end is no longer ours to ask."""
+        self._handoff = None
+        run.handoff = True
+        self.node.emit(a.Handoff(run.epoch))
+
+    def peer_drained(self, msg: wire.Drained, now: float) -> None:
+        if msg.epoch in self._peer_reports:
+            return  # a copy
+        report = {
+            "host": self.node.setup.peer,
+            "epoch": msg.epoch,
+            "left": None if msg.left < 0 else msg.left,
+            "oldest_s": round(msg.oldest_ms / 1000, 3) if msg.left > 0 else None,
+            "after_s": round(msg.after_ms / 1000, 3),
+            "how": msg.how,
+        }
+        self._peer_reports[msg.epoch] = report
+        while len(self._peer_reports) > PEER_REPORTS_KEPT:
+            del self._peer_reports[min(self._peer_reports)]
+        if self._handoff is not None and self._handoff[0] == msg.epoch:
+            self._handoff = None
+            self.node.emit(a.EndHandoff(msg.epoch, after=0.0))
+        self._report(msg.epoch, report)
+
+    # --- what an outcome says of the drain, and commands that wait for it ----------------------------------
+
+    def expect(self, run: AnyRun, *, ok: bool, rolled_back: bool, now: float) -> dict[str, Any] | None:
+        """The drain that follows this move's end: its report if in, else who drains ("pending")."""
+        node, setup = self.node, self.node.setup
+        if (ok and isinstance(run, SourceRun)) or (rolled_back and isinstance(run, TargetRun)):
+            drain = self.run
+            if drain is None or drain.epoch != run.epoch:
+                return {"host": setup.name, "skipped": setup.drain_off} if setup.drain_off else None
+            if drain.state is DR.DRAINED:
+                return self.last
+            self._wait(run, now + setup.drain_max + 2 * node.timing.step_timeout)
+            return {"host": setup.name, "epoch": run.epoch, "pending": True}
+        if (ok and isinstance(run, TargetRun)) or (rolled_back and isinstance(run, SourceRun)):
+            if run.peer_drain <= 0:
+                return {"host": setup.peer, "skipped": "off on the peer"}
+            known = self._peer_reports.get(run.epoch)
+            if known is not None:
+                return known
+            self._wait(run, now + run.peer_drain_max + 2 * node.timing.step_timeout)
+            return {"host": setup.peer, "epoch": run.epoch, "pending": True}
+        return None
+
+    def _wait(self, run: AnyRun, until: float) -> None:
+        if run.command is not None:
+            self._waiting.setdefault(run.epoch, []).append((run.command, until))
+
+    def _report(self, epoch: int, report: dict[str, Any]) -> None:
+        for command, _ in self._waiting.pop(epoch, []):
+            self.node.emit(a.DrainReported(command, epoch, report))
+
+    # --- time ----------------------------------------------------------------------------------------
+
+    def deadlines(self) -> list[float]:
+        times = [until for waiters in self._waiting.values() for _, until in waiters]
+        if self._handoff is not None:
+            times.append(self._handoff[1])
+        return times
+
+    def on_timer(self, now: float) -> None:
+        if self._handoff is not None and now >= self._handoff[1]:
+            epoch, _ = self._handoff
+            self._handoff = None
+            self.node.emit(a.Notice("handoff-ended-unreported", {"epoch": epoch}))
+            self.node.emit(a.EndHandoff(epoch, after=0.0))
+        for epoch, waiters in list(self._waiting.items()):
+            due = [w for w in waiters if now >= w[1]]
+            for command, until in due:
+                waiters.remove((command, until))
+                report = {"host": self.node.setup.peer, "epoch": epoch, "left": None, "how": "no-report"}
+                self.node.emit(a.DrainReported(command, epoch, report))
+            if not waiters:
+                del self._waiting[epoch]
+
+    def status(self, now: float) -> dict[str, Any] | None:
+        run = self.run
+        if run is None or run.state is DR.DRAINED:
+            return None
+        setup = self.node.setup
+        return {
+            "epoch": run.epoch,
+            "state": str(run.state),
+            "open": run.open,
+            "oldest_s": round(run.oldest_s, 3) if run.open else None,
+            "for_ms": round((now - run.released_at) * 1000, 1),
+            "ends_at_latest_in_ms": round(max(0.0, run.released_at + setup.drain_max - now) * 1000, 1),
+        }
+
+    def _roles(self, epoch: int) -> tuple[str | None, str | None]:
+        run = self.node.run
+        if run is None or run.epoch != epoch:
+            return None, None
+        return run.source, run.target

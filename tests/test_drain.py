@@ -1,0 +1,156 @@
+"""The drain ends when the work ends: the old holder's table (states.DRAIN) and the new holder's handoff.
+
+Driven through NodePair with a fake clock; its fake kernel counts `pair.connections[node]` connections to
+the VIP while that node drains.
+"""
+
+from __future__ import annotations
+
+from failover.protocol.drain import DRAINED_COPIES
+from tests.nodepair import NodePair
+
+
+def settled(pair: NodePair) -> NodePair:
+    pair.run(0.3)
+    return pair
+
+
+def _report(pair: NodePair, name: str, cid: int) -> dict[str, object]:
+    found = [r.report for r in pair.drain_reports[name] if r.command == cid]
+    assert len(found) == 1, pair.drain_reports[name]
+    return found[0]
+
+
+def test_the_drain_waits_for_the_last_connection_and_the_handoff_lives_as_long() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = 2
+    cid = pair.command("live", "swap")
+    pair.run(1.5)  # well past drain_ms
+    live = pair.nodes["live"]
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and pair.vip_on == {"backup"}
+    assert out.drain == {"host": "live", "epoch": out.epoch, "pending": True}
+    assert "live" in pair.draining and pair.handoffs == {"backup": out.epoch}
+    status = live.status(pair.now)["draining"]
+    assert status["state"] == "draining-connections" and status["open"] == 2
+    assert pair.drain_reports["live"] == []
+    pair.connections["live"] = 0  # the last client closed
+    pair.run(0.15)
+    assert "live" not in pair.draining
+    report = _report(pair, "live", cid)
+    assert report["left"] == 0 and report["how"] == "closed" and report["host"] == "live"
+    assert 1.5 <= float(str(report["after_s"])) <= 1.7
+    assert pair.handoffs == {}  # Drained reached backup: its handoff went at once
+    assert live.status(pair.now)["draining"] is None and live.status(pair.now)["last_drain"] == report
+
+
+def test_with_nothing_open_the_drain_ends_at_drain_ms() -> None:
+    pair = settled(NodePair(drain=0.5))
+    cid = pair.command("live", "swap")
+    pair.run(0.3)
+    assert "live" in pair.draining  # even with no connection: packets on their way are served
+    pair.run(0.4)
+    assert "live" not in pair.draining and pair.handoffs == {}
+    report = _report(pair, "live", cid)
+    assert report["left"] == 0 and report["how"] == "closed"
+
+
+def test_at_drain_max_what_is_still_open_is_named() -> None:
+    pair = settled(NodePair(drain=0.5, drain_max=3.0))
+    pair.connections["live"] = 4
+    cid = pair.command("live", "swap")
+    pair.run(2.5)
+    assert "live" in pair.draining and pair.drain_reports["live"] == []
+    pair.run(1.0)
+    assert "live" not in pair.draining and pair.handoffs == {}
+    report = _report(pair, "live", cid)
+    assert report["left"] == 4 and report["how"] == "drain_max" and report["oldest_s"] == 1.5
+    drained = [n for name, n in pair.notices if name == "live" and n.event == "drained"]
+    assert [n.detail for n in drained] == [report]  # the journal hears of it too
+
+
+def test_a_drain_that_cannot_count_ends_at_drain_ms_and_says_so() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = None
+    cid = pair.command("live", "swap")
+    pair.run(0.7)
+    assert "live" not in pair.draining
+    report = _report(pair, "live", cid)
+    assert report["left"] is None and report["how"] == "not-counted" and report["error"] == "injected"
+
+
+def test_a_command_on_the_target_hears_the_source_drain() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = 1
+    cid = pair.command("backup", "swap")
+    pair.run(1.0)
+    out = pair.outcome("backup", cid)
+    assert out is not None and out.ok and out.drain is not None and out.drain["pending"]
+    assert out.drain["host"] == "live"
+    pair.connections["live"] = 0
+    pair.run(0.2)
+    report = _report(pair, "backup", cid)
+    assert report["host"] == "live" and report["left"] == 0 and report["how"] == "closed"
+
+
+def test_the_drain_hook_runs_on_the_old_holder_after_its_release() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.command("live", "swap")
+    pair.run(0.1)
+    drains = [(name, h) for name, h in pair.hooks if h.event == "drain"]
+    assert [name for name, _ in drains] == ["live"]
+    assert drains[0][1].source == "live" and drains[0][1].target == "backup"
+
+
+def test_claiming_again_ends_the_drain_and_its_connections_go_on_here() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = 3
+    pair.command("live", "swap")
+    pair.run(1.2)
+    assert "live" in pair.draining
+    cid = pair.command("live", "unswap")
+    pair.run(1.5)
+    assert pair.vip_on == {"live"}
+    live = pair.nodes["live"]
+    assert live.drainer.last is not None and live.drainer.last["how"] == "claimed"
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok
+    # The unswap's own drain is backup's; its report came with the outcome or right after it.
+    assert out.drain is not None and out.drain["host"] == "backup"
+
+
+def test_drained_rides_the_next_heartbeats_too() -> None:
+    pair = settled(NodePair(drain=0.3))
+    pair.command("live", "swap")
+    pair.run(2.0)
+    assert pair.nodes["live"].sent["drained"] == 1 + DRAINED_COPIES
+    assert pair.nodes["backup"].received["drained"] == 1 + DRAINED_COPIES
+
+
+def test_a_rollback_keeps_the_handoff_to_the_target_until_it_drained() -> None:
+    pair = settled(NodePair(drain=0.5, confirm="traffic"))
+    pair.clients_follow = False  # nobody comes: backup hands the VIP back, live reclaims
+    pair.connections["backup"] = 1  # a straggler's connection began on backup
+    cid = pair.command("live", "swap")
+    pair.run(pair.confirm_within + 1.5)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.rolled_back and pair.vip_on == {"live"}
+    assert out.drain is not None and out.drain["host"] == "backup" and out.drain["pending"]
+    assert "backup" in pair.draining and pair.handoffs == {"live": out.epoch}
+    pair.connections["backup"] = 0
+    pair.run(0.2)
+    assert "backup" not in pair.draining and pair.handoffs == {}
+    assert _report(pair, "live", cid)["how"] == "closed"
+
+
+def test_without_a_drain_the_outcome_says_so() -> None:
+    pair = settled(NodePair())
+    cid = pair.command("live", "swap")
+    pair.run(0.5)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.drain == {"host": "live", "skipped": "swap.drain_ms is 0"}
+    on_target = pair.command("backup", "unswap")
+    pair.run(0.5)
+    back = pair.outcome("backup", on_target)
+    assert back is not None and back.ok and back.drain == {"host": "backup", "skipped": "swap.drain_ms is 0"}
+    assert pair.drain_reports["live"] == pair.drain_reports["backup"] == []
