@@ -275,6 +275,14 @@ def _status(agent: _Agent, as_json: bool) -> int:
         verdict = "ok" if last["ok"] else f"failed: {last['reason']}"
         print(f"  last move: {last['move']} {last['source']} -> {last['target']} (epoch {last['epoch']}) "
               f"{verdict}")
+    draining = st.get("draining")
+    if draining:
+        oldest = f", oldest open {draining['oldest_s']:.1f} s" if draining.get("oldest_s") else ""
+        print(f"  DRAINING (epoch {draining['epoch']}): {draining['open']} connections to the VIP open "
+              f"after {draining['for_ms'] / 1000:.1f} s{oldest}; ends at the latest in "
+              f"{draining['ends_at_latest_in_ms'] / 1000:.1f} s: do not take this host down yet")
+    elif st.get("last_drain"):
+        print(_drained(st["last_drain"]).replace("  ", "  last drain: ", 1))
     takeover = st.get("last_takeover")
     if takeover:
         print(f"  last takeover: {'done' if takeover['ok'] else 'not done'}: {takeover['reason']}"

@@ -41,6 +41,19 @@ def node_address(host: LabHost, ipv6: bool) -> IPv4Address | IPv6Address:
     return host.address6 if ipv6 else host.address
 
 
+DRAIN_HOOK = "drain-hook"  # in the workdir: `nginx -s reload` for the node it runs on
+
+
+def write_drain_hook(workdir: Path) -> Path:
+    """The lab's hooks.drain program: each node's nginx has its own prefix, the cluster file is shared."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    path = workdir / DRAIN_HOOK
+    root = f'{workdir}/"$FAILOVER_NODE"'
+    path.write_text(f'#!/bin/sh\nexec {nginx} -p {root}/ -c {root}/nginx.conf -s reload\n')
+    path.chmod(0o755)
+    return path
+
+
 def cluster_document(
     lab: Lab, workdir: Path, overrides: Mapping[str, Any] | None = None, *, ipv6: bool = False
 ) -> dict[str, Any]:
@@ -73,6 +86,9 @@ def cluster_document(
         # The defaults a user gets: the agents themselves leave out the nodes, loopback and their own checks.
         "confirm": {"mode": "traffic", "requests": 3},
         "nodes": nodes,
+        # As the README asks of a host with nginx: the old holder's idle keep-alive connections close in
+        # order once it released (nginx -s reload), so its drain ends when the work does.
+        "hooks": {"drain": [[str(workdir / DRAIN_HOOK)]]},
     }
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):
@@ -125,6 +141,7 @@ class LabCluster:
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+        write_drain_hook(self.workdir)
         self.write_config(cluster_document(self.lab, self.workdir, self.overrides, ipv6=self.ipv6))
         for name in SERVERS:
             # As the README asks of real hosts: ARP only for addresses on the interface itself, so the
