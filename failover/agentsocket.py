@@ -6,6 +6,11 @@ import than everything else these commands do, so they read just `cluster` and `
 libyaml, and the whole file is checked by the full loader anyway: before the request when the agent
 cannot be reached, after its answer otherwise (see `failover.cli`).
 
+Importing PyYAML alone takes about as long as Python's own start (~14 ms here: it compiles its regular
+expressions at import), so what was read is remembered in a small cache (`CACHE`, root's, in /run): the
+exact bytes of the file and the sockets they name. A file whose bytes differ in any way is read again;
+a cache that is not plainly ours (owner, mode) or not plainly readable is ignored, never trusted.
+
 This module judges nothing: whatever it cannot read plainly it returns as unknown (None), and the full
 loader, the one authority on the file, says what is wrong. The one rule it shares with the loader, where
 the socket is when the file does not say, lives here and the loader uses it.
@@ -13,14 +18,21 @@ the socket is when the file does not say, lives here and the loader uses it.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
+import stat
 from pathlib import Path
-from typing import NamedTuple
 
-import yaml
+TYPE_CHECKING = False  # typing's own flag without importing typing (mypy knows the name)
+if TYPE_CHECKING:
+    from typing import Any
 
-# libyaml when PyYAML was built with it: a tenth of the pure-Python parser's time.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# $FAILOVER_CLI_CACHE names another file (the tests' own); an empty value turns the cache off.
+CACHE = os.environ.get("FAILOVER_CLI_CACHE", "/run/failover/cli-cache.json")
+_CACHE_ENTRIES = 16  # cluster files remembered; the oldest is forgotten first
+_CACHE_VERSION = 1
 
 
 def default_control_socket(cluster: str) -> Path:
@@ -28,11 +40,28 @@ def default_control_socket(cluster: str) -> Path:
     return Path(f"/run/failover/{cluster}.sock")
 
 
-class NodeSocket(NamedTuple):
-    name: str
-    family: int  # socket.AF_INET or socket.AF_INET6, from the address as written
-    address: str
-    control_socket: Path
+class NodeSocket:
+    """One node as the fast commands need it: name, address (as written) and control socket."""
+
+    __slots__ = ("address", "control_socket", "family", "name")
+
+    def __init__(self, name: str, family: int, address: str, control_socket: Path) -> None:
+        self.name = name
+        self.family = family  # socket.AF_INET or socket.AF_INET6, from the address as written
+        self.address = address
+        self.control_socket = control_socket
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NodeSocket) and self._row() == other._row()
+
+    def __hash__(self) -> int:
+        return hash(self._row())
+
+    def __repr__(self) -> str:
+        return f"NodeSocket{self._row()!r}"
+
+    def _row(self) -> tuple[str, int, str, str]:
+        return self.name, self.family, self.address, str(self.control_socket)
 
 
 def _family(address: str) -> int | None:
@@ -49,8 +78,27 @@ def _family(address: str) -> int | None:
 def node_sockets(path: Path) -> tuple[NodeSocket, ...] | None:
     """Each node's name, address and control socket; None when the file does not plainly say."""
     try:
-        data = yaml.load(path.read_bytes().decode("utf-8-sig"), Loader=_LOADER)
-    except (OSError, ValueError, yaml.YAMLError, RecursionError):
+        raw = path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except (OSError, ValueError):
+        return None
+    key = os.path.abspath(path)
+    entries = _read_cache()
+    found = _from_cache(entries.get(key), text)
+    if found is None:
+        found = _from_yaml(text)
+        if found is not None:
+            _write_cache(entries, key, text, found)
+    return found
+
+
+def _from_yaml(text: str) -> tuple[NodeSocket, ...] | None:
+    import yaml  # here, not at the top: a cached file never pays for it
+
+    try:
+        # libyaml when PyYAML was built with it: a tenth of the pure-Python parser's time.
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (ValueError, yaml.YAMLError, RecursionError):
         return None
     nodes = data.get("nodes") if isinstance(data, dict) else None
     if not isinstance(nodes, dict) or len(nodes) != 2:
@@ -76,3 +124,81 @@ def node_sockets(path: Path) -> tuple[NodeSocket, ...] | None:
             return None
         found.append(NodeSocket(name, family, address, sock))
     return tuple(found)
+
+
+# --- the cache ------------------------------------------------------------------------------------------
+
+
+def _ours(st: os.stat_result) -> bool:
+    # Whoever else can write it could send our commands to a socket of their choosing.
+    return st.st_uid == os.geteuid() and not stat.S_IMODE(st.st_mode) & 0o022
+
+
+def _read_cache() -> dict[str, Any]:
+    """The cache's entries by absolute path of the cluster file; empty when there is no trustworthy one."""
+    if not CACHE:
+        return {}
+    try:
+        fd = os.open(CACHE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _ours(st) or not _ours(os.stat(os.path.dirname(CACHE))):
+            return {}
+        doc = json.loads(os.read(fd, 1 << 20))
+    except (OSError, ValueError):
+        return {}
+    finally:
+        os.close(fd)
+    if not isinstance(doc, dict) or doc.get("version") != _CACHE_VERSION:
+        return {}
+    entries = doc.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _from_cache(entry: object, text: str) -> tuple[NodeSocket, ...] | None:
+    # Only for the very bytes that were read: any edit, even one of a comment, reads the file again.
+    if not isinstance(entry, dict) or entry.get("text") != text:
+        return None
+    rows = entry.get("nodes")
+    if not isinstance(rows, list) or len(rows) != 2:
+        return None
+    found = []
+    for row in rows:
+        if not (isinstance(row, list) and len(row) == 3 and all(isinstance(v, str) for v in row)
+                and row[2].startswith("/")):
+            return None
+        name, address, sock = row
+        family = _family(address)
+        if family is None:
+            return None
+        found.append(NodeSocket(name, family, address, Path(sock)))
+    return tuple(found)
+
+
+def _write_cache(entries: dict[str, Any], key: str, text: str, found: tuple[NodeSocket, ...]) -> None:
+    """Remember `found` for `text`; quietly nothing where the cache cannot be written (not root, no /run)."""
+    if not CACHE:
+        return
+    entries.pop(key, None)
+    entries[key] = {"text": text, "nodes": [[n.name, n.address, str(n.control_socket)] for n in found]}
+    kept = dict(list(entries.items())[-_CACHE_ENTRIES:])
+    data = json.dumps({"version": _CACHE_VERSION, "entries": kept}).encode()
+    folder = os.path.dirname(CACHE)
+    tmp = f"{CACHE}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        if not _ours(os.stat(folder)):
+            return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, CACHE)  # readers see the old cache or the new one, never half of one
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -13,20 +13,21 @@ import json
 import os
 import socket
 import stat
-import struct
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing's own flag without importing typing: the CLI imports this module
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any
 
 ENDINGS = ("done", "error")
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 5.0  # a client that connects and never speaks is dropped after this
 
-Reply = Callable[[dict[str, Any]], Awaitable[None]]
-Handler = Callable[[dict[str, Any], Reply], Awaitable[dict[str, Any]]]
+if TYPE_CHECKING:
+    Reply = Callable[[dict[str, Any]], Awaitable[None]]
+    Handler = Callable[[dict[str, Any], Reply], Awaitable[dict[str, Any]]]
 
 
 class ControlError(Exception):
@@ -38,6 +39,8 @@ def encode_line(obj: dict[str, Any]) -> bytes:
 
 
 def peer_uid(sock: socket.socket) -> int:
+    import struct  # here, not at the top: only the agent asks
+
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)

@@ -7,8 +7,8 @@ commands use it before anything heavy is imported.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing's own flag without importing typing (mypy knows the name)
 if TYPE_CHECKING:
     from failover.config import ClusterConfig, NodeConfig
 

@@ -2,7 +2,9 @@
 
 Each CLI runs as a real subprocess. An audit hook (``sys.addaudithook``, run by the interpreter itself on
 every ``socket.connect``) writes down the modules loaded at the moment the CLI connects to its agent and
-the address it connects to. A stand-in agent (a Unix socket in the test's directory, speaking the control
+the address it connects to. Each test has its own lookup cache (`failover.agentsocket.CACHE`): the first
+run reads the cluster file with PyYAML and remembers its sockets, later runs of the same bytes do not even
+import PyYAML. A stand-in agent (a Unix socket in the test's directory, speaking the control
 protocol's line format) answers where a test needs an answer; the real agent is exercised by
 tests/integration/test_cli.py.
 """
@@ -10,6 +12,7 @@ tests/integration/test_cli.py.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -25,7 +28,8 @@ from failover.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("failover.config", "failover.check", "failover.lab", "failover.netlink", "failover.announce",
          "failover.agent", "failover.logs", "scapy", "pyroute2", "structlog", "prometheus_client",
-         "asyncio", "dataclasses")
+         "asyncio", "dataclasses", "typing")
+CACHED_HEAVY = (*HEAVY, "yaml")  # once the cache knows the file
 
 BAD_HEARTBEAT = "  dead_after_ms: fast\n"  # line 9 of cluster_file()
 
@@ -71,13 +75,20 @@ heartbeat:
     return path
 
 
-def run_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+def run_cli(
+    tmp_path: Path, *args: str, cache: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
     seen = tmp_path / "seen.json"
     seen.unlink(missing_ok=True)
     argv = [sys.executable, "-c", HOOK, str(seen), *args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "FAILOVER_CLI_CACHE": str(tmp_path / "cache" / "cli.json") if cache is None else cache}
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, cwd=REPO, env=env)
     return done, json.loads(seen.read_text()) if seen.exists() else None
+
+
+def heavy_modules(seen: dict[str, Any], heavy: tuple[str, ...]) -> list[str]:
+    return [m for m in seen["modules"] if m in heavy or m.startswith(tuple(f"{h}." for h in heavy))]
 
 
 @pytest.fixture
@@ -125,17 +136,74 @@ def test_agent_commands_connect_with_nothing_heavy_imported(
     tmp_path: Path, args: tuple[str, ...], explicit_socket: bool
 ) -> None:
     config = cluster_file(tmp_path, control_socket=tmp_path / "none.sock" if explicit_socket else None)
-    done, seen = run_cli(tmp_path, *args, "-c", str(config))
-    assert seen is not None, done.stderr
-    heavy = [m for m in seen["modules"] if m in HEAVY or m.startswith(tuple(f"{h}." for h in HEAVY))]
-    assert heavy == [], heavy
-    # The socket it went to is the one the full loader names for that node: one rule, not two.
     node = load_config(config).node("backup" if "backup" in args else "live")
-    assert seen["address"] == str(node.control_socket)
-    # Nobody listens there: the agent is unreachable (3), with the documented one-line message.
-    assert done.returncode == 3, done.stderr
-    assert done.stderr.strip().splitlines() == [f"failover: no agent socket at {node.control_socket}; "
-                                                "is `failover agent` running?"]
+    # First with the file unknown to the cache (PyYAML reads it), then known (not even PyYAML).
+    for heavy in (HEAVY, CACHED_HEAVY):
+        done, seen = run_cli(tmp_path, *args, "-c", str(config))
+        assert seen is not None, done.stderr
+        assert heavy_modules(seen, heavy) == []
+        # The socket it went to is the one the full loader names for that node: one rule, not two.
+        assert seen["address"] == str(node.control_socket)
+        # Nobody listens there: the agent is unreachable (3), with the documented one-line message.
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.strip().splitlines() == [f"failover: no agent socket at {node.control_socket}; "
+                                                    "is `failover agent` running?"]
+
+
+def test_an_edited_file_is_read_again(tmp_path: Path) -> None:
+    config = cluster_file(tmp_path, control_socket=tmp_path / "one.sock")
+    done, seen = run_cli(tmp_path, "status", "-c", str(config))
+    assert seen is not None and seen["address"] == str(tmp_path / "one.sock"), done.stderr
+    # Same length, same mtime: only the bytes differ, and they are what the cache compares.
+    stat = config.stat()
+    config.write_text(config.read_text().replace("one.sock", "two.sock"))
+    os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    done, seen = run_cli(tmp_path, "status", "-c", str(config))
+    assert seen is not None and seen["address"] == str(tmp_path / "two.sock"), done.stderr
+    assert "yaml" in seen["modules"]
+    done, seen = run_cli(tmp_path, "status", "-c", str(config))
+    assert seen is not None and seen["address"] == str(tmp_path / "two.sock"), done.stderr
+    assert "yaml" not in seen["modules"]
+
+
+@pytest.mark.parametrize("forged_mode", [0o600, 0o622])
+def test_a_cache_others_could_write_is_never_trusted(tmp_path: Path, forged_mode: int) -> None:
+    config = cluster_file(tmp_path, control_socket=tmp_path / "agent.sock")
+    run_cli(tmp_path, "status", "-c", str(config))
+    cache = tmp_path / "cache" / "cli.json"
+    doc = json.loads(cache.read_text())
+    for row in doc["entries"][str(config)]["nodes"]:
+        row[-1] = str(tmp_path / "elsewhere.sock")
+    cache.write_text(json.dumps(doc))
+    cache.chmod(forged_mode)
+    done, seen = run_cli(tmp_path, "status", "-c", str(config))
+    assert seen is not None, done.stderr
+    # Ours alone (0600): believed, as the file it stands for. Writable by others: ignored, file read again.
+    trusted = forged_mode == 0o600
+    assert seen["address"] == str(tmp_path / ("elsewhere.sock" if trusted else "agent.sock"))
+    assert ("yaml" in seen["modules"]) is not trusted
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"version": 1, "entries": []}', '{"version": 99}'])
+def test_a_broken_cache_is_read_past(tmp_path: Path, content: str) -> None:
+    config = cluster_file(tmp_path, control_socket=tmp_path / "agent.sock")
+    cache = tmp_path / "cache" / "cli.json"
+    cache.parent.mkdir(mode=0o700)
+    cache.write_text(content)
+    cache.chmod(0o600)
+    done, seen = run_cli(tmp_path, "status", "-c", str(config))
+    assert seen is not None and seen["address"] == str(tmp_path / "agent.sock"), done.stderr
+    assert done.returncode == 3
+    assert json.loads(cache.read_text())["version"] == 1  # replaced by a good one
+
+
+def test_no_cache_when_turned_off(tmp_path: Path) -> None:
+    config = cluster_file(tmp_path, control_socket=tmp_path / "agent.sock")
+    for _ in range(2):
+        done, seen = run_cli(tmp_path, "status", "-c", str(config), cache="")
+        assert seen is not None and seen["address"] == str(tmp_path / "agent.sock"), done.stderr
+        assert "yaml" in seen["modules"]
+    assert not (tmp_path / "cache").exists()
 
 
 def test_other_commands_still_load_the_whole_file_first(tmp_path: Path) -> None:
