@@ -98,14 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Download:
     """The download as a process in one lab host's namespace; its files live in a fresh dir under workdir."""
 
-    def __init__(self, lab: Lab, host: str, target: str, workdir: Path, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, lab: Lab, host: str, target: str, workdir: Path, *, timeout_s: float = 60.0,
+        read_timeout_s: float = 10.0,
+    ) -> None:  # fmt: skip
+        """``read_timeout_s``: the longest stall the download outlives (a stall is a broken transfer)."""
         self.lab, self.host, self.timeout_s = lab, host, min(timeout_s, MAX_TIMEOUT_S)
         Path(workdir).mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f"download-{host}-", dir=workdir)).resolve()
         self.out = self.dir / "download.json"
         self.argv = [
             sys.executable, "-m", "failover.lab.download", "--target", target,
-            "--timeout-s", str(self.timeout_s), "--out", str(self.out),
+            "--timeout-s", str(self.timeout_s), "--read-timeout-s", str(read_timeout_s),
+            "--out", str(self.out),
         ]  # fmt: skip
         self._proc: subprocess.Popen[bytes] | None = None
 
