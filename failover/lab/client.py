@@ -253,15 +253,7 @@ class _Load:
         counts = self.keepalive_by_interval[_interval_key(interval_s)]
         conn: Connection | None = None
         while not self.stop.is_set():
-            if conn is not None and conn[0].exception() is not None:
-                counts["resets"] += 1  # an RST while idle: a client reconnects, but the RST was real
-                counts["resets_while_idle"] += 1
-                conn = _close(conn)
-            elif conn is not None and conn[0].at_eof():
-                counts["orderly_closes"] += 1  # a FIN while idle, seen before reuse
-                counts["closed_while_idle"] += 1
-                conn = _close(conn)
-            conn = await self.keepalive_request(conn, counts)
+            conn = await self.keepalive_request(reusable(conn, counts), counts)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), interval_s)
         _close(conn)
@@ -380,6 +372,23 @@ class _Load:
             "rst": self.rst,
             "skipped": self.skipped,
         }
+
+
+def reusable(conn: Connection | None, counts: dict[str, int]) -> Connection | None:
+    """``conn`` if it may carry the next request; None (counted) if the server ended it while idle: a FIN
+    (orderly) or an RST (a reset, though a client just reconnects). What urllib3's
+    ``is_connection_dropped`` checks before reuse; asyncio has read the FIN or RST as it came."""
+    if conn is None:
+        return None
+    if conn[0].exception() is not None:
+        counts["resets"] += 1
+        counts["resets_while_idle"] += 1
+        return _close(conn)
+    if conn[0].at_eof():
+        counts["orderly_closes"] += 1
+        counts["closed_while_idle"] += 1
+        return _close(conn)
+    return conn
 
 
 def _interval_key(interval_s: float) -> str:
