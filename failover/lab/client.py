@@ -508,6 +508,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- orchestration from the lab side ------------------------------------------------------------------
 
 
+def start_reporting(
+    lab: Lab, host: str, argv: Sequence[str], stderr_path: Path, word: str, timeout: float
+) -> tuple[subprocess.Popen[bytes], float | None]:
+    """Start ``argv`` (a module of this package) in host's namespace and wait, at most ``timeout``, for
+    its first line ``<word> <monotonic time>``; returns the process and that time (None if it never came:
+    the caller stops the process and says why)."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    with stderr_path.open("wb") as err:
+        proc = lab.popen(host, argv, stdout=subprocess.PIPE, stderr=err, env=env)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    for _ in range(int(timeout / 0.01) + 1):
+        with contextlib.suppress(BlockingIOError):
+            buf += proc.stdout.read() or b""
+        if b"\n" in buf:
+            said, _, stamp = buf.split(b"\n", 1)[0].decode().partition(" ")
+            return proc, float(stamp) if said == word else None
+        if proc.poll() is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    return proc, None
+
+
 class ClientLoad:
     """The load as a process in one lab host's namespace; its files live in a fresh dir under workdir."""
 
@@ -558,30 +585,14 @@ class ClientLoad:
 
     def start(self, ready_timeout: float = 10.0) -> float:
         """Start the load and return once it is issuing requests; returns its monotonic start time."""
-        package_root = str(Path(__file__).resolve().parents[2])
-        paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-        with self.stderr_path.open("wb") as err:
-            proc = self.lab.popen(self.host, self.argv, stdout=subprocess.PIPE, stderr=err, env=env)
-        self._proc = proc
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        deadline = time.monotonic() + ready_timeout
-        buf = b""
-        for _ in range(int(ready_timeout / 0.01) + 1):
-            with contextlib.suppress(BlockingIOError):
-                buf += proc.stdout.read() or b""
-            if b"\n" in buf:
-                word, _, stamp = buf.split(b"\n", 1)[0].decode().partition(" ")
-                if word == "ready":
-                    self.started_at = float(stamp)
-                    return self.started_at
-            if proc.poll() is not None or time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)
-        self._proc = None
-        self._reap(proc, ())
-        raise RuntimeError(f"client load on {self.host} did not start:\n{self._stderr_tail()}")
+        proc, stamp = start_reporting(
+            self.lab, self.host, self.argv, self.stderr_path, "ready", ready_timeout
+        )
+        if stamp is None:
+            self._reap(proc, ())
+            raise RuntimeError(f"client load on {self.host} did not start:\n{self._stderr_tail()}")
+        self._proc, self.started_at = proc, stamp
+        return stamp
 
     def stop(self) -> Path:
         """Touch the stop file, wait (bounded) for the results, return the out path."""

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from failover.lab.client import error_name
+from failover.lab.client import error_name, start_reporting
 from failover.lab.netns import stop_group
 from failover.lab.nginx import DOWNLOAD_PATH
 
@@ -116,26 +116,15 @@ class Download:
 
     def start(self, ready_timeout: float = 10.0) -> float:
         """Start it and return once the response head has arrived: its monotonic time."""
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": package_root}
-        with (self.dir / "stderr.log").open("wb") as err:
-            proc = self.lab.popen(self.host, self.argv, stdout=subprocess.PIPE, stderr=err, env=env)
+        stderr = self.dir / "stderr.log"
+        proc, stamp = start_reporting(self.lab, self.host, self.argv, stderr, "started", ready_timeout)
+        if stamp is None:
+            stop_group(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            raise RuntimeError(f"download on {self.host} did not start: {stderr.read_text(errors='replace')}")
         self._proc = proc
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        deadline = time.monotonic() + ready_timeout
-        buf = b""
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(BlockingIOError):
-                buf += proc.stdout.read() or b""
-            word, _, stamp = buf.partition(b"\n")[0].decode().partition(" ")
-            if word == "started":
-                return float(stamp)
-            time.sleep(0.01)
-        stop_group(proc)
-        proc.stdout.close()
-        stderr = (self.dir / "stderr.log").read_text(errors="replace")
-        raise RuntimeError(f"download on {self.host} did not start: {buf.decode(errors='replace')}{stderr}")
+        return stamp
 
     def wait(self) -> dict[str, Any]:
         """Wait (at most its timeout and a little) for the result; a download that did not end is stopped."""
