@@ -22,7 +22,10 @@ from failover.lab.client import Request, first_served_by, summarize
 CRASH_FLOOR_MS = 150.0  # median fault -> first response from backup, heartbeats every 50 ms
 SOAK_SAMPLE_S = 0.5  # how often the soak samples the VIP's holders; its report says so
 FLOORS = {"failed": 0, "stalled_over_1s": 0, "median_max_gap_ms": 10.0}
-METRICS = ("failed", "stalled_over_1s", "max_gap_ms", "first_response_ms", "keepalive_resets")
+METRICS = (
+    "failed", "stalled_over_1s", "max_gap_ms", "first_response_ms", "keepalive_resets",
+    "keepalive_closed_before_response", "rsts_from_vip",
+)  # fmt: skip
 # A swap to a target that clients cannot reach: clients unserved until the rollback, at most this (median).
 UNCONFIRMABLE_FLOOR_MS = 1000.0
 UNCONFIRMABLE_METRICS = (
@@ -37,9 +40,16 @@ _RATE = re.compile(r"served (\d+(?:\.\d+)?) req/s before the move")
 
 
 def move_figures(
-    records: Sequence[Request], keepalive: Mapping[str, int], action_at: float, target: str
+    records: Sequence[Request],
+    keepalive: Mapping[str, int],
+    action_at: float,
+    target: str,
+    rsts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Figures of one move from its own load's records (the load spans just this move)."""
+    """Figures of one move from its own load's records (the load spans just this move); ``rsts``, the
+    load's RST count (``ClientLoad.rsts()``), gives ``rsts_from_vip``, else it stays None (not measured).
+    Keep-alive outcomes apart: resets (RST, EPIPE, a cut-short response), orderly closes (``Connection:
+    close``, a FIN while idle), closed before response (the retry case, not orderly)."""
     total = summarize(records)
     first = first_served_by(records, target, action_at)
     before = [r for r in records if r.start < action_at - 0.05]
@@ -51,6 +61,12 @@ def move_figures(
         "first_response_ms": None if first is None else round((first.end - action_at) * 1000.0, 3),
         "keepalive_resets": int(keepalive.get("resets", 0)),
         "keepalive_requests": int(keepalive.get("requests", 0)),
+        "keepalive_truncated": int(keepalive.get("truncated", 0)),
+        "keepalive_orderly_closes": int(keepalive.get("orderly_closes", 0)),
+        "keepalive_closed_before_response": int(keepalive.get("closed_before_response", 0)),
+        "keepalive_failed": int(keepalive.get("failed", 0)),
+        "rsts_from_vip": None if rsts is None else rsts.get("frames"),
+        "rst_capture_drops": None if rsts is None else rsts.get("drops"),
         "served_by": total.served_by,
         "errors": dict(Counter(r.served_by for r in records if not r.ok)),
         # A clean start: the load was served before the action, and not by the target.

@@ -3,10 +3,16 @@
 Owns the config, the files under ``workdir/<host>/`` and the process's life. Every path nginx uses,
 temp directories included, lives under that directory so the system's /var/lib/nginx is never touched.
 It listens on the wildcard address, so it serves a VIP as soon as the VIP is on the host.
+
+It also serves one long download, ``DOWNLOAD_PATH``: ``DOWNLOAD_BYTES`` of fixed pseudo-random bytes
+(the same on every host, ``download_body()``) at ``limit_rate`` ``DOWNLOAD_RATE`` bytes/s, so it takes
+about ``DOWNLOAD_BYTES / DOWNLOAD_RATE`` seconds (20); the response names its host in ``X-Served-By``.
 """
 
 from __future__ import annotations
 
+import functools
+import random
 import signal
 import subprocess
 import time
@@ -18,6 +24,16 @@ START_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 PROBE_USER_AGENT = "failover-lab-probe"
 _TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+DOWNLOAD_PATH = "/download/blob"
+DOWNLOAD_RATE = 100 * 1024  # bytes/s, nginx's limit_rate for that location
+DOWNLOAD_BYTES = 20 * DOWNLOAD_RATE
+_DOWNLOAD_SEED = 14
+
+
+@functools.cache
+def download_body() -> bytes:
+    """The download's bytes: fixed, so a checksum tells a whole download from a damaged one."""
+    return random.Random(_DOWNLOAD_SEED).randbytes(DOWNLOAD_BYTES)
 
 
 def render_config(host: str, root: Path) -> str:
@@ -42,6 +58,12 @@ http {{
         location / {{
             default_type text/plain;
             return 200 "{host}\\n";
+        }}
+        location = {DOWNLOAD_PATH} {{
+            root {root / "www"};
+            default_type application/octet-stream;
+            limit_rate {DOWNLOAD_RATE};
+            add_header X-Served-By {host};
         }}
     }}
 }}
@@ -71,6 +93,7 @@ class Nginx:
         for name in _TEMP_DIRS:
             (self.root / "tmp" / name).mkdir(parents=True, exist_ok=True)
         self.config.write_text(render_config(self.host, self.root))
+        self._write_download()
         # -p and -e keep nginx off its compiled-in prefix and log paths before it has read the config.
         self._log_offset = self.error_log.stat().st_size if self.error_log.exists() else 0
         argv = ["nginx", "-p", f"{self.root}/", "-e", str(self.error_log), "-c", str(self.config)]
@@ -82,6 +105,13 @@ class Nginx:
             raise LabError(
                 f"nginx on {self.host} did not answer within {START_TIMEOUT}s:\n{self.error_tail()}"
             )
+
+    def _write_download(self) -> None:
+        blob = self.root / "www" / DOWNLOAD_PATH.lstrip("/")
+        body = download_body()
+        if not blob.exists() or blob.read_bytes() != body:
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(body)
 
     def _wait_answering(self, timeout: float) -> bool:
         url = f"http://{self.lab.host(self.host).address}/"

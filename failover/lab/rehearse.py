@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from failover.lab.client import ClientLoad, Request, failure_kind, summarize
+from failover.lab.client import ClientLoad, Request, failure_kind, rsts_between, summarize
 from failover.lab.cluster import LabCluster
 from failover.lab.netns import ROUTER, NeighbourWatch
 
@@ -77,7 +77,19 @@ def failed_requests(records: list[Request], moves: dict[str, dict[str, Any]]) ->
     return failed
 
 
-def move_report(outcome: dict[str, Any], records: list[Request]) -> dict[str, Any]:
+def rsts_by_move(
+    rst: dict[str, Any], moves: dict[str, dict[str, Any]], until: float
+) -> dict[str, int | None]:
+    """RSTs from the VIP given to each move: from just before it starts to just before the next one starts
+    (or ``until``), so the RSTs of a drain that ends after the CLI returned count with their move."""
+    starts = sorted((outcome["started"] - 0.2, name) for name, outcome in moves.items() if outcome)
+    ends = [at for at, _ in starts[1:]] + [until]
+    return {name: rsts_between(rst, at, end) for (at, name), end in zip(starts, ends, strict=True)}
+
+
+def move_report(
+    outcome: dict[str, Any], records: list[Request], rsts_from_vip: int | None = None
+) -> dict[str, Any]:
     started, ended = outcome["started"], outcome["ended"]
     window = summarize(records, since=started - 0.2, until=ended + SETTLE_S / 2)
     # Gaps between responses that *arrived* around the move (a stalled request arrives a second later).
@@ -102,15 +114,21 @@ def move_report(outcome: dict[str, Any], records: list[Request]) -> dict[str, An
         "failed": window.failed,
         "stalled_over_1s": window.stalled_over_1s,
         "max_gap_ms": round(max_gap_ms, 3),
+        "rsts_from_vip": rsts_from_vip,
         "reason": outcome.get("reason", ""),
         "steps": outcome.get("steps", []),
     }
     return report
 
 
-def client_report(records: list[Request], keepalive: dict[str, int]) -> dict[str, Any]:
-    """The report's `client` and `served_by` parts, over the whole rehearsal."""
+def client_report(
+    records: list[Request], keepalive: dict[str, int], rst: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The report's `client` and `served_by` parts, over the whole rehearsal. Keep-alive resets (RST,
+    EPIPE, a response cut short) apart from orderly closes (`Connection: close`, a FIN while idle) and from
+    closes before the response (the retry case); RSTs from the VIP as the client namespace saw them."""
     total = summarize(records)
+    rst = rst or {"frames": None, "drops": 0, "error": "not counted"}
     return {
         "client": {
             "requests": total.requests,
@@ -119,6 +137,15 @@ def client_report(records: list[Request], keepalive: dict[str, int]) -> dict[str
             "max_gap_ms": round(total.max_gap_ms, 3),
             "keepalive_requests": keepalive.get("requests", 0),
             "keepalive_resets": keepalive.get("resets", 0),
+            "keepalive_truncated": keepalive.get("truncated", 0),
+            "keepalive_orderly_closes": keepalive.get("orderly_closes", 0),
+            "keepalive_closed_by_header": keepalive.get("closed_by_header", 0),
+            "keepalive_closed_while_idle": keepalive.get("closed_while_idle", 0),
+            "keepalive_closed_before_response": keepalive.get("closed_before_response", 0),
+            "keepalive_failed": keepalive.get("failed", 0),
+            "rsts_from_vip": rst.get("frames"),
+            "rst_capture_drops": rst.get("drops"),
+            "rst_capture_error": rst.get("error"),
         },
         "served_by": {"live": total.served_by.get("live", 0), "backup": total.served_by.get("backup", 0)},
     }
@@ -227,15 +254,17 @@ def rehearse(
         load.stop()
         records = load.records()
         keepalive = load.keepalive()
+        rst = load.rsts()
+        rsts = rsts_by_move(rst, {"swap": swap, "unswap": unswap}, until=time.monotonic())
         report: dict[str, Any] = {
             "ok": False,
             "lab": cluster.lab.prefix,
             "workdir": str(cluster.workdir) if keep_workdir else None,
             "vip": str(cluster.vip),
             "router": router,
-            "swap": move_report(swap, records),
-            "unswap": move_report(unswap, records),
-            **client_report(records, keepalive),
+            "swap": move_report(swap, records, rsts["swap"]),
+            "unswap": move_report(unswap, records, rsts["unswap"]),
+            **client_report(records, keepalive, rst),
             "failed_requests": failed_requests(records, {"swap": swap, "unswap": unswap}),
         }
     moved = "router_neighbour_moved" if router else "client_neighbour_moved"
@@ -249,6 +278,10 @@ def rehearse(
     )
     step("lab torn down")
     return report
+
+
+def _count(value: int | None) -> str:
+    return "not counted" if value is None else str(value)
 
 
 def _verdict(outcome: dict[str, Any]) -> str:
@@ -277,7 +310,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"  {move:<7} ok={m['ok']!s:<5} duration {m['duration_ms']} ms  unserved {m['unserved_ms']} ms  "
             f"client max gap {m['max_gap_ms']} ms  failed {m['failed']}  stalled {m['stalled_over_1s']}  "
-            f"confirmed {m['confirmed']} in {m['confirm_ms']} ms"
+            f"confirmed {m['confirmed']} in {m['confirm_ms']} ms  "
+            f"RSTs from the VIP {_count(m.get('rsts_from_vip'))}"
         )
         if m.get("router_neighbour_mac") is not None:
             lines.append(
@@ -296,6 +330,22 @@ def format_report(report: dict[str, Any]) -> str:
         f"{c['stalled_over_1s']} stalled >= 1 s, max gap {c['max_gap_ms']} ms; "
         f"keep-alive {c['keepalive_requests']} requests, {c['keepalive_resets']} resets"
     )
+    if "keepalive_orderly_closes" in c:
+        truncated = c["keepalive_truncated"]
+        lines.append(
+            f"  keep-alive resets {c['keepalive_resets']}{f' ({truncated} truncated)' if truncated else ''}, "
+            f"orderly closes {c['keepalive_orderly_closes']} "
+            f"(Connection: close {c['keepalive_closed_by_header']}, "
+            f"FIN while idle {c['keepalive_closed_while_idle']}), "
+            f"closed before response {c['keepalive_closed_before_response']} (retried), "
+            f"failed {c['keepalive_failed']}"
+        )
+        drops = c.get("rst_capture_drops")
+        lines.append(
+            f"  RSTs from the VIP {_count(c.get('rsts_from_vip'))}"
+            + (f" (the capture dropped {drops} frames: maybe more)" if drops else "")
+            + (f" ({c['rst_capture_error']})" if c.get("rsts_from_vip") is None else "")
+        )
     for f in failed[:MAX_FAILED_LISTED]:
         lines.append(
             f"  failed  {f['error']:<7} {f['move']}, started {f['at_ms']:+.1f} ms from the claim, "

@@ -23,6 +23,8 @@ METRIC_TITLES = {
     "max_gap_ms": "max gap (ms)",
     "first_response_ms": "action → first response from backup (ms)",
     "keepalive_resets": "keep-alive resets",
+    "keepalive_closed_before_response": "keep-alive closed before response",
+    "rsts_from_vip": "RSTs from the VIP",
 }
 
 MOVE_TITLES = {
@@ -52,6 +54,14 @@ def fmt_spread(stats: Mapping[str, Any]) -> str:
     return text
 
 
+def fmt_metric(stats: Mapping[str, Any], metric: str) -> str:
+    """One metric's spread; RSTs no run counted read "not counted", never "none" (which reads as zero)."""
+    spread = stats.get(metric, {})
+    if metric == "rsts_from_vip" and not spread.get("n"):
+        return "not counted"
+    return fmt_spread(spread)
+
+
 def fmt_idle(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -67,8 +77,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += ["#### failover's own moves (each under its own client load)", ""]
         lines += [
             "| move | runs | unserved (ms, agents' logs) | failed | stalled ≥ 1 s | max gap (ms) "
-            "| action → first response (ms) | CLI wall (ms) | keep-alive resets |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| action → first response (ms) | CLI wall (ms) | keep-alive resets "
+            "| keep-alive closed before response | RSTs from the VIP |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for move in ("swap", "unswap", "all", "baseline"):
             stats = own.get("stats", {}).get(move)
@@ -79,7 +90,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {fmt_spread(stats.get('unserved_ms', {}))} "
                 f"| {fmt_spread(stats['failed'])} | {fmt_spread(stats['stalled_over_1s'])} "
                 f"| {fmt_spread(stats['max_gap_ms'])} | {fmt_spread(stats['first_response_ms'])} "
-                f"| {fmt_spread(stats.get('cli_wall_ms', {}))} | {fmt_spread(stats['keepalive_resets'])} |"
+                f"| {fmt_spread(stats.get('cli_wall_ms', {}))} | {fmt_spread(stats['keepalive_resets'])} "
+                f"| {fmt_spread(stats.get('keepalive_closed_before_response', {}))} "
+                f"| {fmt_metric(stats, 'rsts_from_vip')} |"
             )
         checks = own.get("floors", {})
         if checks:
@@ -103,7 +116,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 lines.append(head + f"| - | {reason} |" + " |" * (len(METRICS) - 1))
                 continue
             stats = result["stats"]
-            cells = " | ".join(fmt_spread(stats[m]) for m in METRICS)
+            cells = " | ".join(fmt_metric(stats, m) for m in METRICS)
             lines.append(head + f"| {stats['runs']}{_errors(stats)} | {cells} |")
     lines += [
         "",
@@ -282,11 +295,25 @@ def run_text(r: Mapping[str, Any]) -> str:
         f"failed {r['failed']}, stalled {r['stalled_over_1s']}, max gap {fmt_number(r['max_gap_ms'])} ms, "
         f"first response {fmt_number(r['first_response_ms'])} ms, ka resets {r['keepalive_resets']}"
     )
+    if r.get("keepalive_orderly_closes") is not None:
+        text += (
+            f" (orderly closes {r['keepalive_orderly_closes']}, "
+            f"closed before response {r['keepalive_closed_before_response']})"
+        )
+    text += f", RSTs from the VIP {_rsts(r)}"
     if r.get("unserved_ms") is not None:
         text += f", unserved {fmt_number(r['unserved_ms'])} ms"
     if r.get("error"):
         text += f" — {r['error']}"
     return text
+
+
+def _rsts(r: Mapping[str, Any]) -> str:
+    """The RST count, "not counted" when the load did not count, with the capture's drops if any."""
+    if r.get("rsts_from_vip") is None:
+        return "not counted"
+    drops = r.get("rst_capture_drops")
+    return f"{r['rsts_from_vip']}" + (f" (+{drops} frames the capture dropped)" if drops else "")
 
 
 def unconfirmable_text(r: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from failover.lab import bench
+from failover.lab import bench, render
 from failover.lab import contenders as cont
 from failover.lab.client import Request
 
@@ -473,3 +473,23 @@ def test_one_unconfirmable_swap_is_rolled_back(capsys: pytest.CaptureFixture[str
     )
     assert 0 < run["reclaim_ms"] <= run["served_again_ms"]
     assert section["stats"]["runs"] == 1 and section["floors"]["confirmed"]["met"] is True
+
+
+def test_move_figures_keep_keepalive_outcomes_apart_and_rsts_not_counted_stay_none() -> None:
+    keepalive = {
+        "requests": 90, "resets": 2, "truncated": 1, "orderly_closes": 3, "closed_before_response": 1,
+        "failed": 2,
+    }  # fmt: skip
+    counted = bench.move_figures([req(1.0, 1.001)], keepalive, 2.0, "backup", rsts={"frames": 4, "drops": 0})
+    assert counted["keepalive_resets"] == 2 and counted["keepalive_truncated"] == 1
+    assert counted["keepalive_orderly_closes"] == 3
+    assert (counted["keepalive_closed_before_response"], counted["keepalive_failed"]) == (1, 2)
+    assert counted["rsts_from_vip"] == 4
+    assert "RSTs from the VIP 4" in render.run_text({**counted, "unserved_ms": None})
+    assert "orderly closes 3, closed before response 1" in render.run_text(counted)
+    uncounted = bench.move_figures([req(1.0, 1.001)], keepalive, 2.0, "backup")
+    assert uncounted["rsts_from_vip"] is None
+    assert "RSTs from the VIP not counted" in render.run_text(uncounted)
+    stats = bench.summarize_runs([uncounted, uncounted])
+    assert render.fmt_metric(stats, "rsts_from_vip") == "not counted"
+    assert render.fmt_metric(bench.summarize_runs([counted, uncounted]), "rsts_from_vip") == "4 (1x none)"

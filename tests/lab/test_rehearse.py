@@ -19,7 +19,7 @@ import pytest
 
 from failover.lab.client import Request, failure_kind
 from failover.lab.netns import ROUTER, _plan_host
-from failover.lab.rehearse import failed_requests, format_report
+from failover.lab.rehearse import client_report, failed_requests, format_report, rsts_by_move
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("nginx") is None, reason="needs root and nginx"
@@ -173,3 +173,51 @@ def test_routed_lab_builds_and_tears_down() -> None:
         na = lab.run("router", ["sysctl", "-n", "net.ipv6.conf.eth0.drop_unsolicited_na"]).stdout.strip()
         assert (drop, na) == ("1", "1")
     assert [n for n in _list_netns() if n.startswith(f"{lab.prefix}-")] == []
+
+
+def test_rsts_belong_to_the_move_they_follow_and_the_report_keeps_outcomes_apart() -> None:
+    moves = {"swap": {"started": 10.0}, "unswap": {"started": 20.0}}
+    rst = {
+        "frames": 4,
+        "drops": 0,
+        "kept": [
+            [5.0, "203.0.113.10", 80, 1, 4],
+            [11.2, "203.0.113.10", 80, 2, 4],
+            [19.9, "203.0.113.10", 80, 3, 4],
+            [25.0, "203.0.113.10", 80, 4, 20],
+        ],
+    }
+    # Before the first move: no move's; from 0.2 s before a move until 0.2 s before the next: that move's.
+    assert rsts_by_move(rst, moves, until=30.0) == {"swap": 1, "unswap": 2}
+    assert rsts_by_move({"frames": None}, moves, until=30.0) == {"swap": None, "unswap": None}
+    keepalive = {
+        "requests": 90,
+        "resets": 2,
+        "truncated": 1,
+        "orderly_closes": 3,
+        "closed_by_header": 2,
+        "closed_while_idle": 1,
+        "closed_before_response": 1,
+        "failed": 2,
+    }
+    client = client_report([Request(1.0, 1.01, True, "live")], keepalive, rst)["client"]
+    assert (client["keepalive_resets"], client["keepalive_orderly_closes"], client["rsts_from_vip"]) == (
+        2,
+        3,
+        4,
+    )
+    report = {
+        "ok": False,
+        "swap": _move(rsts_from_vip=1),
+        "unswap": _move(rsts_from_vip=None),
+        "client": client,
+        "served_by": {"live": 1, "backup": 0},
+        "failed_requests": [],
+    }
+    text = format_report(report)
+    assert (
+        "keep-alive resets 2 (1 truncated), orderly closes 3 (Connection: close 2, FIN while idle 1), "
+        "closed before response 1 (retried), failed 2" in text
+    )
+    assert "  RSTs from the VIP 4\n" in text
+    assert "RSTs from the VIP 1\n" in text and "RSTs from the VIP not counted\n" in text
