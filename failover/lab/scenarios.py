@@ -177,7 +177,7 @@ def measure(
     finally:
         load.stop()
     records = load.records()
-    figures = move_figures(records, load.keepalive(), action_at, target)
+    figures = move_figures(records, load.keepalive(), action_at, target, rsts=load.rsts())
     figures.update(extra)
     if more is not None:
         figures.update(more(records))
