@@ -256,6 +256,10 @@ def listener_finding(
     """Which listeners serve the VIP here, and whether the handoff and a restart can cover them."""
     vip = config.vip.ip
     listeners = tcp_listeners(vip.version, net)
+    if vip.version == 4:  # an IPv6 socket on :: serves IPv4 too unless it is ipv6only, which /proc hides
+        for address, port in tcp_listeners(6, net):
+            if isinstance(address, IPv6Address) and (address.is_unspecified or address.ipv4_mapped):
+                listeners.append((address.ipv4_mapped or address, port))
     on_vip = [port for address, port in listeners if address == vip]
     on_any = [port for address, port in listeners if address.is_unspecified]
     if on_vip:

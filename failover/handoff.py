@@ -28,7 +28,8 @@ What else was weighed, and why not:
   would answer it with an RST the client accepts). Worse, conntrack entries outlive what they describe:
   a client port reused for a connection the old holder owns meets this host's entry of the earlier
   connection (TIME_WAIT for 2 minutes, or frozen in its last state when the hooks were off meanwhile:
-  they are registered only while a ``ct`` rule is loaded, and unregistering them leaves the entries), is
+  with no other conntrack user they are registered only while a ``ct`` rule is loaded, and
+  unregistering them leaves the entries), is
   judged against that connection's window and turns ``invalid``: the port-reuse failure of the TIME_WAIT
   socket again, for longer.
   Removing those entries needs conntrack-tools or ctnetlink, not nft. It would also load nf_conntrack
@@ -37,7 +38,8 @@ What else was weighed, and why not:
 - ``fib`` and ``meta`` keys see routes, interfaces and marks, never sockets: the VIP is local here
   either way.
 A fresh set per install has none of these limits: nothing in it predates the table, and it needs neither
-nf_conntrack nor nft_socket, only dynamic sets (Linux 4.3+, like ``dup``). Its cost is one hash lookup
+nf_conntrack nor nft_socket (sets updated from rules and a negated lookup are older kernel features than
+the ``socket`` expression the rule used before). Its cost is one hash lookup
 per segment to the VIP while the rule exists, and one element per connection this host opens in that
 time. If the set is full (``OWN_CAPACITY``) the SYN-ACK is dropped and the client retries, rather than a
 connection being accepted that the rule would then hand away.
@@ -173,18 +175,22 @@ def _first_line(out: str, code: int) -> str:
 
 def _ss_filter(vip: IPAddress, states: tuple[str, ...], but: tuple[str, ...] = ()) -> list[str]:
     """ss arguments that select the VIP's TCP sockets (local address) in any of ``states``, except
-    those in a state of ``but``."""
-    family = "-4" if vip.version == 4 else "-6"
+    those in a state of ``but``. No family option: for an IPv4 VIP, ss then also finds the IPv6 sockets
+    of a dual-stack listener that serve it (``[::ffff:203.0.113.10]``)."""
     source = str(vip) if vip.version == 4 else f"[{vip}]"
     wanted = [w for state in states for w in ("state", state)]
     wanted += [w for state in but for w in ("exclude", state)]
-    return [family, "-t", "-n", "-H", *wanted, "src", source]
+    return ["-t", "-n", "-H", *wanted, "src", source]
 
 
 def _endpoint(text: str) -> tuple[IPAddress, int]:
-    """``203.0.113.3:40000`` or ``[2001:db8::3]:40000`` (ss -n) -> (address, port)."""
+    """``203.0.113.3:40000``, ``[2001:db8::3]:40000`` or ``[::ffff:203.0.113.3]:40000`` (ss -n) ->
+    (address, port), a mapped IPv4 address as the IPv4 one the packets carry."""
     host, _, port = text.rpartition(":")
-    return ip_address(host.strip("[]").split("%")[0]), int(port)
+    address = ip_address(host.strip("[]").split("%")[0])
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped, int(port)
+    return address, int(port)
 
 
 async def live_connections(vip: IPAddress) -> list[Connection]:

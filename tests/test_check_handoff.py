@@ -75,6 +75,8 @@ def test_a_wildcard_listener_is_covered_and_no_listener_is_named(tmp_path: Path)
     cfg = config(tmp_path)
     wildcard = listener_finding(cfg, proc_net(tmp_path, [ANY4_22, "00000000:0050"]), proc_sys(tmp_path))
     assert wildcard.level == OK and "wildcard address (:22, :80)" in wildcard.detail, wildcard
+    dual_stack = listener_finding(cfg, proc_net(tmp_path / "dual", [], [ANY6_443]), proc_sys(tmp_path))
+    assert dual_stack.level == OK and "wildcard address (:443)" in dual_stack.detail, dual_stack
     nothing = listener_finding(cfg, proc_net(tmp_path / "none", []), proc_sys(tmp_path))
     assert nothing.level == WARN and "listen" in nothing.fix, nothing
 

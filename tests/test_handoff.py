@@ -15,6 +15,8 @@ def test_ss_endpoints_of_both_families_are_read() -> None:
     assert _endpoint("203.0.113.100:40000") == (ip_address("203.0.113.100"), 40000)
     assert _endpoint("[2001:db8:0:1::100]:443") == (ip_address("2001:db8:0:1::100"), 443)
     assert _endpoint("[fe80::1%eth0]:80") == (ip_address("fe80::1"), 80)
+    # A dual-stack listener's socket for an IPv4 client: recorded as the IPv4 address its packets carry.
+    assert _endpoint("[::ffff:203.0.113.100]:40000") == (ip_address("203.0.113.100"), 40000)
     with pytest.raises(ValueError):
         _endpoint("*:*")
 
@@ -22,7 +24,7 @@ def test_ss_endpoints_of_both_families_are_read() -> None:
 def test_the_live_list_leaves_out_what_is_over() -> None:
     argv = _ss_filter(VIP, ("connected",), but=("time-wait", "fin-wait-2"))
     # ss takes its state filter before the address expression.
-    assert argv == ["-4", "-t", "-n", "-H", "state", "connected", "exclude", "time-wait",
+    assert argv == ["-t", "-n", "-H", "state", "connected", "exclude", "time-wait",
                     "exclude", "fin-wait-2", "src", "203.0.113.10"]
 
 
