@@ -1,7 +1,8 @@
 """Host checks for `failover check` and for the preflight of a dry run: each finding with its exact fix.
 
 Owns what is checked about one node on this host (its key, interface, access log and the kind of proof
-its format gives, kernel settings, the `nft` tool, where the journal goes) and how a finding is written.
+its format gives, kernel settings, what the connection handoff needs, where the journal goes) and how a
+finding is written.
 Reads files, /proc and /sys only; changes nothing, sends nothing.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 from failover import sysctl
@@ -28,6 +29,7 @@ TAIL_BYTES = 64 * 1024
 TAIL_LINES = 20
 IFF_UP = 0x1
 TCP_LISTEN = "0A"
+Listener = tuple[IPv4Address | IPv6Address, int]  # bound address, port
 
 
 def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
@@ -38,7 +40,7 @@ def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
         access_log_finding(config, node),
         proof_finding(config, node),
         *sysctl_findings(config, node),
-        nft_finding(),
+        *handoff_findings(config),
         journal_finding(node.journal),
     ]
 
@@ -178,25 +180,29 @@ def _is_address(text: str) -> bool:
     return True
 
 
-def vip_has_listener(vip: str, proc: Path = Path("/proc/net")) -> bool:
-    """Whether a TCP listener is bound to the VIP itself (not the wildcard address)."""
-    ip = ip_address(vip)
-    table = "tcp" if isinstance(ip, IPv4Address) else "tcp6"
+def tcp_listeners(family: int, proc: Path = Path("/proc/net")) -> list[Listener]:
+    """(address, port) of every listening TCP socket of the family in this namespace; [] if unreadable."""
     try:
-        rows = (proc / table).read_text().splitlines()[1:]
+        rows = (proc / ("tcp" if family == 4 else "tcp6")).read_text().splitlines()[1:]
     except OSError:
-        return False
+        return []
+    found = []
     for row in rows:
         fields = row.split()
         if len(fields) < 4 or fields[3] != TCP_LISTEN:
             continue
-        hex_addr = fields[1].split(":")[0]
+        hex_addr, hex_port = fields[1].split(":")
         raw = bytes.fromhex(hex_addr)
         # /proc/net/tcp prints each 32-bit word in host (little-endian) order.
         words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
-        if ip_address(b"".join(words)) == ip:
-            return True
-    return False
+        found.append((ip_address(b"".join(words)), int(hex_port, 16)))
+    return found
+
+
+def vip_has_listener(vip: str, proc: Path = Path("/proc/net")) -> bool:
+    """Whether a TCP listener is bound to the VIP itself (not the wildcard address)."""
+    ip = ip_address(vip)
+    return any(address == ip for address, _ in tcp_listeners(ip.version, proc))
 
 
 def sysctl_findings(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
@@ -209,14 +215,76 @@ def sysctl_findings(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
     return judged
 
 
+def handoff_findings(
+    config: ClusterConfig, net: Path = Path("/proc/net"), sysctls: Path = sysctl.PROC
+) -> list[Finding]:
+    """Whether the connection handoff of a swap can work on this host: one line for each thing it needs."""
+    return [nft_finding(), ss_finding(), listener_finding(config, net, sysctls)]
+
+
 def nft_finding() -> Finding:
     path = shutil.which("nft")
     if path is None:
         return Finding(
-            "nft", WARN, "not found: no connection handoff, a connection begun at the flip may be reset",
+            "nft", WARN,
+            "not found: no connection handoff, so connections open on the old holder at a swap are reset",
             "apt-get install nftables",
         )
     return Finding("nft", OK, path)
+
+
+def ss_finding() -> Finding:
+    path = shutil.which("ss")
+    if path is None:
+        return Finding(
+            "ss", WARN,
+            "not found: no connection handoff (placing it lists this host's connections on the VIP and "
+            "closes its TIME_WAIT sockets with ss -K), and connections left after a drain stay open",
+            "apt-get install iproute2",
+        )
+    return Finding("ss", OK, path)
+
+
+def _ports(ports: list[int]) -> str:
+    shown = ", ".join(f":{port}" for port in sorted(set(ports))[:6])
+    return shown + (", ..." if len(set(ports)) > 6 else "")
+
+
+def listener_finding(
+    config: ClusterConfig, net: Path = Path("/proc/net"), sysctls: Path = sysctl.PROC
+) -> Finding:
+    """Which listeners serve the VIP here, and whether the handoff and a restart can cover them."""
+    vip = config.vip.ip
+    listeners = tcp_listeners(vip.version, net)
+    if vip.version == 4:  # an IPv6 socket on :: serves IPv4 too unless it is ipv6only, which /proc hides
+        for address, port in tcp_listeners(6, net):
+            if isinstance(address, IPv6Address) and (address.is_unspecified or address.ipv4_mapped):
+                listeners.append((address.ipv4_mapped or address, port))
+    on_vip = [port for address, port in listeners if address == vip]
+    on_any = [port for address, port in listeners if address.is_unspecified]
+    if on_vip:
+        ip = "ipv4" if vip.version == 4 else "ipv6"
+        name = sysctl.dotted(ip, "ip_nonlocal_bind")
+        try:
+            nonlocal_bind = sysctl.read(ip, "ip_nonlocal_bind", proc=sysctls)
+        except (OSError, ValueError):
+            nonlocal_bind = 0
+        detail = f"bound to the VIP itself on {_ports(on_vip)}"
+        if nonlocal_bind == 1:
+            return Finding("listener", OK, f"{detail}; the handoff covers it, {name}=1 lets it start")
+        return Finding(
+            "listener", WARN,
+            f"{detail}, {name} not 1: the server cannot start here while the other host holds the VIP, "
+            "so after a restart this host serves nothing when the VIP comes back",
+            f"{sysctl._fix(name, 1)} (or listen on the wildcard address)",
+        )
+    if on_any:
+        return Finding("listener", OK, f"on the wildcard address ({_ports(on_any)}); the handoff covers it")
+    return Finding(
+        "listener", WARN, "no TCP listener on the VIP or the wildcard address: nothing here serves the VIP",
+        "start the web server, listening on the wildcard address (nginx: listen 80;) or on the VIP with "
+        "ip_nonlocal_bind=1",
+    )
 
 
 def journal_finding(path: Path) -> Finding:

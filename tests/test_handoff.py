@@ -1,0 +1,44 @@
+"""The handoff's pure parts, no root: what it reads from ss, what it refuses to put in an nft rule."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+import pytest
+
+from failover.handoff import HandoffError, _endpoint, _ss_filter, handoff_rule, ruleset
+
+VIP, OLD = ip_address("203.0.113.10"), ip_address("203.0.113.11")
+
+
+def test_ss_endpoints_of_both_families_are_read() -> None:
+    assert _endpoint("203.0.113.100:40000") == (ip_address("203.0.113.100"), 40000)
+    assert _endpoint("[2001:db8:0:1::100]:443") == (ip_address("2001:db8:0:1::100"), 443)
+    assert _endpoint("[fe80::1%eth0]:80") == (ip_address("fe80::1"), 80)
+    # A dual-stack listener's socket for an IPv4 client: recorded as the IPv4 address its packets carry.
+    assert _endpoint("[::ffff:203.0.113.100]:40000") == (ip_address("203.0.113.100"), 40000)
+    with pytest.raises(ValueError):
+        _endpoint("*:*")
+
+
+def test_the_live_list_leaves_out_what_is_over() -> None:
+    argv = _ss_filter(VIP, ("connected",), but=("time-wait", "fin-wait-2"))
+    # ss takes its state filter before the address expression.
+    assert argv == ["-t", "-n", "-H", "state", "connected", "exclude", "time-wait",
+                    "exclude", "fin-wait-2", "src", "203.0.113.10"]
+
+
+def test_bad_input_is_refused_before_nft_sees_it() -> None:
+    with pytest.raises(HandoffError, match="differ in family"):
+        ruleset("lab", VIP, ip_address("2001:db8::11"), "eth0")
+    with pytest.raises(HandoffError, match="unusual names"):
+        handoff_rule("lab", VIP, OLD, 'eth0" accept; #')
+
+
+def test_live_connections_are_recorded_with_the_rule_in_one_batch() -> None:
+    rules = handoff_rule("lab-1", VIP, OLD, "eth0", [(ip_address("203.0.113.100"), 40000, 80)])
+    element, chain, rule = rules.splitlines()
+    assert element == "add element ip failover_lab_1 own { 203.0.113.100 . 40000 . 80 }"
+    assert chain.startswith("add chain ip failover_lab_1 handoff")
+    assert "ip saddr . tcp sport . tcp dport != @own" in rule and "dup to 203.0.113.11" in rule
+    assert len(handoff_rule("lab-1", VIP, OLD, "eth0").splitlines()) == 2  # nothing to record
