@@ -124,6 +124,9 @@ class TakeoverConfig:
     probe_count: int = 3
     probe_interval_ms: int = 20
     probe_wait_ms: int = 60
+    # While both are up, time the peer kernel's answer for its own address this often (0: never); a
+    # takeover's probe then listens a few times that long, never longer than the window above.
+    probe_measure_every_ms: int = 2000
 
 
 @dataclass(frozen=True)
@@ -685,7 +688,7 @@ def _load_takeover(top: _Section) -> TakeoverConfig:
             fence.append(item)
         if fence and not fence[0].startswith("/"):
             raise sec.item_error("fence", seq, 0, "the program must be an absolute path (no shell, no PATH)")
-    probe = top.section("probe", optional=("count", "interval_ms", "wait_ms"))
+    probe = top.section("probe", optional=("count", "interval_ms", "wait_ms", "measure_every_ms"))
     return TakeoverConfig(
         automatic=sec.boolean("automatic", TakeoverConfig.automatic),
         on_vip_lost=sec.choice("on_vip_lost", TakeoverConfig.on_vip_lost, ("report", "reclaim")),
@@ -694,6 +697,9 @@ def _load_takeover(top: _Section) -> TakeoverConfig:
         probe_count=probe.integer("count", TakeoverConfig.probe_count, 1, 20),
         probe_interval_ms=probe.integer("interval_ms", TakeoverConfig.probe_interval_ms, 1, 5000),
         probe_wait_ms=probe.integer("wait_ms", TakeoverConfig.probe_wait_ms, 1, 10_000),
+        probe_measure_every_ms=probe.integer(
+            "measure_every_ms", TakeoverConfig.probe_measure_every_ms, 0, 3_600_000
+        ),
     )
 
 

@@ -28,6 +28,7 @@ from failover.protocol.actions import (
     Handoff,
     HostCheck,
     MeasureLoad,
+    MeasurePeer,
     Notice,
     Planned,
     Probe,
@@ -52,6 +53,7 @@ from failover.protocol.events import (
     HealthDone,
     HostCheckDone,
     LoadMeasured,
+    PeerMeasured,
     ProbeDone,
     ReleaseDone,
     SelfCheckDone,
@@ -63,6 +65,7 @@ from failover.protocol.node import Node
 from failover.protocol.results import FAIL, OK, WARN, Check, Level, Outcome, Plan
 from failover.protocol.setup import NodeSetup, Timing
 from failover.protocol.swap import MOVES, STRAGGLER_GRACE
+from failover.protocol.window import ProbeWindow
 
 __all__ = [
     "FAIL",
@@ -93,14 +96,17 @@ __all__ = [
     "Level",
     "LoadMeasured",
     "MeasureLoad",
+    "MeasurePeer",
     "Node",
     "NodeSetup",
     "Notice",
     "Outcome",
+    "PeerMeasured",
     "Plan",
     "Planned",
     "Probe",
     "ProbeDone",
+    "ProbeWindow",
     "Progress",
     "Release",
     "ReleaseDone",

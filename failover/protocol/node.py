@@ -153,6 +153,8 @@ class Node(PeerWatch):
             deadlines.append(self._announce_due[0])
         if self._drain_until is not None:
             deadlines.append(self._drain_until)
+        if self.takeover.measure_due is not None:
+            deadlines.append(self.takeover.measure_due)  # the next timing of the peer's kernel
         if self._nobody_since is not None and self._held_last():
             deadlines.append(max(self._nobody_since + self.recover_after, self._takeover_not_before))
         records: list[Record] = [*self._dry.values()]
@@ -198,6 +200,7 @@ class Node(PeerWatch):
             else {"epoch": self._draining, "ends_in_ms": round(max(0.0, self._drain_until - now) * 1000, 1)},
             "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
             "last_takeover": self.last_takeover,
+            "probe_window": self.takeover.window_status(),
             "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
             "rejected": dict(self.rejected),
             "received": dict(self.received),
@@ -284,6 +287,8 @@ class Node(PeerWatch):
                 self._self_check_done(event, now)
             case e.VipObserved():
                 self._observe_vip(event.held, now)
+            case e.PeerMeasured():
+                self.takeover.measured(event)
             case (
                 e.LoadMeasured()
                 | e.BeforeReleaseDone()
@@ -312,6 +317,7 @@ class Node(PeerWatch):
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
         self._announce_if_due(now)
+        self.takeover.measure_if_due(now)
         if self._drain_until is not None and now >= self._drain_until:
             self.end_drain()
         for dry in list(self._dry.values()):
