@@ -147,6 +147,7 @@ class Agent:
         self._handoff_end: asyncio.TimerHandle | None = None
         self._handoff_install: asyncio.Task[None] | None = None
         self.announced = 0
+        self._measuring = False  # a MeasurePeer is under way
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
         # The VIP's netlink changes (drain, release, claim) run one at a time, in the order asked for.
         self._vip_ops: asyncio.Queue[protocol.Action] = asyncio.Queue()
@@ -206,6 +207,10 @@ class Agent:
             ),
             boot=boot,
             probe_budget=probe_ms / 1000,
+            probe_window=protocol.ProbeWindow(
+                t.probe_count, t.probe_interval_ms / 1e3, t.probe_wait_ms / 1e3
+            ),
+            measure_every=t.probe_measure_every_ms / 1000,
             fence_budget=cfg.takeover.fence_timeout_ms / 1000,
             vip=str(cfg.vip.ip),
             automatic=cfg.takeover.automatic,
@@ -502,6 +507,10 @@ class Agent:
                 self._fire_hooks(action)
             case protocol.Probe():
                 self._spawn(self._probe(action))
+            case protocol.MeasurePeer():
+                if not self._measuring:  # one at a time: a slow answer does not pile up frames
+                    self._measuring = True
+                    self._spawn(self._measure_peer(action))
             case protocol.Fence():
                 self._spawn(self._fence(action))
             case protocol.Handoff():
@@ -746,6 +755,10 @@ class Agent:
         elif event == "takeover":
             self._journal({"kind": "takeover", "node": self.node.name, "holder": self.node.name,
                            "source": self.peer.name, "target": self.node.name, **detail})
+        elif event == "agent-down-host-up":
+            # Once per silence: the peer's agent is down and its host up, so no takeover (history shows it).
+            self._journal({"kind": "takeover", "ok": False, "node": self.node.name, "holder": None,
+                           "source": self.peer.name, "target": self.node.name, "holder_host": "up", **detail})
 
     def _journal(self, entry: dict[str, Any]) -> None:
         # Off the loop (an fsync on a busy disk can outlast dead_after_ms), in order; _run_move waits
@@ -882,24 +895,46 @@ class Agent:
             self._report(events.SelfCheckDone(ok, detail))
 
     async def _probe(self, action: protocol.Probe) -> None:
+        window = action.window or self.core.setup.probe_window
+        # The peer's own address, in the VIP's family (the only one its ARP / ND frames can carry).
+        peer_ip, our_ip = self.peer.address, self.node.address
+        ask_host = action.peer_host and peer_ip.version == our_ip.version == self.config.vip.ip.version
         try:
-            t = self.config.takeover
             result = await asyncio.to_thread(
                 announce.probe_result,
                 self.node.interface,
                 self.config.vip.ip,
                 self.link.mac,
-                count=t.probe_count,
-                interval_ms=t.probe_interval_ms,
-                wait_ms=t.probe_wait_ms,
+                count=window.count,
+                interval_ms=window.interval * 1000,
+                wait_ms=window.wait * 1000,
+                peer=(our_ip, peer_ip) if ask_host else None,
             )
         except announce.AnnounceError as err:
             # Without a probe we cannot tell: the core never claims on that, two holders are worse.
             log.error("probe-failed", error=str(err))
             result = announce.ProbeResult(answered_by=(), unknown=f"probe failed: {err}")
         log.info("probe", epoch=action.epoch, answered_by=list(result.answered_by),
-                 unknown=result.unknown or None, frames=result.frames)
-        self._report(events.ProbeDone(action.epoch, result.answered_by, result.unknown))
+                 unknown=result.unknown or None, frames=result.frames,
+                 host_answered_by=list(result.host_answered_by) if ask_host else None,
+                 window_ms=round(window.span * 1000, 3))
+        self._report(
+            events.ProbeDone(action.epoch, result.answered_by, result.unknown, result.host_answered_by)
+        )
+
+    async def _measure_peer(self, action: protocol.MeasurePeer) -> None:
+        peer_ip, our_ip = self.peer.address, self.node.address
+        rtt: float | None = None
+        try:
+            if peer_ip.version == our_ip.version == self.config.vip.ip.version:
+                rtt = await asyncio.to_thread(
+                    announce.measure_peer, self.node.interface, self.link.mac, our_ip, peer_ip, action.timeout
+                )
+        except announce.AnnounceError as err:
+            log.warning("peer-measure-failed", error=str(err))
+        finally:
+            self._measuring = False
+        self._report(events.PeerMeasured(rtt))
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Link-layer announcements for the VIP: gratuitous ARP, unsolicited neighbour advertisements, targeted
-ARP/NS to stragglers, and the RFC 5227 / DAD-style probe that asks whether anyone holds the VIP.
+ARP/NS to stragglers, the RFC 5227 / DAD-style probe that asks whether anyone holds the VIP (and whether
+the silent holder's host still answers for its own address), and the timing of the peer's kernel.
 
 The only module that imports scapy. Scapy only *builds and parses* frames; sending goes through one plain
 long-lived ``AF_PACKET`` socket per interface, so the critical path (``Announcer.announce``) is a few
@@ -47,6 +48,7 @@ __all__ = [
     "IPAddress",
     "ProbeResult",
     "frame_source",
+    "measure_peer",
     "probe",
     "probe_filter",
     "probe_result",
@@ -170,6 +172,28 @@ def build_probe(vip: IPAddress, mac: str) -> bytes:
     )
 
 
+def build_who_has(target: IPAddress, our_ip: IPAddress, mac: str) -> bytes:
+    """An ordinary broadcast who-has ``target`` from ``our_ip``/``mac`` (IPv6: an NS to its
+    solicited-node group): what a kernel sends to resolve a neighbour, and what it answers at once."""
+    if isinstance(target, IPv4Address):
+        if not isinstance(our_ip, IPv4Address):
+            raise ValueError(f"cannot ask for IPv4 {target} from IPv6 {our_ip}")
+        return bytes(
+            Ether(dst=BROADCAST, src=mac)
+            / ARP(op=1, hwsrc=mac, psrc=str(our_ip), hwdst=ZERO_MAC, pdst=str(target))
+        )
+    if not isinstance(our_ip, IPv6Address):
+        raise ValueError(f"cannot ask for IPv6 {target} from IPv4 {our_ip}")
+    _need_inet6()
+    group, group_mac = _solicited_node(target)
+    return bytes(
+        Ether(dst=group_mac, src=mac)
+        / IPv6(src=str(our_ip), dst=str(group), hlim=255)
+        / ICMPv6ND_NS(tgt=str(target))
+        / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+    )
+
+
 class Announcer:
     """Gratuitous announcements for one VIP on one interface, through one long-lived packet socket."""
 
@@ -266,6 +290,25 @@ def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
     return None
 
 
+def _host_speaker(frame: bytes, peer: IPAddress, our_mac: str) -> str | None:
+    """The MAC of the host that this frame shows answering for (or speaking from) ``peer``'s own
+    address, else None: any such frame means the peer's kernel is up."""
+    eth = Ether(frame)
+    if str(eth.src).lower() == our_mac:
+        return None
+    if isinstance(peer, IPv4Address):
+        if ARP in eth and eth[ARP].psrc == str(peer):
+            return str(eth[ARP].hwsrc).lower()
+        return None
+    if ICMPv6ND_NA in eth and IPv6Address(eth[ICMPv6ND_NA].tgt) == peer:
+        if ICMPv6NDOptDstLLAddr in eth:
+            return str(eth[ICMPv6NDOptDstLLAddr].lladdr).lower()
+        return str(eth.src).lower()
+    if ICMPv6ND_NS in eth and IPv6 in eth and IPv6Address(eth[IPv6].src) == peer:
+        return str(eth.src).lower()
+    return None
+
+
 # Bytes of each accepted probe answer the kernel copies: an ARP frame is 42, an NA with its link-layer
 # option 86; the rest of a larger frame is never read.
 _PROBE_SNAPLEN = 256
@@ -273,36 +316,65 @@ ICMPV6 = 58
 ND_NS, ND_NA = 135, 136
 
 
-def probe_filter(vip: IPAddress) -> bytes:
+def _address(offset: int, ip: IPAddress) -> list[tuple[int, int, int]]:
+    """Checks that the frame holds ``ip`` at ``offset``."""
+    return [(4, offset + i, int.from_bytes(ip.packed[i : i + 4], "big")) for i in range(0, len(ip.packed), 4)]
+
+
+def _peer_clauses(peer: IPAddress) -> list[list[tuple[int, int, int]]]:
+    """Frames from the peer's kernel about its own address: any ARP from it, an NA for it, an NS from it."""
+    if isinstance(peer, IPv4Address):
+        return [[(2, 12, ETH_P_ARP), *_address(28, peer)]]
+    icmp6 = [(2, 12, ETH_P_IPV6), (1, 20, ICMPV6)]
+    return [[*icmp6, (1, 54, ND_NA), *_address(62, peer)], [*icmp6, (1, 54, ND_NS), *_address(22, peer)]]
+
+
+def probe_filter(vip: IPAddress, peer: IPAddress | None = None) -> bytes:
     """The kernel filter of the probe's socket: only frames that can show another holder of ``vip``.
 
     IPv4: an ARP frame whose sender IP is the VIP (a holder's reply or announcement), or an RFC 5227
     probe for it (request, sender 0.0.0.0, target the VIP). IPv6 (no extension headers, as RFC 4861
     requires of ND): a neighbour advertisement for the VIP, or a DAD solicitation for it (source ::).
+    With ``peer``, also every frame from the peer's kernel about its own address (``_peer_clauses``).
     Everything else on the segment, ordinary who-has and solicitations for the VIP included, stays in
     the kernel, so a busy segment cannot fill the probe's queue with frames it would ignore anyway.
     """
     from failover.bpf import compile_any  # here, not at the top: the import block is another's to trim
 
+    extra = [] if peer is None else _peer_clauses(peer)
     if isinstance(vip, IPv4Address):
         arp = (2, 12, ETH_P_ARP)
         return compile_any(
             [
                 [arp, (4, 28, int(vip))],
                 [arp, (2, 20, 1), (4, 28, 0), (4, 38, int(vip))],
+                *extra,
             ],
             _PROBE_SNAPLEN,
         )
-    target = [(4, 62 + i, int.from_bytes(vip.packed[i : i + 4], "big")) for i in range(0, 16, 4)]
+    target = _address(62, vip)
     icmp6 = [(2, 12, ETH_P_IPV6), (1, 20, ICMPV6)]
     unspecified = [(4, 22 + i, 0) for i in range(0, 16, 4)]
     return compile_any(
         [
             [*icmp6, (1, 54, ND_NA), *target],
             [*icmp6, (1, 54, ND_NS), *unspecified, *target],
+            *extra,
         ],
         _PROBE_SNAPLEN,
     )
+
+
+def answer_filter(peer: IPAddress, our_ip: IPAddress) -> bytes:
+    """The kernel filter of a measurement: only the peer's answer to us for its own address (an ARP
+    reply from ``peer`` to ``our_ip``, an NA for ``peer`` sent to ``our_ip``), never its own requests."""
+    from failover.bpf import compile_any
+
+    if isinstance(peer, IPv4Address):
+        return compile_any([[(2, 12, ETH_P_ARP), (2, 20, 2), *_address(28, peer), *_address(38, our_ip)]],
+                           _PROBE_SNAPLEN)  # fmt: skip
+    icmp6 = [(2, 12, ETH_P_IPV6), (1, 20, ICMPV6)]
+    return compile_any([[*icmp6, (1, 54, ND_NA), *_address(38, our_ip), *_address(62, peer)]], _PROBE_SNAPLEN)
 
 
 @dataclass(frozen=True)
@@ -311,12 +383,14 @@ class ProbeResult:
 
     ``unknown`` is "" when the probe saw every frame the filter let through; otherwise it says why it
     may not have (frames dropped by the kernel, the frame cap reached, a receive error), and then even
-    an empty ``answered_by`` does not mean that nobody holds the VIP.
+    an empty ``answered_by`` does not mean that nobody holds the VIP. ``host_answered_by``: with a
+    ``peer`` to ask about, the MACs that answered for (or spoke from) the peer's own address.
     """
 
     answered_by: tuple[str, ...]  # sorted distinct MACs of other hosts answering for the VIP
     unknown: str = ""
     frames: int = 0  # frames that passed the filter and were read
+    host_answered_by: tuple[str, ...] = ()
 
     def for_core(self) -> list[str]:
         """The ``answered_by`` the protocol core takes (``probe_done``): an unknown result carries a
@@ -328,7 +402,7 @@ class ProbeResult:
 
 
 def probe(
-    interface: str, vip: IPAddress, mac: str, *, count: int = 3, interval_ms: int = 20, wait_ms: int = 60
+    interface: str, vip: IPAddress, mac: str, *, count: int = 3, interval_ms: float = 20, wait_ms: float = 60
 ) -> list[str]:
     """Ask whether anyone holds ``vip``: the sorted distinct MACs that answered, [] when nobody did, and
     ``"unknown: <why>"`` among them when the probe cannot tell (see ``ProbeResult.for_core``).
@@ -345,52 +419,81 @@ def probe_result(
     mac: str,
     *,
     count: int = 3,
-    interval_ms: int = 20,
-    wait_ms: int = 60,
+    interval_ms: float = 20,
+    wait_ms: float = 60,
     max_frames: int = _MAX_FRAMES_READ,
     rcvbuf: int | None = None,
+    peer: tuple[IPAddress, IPAddress] | None = None,
 ) -> ProbeResult:
     """The probe, with whether it can tell. ``rcvbuf`` sizes the socket's receive buffer (the kernel's
-    default when None). Opening the socket or sending a probe fails with ``AnnounceError``; anything that
-    goes wrong once probes are out makes the result unknown instead.
+    default when None). ``peer`` = (our own address, the peer's): each round also asks who has the
+    peer's address, and every frame from the peer's kernel about it lands in ``host_answered_by``.
+    Opening the socket or sending a probe fails with ``AnnounceError``; anything that goes wrong once
+    probes are out makes the result unknown instead.
+
+    The listening runs ``wait_ms`` from the last frame actually sent, not from when it was due, and
+    what the kernel queued meanwhile is read before the socket closes: a probe thread the scheduler
+    kept waiting lengthens the window, it never loses an answer that came in time.
     """
     from failover.bpf import attach_filter, read_drops
 
     our_mac = _norm_mac(mac)
     proto = ETH_P_ARP if isinstance(vip, IPv4Address) else ETH_P_IPV6
-    frame = build_probe(vip, our_mac)
+    frames_out = [build_probe(vip, our_mac)]
+    if peer is not None:
+        frames_out.append(build_who_has(peer[1], peer[0], our_mac))
     found: set[str] = set()
+    hosts: set[str] = set()
     unknown: list[str] = []
     frames = 0
+
+    def take(data: bytes, addr: tuple[Any, ...]) -> None:
+        if addr[2] == PACKET_OUTGOING:
+            return
+        try:
+            claimant = _claimant(data, vip, our_mac)
+            host = None if peer is None else _host_speaker(data, peer[1], our_mac)
+        except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
+            unknown.append(f"unreadable frame: {type(exc).__name__}")
+            return
+        if claimant is not None:
+            found.add(claimant)
+        if host is not None:
+            hosts.add(host)
+
     # Protocol 0 receives nothing: the filter is in place before the bind that starts delivery.
     sock = _open_packet_socket(interface, 0)
     try:
         try:
             if rcvbuf is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            attach_filter(sock, probe_filter(vip))
+            attach_filter(sock, probe_filter(vip, None if peer is None else peer[1]))
             sock.bind((interface, proto))
             read_drops(sock)  # start from zero
         except OSError as exc:
             raise _oserror(interface, "open probe socket", exc) from exc
         sent = 0
         next_send = time.monotonic()
-        end = next_send + (max(count, 1) - 1) * interval_ms / 1000 + wait_ms / 1000
+        end = float("inf")
         while True:
             now = time.monotonic()
             if sent < count and now >= next_send:
                 try:
-                    sock.send(frame)
+                    for frame in frames_out:
+                        sock.send(frame)
                 except OSError as exc:
                     raise _oserror(interface, "probe", exc) from exc
                 sent += 1
+                now = time.monotonic()
                 next_send = now + interval_ms / 1000
-            if now >= end and sent >= count:
+                if sent >= count:
+                    end = now + wait_ms / 1000
+            if now >= end:
                 break
             if frames >= max_frames:
                 unknown.append(f"stopped after {frames} frames, the probe's cap")
                 break
-            until = min(next_send, end) if sent < count else end
+            until = next_send if sent < count else end
             sock.settimeout(max(until - now, 0.0005))
             try:
                 data, addr = sock.recvfrom(_PROBE_SNAPLEN)
@@ -400,15 +503,18 @@ def probe_result(
                 unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
                 break
             frames += 1
-            if addr[2] == PACKET_OUTGOING:
-                continue
+            take(data, addr)
+        sock.setblocking(False)
+        while not unknown and frames < max_frames:  # what came while this thread waited for a CPU
             try:
-                claimant = _claimant(data, vip, our_mac)
-            except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
-                unknown.append(f"unreadable frame: {type(exc).__name__}")
-                continue
-            if claimant is not None:
-                found.add(claimant)
+                data, addr = sock.recvfrom(_PROBE_SNAPLEN)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
+                break
+            frames += 1
+            take(data, addr)
         try:
             dropped = read_drops(sock)
         except OSError as exc:
@@ -418,4 +524,45 @@ def probe_result(
                 unknown.insert(0, f"{dropped} frames dropped by the kernel")
     finally:
         sock.close()
-    return ProbeResult(answered_by=tuple(sorted(found)), unknown="; ".join(unknown), frames=frames)
+    return ProbeResult(
+        answered_by=tuple(sorted(found)),
+        unknown="; ".join(unknown),
+        frames=frames,
+        host_answered_by=tuple(sorted(hosts)),
+    )
+
+
+def measure_peer(
+    interface: str, mac: str, our_ip: IPAddress, peer: IPAddress, timeout: float
+) -> float | None:
+    """Seconds from an ordinary who-has for ``peer`` (sent from ``our_ip``) to the peer kernel's answer;
+    None when none came within ``timeout``. Blocking: run it in a thread. Fails with ``AnnounceError``
+    when the socket cannot be opened or the frame not sent."""
+    from failover.bpf import attach_filter
+
+    proto = ETH_P_ARP if isinstance(peer, IPv4Address) else ETH_P_IPV6
+    frame = build_who_has(peer, our_ip, _norm_mac(mac))
+    sock = _open_packet_socket(interface, 0)
+    try:
+        try:
+            attach_filter(sock, answer_filter(peer, our_ip))
+            sock.bind((interface, proto))
+        except OSError as exc:
+            raise _oserror(interface, "open measurement socket", exc) from exc
+        sent_at = time.monotonic()
+        try:
+            sock.send(frame)
+        except OSError as exc:
+            raise _oserror(interface, "measure", exc) from exc
+        end = sent_at + timeout
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                _data, addr = sock.recvfrom(_PROBE_SNAPLEN)
+            except (TimeoutError, OSError):
+                return None
+            if addr[2] != PACKET_OUTGOING:
+                return time.monotonic() - sent_at
+        return None
+    finally:
+        sock.close()

@@ -93,6 +93,10 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("probe.interval_ms", "between two probes", "takeover.probe_interval_ms"),
     Key("probe.wait_ms", "listening for an answer after the last probe; any answer: no claim",
         "takeover.probe_wait_ms"),
+    Key("probe.measure_every_ms", "how often each node times the peer kernel's answer to a who-has for the "
+        "peer's own address (0: never); a takeover's probe window is the configured one shrunk to 3 x "
+        "(median + spread) of the last 8 answers, at least 5 ms of listening",
+        "takeover.probe_measure_every_ms"),
     Key("hooks.before_release", "argv lists (absolute path, no shell) run in order, with `FAILOVER_*` "
         "variables, on the holder before it releases; a failure aborts the swap with nothing changed",
         "hooks.before_release"),

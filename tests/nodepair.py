@@ -49,6 +49,7 @@ class NodePair:
     drain: float = 0.0
     drain_max: float = 60.0
     before_release: float = 0.0  # the hooks' budget; their answer comes from before_release_ok
+    measure_every: float = 0.0  # seconds between timings of the peer's kernel (0: off, configured window)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -70,6 +71,11 @@ class NodePair:
         self.notices: list[tuple[str, protocol.Notice]] = []
         self.checks: list[Callable[[NodePair], None]] = []
         self.probes: list[tuple[str, float, float]] = []
+        # Hosts whose kernel is up with their agent down: they answer for their own address, not the VIP.
+        self.host_up: set[str] = set()
+        self.peer_rtt: float | None = 0.0004  # the peer kernel's answer to a who-has for its own address
+        self.measures: list[tuple[str, float]] = []  # (node, when) of every MeasurePeer
+        self.windows: list[protocol.ProbeWindow | None] = []  # each Probe's window (None: configured)
         self.probe_time = 0.08
         self.load_rate: float | None = 200.0  # what the source's access log says of the last seconds
         self.load_delay = 0.002  # reading it
@@ -119,6 +125,7 @@ class NodePair:
             drain_max=max(self.drain, self.drain_max) if self.drain else 0.0,
             drain_off="" if self.drain else "swap.drain_ms is 0",
             before_release=self.before_release,
+            measure_every=self.measure_every,
             vip=VIP,
         )
         return Node(
@@ -233,8 +240,19 @@ class NodePair:
                 self.hooks.append((name, action))
             case protocol.Probe():
                 start = self.now
-                self.probes.append((name, start, start + self.probe_time))
-                self.at(start + self.probe_time, lambda: self._probed(name, node, action.epoch, start))
+                took = self.probe_time if action.window is None else action.window.span
+                self.probes.append((name, start, start + took))
+                self.windows.append(action.window)
+                host = action.peer_host and peer in self.host_up
+                self.at(start + took, lambda: self._probed(name, node, action.epoch, start, host))
+            case protocol.MeasurePeer():
+                self.measures.append((name, self.now))
+                up = self.alive[peer] or peer in self.host_up
+                rtt = self.peer_rtt if up else None
+                rtt = None if rtt is None or rtt >= action.timeout else rtt
+                measured = ev.PeerMeasured(rtt)
+                self.at(self.now + (action.timeout if rtt is None else rtt),
+                        lambda: self._answer(name, node, measured))  # fmt: skip
             case protocol.Fence():
                 fenced = ev.FenceDone(action.epoch, self.fence_ok, "exit 0" if self.fence_ok else "exit 1")
                 self.at(self.now + 0.01, lambda: self._answer(name, node, fenced))
@@ -300,14 +318,16 @@ class NodePair:
         if self.handoffs.get(name) == epoch:
             del self.handoffs[name]
 
-    def _probed(self, name: str, node: Node, epoch: int, start: float) -> None:
+    def _probed(self, name: str, node: Node, epoch: int, start: float, host_up: bool = False) -> None:
         # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
         answered = {h for h in self.vip_on if h != name}
         answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}
         macs = tuple(sorted(MACS[h] for h in answered))
         if self.probe_unknown:
             macs = ()  # the answer may be among the frames the probe lost
-        self._answer(name, node, ev.ProbeDone(epoch, macs, self.probe_unknown))
+        peer = "backup" if name == "live" else "live"
+        hosts = (MACS[peer],) if host_up else ()
+        self._answer(name, node, ev.ProbeDone(epoch, macs, self.probe_unknown, hosts))
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node

@@ -146,7 +146,7 @@ def _load_takeover(top: Section) -> TakeoverConfig:
             fence.append(item)
         if fence and not fence[0].startswith("/"):
             raise sec.item_error("fence", seq, 0, "the program must be an absolute path (no shell, no PATH)")
-    probe = top.section("probe", optional=("count", "interval_ms", "wait_ms"))
+    probe = top.section("probe", optional=("count", "interval_ms", "wait_ms", "measure_every_ms"))
     return TakeoverConfig(
         automatic=sec.boolean("automatic", TakeoverConfig.automatic),
         on_vip_lost=sec.choice("on_vip_lost", TakeoverConfig.on_vip_lost, ("report", "reclaim")),
@@ -155,6 +155,9 @@ def _load_takeover(top: Section) -> TakeoverConfig:
         probe_count=probe.integer("count", TakeoverConfig.probe_count, 1, 20),
         probe_interval_ms=probe.integer("interval_ms", TakeoverConfig.probe_interval_ms, 1, 5000),
         probe_wait_ms=probe.integer("wait_ms", TakeoverConfig.probe_wait_ms, 1, 10_000),
+        probe_measure_every_ms=probe.integer(
+            "measure_every_ms", TakeoverConfig.probe_measure_every_ms, 0, 3_600_000
+        ),
     )
 
 

@@ -99,6 +99,9 @@ class TakeoverConfig:
     probe_count: int = 3
     probe_interval_ms: int = 20
     probe_wait_ms: int = 60
+    # While both are up, time the peer kernel's answer for its own address this often (0: never); a
+    # takeover's probe then listens a few times that long, never longer than the window above.
+    probe_measure_every_ms: int = 2000
 
 
 @dataclass(frozen=True)

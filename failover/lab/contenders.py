@@ -467,6 +467,11 @@ FAILOVER_TUNED_CONFIG = (
 # nftables does it: a random drop (numgen) and a redirect to a delaying relay in the same namespace.
 # Only datagrams from port 5405 to port 5405 match: the agents' own; the relay sends from another port.
 SOAK_NAME = "soak"
+# The same soak at the fastest timers the issue names (heartbeats every 10 ms, dead after 30 ms) with the
+# default probe, whose window the agents size from the peer kernel's measured answers: a false takeover
+# here would be a probe too short to hear a live holder, or a dead_after too short for the jitter.
+SOAK_FAST_NAME = "soak-10ms"
+FAILOVER_FAST: dict[str, Any] = {"heartbeat": {"interval_ms": 10, "dead_after_ms": 30}}
 HEARTBEAT_PORT = 5405
 RELAY_PORT = 15405
 SOAK_LOSS_PERCENT = 30
@@ -573,7 +578,8 @@ def stop_heartbeat_impairment(lab: Lab) -> dict[str, dict[str, int]]:
 
 
 def known_names() -> list[str]:
-    return [FAILOVER_NAME, FAILOVER_TUNED_NAME, SOAK_NAME, *(kind.name for kind in CONTENDERS)]
+    own = [FAILOVER_NAME, FAILOVER_TUNED_NAME, SOAK_NAME, SOAK_FAST_NAME]
+    return [*own, *(kind.name for kind in CONTENDERS)]
 
 
 def environment_versions() -> dict[str, Any]:

@@ -198,7 +198,7 @@ def crash_ratios(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def takeover_floors(report: Mapping[str, Any]) -> dict[str, Any]:
-    """Crash of live -> first response from backup <= 150 ms (median, tuned); the soak: 0 takeovers."""
+    """Crash of live -> first response from backup <= 150 ms (median, tuned); each soak: 0 takeovers."""
     out: dict[str, Any] = {}
     rows = report.get("contenders", {})
     if cont.FAILOVER_TUNED_NAME in rows:
@@ -208,14 +208,16 @@ def takeover_floors(report: Mapping[str, Any]) -> dict[str, Any]:
             "floor": CRASH_FLOOR_MS,
             "met": crash is not None and crash <= CRASH_FLOOR_MS,
         }
-    soak = report.get("soak")
-    if soak:
-        takeovers = soak.get("takeovers")
-        out["soak_takeovers"] = {
-            "measured": takeovers,
-            "floor": 0,
-            "met": soak.get("status") == "ok" and takeovers == 0 and soak.get("holders_always_live") is True,
-        }
+    for key, name in (("soak", "soak_takeovers"), ("soak_fast", "soak_fast_takeovers")):
+        soak = report.get(key)
+        if soak:
+            takeovers = soak.get("takeovers")
+            live = soak.get("holders_always_live") is True
+            out[name] = {
+                "measured": takeovers,
+                "floor": 0,
+                "met": soak.get("status") == "ok" and takeovers == 0 and live,
+            }
     return out
 
 

@@ -181,9 +181,11 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
                     f"- {METRIC_TITLES[metric]}: failover {fmt_number(r['failover'])}, keepalived tuned "
                     f"{fmt_number(r['keepalived_tuned'])}, ratio {fmt_number(r['ratio'])}"
                 )
-    soak = report.get("soak")
-    if soak:
-        lines += ["", f"#### Heartbeat-loss soak ({soak.get('action', '')})", ""]
+    for key, title in (("soak", "Heartbeat-loss soak"), ("soak_fast", "Heartbeat-loss soak, 10 ms / 30 ms")):
+        soak = report.get(key)
+        if not soak:
+            continue
+        lines += ["", f"#### {title} ({soak.get('action', '')})", ""]
         if soak.get("status") != "ok":
             lines.append(f"Not run: {soak.get('reason')}.")
         else:

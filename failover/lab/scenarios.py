@@ -337,7 +337,12 @@ def restore_after_crash(cluster: LabCluster) -> None:
 
 
 def heartbeat_soak(
-    seconds: float, overrides: Mapping[str, Any] | None, workdir: Path, budget: Budget, say: Say
+    seconds: float,
+    overrides: Mapping[str, Any] | None,
+    workdir: Path,
+    budget: Budget,
+    say: Say,
+    name: str = "soak",
 ) -> dict[str, Any]:
     """Heartbeats lossy and jittery for `seconds` with live healthy: any takeover is a false one.
 
@@ -352,11 +357,11 @@ def heartbeat_soak(
     if budget.left() < seconds + 40:
         budget.truncated = f"soak of {seconds:.0f} s not run (time budget)"
         return {"status": "not run", "action": action, "reason": "time budget"}
-    with LabCluster(workdir / "soak", overrides=overrides) as cluster:
+    with LabCluster(workdir / name, overrides=overrides) as cluster:
         lab = cluster.lab
-        say(f"soak: lab {lab.prefix} up; {action}")
+        say(f"{name}: lab {lab.prefix} up; {action}")
         load = ClientLoad(
-            lab, "client", str(VIP.ip), workdir / "soak-client", interval_ms=20.0,
+            lab, "client", str(VIP.ip), workdir / f"{name}-client", interval_ms=20.0,
             duration_s=seconds + 30, max_requests=int(seconds * 50) + 2000,
         )  # fmt: skip
         before = {h: cluster.status(h) for h in cont.SERVERS}
@@ -696,6 +701,10 @@ def run_bench(
             seconds = soak_s if soak_s is not None else (QUICK_SOAK_S if quick else FULL_SOAK_S)
             report["soak"] = heartbeat_soak(seconds, cont.FAILOVER_TUNED, workdir, budget, say)
             report["soak"]["overrides"] = cont.FAILOVER_TUNED
+        if cont.SOAK_FAST_NAME in chosen:
+            seconds = soak_s if soak_s is not None else (QUICK_SOAK_S if quick else FULL_SOAK_S)
+            fast = heartbeat_soak(seconds, cont.FAILOVER_FAST, workdir, budget, say, cont.SOAK_FAST_NAME)
+            report["soak_fast"] = {**fast, "overrides": cont.FAILOVER_FAST}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["ratios"] = ratios(report)

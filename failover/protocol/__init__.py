@@ -29,6 +29,7 @@ from failover.protocol.actions import (
     Handoff,
     HostCheck,
     MeasureLoad,
+    MeasurePeer,
     Notice,
     Planned,
     Probe,
@@ -54,6 +55,7 @@ from failover.protocol.events import (
     HealthDone,
     HostCheckDone,
     LoadMeasured,
+    PeerMeasured,
     ProbeDone,
     ReleaseDone,
     SelfCheckDone,
@@ -65,6 +67,7 @@ from failover.protocol.node import Node
 from failover.protocol.results import FAIL, OK, WARN, Check, Level, Outcome, Plan
 from failover.protocol.setup import NodeSetup, Timing
 from failover.protocol.swap import MOVES, STRAGGLER_GRACE
+from failover.protocol.window import ProbeWindow
 
 __all__ = [
     "FAIL",
@@ -97,14 +100,17 @@ __all__ = [
     "Level",
     "LoadMeasured",
     "MeasureLoad",
+    "MeasurePeer",
     "Node",
     "NodeSetup",
     "Notice",
     "Outcome",
+    "PeerMeasured",
     "Plan",
     "Planned",
     "Probe",
     "ProbeDone",
+    "ProbeWindow",
     "Progress",
     "Release",
     "ReleaseDone",

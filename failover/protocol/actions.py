@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from failover.protocol.results import Outcome, Plan
+from failover.protocol.window import ProbeWindow
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,17 @@ class Probe:
     """Ask the segment who answers for the VIP (RFC 5227 probe); answer ProbeDone."""
 
     epoch: int
+    window: ProbeWindow | None = None  # None: the configured window
+    peer_host: bool = False  # also ask who has the peer's own address: is its host up (host_answered_by)
+
+
+@dataclass(frozen=True)
+class MeasurePeer:
+    """Time one ARP request (IPv6: NS) for the peer's own address; answer PeerMeasured.
+
+    Wait at most `timeout` seconds for the answer: a later one would not shrink any window."""
+
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -223,6 +235,7 @@ Action = (
     | BeforeRelease
     | RunHooks
     | Probe
+    | MeasurePeer
     | Fence
     | Handoff
     | EndHandoff

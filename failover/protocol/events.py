@@ -75,6 +75,16 @@ class ProbeDone:
     epoch: int
     answered_by: tuple[str, ...]
     unknown: str = ""  # why the probe may have missed an answer (frames dropped, an error): not silence
+    # With Probe.peer_host: the MACs that answered for (or spoke from) the peer's own address.
+    host_answered_by: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerMeasured:
+    """Answers MeasurePeer: seconds from the request to the peer kernel's answer; None: no answer."""
+
+    rtt: float | None
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,7 @@ Event = (
     | ReleaseDone
     | ClaimDone
     | ProbeDone
+    | PeerMeasured
     | FenceDone
     | TrafficSeen
     | StragglersSeen

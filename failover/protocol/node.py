@@ -156,6 +156,8 @@ class Node(PeerWatch):
         if self._announce_due:
             deadlines.append(self._announce_due[0])
         deadlines += self.drainer.deadlines()
+        if self.takeover.measure_due is not None:
+            deadlines.append(self.takeover.measure_due)  # the next timing of the peer's kernel
         if self._nobody_since is not None and self._held_last():
             deadlines.append(max(self._nobody_since + self.recover_after, self._takeover_not_before))
         records: list[Record] = [*self._dry.values()]
@@ -202,6 +204,7 @@ class Node(PeerWatch):
             "last_drain": self.drainer.last,
             "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
             "last_takeover": self.last_takeover,
+            "probe_window": self.takeover.window_status(),
             "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
             "rejected": dict(self.rejected),
             "received": dict(self.received),
@@ -296,6 +299,8 @@ class Node(PeerWatch):
                     self.ignored["other-epoch"] += 1
                 else:
                     self.dispatch(drain, Input.CONNECTIONS_COUNTED, event, now)
+            case e.PeerMeasured():
+                self.takeover.measured(event)
             case (
                 e.LoadMeasured()
                 | e.BeforeReleaseDone()
@@ -325,6 +330,7 @@ class Node(PeerWatch):
             self._next_heartbeat = now + self.timing.heartbeat_interval
             self.drainer.on_heartbeat()
         self._announce_if_due(now)
+        self.takeover.measure_if_due(now)
         if self.drainer.run is not None:
             self._deadline(self.drainer.run, now)
         self.drainer.on_timer(now)

@@ -78,6 +78,7 @@ class PeerWatch:
                 self._actions.append(a.Notice("signing-key", {"key": wire.key_fingerprint(usable[0])}))
         self.peer_epoch = max(self.peer_epoch, hb.epoch)
         self._silence_reported = False
+        self.takeover.host_up_reported = False  # its agent is back: a next "agent down" is news again
         self.offer(Input.PEER_HEARD, hb, now)
         if not (self.holds and hb.holds_vip) or self._changing_vip():
             return

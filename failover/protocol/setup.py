@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from failover.protocol.window import ProbeWindow
 
 
 @dataclass(frozen=True)
@@ -44,5 +46,8 @@ class NodeSetup:
     before_release: float = 0.0  # budget in seconds for the holder's before_release hooks (0: none)
     host_check_budget: float = 1.0  # seconds a node's host checks may take (its health check's timeout)
     probe_budget: float = 1.0  # seconds the adapter's probe may take (count x interval + wait)
+    # The configured probe (probe.count, interval_ms, wait_ms): a takeover's window never exceeds it.
+    probe_window: ProbeWindow = field(default_factory=lambda: ProbeWindow(3, 0.02, 0.06))
+    measure_every: float = 0.0  # seconds between two timings of the peer's kernel (0: never, fixed window)
     fence_budget: float = 5.0  # seconds the fence program may take
     vip: str = "the VIP"  # the address, as operators read it in a reason

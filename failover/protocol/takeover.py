@@ -1,10 +1,14 @@
 """An unplanned move: the effects of the takeover table.
 
-A standby that hears nothing from the holder for `dead_after` probes the segment for the VIP; any
-answer means no takeover. Only silence (and the fence program, if configured) lets it claim. The same
-machine reclaims a VIP removed from the holder behind the agent's back (`on_vip_lost: reclaim`), and
-recovers a VIP that neither node holds while both are up (a kill between release and claim, a release
-that timed out but took effect): the node that held it last claims it.
+A standby that hears nothing from the holder for `dead_after` probes the segment for the VIP and for
+the holder's own address, for as long as the holder's kernel was measured to need (`window`); any
+answer for the VIP means no takeover. The holder's host answering for its own address but nobody for
+the VIP means its agent is down and its host up: no takeover either (see `probed`). Only silence for
+both (and the fence program, if configured) lets it claim. The same machine reclaims a VIP removed
+from the holder behind the agent's back (`on_vip_lost: reclaim`), and recovers a VIP that neither node
+holds while both are up (a kill between release and claim, a release that timed out but took effect):
+the node that held it last claims it. It also keeps the peer kernel's round trips (`measure_if_due`,
+`measured`) that size the takeover's window.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from failover.protocol import actions as a
 from failover.protocol import events as e
 from failover.protocol.runs import TakeoverRun
 from failover.protocol.states import TakeoverState
+from failover.protocol.window import STARTUP_EVERY, AnswerTimes, ProbeWindow
 
 if TYPE_CHECKING:
     from failover.protocol.node import Node
@@ -26,6 +31,29 @@ K = TakeoverState
 class Takeover:
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.answer_times = AnswerTimes(node.setup.probe_window)
+        # When the next MeasurePeer is due; None: measuring is off and every probe has the configured window.
+        self.measure_due: float | None = 0.0 if node.setup.measure_every > 0 else None
+        self.host_up_reported = False  # "agent down, host up" journalled once until the peer speaks again
+        self._window: ProbeWindow | None = None  # the window of the probe under way
+        self._host: str | None = None  # what that probe said of the holder's host
+        self._asked_host = False
+
+    # --- the peer's kernel, timed while it is up ---------------------------------------------------
+
+    def measure_if_due(self, now: float) -> None:
+        if self.measure_due is None or now < self.measure_due:
+            return
+        every = self.node.setup.measure_every
+        # A few quick ones at start, so a crash soon after it already meets a measured window.
+        self.measure_due = now + (every if self.answer_times.enough else min(every, STARTUP_EVERY))
+        self.node.emit(a.MeasurePeer(self.answer_times.configured.wait))
+
+    def measured(self, event: e.PeerMeasured) -> None:
+        self.answer_times.add(event.rtt)
+
+    def window_status(self) -> dict[str, object] | None:
+        return None if self.measure_due is None else self.answer_times.status()
 
     def start(self, move: str, why: str, first_step: str, now: float) -> TakeoverRun:
         """Probe, fence if configured, claim: a silent holder ("takeover"), a lost VIP ("reclaim"), or a VIP
@@ -44,7 +72,18 @@ class Takeover:
         )
         node.step(run, first_step, now)
         # The network is the witness: nobody may answer for the VIP before we claim it.
-        node.emit(a.Probe(epoch))
+        self._host = None
+        self._asked_host = move == "takeover"
+        if self._asked_host:
+            # Asking for the silent holder's own address too (host or agent down), for as long as its
+            # kernel was measured to need: the configured window when measuring is off.
+            measuring = self.measure_due is not None
+            self._window = self.answer_times.window() if measuring else node.setup.probe_window
+            node.emit(a.Probe(epoch, self._window if measuring else None, peer_host=True))
+        else:
+            # A reclaim or a recovery: the peer is up, and whoever may hold the VIP was never timed.
+            self._window = None
+            node.emit(a.Probe(epoch))
         return run
 
     def probed(self, run: TakeoverRun, event: e.ProbeDone, now: float) -> TakeoverState:
@@ -58,7 +97,30 @@ class Takeover:
             node.step(run, "probe-unknown", now)
             reason = f"the probe could not tell whether anyone holds the VIP ({event.unknown}): not claiming"
             return self._finish(run, False, reason, now, probe=[f"unknown: {event.unknown}"])
+        if event.host_answered_by:
+            # The holder's kernel answers for its own address and nobody for the VIP: its agent is down,
+            # its host up. The VIP may well still be there: an agent killed or stopped leaves it in place
+            # (on purpose: a restart must not cause an outage), and its answer for the VIP may be the one
+            # frame lost, or kept back by arp_ignore / a filter while clients still reach it. Claiming
+            # would make two holders with nobody on the other side to settle it, so: no claim, said in the
+            # status and journal, and asked again after takeover_retry. Once the host goes down as well,
+            # the next probe is silent for both and the takeover goes ahead; once the agent is back, its
+            # heartbeats say where the VIP is.
+            node.step(run, "probe-host-up", now)
+            hosts = ", ".join(event.host_answered_by)
+            reason = (
+                f"agent down, host up: {node.setup.peer}'s host answers for its own address ({hosts}) but "
+                f"nobody for {node.setup.vip}; it may still hold it: not claiming"
+            )
+            if not self.host_up_reported:
+                self.host_up_reported = True
+                detail = {"at": now, "epoch": run.epoch, "peer": node.setup.peer, "reason": reason}
+                node.emit(a.Notice("agent-down-host-up", {**detail, "host_answered_by": hosts}))
+            self._host = "up"
+            return self._finish(run, False, reason, now)
         node.step(run, "probe-silent", now)
+        if self._asked_host:
+            self._host = "down"  # asked, and silent for its own address too
         if node.setup.fence:
             node.emit(a.Fence(run.epoch))
             return K.FENCING
@@ -122,8 +184,17 @@ class Takeover:
             "at": now,
             "epoch": run.epoch,
             "reason": f"{run.why}; {reason}",
-            "probe": "answered by " + ", ".join(probe) if probe else "silent" if ok else None,
+            "probe": "answered by " + ", ".join(probe)
+            if probe
+            else "host up, VIP silent"
+            if self._host == "up"
+            else "silent"
+            if ok
+            else None,
             "fence": fence,
+            # The holder's host, by its own address: "up", "down" (silent too), None (not asked).
+            "holder_host": self._host,
+            "probe_window": None if self._window is None else self._window.to_json(),
             "duration_ms": round(run.elapsed_ms(now), 3),
             "steps": [{"step": s, "ms": round(ms, 3)} for s, ms in run.steps],
         }
