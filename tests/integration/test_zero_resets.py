@@ -92,7 +92,6 @@ def figures(moves: list[dict[str, Any]], fetched: dict[str, Any], load: ClientLo
     }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: drain ends on a timer")
 def test_no_client_sees_a_reset_across_swaps(cluster: LabCluster, record_property: Any) -> None:
     moves, fetched, load = run_moves(cluster, PAIRS)
     seen = figures(moves, fetched, load)
