@@ -248,6 +248,10 @@ async def remove(cluster: str, version: int) -> int:
     family = "ip" if version == 4 else "ip6"
     code, out = await _nft(["-j", "list", "table", family, table_name(cluster)])
     handed_off = _counted_packets(out) if code == 0 else 0
+    # The rule goes first, on its own: one transaction that deletes both chains unhooks them one after
+    # the other, and a SYN-ACK that passes the unhooked record while the rule still hooks prerouting
+    # has its connection's next segment handed to the old holder, which resets it (seen in the lab).
+    await _nft(["delete", "chain", family, table_name(cluster), "handoff"])
     await _nft(["delete", "table", family, table_name(cluster)])
     return handed_off
 

@@ -42,3 +42,25 @@ def test_live_connections_are_recorded_with_the_rule_in_one_batch() -> None:
     assert chain.startswith("add chain ip failover_lab_1 handoff")
     assert "ip saddr . tcp sport . tcp dport != @own" in rule and "dup to 203.0.113.11" in rule
     assert len(handoff_rule("lab-1", VIP, OLD, "eth0").splitlines()) == 2  # nothing to record
+
+
+def test_the_rule_is_unhooked_before_the_record_of_own_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One transaction deleting both chains unhooks them in turn: for a moment the record (output) was gone
+    # while the rule (prerouting) still handed off, and a fresh connection's ACK went to the old holder.
+    import asyncio
+
+    from failover import handoff
+
+    calls: list[list[str]] = []
+
+    async def fake_nft(args: list[str], stdin: str | None = None) -> tuple[int, str]:
+        calls.append(args)
+        return 0, "{}"
+
+    monkeypatch.setattr(handoff, "_nft", fake_nft)
+    asyncio.run(handoff.remove("lab", 4))
+    deletes = [c for c in calls if c[0] == "delete"]
+    assert deletes == [
+        ["delete", "chain", "ip", "failover_lab", "handoff"],
+        ["delete", "table", "ip", "failover_lab"],
+    ]

@@ -75,7 +75,7 @@ def load_records(path: Path) -> tuple[list[Request], dict[str, int]]:
 
 def load_rsts(path: Path) -> dict[str, Any]:
     """The load's RST count: ``frames`` (None when it could not count, ``error`` says why), ``drops``,
-    ``kept`` ([at, source, source_port, dest_port, flags] each)."""
+    ``kept`` ([at, source, source_port, dest_port, flags, source MAC] each)."""
     rst: dict[str, Any] = json.loads(Path(path).read_text()).get("rst") or {}
     return {"frames": None, "drops": 0, "kept": [], "error": "not counted", **rst}
 

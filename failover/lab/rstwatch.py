@@ -56,6 +56,7 @@ class RstFrame:
     source_port: int
     dest_port: int
     flags: int  # the TCP flags byte (0x04 RST, 0x14 RST|ACK)
+    mac: str = ""  # the frame's source MAC: which host sent it (the VIP is on one, or on lo of another)
 
 
 def rst_filter(sources: Sequence[IPAddress], snaplen: int = SNAPLEN) -> bytes:
@@ -149,7 +150,10 @@ def parse_rst(frame: bytes, sources: Sequence[IPAddress], at: float = 0.0) -> Rs
     if len(frame) < tcp + 14 or source not in sources or not frame[tcp + 13] & RST:
         return None
     sport, dport = struct.unpack_from("!HH", frame, tcp)
-    return RstFrame(at=at, source=str(source), source_port=sport, dest_port=dport, flags=frame[tcp + 13])
+    mac = ":".join(f"{b:02x}" for b in frame[6:12])
+    return RstFrame(
+        at=at, source=str(source), source_port=sport, dest_port=dport, flags=frame[tcp + 13], mac=mac
+    )
 
 
 class RstCounter:
@@ -210,11 +214,11 @@ class RstCounter:
 
     def result(self) -> dict[str, Any]:
         """``frames``: RSTs counted; ``drops``: frames the kernel could not queue (so maybe more);
-        ``kept``: [at, source, source_port, dest_port, flags] of the first ``MAX_KEPT``."""
+        ``kept``: [at, source, source_port, dest_port, flags, source MAC] of the first ``MAX_KEPT``."""
         return {
             "frames": self.frames,
             "drops": self.drops,
             "sources": [str(s) for s in self.sources],
-            "kept": [[r.at, r.source, r.source_port, r.dest_port, r.flags] for r in self.kept],
+            "kept": [[r.at, r.source, r.source_port, r.dest_port, r.flags, r.mac] for r in self.kept],
             "error": None,
         }
