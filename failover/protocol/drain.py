@@ -69,7 +69,15 @@ class Drain:
         if run.open is None and run.error:
             # Without a count the drain cannot know when the work ends: it ends as it always did.
             return self._end(run, "not-counted", now)
-        return self._end(run, "closed", now) if run.open == 0 else DR.WAITING
+        if run.open == 0:
+            return self._end(run, "closed", now)
+        # Clients whose router or cache still had our MAC may have opened keep-alive connections here
+        # after the first hooks ran (a router that ignores gratuitous ARP: until the targeted ARP reached
+        # it); by now they have been told, so the hooks' second round leaves only work in progress.
+        source, target = self._roles(run.epoch)
+        reason = "connections opened during the drain"
+        self.node.emit(a.RunHooks("drain", run.epoch, run.move, source, target, reason))
+        return DR.WAITING
 
     def bound_reached(self, run: DrainRun, _: None, now: float) -> DrainState:
         return self._end(run, "drain_max", now)
