@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from failover.accesslog import LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import LogWatcher
 from failover.health import canary_token, canary_url, check_health, service_port
+from failover.heartbeat_socket import HeartbeatSocket
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
 from failover.localnode import own_node
@@ -89,35 +89,12 @@ STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its stra
 _Reported = protocol.Progress | protocol.Finished | protocol.Planned  # what a waiting CLI hears
 
 
-HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
-SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; the socket module does not name it
-
-
-def _size_receive_buffer(sock: socket.socket) -> None:
-    """A loop held up for a moment (a busy host) must not cost the peer's datagrams: queue more of them."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, HEARTBEAT_RCVBUF)  # past rmem_max
-    except OSError:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEARTBEAT_RCVBUF)
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.agent.on_datagram(data, str(addr[0]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp-error", error=str(exc))
-
-
 class Agent:
     def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
         self.config = config
         self.node = node
         self.peer = config.peer_of(node.name)
+        self._peer_ip = str(self.peer.address)  # compared with every datagram's source: made once
         self.fault = os.environ.get(FAULT_ENV, "")
         self._fault_seen: tuple[int, str] | None = None
         self.loop = asyncio.get_running_loop()
@@ -231,14 +208,11 @@ class Agent:
         except control.ControlError as err:
             raise AgentError(str(err)) from None
         try:
-            self.transport, _ = await self.loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(str(node.address), cfg.heartbeat.port)
-            )
+            self.transport = HeartbeatSocket.open(node.address, cfg.heartbeat.port, self.on_datagram)
         except OSError as err:
             where = f"{node.address}:{cfg.heartbeat.port}"
             raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
         self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
-        _size_receive_buffer(self.transport.get_extra_info("socket"))
         metrics = self._start_metrics()
         try:
             server = await control.serve(node.control_socket, self.on_control)
@@ -326,7 +300,7 @@ class Agent:
     # --- events in ---------------------------------------------------------------------------------
 
     def on_datagram(self, data: bytes, source: str) -> None:
-        if source.partition("%")[0] != str(self.peer.address):
+        if source.partition("%")[0] != self._peer_ip:
             # Only the peer's address is worth an HMAC: a flood from anywhere else costs one comparison.
             self.rejections.drop("source", self.now())
             return
@@ -446,9 +420,12 @@ class Agent:
                 save_state(self.node.state_dir, state)
             except OSError as err:
                 log.error("state-save-failed", error=str(err))
+        deadline = self.core.get_timer()
+        if self._timer is not None and self._timer.when() == deadline:
+            return  # most datagrams (a flood's) change no deadline: no new timer for each
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_at(self.core.get_timer(), self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _carry_out(self, action: protocol.Action) -> None:
         if self.fault.startswith("stop-before:") and self._fault_matches(action):
