@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
@@ -102,6 +102,7 @@ class Agent:
         self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._ended_by: str | None = None  # a task the agent cannot run without ended: why it stopped
         self._persisted = PersistentState()
         self._stopping = False
         self.watcher = LogWatcher(
@@ -220,10 +221,10 @@ class Agent:
             raise AgentError(str(err)) from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
-        watcher = asyncio.create_task(self._watch_vip())
-        self._spawn(self._carry_out_vip_ops())
+        watcher = self._spawn(self._watch_vip(), essential=True)
+        self._spawn(self._carry_out_vip_ops(), essential=True)
         if cfg.health.self_check_every_ms:
-            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000))
+            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000), essential=True)
         log.info(
             "agent-started",
             cluster=cfg.cluster,
@@ -267,6 +268,8 @@ class Agent:
             await self._journal_writer.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
+        if self._ended_by is not None:
+            raise AgentError(f"stopped: {self._ended_by}; the VIP stays where it is, a restart is safe")
 
     def _start_metrics(self) -> MetricsServer | None:
         listen = self.config.metrics.listen
@@ -458,8 +461,7 @@ class Agent:
             case protocol.Handoff():
                 if self._handoff_end is not None:
                     self._handoff_end.cancel()
-                self._handoff_install = asyncio.create_task(self._install_handoff(action.epoch))
-                self._handoff_install.add_done_callback(self._task_done)
+                self._handoff_install = self._spawn(self._install_handoff(action.epoch))
             case protocol.EndHandoff():
                 epoch = action.epoch
                 self._handoff_end = self.loop.call_later(
@@ -515,10 +517,20 @@ class Agent:
         name, _, why = spec.partition(":")
         return type(action).__name__ == name and (not why or getattr(action, "why", None) == why)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, essential: bool = False) -> asyncio.Task[None]:
+        """Every task of the agent starts here, so none can end with an exception unnoticed.
+
+        An `essential` task runs for the agent's life (the VIP's watch and queue, the self-check): if it
+        ends, the agent stops with an error rather than run blind, and its supervisor restarts it.
+        """
+        name = str(getattr(coro, "__name__", "task"))
+        if self.fault == f"task-raises:{name}":
+            coro.close()  # test only: the task raises at once, as an adapter bug would
+            coro = _injected_failure(name)
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._essential_done if essential else self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # No adapter exception may end a task unnoticed: it is logged with its traceback and counted.
@@ -527,8 +539,16 @@ class Agent:
             return
         self.task_failures += 1
         err = task.exception()
-        name = getattr(task.get_coro(), "__name__", task.get_name())
-        log.error("task-failed", task=name, error=f"{type(err).__name__}: {err}", exc_info=err)
+        log.error("task-failed", task=task.get_name(), error=f"{type(err).__name__}: {err}", exc_info=err)
+
+    def _essential_done(self, task: asyncio.Task[None]) -> None:
+        self._task_done(task)
+        if task.cancelled() or self._stopping or self._stop.is_set():
+            return
+        err = task.exception()
+        self._ended_by = f"task {task.get_name()} ended" + (f" ({type(err).__name__}: {err})" if err else "")
+        log.error("agent-stopping", reason=self._ended_by)
+        self._stop.set()
 
     async def _carry_out_vip_ops(self) -> None:
         """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
@@ -732,7 +752,7 @@ class Agent:
         except announce.AnnounceError as err:
             log.error("straggler-watch-failed", epoch=epoch, error=str(err))
             return
-        self._stragglers = (epoch, watch, asyncio.create_task(self._report_stragglers(epoch, watch)))
+        self._stragglers = (epoch, watch, self._spawn(self._report_stragglers(epoch, watch)))
 
     async def _report_stragglers(self, epoch: int, watch: StragglerWatch) -> None:
         while True:
@@ -832,6 +852,10 @@ class Agent:
         log.info("probe", epoch=action.epoch, answered_by=list(result.answered_by),
                  unknown=result.unknown or None, frames=result.frames)
         self._report(events.ProbeDone(action.epoch, result.answered_by, result.unknown))
+
+
+async def _injected_failure(name: str) -> None:
+    raise RuntimeError(f"injected test fault: {name} raised")
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:

@@ -88,7 +88,8 @@ WITNESS_INTERVAL = 0.05  # how often the kernel witness is asked, while log line
 class LogWatcher:
     """The agent's side of Watch/Unwatch: follows the log, asks the witness, reports TrafficSeen.
 
-    One move at a time; `report` hands each running count to the core, `spawn` runs a clean-up task.
+    One move at a time; `report` hands each running count to the core, `spawn` runs each task (the
+    agent's, which logs and counts an exception that ends one).
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class LogWatcher:
         exclude: tuple[str, ...],
         service_port: int,
         report: Callable[[events.TrafficSeen], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         now: Callable[[], float],
     ) -> None:
         self.cluster, self.vip, self.access_log, self.log_format = cluster, vip, access_log, log_format
@@ -116,7 +117,7 @@ class LogWatcher:
         follower = LogFollower(self.access_log, LogFormat.named(self.log_format))
         follower.start_at_end()
         self.watch = LogWatch(epoch, follower, str(self.vip), self.exclude, canary)
-        self._task = asyncio.create_task(self._follow(self.watch))
+        self._task = self.spawn(self._follow(self.watch))  # the agent's: an exception in it is logged
         log.info("watching-access-log", epoch=epoch, path=str(self.access_log), canary=canary is not None)
 
     def stop(self, epoch: int | None) -> None:
