@@ -78,6 +78,8 @@ class LogFollower:
         self.max_bytes_per_poll = max_bytes_per_poll
         self.stats = FollowerStats()
         self.last_error: str | None = None
+        # The latest poll stopped at max_bytes_per_poll: more is waiting, poll again soon.
+        self.behind = False
         self._current: _Source | None = None
         # The file the path named before a rotation: read until the writer has moved to the new one.
         self._retired: _Source | None = None
@@ -108,10 +110,13 @@ class LogFollower:
         self._current = self._open()
 
     def poll(self) -> list[LogEntry]:
-        """Entries for the complete lines appended since the last call; reads at most max_bytes_per_poll."""
+        """Entries for the complete lines appended since the last call; reads at most max_bytes_per_poll
+        (then `behind` is true), so a caller on an event loop can bound what one call costs."""
+        self.behind = False
         if self._closed:
             return []
         self.last_error = None
+        read_before = self.stats.bytes_read
         lines: list[bytes] = []
         budget = self.max_bytes_per_poll
         if self._retired is not None:
@@ -132,6 +137,7 @@ class LogFollower:
                 budget = self._read_retired(budget, lines)
                 if budget > 0 and self._current is not None:
                     self._read(self._current, budget, lines)
+        self.behind = self.stats.bytes_read - read_before >= self.max_bytes_per_poll
         return self._parse(lines)
 
     def close(self) -> None:
