@@ -14,8 +14,7 @@ import json
 import os
 import shutil
 import signal
-import socket
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
@@ -39,6 +38,7 @@ from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, lo
 from failover.confirm import LogWatcher
 from failover.connections import Count, count_while_draining
 from failover.health import canary_token, canary_url, check_health, service_port
+from failover.heartbeat_socket import HeartbeatSocket
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
 from failover.localnode import own_node
@@ -93,35 +93,12 @@ DRAIN_COUNT_EVERY = 0.1  # seconds between two counts of the draining host's con
 WAITING_TICK = 5.0  # a CLI waiting for a drain hears that it goes on this often
 
 
-HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
-SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; the socket module does not name it
-
-
-def _size_receive_buffer(sock: socket.socket) -> None:
-    """A loop held up for a moment (a busy host) must not cost the peer's datagrams: queue more of them."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, HEARTBEAT_RCVBUF)  # past rmem_max
-    except OSError:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HEARTBEAT_RCVBUF)
-
-
-class _Datagrams(asyncio.DatagramProtocol):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.agent.on_datagram(data, str(addr[0]))
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp-error", error=str(exc))
-
-
 class Agent:
     def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
         self.config = config
         self.node = node
         self.peer = config.peer_of(node.name)
+        self._peer_ip = str(self.peer.address)  # compared with every datagram's source: made once
         self.fault = os.environ.get(FAULT_ENV, "")
         self._fault_seen: tuple[int, str] | None = None
         self.loop = asyncio.get_running_loop()
@@ -130,6 +107,7 @@ class Agent:
         self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._ended_by: str | None = None  # a task the agent cannot run without ended: why it stopped
         self._persisted = PersistentState()
         self._stopping = False
         self.watcher = LogWatcher(
@@ -245,14 +223,11 @@ class Agent:
         except control.ControlError as err:
             raise AgentError(str(err)) from None
         try:
-            self.transport, _ = await self.loop.create_datagram_endpoint(
-                lambda: _Datagrams(self), local_addr=(str(node.address), cfg.heartbeat.port)
-            )
+            self.transport = HeartbeatSocket.open(node.address, cfg.heartbeat.port, self.on_datagram)
         except OSError as err:
             where = f"{node.address}:{cfg.heartbeat.port}"
             raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
         self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
-        _size_receive_buffer(self.transport.get_extra_info("socket"))
         metrics = self._start_metrics()
         try:
             server = await control.serve(node.control_socket, self.on_control)
@@ -260,10 +235,10 @@ class Agent:
             raise AgentError(str(err)) from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
-        watcher = asyncio.create_task(self._watch_vip())
-        self._spawn(self._carry_out_vip_ops())
+        watcher = self._spawn(self._watch_vip(), essential=True)
+        self._spawn(self._carry_out_vip_ops(), essential=True)
         if cfg.health.self_check_every_ms:
-            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000))
+            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000), essential=True)
         log.info(
             "agent-started",
             cluster=cfg.cluster,
@@ -307,6 +282,8 @@ class Agent:
             await self._journal_writer.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
+        if self._ended_by is not None:
+            raise AgentError(f"stopped: {self._ended_by}; the VIP stays where it is, a restart is safe")
 
     def _start_metrics(self) -> MetricsServer | None:
         listen = self.config.metrics.listen
@@ -340,7 +317,7 @@ class Agent:
     # --- events in ---------------------------------------------------------------------------------
 
     def on_datagram(self, data: bytes, source: str) -> None:
-        if source.partition("%")[0] != str(self.peer.address):
+        if source.partition("%")[0] != self._peer_ip:
             # Only the peer's address is worth an HMAC: a flood from anywhere else costs one comparison.
             self.rejections.drop("source", self.now())
             return
@@ -476,9 +453,12 @@ class Agent:
                 save_state(self.node.state_dir, state)
             except OSError as err:
                 log.error("state-save-failed", error=str(err))
+        deadline = self.core.get_timer()
+        if self._timer is not None and self._timer.when() == deadline:
+            return  # most datagrams (a flood's) change no deadline: no new timer for each
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self.loop.call_at(self.core.get_timer(), self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _carry_out(self, action: protocol.Action) -> None:
         if self.fault.startswith("stop-before:") and self._fault_matches(action):
@@ -516,8 +496,7 @@ class Agent:
             case protocol.Handoff():
                 if self._handoff_end is not None:
                     self._handoff_end.cancel()
-                self._handoff_install = asyncio.create_task(self._install_handoff(action.epoch))
-                self._handoff_install.add_done_callback(self._task_done)
+                self._handoff_install = self._spawn(self._install_handoff(action.epoch))
             case protocol.EndHandoff():
                 epoch = action.epoch
                 self._handoff_end = self.loop.call_later(
@@ -592,10 +571,20 @@ class Agent:
         name, _, why = spec.partition(":")
         return type(action).__name__ == name and (not why or getattr(action, "why", None) == why)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None], *, essential: bool = False) -> asyncio.Task[None]:
+        """Every task of the agent starts here, so none can end with an exception unnoticed.
+
+        An `essential` task runs for the agent's life (the VIP's watch and queue, the self-check): if it
+        ends, the agent stops with an error rather than run blind, and its supervisor restarts it.
+        """
+        name = str(getattr(coro, "__name__", "task"))
+        if self.fault == f"task-raises:{name}":
+            coro.close()  # test only: the task raises at once, as an adapter bug would
+            coro = _injected_failure(name)
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(self._essential_done if essential else self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         # No adapter exception may end a task unnoticed: it is logged with its traceback and counted.
@@ -604,8 +593,16 @@ class Agent:
             return
         self.task_failures += 1
         err = task.exception()
-        name = getattr(task.get_coro(), "__name__", task.get_name())
-        log.error("task-failed", task=name, error=f"{type(err).__name__}: {err}", exc_info=err)
+        log.error("task-failed", task=task.get_name(), error=f"{type(err).__name__}: {err}", exc_info=err)
+
+    def _essential_done(self, task: asyncio.Task[None]) -> None:
+        self._task_done(task)
+        if task.cancelled() or self._stopping or self._stop.is_set():
+            return
+        err = task.exception()
+        self._ended_by = f"task {task.get_name()} ended" + (f" ({type(err).__name__}: {err})" if err else "")
+        log.error("agent-stopping", reason=self._ended_by)
+        self._stop.set()
 
     async def _carry_out_vip_ops(self) -> None:
         """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
@@ -813,7 +810,7 @@ class Agent:
         except announce.AnnounceError as err:
             log.error("straggler-watch-failed", epoch=epoch, error=str(err))
             return
-        self._stragglers = (epoch, watch, asyncio.create_task(self._report_stragglers(epoch, watch)))
+        self._stragglers = (epoch, watch, self._spawn(self._report_stragglers(epoch, watch)))
 
     async def _report_stragglers(self, epoch: int, watch: StragglerWatch) -> None:
         while True:
@@ -935,6 +932,10 @@ class Agent:
         finally:
             self._measuring = False
         self._report(events.PeerMeasured(rtt))
+
+
+async def _injected_failure(name: str) -> None:
+    raise RuntimeError(f"injected test fault: {name} raised")
 
 
 def _summary(entry: dict[str, Any]) -> dict[str, Any]:

@@ -82,13 +82,18 @@ class LogWatch:
 
 
 FOLLOW_INTERVAL = 0.01  # how often the access log is read while a move waits for proof
+# A burst of log is read and judged this much at a turn of the event loop (~10 ms of parsing), the next
+# slice at once: one 1 MiB poll held the loop ~250 ms, about dead_after_ms, and heartbeats wait on it.
+FOLLOW_BYTES = 32 * 1024
+JUDGE_ENTRIES = 200  # entries judged at a turn, when the witness's answer lets many pile up
 WITNESS_INTERVAL = 0.05  # how often the kernel witness is asked, while log lines wait for it
 
 
 class LogWatcher:
     """The agent's side of Watch/Unwatch: follows the log, asks the witness, reports TrafficSeen.
 
-    One move at a time; `report` hands each running count to the core, `spawn` runs a clean-up task.
+    One move at a time; `report` hands each running count to the core, `spawn` runs each task (the
+    agent's, which logs and counts an exception that ends one).
     """
 
     def __init__(
@@ -101,7 +106,7 @@ class LogWatcher:
         exclude: tuple[str, ...],
         service_port: int,
         report: Callable[[events.TrafficSeen], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
         now: Callable[[], float],
     ) -> None:
         self.cluster, self.vip, self.access_log, self.log_format = cluster, vip, access_log, log_format
@@ -113,10 +118,11 @@ class LogWatcher:
     def start(self, epoch: int, canary: str | None) -> None:
         """From now on, for the move of `epoch`: only what is logged from here can prove it."""
         self.stop(None)
-        follower = LogFollower(self.access_log, LogFormat.named(self.log_format))
+        fmt = LogFormat.named(self.log_format)
+        follower = LogFollower(self.access_log, fmt, max_bytes_per_poll=FOLLOW_BYTES)
         follower.start_at_end()
         self.watch = LogWatch(epoch, follower, str(self.vip), self.exclude, canary)
-        self._task = asyncio.create_task(self._follow(self.watch))
+        self._task = self.spawn(self._follow(self.watch))  # the agent's: an exception in it is logged
         log.info("watching-access-log", epoch=epoch, path=str(self.access_log), canary=canary is not None)
 
     def stop(self, epoch: int | None) -> None:
@@ -151,7 +157,7 @@ class LogWatcher:
         unparsed, asked = 0, 0.0
         pending: list[LogEntry] = []
         while True:
-            pending += watch.follower.poll()  # small, non-blocking reads of a regular file
+            pending += watch.follower.poll()  # non-blocking reads of a regular file, FOLLOW_BYTES at most
             if pending and watch.witnessing and self.now() - asked < WITNESS_INTERVAL:
                 pass  # the witness is asked at most this often: each time is one nft run
             elif pending or watch.unparsed != unparsed:
@@ -163,11 +169,14 @@ class LogWatcher:
                     except (witness.WitnessError, TimeoutError) as err:
                         log.warning("witness-failed", epoch=watch.epoch, error=str(err))
                         watch.witnessing = False
-                watch.add(pending, witnessed)
+                for start in range(0, len(pending), JUDGE_ENTRIES):
+                    if start:
+                        await asyncio.sleep(0)  # the loop's other work between two slices
+                    watch.add(pending[start : start + JUDGE_ENTRIES], witnessed)
                 pending, unparsed = [], watch.unparsed
                 how = watch.proof.destination if watch.canary_token is None else "canary"
                 self.report(events.TrafficSeen(watch.epoch, watch.count, watch.clients, how, unparsed))
-            await asyncio.sleep(FOLLOW_INTERVAL)
+            await asyncio.sleep(0 if watch.follower.behind else FOLLOW_INTERVAL)
 
     async def _remove_witness(self, epoch: int) -> None:
         try:

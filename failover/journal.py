@@ -97,6 +97,8 @@ class Writer:
                 await asyncio.to_thread(append, self.path, entry)
             except JournalError as err:
                 self._on_error(err)
+            except Exception as err:  # an entry that cannot be written (a bug): told, never a lost task
+                self._on_error(JournalError(f"{self.path}: cannot append: {type(err).__name__}: {err}"))
 
         self._tail = asyncio.get_running_loop().create_task(write())
 

@@ -90,3 +90,23 @@ def test_a_task_that_raises_is_logged_and_counted_not_lost() -> None:
     assert failures == 1
     [line] = [entry for entry in logs if entry["event"] == "task-failed"]
     assert line["task"] == "broken" and "adapter bug" in str(line["error"])
+
+
+def test_the_access_log_followers_task_is_the_agents_so_its_exception_is_logged_and_counted(
+    tmp_path: Path,
+) -> None:
+    config = load_config(EXAMPLE)
+
+    async def main() -> tuple[int, list[dict[str, object]]]:
+        a = agent.Agent(config, config.nodes[0])
+        a.fault = "task-raises:_follow"  # as FAILOVER_TEST_FAULT sets it: the follower raises at its start
+        with structlog.testing.capture_logs() as logs:
+            a.watcher.start(7, None)
+            await asyncio.sleep(0.05)
+            a.watcher.stop(7)
+        return a.task_failures, logs
+
+    failures, logs = asyncio.run(main())
+    assert failures == 1
+    [line] = [entry for entry in logs if entry["event"] == "task-failed"]
+    assert line["task"] == "_follow" and "injected test fault" in str(line["error"])

@@ -140,3 +140,20 @@ def test_the_writer_reports_a_failed_append_and_goes_on(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert len(errors) == 1 and "cannot append" in errors[0]
+
+
+def test_an_entry_that_cannot_be_written_is_reported_and_the_next_one_written(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    errors: list[str] = []
+    looped: dict[str, object] = {"epoch": 1}
+    looped["self"] = looped  # json.dumps raises ValueError, not OSError
+
+    async def main() -> None:
+        writer = journal.Writer(path, on_error=lambda err: errors.append(str(err)))
+        writer.append(looped)
+        writer.append({"epoch": 2})
+        await writer.flushed()
+
+    asyncio.run(main())
+    assert len(errors) == 1 and str(path) in errors[0] and "ValueError" in errors[0], errors
+    assert [e["epoch"] for e in journal.read(path)] == [2]
