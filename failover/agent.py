@@ -552,10 +552,7 @@ class Agent:
                 else:
                     self._report(events.ConnectionsCounted(epoch, count.open, count.oldest_s))
 
-            self._counting = asyncio.create_task(
-                count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted)
-            )
-            self._counting.add_done_callback(self._task_done)
+            self._counting = self._spawn(count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted))
 
     def _stop_if_entering(self, state: str) -> None:
         """Test only: freeze (SIGSTOP) as the move enters `state`, before its actions are carried out."""
