@@ -741,7 +741,7 @@ class Agent:
             found.append(check.access_log_finding(cfg, node))
         found += check.sysctl_findings(cfg, node)
         if target:
-            found.append(check.nft_finding())
+            found += check.handoff_findings(cfg)
         return found
 
     # --- journal and hooks ---------------------------------------------------------------------------
