@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
 import socket
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from pathlib import Path
@@ -43,6 +41,7 @@ from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
+from failover.persisted import PersistentState, load_state, save_state
 from failover.protocol import events
 from failover.rejections import RejectionLog
 from failover.stragglers import StragglerWatch
@@ -59,28 +58,6 @@ FAULT_ENV = "FAILOVER_TEST_FAULT"
 
 class AgentError(Exception):
     """The agent cannot start; the message is one line."""
-
-
-@dataclass(frozen=True)
-class PersistentState:
-    epoch: int = 0
-    held_epoch: int = 0
-    held_before: bool = False  # this node has held the VIP: it may take back a VIP that nobody holds
-
-
-def load_state(state_dir: Path) -> PersistentState:
-    try:
-        doc = json.loads((state_dir / "state.json").read_text())
-        held_before = doc.get("held_before") is True
-        epoch, held_epoch = int(doc["epoch"]), int(doc["held_epoch"])
-        return PersistentState(epoch=epoch, held_epoch=held_epoch, held_before=held_before)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return PersistentState()
-
-
-def save_state(state_dir: Path, state: PersistentState) -> None:
-    doc = {"epoch": state.epoch, "held_epoch": state.held_epoch, "held_before": state.held_before}
-    journal.write_file_durably(state_dir / "state.json", json.dumps(doc).encode())
 
 
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
