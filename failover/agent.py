@@ -36,6 +36,7 @@ from failover.accesslog import LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import LogWatcher
 from failover.connections import Count, count_while_draining
+from failover.coresetup import node_setup
 from failover.health import canary_token, canary_url, check_health, service_port
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
@@ -143,7 +144,7 @@ class Agent:
 
     async def run(self) -> None:
         cfg, node = self.config, self.node
-        keys = keys_for(cfg.auth)
+        keys = keys_for(cfg.auth)  # a key file gone since the CLI loaded the config: nothing touched yet
         try:
             self.link = await VipLink.open(node.interface, cfg.vip.address)
         except NetlinkError as err:
@@ -163,50 +164,11 @@ class Agent:
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
-        t = cfg.takeover
-        probe_ms = t.probe_count * t.probe_interval_ms + t.probe_wait_ms
         try:
             boot = bootid.next_boot(node.state_dir)  # grows at every start, whatever the clock did
         except bootid.BootIdError as err:
             raise AgentError(str(err)) from None
-        setup = protocol.NodeSetup(
-            cluster=cfg.cluster,
-            name=node.name,
-            peer=self.peer.name,
-            home=node.home,
-            digest=cfg.digest.hex(),
-            keys=keys,
-            timing=protocol.Timing(
-                heartbeat_interval=cfg.heartbeat.interval_ms / 1000,
-                dead_after=cfg.heartbeat.dead_after_ms / 1000,
-                step_timeout=cfg.swap.step_timeout_ms / 1000,
-                announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
-            ),
-            boot=boot,
-            probe_budget=probe_ms / 1000,
-            probe_window=protocol.ProbeWindow(
-                t.probe_count, t.probe_interval_ms / 1e3, t.probe_wait_ms / 1e3
-            ),
-            measure_every=t.probe_measure_every_ms / 1000,
-            fence_budget=cfg.takeover.fence_timeout_ms / 1000,
-            vip=str(cfg.vip.ip),
-            automatic=cfg.takeover.automatic,
-            on_vip_lost=cfg.takeover.on_vip_lost,
-            fence=bool(cfg.takeover.fence),
-            self_check_fails=cfg.health.self_check_fails,
-            confirm=cfg.confirm.mode,
-            confirm_requests=cfg.confirm.requests,
-            confirm_within=cfg.confirm.within_s,
-            drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
-            drain_max=0.0 if self.drain_blocker else cfg.swap.drain_max_ms / 1000,
-            drain_off="" if not self.drain_blocker else (
-                "swap.drain_ms is 0" if self.drain_blocker == "off" else self.drain_blocker
-            ),
-            straggler_window=cfg.confirm.straggler_window_ms / 1000,
-            before_release=len(cfg.hooks.before_release) * cfg.hooks.timeout_ms / 1000,
-            # A dry run's host checks: the health check with its timeout, then reading a few files.
-            host_check_budget=cfg.health.timeout_ms / 1000 + 0.5,
-        )
+        setup = node_setup(cfg, node, keys=keys, boot=boot, drain_blocker=self.drain_blocker)
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
             setup,
