@@ -35,7 +35,6 @@ from failover import (
 from failover.accesslog import LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import LogWatcher
-from failover.connections import Count, count_while_draining
 from failover.coresetup import node_setup
 from failover.health import canary_token, canary_url, check_health, service_port
 from failover.hooks import run_all, run_hook
@@ -47,6 +46,7 @@ from failover.protocol import events
 from failover.rejections import RejectionLog
 from failover.stragglers import StragglerWatch
 from failover.sysctl import drain_blocker
+from failover.vipchanges import VipChanges
 
 if TYPE_CHECKING:
     from failover.metrics import MetricsServer  # imported when metrics are on: prometheus_client is ~3 MiB
@@ -67,7 +67,6 @@ STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its stra
 
 # What a waiting CLI hears; None: nothing for a while (the CLI is told the agent still works on it).
 _Reported = protocol.Progress | protocol.Finished | protocol.Planned | protocol.DrainReported
-DRAIN_COUNT_EVERY = 0.1  # seconds between two counts of the draining host's connections to the VIP
 WAITING_TICK = 5.0  # a CLI waiting for a drain hears that it goes on this often
 
 
@@ -105,7 +104,6 @@ class Agent:
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
-        self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
@@ -127,8 +125,6 @@ class Agent:
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
-        # The VIP's netlink changes (drain, release, claim) run one at a time, in the order asked for.
-        self._vip_ops: asyncio.Queue[protocol.Action] = asyncio.Queue()
         self._command_meta: dict[int, dict[str, Any]] = {}  # command -> operator, reason, came_from
         self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> the same, once the core named it
         self.rejections = RejectionLog(log)
@@ -140,6 +136,9 @@ class Agent:
     def now(self) -> float:
         return self.loop.time()
 
+    def _task_failed(self) -> None:
+        self.task_failures += 1
+
     # --- start and stop --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -149,6 +148,10 @@ class Agent:
             self.link = await VipLink.open(node.interface, cfg.vip.address)
         except NetlinkError as err:
             raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
+        self.vip_changes = VipChanges(
+            self.link, cfg, fault=self.fault, report=self._report, spawn=self._spawn,
+            task_done=self._task_done, failed=self._task_failed, now=self.now,
+        )
         try:
             self.announcer = announce.Announcer(node.interface, cfg.vip.ip, self.link.mac)
         except announce.AnnounceError as err:
@@ -200,7 +203,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         watcher = asyncio.create_task(self._watch_vip())
-        self._spawn(self._carry_out_vip_ops())
+        self._spawn(self.vip_changes.carry_out())
         if cfg.health.self_check_every_ms:
             self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000))
         log.info(
@@ -434,8 +437,7 @@ class Agent:
                     log.error("announce-failed", error=str(err))
                 log.info("announced", round=action.round, at=self.now())
             case protocol.StartDrain() | protocol.Release() | protocol.Claim() | protocol.EndDrain():
-                self._vip_ops.put_nowait(action)
-                self._count_connections(action)
+                self.vip_changes.put(action)
             case protocol.CheckHealth():
                 self._spawn(self._check_health(action))
             case protocol.MeasureLoad():
@@ -498,25 +500,6 @@ class Agent:
             case _:
                 assert_never(action)
 
-    def _count_connections(self, action: protocol.Action) -> None:
-        """From the drain's start to its end, the core hears how many connections to the VIP are open."""
-        if isinstance(action, protocol.EndDrain | protocol.StartDrain) and self._counting is not None:
-            self._counting.cancel()
-            self._counting = None
-        if isinstance(action, protocol.StartDrain):
-            epoch = action.epoch
-
-            def counted(count: Count | str) -> None:
-                if isinstance(count, str):
-                    self._report(events.ConnectionsCounted(epoch, None, 0.0, count))
-                else:
-                    self._report(events.ConnectionsCounted(epoch, count.open, count.oldest_s))
-
-            self._counting = asyncio.create_task(
-                count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted)
-            )
-            self._counting.add_done_callback(self._task_done)
-
     def _stop_if_entering(self, state: str) -> None:
         """Test only: freeze (SIGSTOP) as the move enters `state`, before its actions are carried out."""
         run = self.core.run
@@ -545,81 +528,6 @@ class Agent:
         err = task.exception()
         name = getattr(task.get_coro(), "__name__", task.get_name())
         log.error("task-failed", task=name, error=f"{type(err).__name__}: {err}", exc_info=err)
-
-    async def _carry_out_vip_ops(self) -> None:
-        """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
-        while True:
-            action = await self._vip_ops.get()
-            try:  # one that fails is logged and the next goes on: the core's deadlines see to the rest
-                match action:
-                    case protocol.StartDrain():
-                        await self._start_drain(action)
-                    case protocol.Release():
-                        await self._release(action)
-                    case protocol.Claim():
-                        await self._claim(action)
-                    case protocol.EndDrain():
-                        await self._end_drain(action)
-            except Exception as err:
-                self.task_failures += 1
-                log.error("vip-op-failed", action=type(action).__name__, error=repr(err), exc_info=err)
-            finally:
-                self._vip_ops.task_done()
-
-    async def _claim(self, action: protocol.Claim) -> None:
-        ok, error = True, ""
-        try:
-            if self.fault == "hang-before-claim" and action.why == "swap":
-                log.warning("test-fault-hanging-before-claim")
-                await asyncio.sleep(3600)
-            if self.fault == "claim-fails" and action.why == "swap":
-                raise NetlinkError("injected test fault: netlink add refused")
-            await asyncio.wait_for(self.link.claim(), self.config.swap.step_timeout_ms / 1000)
-        except (NetlinkError, TimeoutError) as err:
-            ok, error = False, str(err) or "netlink add timed out"
-        done_at = self.now()
-        self._report(events.ClaimDone(action.epoch, ok, error))
-        # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
-        log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
-
-    async def _start_drain(self, action: protocol.StartDrain) -> None:
-        try:
-            await asyncio.wait_for(self.link.start_drain(), self.config.swap.step_timeout_ms / 1000)
-        except (NetlinkError, TimeoutError) as err:
-            # The release goes on: in-flight connections may be reset, the VIP still moves.
-            log.error("drain-start-failed", epoch=action.epoch, error=str(err) or "timed out")
-
-    async def _release(self, action: protocol.Release) -> None:
-        ok, error = True, ""
-        try:
-            await asyncio.wait_for(self.link.release(), self.config.swap.step_timeout_ms / 1000)
-        except (NetlinkError, TimeoutError) as err:
-            ok, error = False, str(err) or "netlink delete timed out"
-        done_at = self.now()
-        self._report(events.ReleaseDone(action.epoch, ok, error))
-        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
-
-    async def _end_drain(self, action: protocol.EndDrain) -> None:
-        step = self.config.swap.step_timeout_ms / 1000
-        try:
-            await asyncio.wait_for(self.link.end_drain(), step)
-            held = await asyncio.wait_for(self.link.holds(), step)
-        except (NetlinkError, TimeoutError) as err:
-            log.error("drain-end-failed", epoch=action.epoch, error=str(err) or "timed out")
-            return
-        log.info("drain-ended", epoch=action.epoch, at=self.now())
-        if not held:  # ended on schedule, not by a claim here
-            self._spawn(self._close_leftovers(action.epoch))  # not in the VIP's queue: it may take seconds
-
-    async def _close_leftovers(self, epoch: int) -> None:
-        # Unreachable now, but a keep-alive server keeps them open: each would hide a reused client port
-        # from the handoff rule of the next move back (tests/chaos/test_contention.py).
-        try:
-            closed = await handoff.close_leftovers(self.config.vip.ip)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("leftovers-not-closed", epoch=epoch, error=str(err))
-            return
-        log.info("leftovers-closed", epoch=epoch, connections_closed=closed)
 
     async def _check_health(self, action: protocol.CheckHealth) -> None:
         ok, detail = await asyncio.to_thread(
@@ -808,7 +716,7 @@ class Agent:
     # --- confirmation: the access log, and canaries -------------------------------------------------
 
     async def _canary(self, action: protocol.Canary) -> None:
-        await self._vip_ops.join()  # the core ended the drain first: its copy would answer them here
+        await self.vip_changes.done()  # the core ended the drain first: its copy would answer them here
         url = canary_url(
             self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
         )
