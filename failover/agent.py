@@ -36,6 +36,7 @@ from failover.accesslog import LogFormat
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
 from failover.confirm import LogWatcher
 from failover.coresetup import node_setup
+from failover.handoffrule import HandoffRule
 from failover.health import canary_token, canary_url, check_health, service_port
 from failover.hooks import run_all, run_hook
 from failover.load import recent_rate
@@ -120,8 +121,9 @@ class Agent:
             now=self.now,
         )
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
-        self._handoff_end: asyncio.TimerHandle | None = None
-        self._handoff_install: asyncio.Task[None] | None = None
+        self.handoff_rule = HandoffRule(
+            config, node, report=self._report, spawn=self._spawn, task_done=self._task_done, now=self.now
+        )
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
@@ -232,10 +234,7 @@ class Agent:
             watcher.cancel()
             self.watcher.stop(None)
             self._unwatch_stragglers(None)
-            if self._handoff_end is not None:
-                # A handoff outliving the agent would send segments to a host that stopped draining.
-                self._handoff_end.cancel()
-                await self._remove_handoff(-1)
+            await self.handoff_rule.stop()
             if self._timer is not None:
                 self._timer.cancel()
             self._stopping = True
@@ -455,15 +454,9 @@ class Agent:
             case protocol.Fence():
                 self._spawn(self._fence(action))
             case protocol.Handoff():
-                if self._handoff_end is not None:
-                    self._handoff_end.cancel()
-                self._handoff_install = asyncio.create_task(self._install_handoff(action.epoch))
-                self._handoff_install.add_done_callback(self._task_done)
+                self.handoff_rule.install(action.epoch)
             case protocol.EndHandoff():
-                epoch = action.epoch
-                self._handoff_end = self.loop.call_later(
-                    action.after, lambda: self._spawn(self._remove_handoff(epoch))
-                )
+                self.handoff_rule.end_after(action.epoch, action.after)
             case protocol.WatchStragglers():
                 self._watch_stragglers(action.epoch)
             case protocol.UnwatchStragglers():
@@ -682,36 +675,6 @@ class Agent:
         task.cancel()
         watch.stop()
         log.info("straggler-watch-ended", epoch=watched, frames_seen=watch.frames_seen)
-
-    # --- connection handoff to the draining old holder -----------------------------------------------
-
-    async def _install_handoff(self, epoch: int) -> None:
-        try:
-            closed = await handoff.install(
-                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface
-            )
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("handoff-unavailable", epoch=epoch, error=str(err))
-            self._report(events.HandoffDone(epoch, False, str(err)))
-            return
-        log.info(
-            "handoff-installed", epoch=epoch, to=str(self.peer.address), at=self.now(),
-            time_wait_closed=closed,
-        )
-        self._report(events.HandoffDone(epoch, True))
-
-    async def _remove_handoff(self, epoch: int) -> None:
-        self._handoff_end = None
-        install = self._handoff_install
-        if install is not None and not install.done():
-            # Asked for at once (a failed health check): the rule must not land after its removal.
-            await asyncio.wait([install])
-        try:
-            handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
-            return
-        log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)
 
     # --- confirmation: the access log, and canaries -------------------------------------------------
 
