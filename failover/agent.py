@@ -45,7 +45,7 @@ from failover.netlink import NetlinkError, VipLink
 from failover.persisted import PersistentState, load_state, save_state
 from failover.protocol import events
 from failover.rejections import RejectionLog
-from failover.stragglers import StragglerWatch
+from failover.stragglerreports import StragglerReports
 from failover.sysctl import drain_blocker
 from failover.vipchanges import VipChanges
 
@@ -63,7 +63,6 @@ class AgentError(Exception):
 
 
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
-STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
 
 
 # What a waiting CLI hears; None: nothing for a while (the CLI is told the agent still works on it).
@@ -120,7 +119,6 @@ class Agent:
             spawn=self._spawn,
             now=self.now,
         )
-        self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
         self.handoff_rule = HandoffRule(
             config, node, report=self._report, spawn=self._spawn, task_done=self._task_done, now=self.now
         )
@@ -154,6 +152,7 @@ class Agent:
             self.link, cfg, fault=self.fault, report=self._report, spawn=self._spawn,
             task_done=self._task_done, failed=self._task_failed, now=self.now,
         )
+        self.stragglers = StragglerReports(cfg, node, self.link.mac, report=self._report)
         try:
             self.announcer = announce.Announcer(node.interface, cfg.vip.ip, self.link.mac)
         except announce.AnnounceError as err:
@@ -233,7 +232,7 @@ class Agent:
             sdnotify.notify("STOPPING=1")
             watcher.cancel()
             self.watcher.stop(None)
-            self._unwatch_stragglers(None)
+            self.stragglers.unwatch(None)
             await self.handoff_rule.stop()
             if self._timer is not None:
                 self._timer.cancel()
@@ -458,9 +457,9 @@ class Agent:
             case protocol.EndHandoff():
                 self.handoff_rule.end_after(action.epoch, action.after)
             case protocol.WatchStragglers():
-                self._watch_stragglers(action.epoch)
+                self.stragglers.watch(action.epoch)
             case protocol.UnwatchStragglers():
-                self._unwatch_stragglers(action.epoch)
+                self.stragglers.unwatch(action.epoch)
             case protocol.Tell():
                 try:
                     self.announcer.tell(ip_address(action.ip), action.mac)
@@ -642,39 +641,6 @@ class Agent:
         ok, details = await run_all(hooks, env, timeout)
         log.info("hooks", hook_event="before_release", epoch=action.epoch, ok=ok, details=details)
         self._report(events.BeforeReleaseDone(action.epoch, ok, details[-1] if details else ""))
-
-    # --- stragglers: clients still sending to us after we released -----------------------------------
-
-    def _watch_stragglers(self, epoch: int) -> None:
-        self._unwatch_stragglers(None)
-        try:
-            watch = StragglerWatch(self.node.interface, self.config.vip.ip, self.link.mac)
-            watch.start()
-        except announce.AnnounceError as err:
-            log.error("straggler-watch-failed", epoch=epoch, error=str(err))
-            return
-        self._stragglers = (epoch, watch, asyncio.create_task(self._report_stragglers(epoch, watch)))
-
-    async def _report_stragglers(self, epoch: int, watch: StragglerWatch) -> None:
-        while True:
-            await asyncio.sleep(STRAGGLER_REPORT_INTERVAL)
-            # The new holder's own frames are the connection handoff at work, not a straggler.
-            seen = [
-                (s.mac, s.ip, watch.last_seen(s.mac) or 0.0)
-                for s in watch.stragglers()
-                if s.ip != str(self.peer.address)
-            ]
-            if seen:
-                self._report(events.StragglersSeen(epoch, tuple(seen)))
-
-    def _unwatch_stragglers(self, epoch: int | None) -> None:
-        if self._stragglers is None or (epoch is not None and self._stragglers[0] != epoch):
-            return
-        watched, watch, task = self._stragglers
-        self._stragglers = None
-        task.cancel()
-        watch.stop()
-        log.info("straggler-watch-ended", epoch=watched, frames_seen=watch.frames_seen)
 
     # --- confirmation: the access log, and canaries -------------------------------------------------
 
