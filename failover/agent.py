@@ -38,7 +38,7 @@ from failover.confirm import LogWatcher
 from failover.coresetup import node_setup
 from failover.handoffrule import HandoffRule
 from failover.health import canary_token, canary_url, check_health, service_port
-from failover.hooks import run_all, run_hook
+from failover.hookruns import HookRuns
 from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
@@ -124,7 +124,7 @@ class Agent:
         )
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
-        self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
+        self.hooks = HookRuns(config, node, report=self._report, spawn=self._spawn)
         self._command_meta: dict[int, dict[str, Any]] = {}  # command -> operator, reason, came_from
         self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> the same, once the core named it
         self.rejections = RejectionLog(log)
@@ -441,9 +441,9 @@ class Agent:
             case protocol.MeasureLoad():
                 self._spawn(self._measure_load(action))
             case protocol.BeforeRelease():
-                self._spawn(self._before_release(action))
+                self._spawn(self.hooks.before_release(action))
             case protocol.RunHooks():
-                self._fire_hooks(action)
+                self.hooks.fire(action)
             case protocol.Probe():
                 self._spawn(self._probe(action))
             case protocol.MeasurePeer():
@@ -451,7 +451,7 @@ class Agent:
                     self._measuring = True
                     self._spawn(self._measure_peer(action))
             case protocol.Fence():
-                self._spawn(self._fence(action))
+                self._spawn(self.hooks.fence(action))
             case protocol.Handoff():
                 self.handoff_rule.install(action.epoch)
             case protocol.EndHandoff():
@@ -583,7 +583,7 @@ class Agent:
             found += check.handoff_findings(cfg)
         return found
 
-    # --- journal and hooks ---------------------------------------------------------------------------
+    # --- journal -----------------------------------------------------------------------------------------
 
     def _journal_notice(self, notice: protocol.Notice) -> None:
         """Journal every finished or refused move and every takeover."""
@@ -604,44 +604,6 @@ class Agent:
         # for it, so an entry is still on disk before the CLI hears the outcome.
         self._journal_writer.append(entry)
 
-    def _hook_env(self, event: str, **extra: str | None) -> dict[str, str]:
-        """The one environment of every hook and of the fence program: FAILOVER_* variables."""
-        env = {
-            "FAILOVER_EVENT": event,
-            "FAILOVER_CLUSTER": self.config.cluster,
-            "FAILOVER_NODE": self.node.name,
-            "FAILOVER_PEER": self.peer.name,
-            "FAILOVER_VIP": str(self.config.vip.address),
-        }
-        env.update({f"FAILOVER_{k.upper()}": v for k, v in extra.items() if v is not None})
-        return env
-
-    def _fire_hooks(self, action: protocol.RunHooks) -> None:
-        hooks = self.config.hooks.for_event(action.event)
-        if hooks:
-            env = self._hook_env(
-                action.event, epoch=str(action.epoch), move=action.move, source=action.source,
-                target=action.target, reason=action.reason,
-            )
-            self._spawn(self._run_hooks(action.event, hooks, env))
-
-    async def _run_hooks(self, event: str, hooks: tuple[tuple[str, ...], ...], env: dict[str, str]) -> None:
-        async with self._hook_lock:
-            ok, details = await run_all(hooks, env, self.config.hooks.timeout_ms / 1000)
-        log.info("hooks", hook_event=event, ok=ok, details=details)
-
-    async def _before_release(self, action: protocol.BeforeRelease) -> None:
-        env = self._hook_env(
-            "before_release", epoch=str(action.epoch), move=action.move, source=self.node.name,
-            target=action.target,
-        )
-        # Not queued behind the notification hooks (_hook_lock): the core's budget for these runs from
-        # its asking, and a slow `confirmed` hook of the last move must not spend it.
-        hooks, timeout = self.config.hooks.before_release, self.config.hooks.timeout_ms / 1000
-        ok, details = await run_all(hooks, env, timeout)
-        log.info("hooks", hook_event="before_release", epoch=action.epoch, ok=ok, details=details)
-        self._report(events.BeforeReleaseDone(action.epoch, ok, details[-1] if details else ""))
-
     # --- confirmation: the access log, and canaries -------------------------------------------------
 
     async def _canary(self, action: protocol.Canary) -> None:
@@ -656,12 +618,6 @@ class Agent:
             results.append(detail)
             await asyncio.sleep(0.05)
         log.info("canary", epoch=action.epoch, url=url, results=results)
-
-    async def _fence(self, action: protocol.Fence) -> None:
-        t = self.config.takeover
-        ok, detail = await run_hook(t.fence, self._hook_env("fence"), t.fence_timeout_ms / 1000)
-        log.info("fence", epoch=action.epoch, ok=ok, detail=detail)
-        self._report(events.FenceDone(action.epoch, ok, detail))
 
     async def _self_check_loop(self, every: float) -> None:
         timeout = min(self.config.health.timeout_ms / 1000, every)
