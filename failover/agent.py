@@ -42,6 +42,7 @@ from failover.hookruns import HookRuns
 from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
+from failover.noticejournal import NoticeJournal
 from failover.persisted import PersistentState, load_state, save_state
 from failover.protocol import events
 from failover.rejections import RejectionLog
@@ -125,13 +126,9 @@ class Agent:
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
         self.hooks = HookRuns(config, node, report=self._report, spawn=self._spawn)
-        self._command_meta: dict[int, dict[str, Any]] = {}  # command -> operator, reason, came_from
-        self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> the same, once the core named it
         self.rejections = RejectionLog(log)
         self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
-        self._journal_writer = journal.Writer(
-            node.journal, on_error=lambda err: log.error("journal-failed", error=str(err))
-        )
+        self.journal = NoticeJournal(config, node)
 
     def now(self) -> float:
         return self.loop.time()
@@ -244,7 +241,7 @@ class Agent:
             self.announcer.close()
             for task in self._tasks:
                 task.cancel()
-            await self._journal_writer.flushed()  # what the core journalled is on disk before we exit
+            await self.journal.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
 
@@ -330,18 +327,17 @@ class Agent:
             with contextlib.suppress(journal.JournalError):
                 came_from = journal.came_from(self.node.journal, holder)
         cid = core.command(move, self.now())
-        # Journaled with the move once the core says which epoch it is (its Started action).
-        self._command_meta[cid] = {
+        self.journal.command(cid, {
             "operator": str(request.get("operator") or "unknown")[:64],
             "operator_reason": str(request.get("reason") or "")[:500],
             "came_from": None if came_from is None else _summary(came_from),
-        }
+        })
         wait_drained = request.get("wait_drained", True) is not False
         outcome: dict[str, Any] | None = None  # the move is over; its drain is not
         async with contextlib.aclosing(self._reports(cid, tick=WAITING_TICK)) as reports:
             async for item in reports:
                 if isinstance(item, protocol.Finished):
-                    await self._journal_writer.flushed()  # the CLI hears of a move once it is journalled
+                    await self.journal.flushed()  # the CLI hears of a move once it is journalled
                     outcome = item.outcome.to_json()
                     drain = outcome.get("drain") or {}
                     if not (wait_drained and drain.get("pending")):
@@ -476,9 +472,7 @@ class Agent:
             case protocol.HostCheck():
                 self._spawn(self._host_check(action))
             case protocol.Started():
-                meta = self._command_meta.pop(action.command, None)
-                if meta is not None:
-                    self._move_meta[action.epoch] = meta
+                self.journal.started(action)
             case protocol.Progress() | protocol.Finished() | protocol.Planned() | protocol.DrainReported():
                 queue = self._waiters.get(action.command)
                 if queue is not None:
@@ -488,7 +482,7 @@ class Agent:
                     log.info(action.event, **action.detail)
                 else:
                     self.rejections.note(str(action.detail.get("reason")), self.now())
-                self._journal_notice(action)
+                self.journal.notice(action)
             case _:
                 assert_never(action)
 
@@ -582,27 +576,6 @@ class Agent:
         if target:
             found += check.handoff_findings(cfg)
         return found
-
-    # --- journal -----------------------------------------------------------------------------------------
-
-    def _journal_notice(self, notice: protocol.Notice) -> None:
-        """Journal every finished or refused move and every takeover."""
-        event, detail = notice.event, notice.detail
-        if event in ("move-finished", "move-refused"):
-            meta = self._move_meta.pop(int(detail["epoch"]), None) or {}
-            self._journal({"kind": detail["move"], "node": self.node.name, **detail, **meta})
-        elif event == "takeover":
-            self._journal({"kind": "takeover", "node": self.node.name, "holder": self.node.name,
-                           "source": self.peer.name, "target": self.node.name, **detail})
-        elif event == "agent-down-host-up":
-            # Once per silence: the peer's agent is down and its host up, so no takeover (history shows it).
-            self._journal({"kind": "takeover", "ok": False, "node": self.node.name, "holder": None,
-                           "source": self.peer.name, "target": self.node.name, "holder_host": "up", **detail})
-
-    def _journal(self, entry: dict[str, Any]) -> None:
-        # Off the loop (an fsync on a busy disk can outlast dead_after_ms), in order; _run_move waits
-        # for it, so an entry is still on disk before the CLI hears the outcome.
-        self._journal_writer.append(entry)
 
     # --- confirmation: the access log, and canaries -------------------------------------------------
 
