@@ -14,10 +14,8 @@ import os
 import shutil
 import signal
 import socket
-from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from ipaddress import ip_address
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
 
 import structlog
@@ -28,13 +26,13 @@ from failover import (
     check,
     control,
     handoff,
-    journal,
     protocol,
     sdnotify,
 )
 from failover.accesslog import LogFormat
-from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
+from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
 from failover.confirm import LogWatcher
+from failover.controlcommands import ControlCommands
 from failover.coresetup import node_setup
 from failover.handoffrule import HandoffRule
 from failover.health import canary_token, canary_url, check_health, service_port
@@ -66,9 +64,6 @@ class AgentError(Exception):
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
 
 
-# What a waiting CLI hears; None: nothing for a while (the CLI is told the agent still works on it).
-_Reported = protocol.Progress | protocol.Finished | protocol.Planned | protocol.DrainReported
-WAITING_TICK = 5.0  # a CLI waiting for a drain hears that it goes on this often
 
 
 HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
@@ -104,7 +99,6 @@ class Agent:
         self._fault_seen: tuple[int, str] | None = None
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._persisted = PersistentState()
@@ -179,6 +173,9 @@ class Agent:
             now=self.now(),
             held_before=state.held_before,
         )
+        self.commands = ControlCommands(
+            cfg, node, self.core, self.journal, now=self.now, pump=self._pump, status=self.status
+        )
         try:
             # Before binding anything: a second agent for this node must hear "already running".
             control.claim_socket_path(node.control_socket)
@@ -195,7 +192,7 @@ class Agent:
         _size_receive_buffer(self.transport.get_extra_info("socket"))
         metrics = self._start_metrics()
         try:
-            server = await control.serve(node.control_socket, self.on_control)
+            server = await control.serve(node.control_socket, self.commands.on_control)
         except control.ControlError as err:
             raise AgentError(str(err)) from None
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -301,83 +298,6 @@ class Agent:
         except NetlinkError as err:
             log.error("vip-watch-failed", error=str(err))
 
-    async def on_control(self, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
-        cmd = request["cmd"]
-        if cmd == "status":
-            return {"type": "done", "status": await self.status()}
-        if cmd in protocol.MOVES and request.get("dry_run"):
-            return await self._dry_run(cmd)
-        if cmd in protocol.MOVES:
-            return await self._run_move(cmd, request, reply)
-        return {"type": "error", "error": f"unknown command {cmd!r}"}
-
-    async def _run_move(self, move: str, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
-        path = request.get("config")
-        if isinstance(path, str):
-            # The operator's file, as the CLI did not load it (to reach us fast): a bad one changes nothing.
-            try:
-                await asyncio.to_thread(load_config, Path(path))
-            except ConfigError as err:
-                return {"type": "error", "error": str(err), "config_error": True}
-        core = self.core
-        holder = self.node.name if core.holds else self.peer.name if core.peer_holds() else None
-        # Where the VIP came from, as this node's journal tells it: an unswap shows what it undoes.
-        came_from = None
-        if move == "unswap" and holder is not None:
-            with contextlib.suppress(journal.JournalError):
-                came_from = journal.came_from(self.node.journal, holder)
-        cid = core.command(move, self.now())
-        self.journal.command(cid, {
-            "operator": str(request.get("operator") or "unknown")[:64],
-            "operator_reason": str(request.get("reason") or "")[:500],
-            "came_from": None if came_from is None else _summary(came_from),
-        })
-        wait_drained = request.get("wait_drained", True) is not False
-        outcome: dict[str, Any] | None = None  # the move is over; its drain is not
-        async with contextlib.aclosing(self._reports(cid, tick=WAITING_TICK)) as reports:
-            async for item in reports:
-                if isinstance(item, protocol.Finished):
-                    await self.journal.flushed()  # the CLI hears of a move once it is journalled
-                    outcome = item.outcome.to_json()
-                    drain = outcome.get("drain") or {}
-                    if not (wait_drained and drain.get("pending")):
-                        return {"type": "done", "outcome": outcome, "came_from": came_from}
-                    step = f"draining on {drain['host']}"
-                    item = protocol.Progress(cid, step, item.outcome.duration_ms, {})
-                if isinstance(item, protocol.DrainReported) and outcome is not None:
-                    outcome["drain"] = item.report
-                    return {"type": "done", "outcome": outcome, "came_from": came_from}
-                if item is None and outcome is not None:
-                    item = protocol.Progress(cid, "still draining", outcome["duration_ms"], {})
-                if isinstance(item, protocol.Progress):
-                    with contextlib.suppress(ConnectionError):
-                        await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
-        raise AssertionError("unreachable: the reports end only when closed")
-
-    async def _dry_run(self, move: str) -> dict[str, Any]:
-        """Every check of the move on both nodes, and its plan; changes nothing, journals nothing."""
-        cid = self.core.command(move, self.now(), dry_run=True)
-        async with contextlib.aclosing(self._reports(cid)) as reports:
-            async for item in reports:
-                if isinstance(item, protocol.Planned):
-                    return {"type": "done", "plan": item.plan.to_json()}
-        raise AssertionError("unreachable: the reports end only when closed")
-
-    async def _reports(self, cid: int, tick: float | None = None) -> AsyncGenerator[_Reported | None, None]:
-        """What the core reports for one command (progress, outcome, plan), as it comes; None after each
-        `tick` seconds without a word."""
-        queue: asyncio.Queue[_Reported] = asyncio.Queue()
-        self._waiters[cid] = queue
-        self._pump()  # the command's first actions may already be waiting
-        try:
-            while True:
-                try:
-                    yield await asyncio.wait_for(queue.get(), tick)
-                except TimeoutError:
-                    yield None
-        finally:
-            del self._waiters[cid]
-
     async def status(self) -> dict[str, Any]:
         status = self.core.status(self.now())
         try:
@@ -474,9 +394,7 @@ class Agent:
             case protocol.Started():
                 self.journal.started(action)
             case protocol.Progress() | protocol.Finished() | protocol.Planned() | protocol.DrainReported():
-                queue = self._waiters.get(action.command)
-                if queue is not None:
-                    queue.put_nowait(action)
+                self.commands.deliver(action)
             case protocol.Notice():
                 if action.event != "datagram-rejected":
                     log.info(action.event, **action.detail)
@@ -640,11 +558,6 @@ class Agent:
         finally:
             self._measuring = False
         self._report(events.PeerMeasured(rtt))
-
-
-def _summary(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("at", "kind", "epoch", "source", "target", "holder", "operator", "operator_reason")
-    return {k: entry.get(k) for k in keys}
 
 
 async def _main(config: ClusterConfig, node_name: str | None) -> None:
