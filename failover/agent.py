@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -23,7 +22,6 @@ import structlog
 from failover import (
     announce,
     bootid,
-    check,
     control,
     handoff,
     protocol,
@@ -35,8 +33,9 @@ from failover.confirm import LogWatcher
 from failover.controlcommands import ControlCommands
 from failover.coresetup import node_setup
 from failover.handoffrule import HandoffRule
-from failover.health import canary_token, canary_url, check_health, service_port
+from failover.health import canary_token, service_port
 from failover.hookruns import HookRuns
+from failover.hostchecks import HostChecks
 from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
@@ -143,6 +142,9 @@ class Agent:
             self.link, cfg, fault=self.fault, report=self._report, spawn=self._spawn,
             task_done=self._task_done, failed=self._task_failed, now=self.now,
         )
+        self.host_checks = HostChecks(
+            cfg, node, self.link, report=self._report, vip_changes_done=self.vip_changes.done
+        )
         self.stragglers = StragglerReports(cfg, node, self.link.mac, report=self._report)
         try:
             self.announcer = announce.Announcer(node.interface, cfg.vip.ip, self.link.mac)
@@ -200,7 +202,7 @@ class Agent:
         watcher = asyncio.create_task(self._watch_vip())
         self._spawn(self.vip_changes.carry_out())
         if cfg.health.self_check_every_ms:
-            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000))
+            self._spawn(self.host_checks.self_check_loop(cfg.health.self_check_every_ms / 1000))
         log.info(
             "agent-started",
             cluster=cfg.cluster,
@@ -353,7 +355,7 @@ class Agent:
             case protocol.StartDrain() | protocol.Release() | protocol.Claim() | protocol.EndDrain():
                 self.vip_changes.put(action)
             case protocol.CheckHealth():
-                self._spawn(self._check_health(action))
+                self._spawn(self.host_checks.ready_check(action))
             case protocol.MeasureLoad():
                 self._spawn(self._measure_load(action))
             case protocol.BeforeRelease():
@@ -388,9 +390,9 @@ class Agent:
             case protocol.Unwatch():
                 self.watcher.stop(action.epoch)
             case protocol.Canary():
-                self._spawn(self._canary(action))
+                self._spawn(self.host_checks.canary(action))
             case protocol.HostCheck():
-                self._spawn(self._host_check(action))
+                self._spawn(self.host_checks.host_check(action))
             case protocol.Started():
                 self.journal.started(action)
             case protocol.Progress() | protocol.Finished() | protocol.Planned() | protocol.DrainReported():
@@ -433,13 +435,6 @@ class Agent:
         name = getattr(task.get_coro(), "__name__", task.get_name())
         log.error("task-failed", task=name, error=f"{type(err).__name__}: {err}", exc_info=err)
 
-    async def _check_health(self, action: protocol.CheckHealth) -> None:
-        ok, detail = await asyncio.to_thread(
-            check_health, self.node.health_url, self.config.health.timeout_ms / 1000
-        )
-        log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
-        self._report(events.HealthDone(action.epoch, ok, detail))
-
     def _not_proof(self) -> tuple[str, ...]:
         """Clients whose requests never prove a move, besides loopback (accesslog.proof knows it): the nodes
         themselves and the ignored."""
@@ -454,68 +449,6 @@ class Agent:
         )
         log.info("load-measured", epoch=action.epoch, per_second=rate, detail=detail)
         self._report(events.LoadMeasured(action.epoch, rate, detail))
-
-    async def _host_check(self, action: protocol.HostCheck) -> None:
-        """A dry run's checks of this host for the part it would play: reads only, changes nothing."""
-        target = action.role == "target"
-        found = await asyncio.to_thread(self._host_findings, target)
-        vip, interface = self.config.vip.address, self.node.interface
-        try:
-            holds = await self.link.holds()
-        except NetlinkError as err:
-            found.append(check.Finding("VIP on this host", check.FAIL, f"netlink: {err}"))
-        else:
-            if target and holds:
-                found.append(check.Finding(
-                    "VIP not on this host", check.FAIL, f"{vip} is already on {interface}",
-                    f"failover status shows who holds it; if it was added by hand: "
-                    f"ip addr del {vip} dev {interface}"))
-            elif target:
-                found.append(check.Finding("VIP not on this host", check.OK, f"{vip} not on {interface}"))
-            elif holds:
-                found.append(check.Finding("VIP on this host", check.OK, f"{vip} on {interface}"))
-            else:
-                found.append(check.Finding("VIP on this host", check.FAIL, f"{vip} is not on {interface}"))
-        checks = tuple(dataclasses.replace(f, node=self.node.name) for f in found)
-        log.info("host-check", role=action.role, for_peer=action.peer_boot is not None,
-                 failed=[c.check for c in checks if c.level == check.FAIL])
-        self._report(events.HostCheckDone(action, checks))
-
-    def _host_findings(self, target: bool) -> list[check.Finding]:
-        """Blocking (files, /proc, an HTTP request): run in a thread."""
-        cfg, node = self.config, self.node
-        found = [check.key_finding(cfg), check.interface_finding(node.interface)]
-        if target:
-            ok, detail = check_health(node.health_url, cfg.health.timeout_ms / 1000)
-            fix = "" if ok else f"start the web server on {node.name}, or fix nodes.{node.name}.health_url"
-            found.append(check.Finding("health_url", check.OK if ok else check.FAIL, detail, fix))
-            found.append(check.access_log_finding(cfg, node))
-        found += check.sysctl_findings(cfg, node)
-        if target:
-            found += check.handoff_findings(cfg)
-        return found
-
-    # --- confirmation: the access log, and canaries -------------------------------------------------
-
-    async def _canary(self, action: protocol.Canary) -> None:
-        await self.vip_changes.done()  # the core ended the drain first: its copy would answer them here
-        url = canary_url(
-            self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
-        )
-        timeout = self.config.health.timeout_ms / 1000
-        results = []
-        for _ in range(self.config.confirm.requests):
-            _ok, detail = await asyncio.to_thread(check_health, url, timeout)
-            results.append(detail)
-            await asyncio.sleep(0.05)
-        log.info("canary", epoch=action.epoch, url=url, results=results)
-
-    async def _self_check_loop(self, every: float) -> None:
-        timeout = min(self.config.health.timeout_ms / 1000, every)
-        while True:
-            await asyncio.sleep(every)
-            ok, detail = await asyncio.to_thread(check_health, self.node.health_url, timeout)
-            self._report(events.SelfCheckDone(ok, detail))
 
     async def _probe(self, action: protocol.Probe) -> None:
         window = action.window or self.core.setup.probe_window
