@@ -2,7 +2,10 @@
 
 It owns the asyncio loop: a UDP endpoint for heartbeats and swap messages, one timer re-armed from
 `Node.get_timer()`, the netlink watcher, the control socket, and the tasks that carry out the core's
-actions. It makes no protocol decisions of its own.
+actions: the one dispatch of every action (`_carry_out`). It makes no protocol decisions of its own.
+The adapters it wires: `vipchanges` (the VIP's netlink queue), `handoffrule`, `stragglerreports`,
+`hookruns`, `hostchecks`, `noticejournal`, `controlcommands`; the core's setup is `coresetup`'s, what
+it keeps across restarts `persisted`'s.
 """
 
 from __future__ import annotations
@@ -61,10 +64,6 @@ class AgentError(Exception):
 
 
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
-
-
-
-
 HEARTBEAT_RCVBUF = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
 SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; the socket module does not name it
 
