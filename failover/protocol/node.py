@@ -40,6 +40,7 @@ from failover.protocol.states import (
     Timeout,
     row,
 )
+from failover.protocol.status import node_status
 from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, proof_deadline, straggler_report
 from failover.protocol.takeover import Takeover
 
@@ -58,13 +59,6 @@ _RESULT_INPUTS: dict[type[Any], Input] = {
     e.LoadMeasured: Input.LOAD_MEASURED,
     e.StragglersSeen: Input.STRAGGLERS_SEEN,
 }
-
-
-def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
-    nested: dict[str, dict[str, int]] = {}
-    for (outer, inner), n in sorted(counts.items()):
-        nested.setdefault(outer, {})[inner] = n
-    return nested
 
 
 class Node(PeerWatch, HostWatch):
@@ -176,41 +170,7 @@ class Node(PeerWatch, HostWatch):
         return self.run is not None and not row(self.run.state).finished
 
     def status(self, now: float) -> dict[str, Any]:
-        hb = self.peer_heartbeat
-        run = self.run
-        return {
-            "node": self.setup.name,
-            "holds_vip": self.holds,
-            "held_epoch": self.held_epoch,
-            "epoch": self.epoch,
-            "peer": {
-                "name": self.setup.peer,
-                "alive": self.peer_alive(now),
-                "heartbeat_age_ms": None
-                if self.peer_seen is None
-                else round((now - self.peer_seen) * 1000, 1),
-                "holds_vip": None if hb is None else hb.holds_vip,
-                "held_epoch": None if hb is None else hb.held_epoch,
-                "digest": None if hb is None else hb.digest,
-            },
-            "digest": self.setup.digest,
-            "digests_equal": None if hb is None else hb.digest == self.setup.digest,
-            "swap_in_progress": None
-            if run is None or not self.busy()
-            else {"epoch": run.epoch, "move": run.move, "role": run.role, "state": str(run.state)},
-            "draining": self.drainer.status(now),
-            "last_drain": self.drainer.last,
-            "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
-            "last_takeover": self.last_takeover,
-            "probe_window": self.takeover.window_status(),
-            "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
-            "rejected": dict(self.rejected),
-            "received": dict(self.received),
-            "sent": dict(self.sent),
-            "ignored": dict(self.ignored),
-            "moves": _nested(self.moves),
-            "stragglers_seen": self.stragglers_total,
-        }
+        return node_status(self, now)
 
     # --- inputs: operator, network, adapters, time ----------------------------------------------------
 
