@@ -10,6 +10,7 @@ The package, one concern a module:
 - `node`: the `Node` (entry points, dispatch to the tables, timers); `peer`: its view of the peer
   (liveness, key rotation, silence, a VIP on nobody, settling, announcements); `host`: its view of its
   own host (claims and releases done, the VIP netlink reports, the self-check); `status`: its status;
+  `timeouts`: what each timeout of the tables is in seconds;
 - `actions`, `events`, `results`, `runs`, `setup`: the data that goes out, comes in, is reported,
   is remembered about a move, and is given at start;
 - `diagram`: the tables drawn as mermaid state diagrams for the README.

@@ -37,17 +37,14 @@ from failover.protocol.states import (
     DryRunState,
     Input,
     State,
-    Timeout,
     row,
 )
 from failover.protocol.status import node_status
-from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, proof_deadline, straggler_report
+from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, straggler_report
 from failover.protocol.takeover import Takeover
+from failover.protocol.timeouts import seconds
 
 Record = AnyRun | DryRun | DrainRun
-
-LOAD_WAIT = 0.25  # seconds the source waits for its own rate before it releases anyway
-HANDOFF_WAIT = 0.1  # seconds a rollback waits for its handoff rule before it reclaims anyway
 
 _RESULT_INPUTS: dict[type[Any], Input] = {
     e.BeforeReleaseDone: Input.BEFORE_RELEASE_DONE,
@@ -363,7 +360,7 @@ class Node(PeerWatch, HostWatch):
 
     def _arm(self, record: Record, state: State, now: float, *, transmitted: bool) -> None:
         r = row(state)
-        record.deadline = None if r.timeout is None else now + self._seconds(r.timeout, record, now)
+        record.deadline = None if r.timeout is None else now + seconds(r.timeout, self.setup, record, now)
         if r.terminal or not transmitted:
             record.resend_at = None  # what the last state resent was answered, or no longer matters
 
@@ -371,43 +368,6 @@ class Node(PeerWatch, HostWatch):
         if record.deadline is not None and now >= record.deadline:
             record.deadline = None
             self.dispatch(record, Input.DEADLINE, None, now)
-
-    def _seconds(self, timeout: Timeout, record: Record, now: float) -> float:
-        s, step = self.setup, self.timing.step_timeout
-        match timeout:
-            case Timeout.STEP:
-                return step
-            case Timeout.HANDOFF:
-                return min(HANDOFF_WAIT, step / 4)  # the VIP is on nobody meanwhile: not long
-            case Timeout.LOAD:
-                # Well inside the target's ready window (step_timeout), which runs while we wait.
-                return min(LOAD_WAIT, step / 4)
-            case Timeout.STEP_AND_HOOKS:
-                return step + s.before_release
-            case Timeout.HEALTH | Timeout.CHECKS:
-                return step + s.host_check_budget
-            case Timeout.PROOF:
-                assert isinstance(record, TargetRun)
-                return record.proof_deadline
-            case Timeout.PROOF_AND_STEP:
-                # The target's deadline, worked out from the same facts, and a step for its answer.
-                assert isinstance(record, SourceRun)
-                rate, canary = record.rate, record.canary
-                return proof_deadline(s.confirm_within, s.confirm_requests, s.name, rate, canary)[0] + step
-            case Timeout.STRAGGLERS:
-                assert isinstance(record, SourceRun) and record.straggler_until is not None
-                return max(0.0, record.straggler_until - now)
-            case Timeout.PROBE:
-                return step + s.probe_budget
-            case Timeout.FENCE:
-                return step + s.fence_budget
-            case Timeout.DRAIN_MIN:
-                return s.drain
-            case Timeout.DRAIN_MAX:
-                assert isinstance(record, DrainRun)
-                return max(0.0, record.released_at + s.drain_max - now)
-            case _:
-                assert_never(timeout)
 
     def _to_run(self, epoch: int, inp: Input, event: object, now: float) -> None:
         run = self.run
