@@ -132,7 +132,7 @@ class Agent:
 
     async def run(self) -> None:
         cfg, node = self.config, self.node
-        keys = keys_for(cfg.auth)  # a key file gone since the CLI loaded the config: nothing touched yet
+        keys = keys_for(cfg.auth)  # first: an unreadable key file stops the start before anything changes
         try:
             self.link = await VipLink.open(node.interface, cfg.vip.address)
         except NetlinkError as err:
