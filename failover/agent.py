@@ -2,23 +2,22 @@
 
 It owns the asyncio loop: a UDP endpoint for heartbeats and swap messages, one timer re-armed from
 `Node.get_timer()`, the netlink watcher, the control socket, and the tasks that carry out the core's
-actions. It makes no protocol decisions of its own.
+actions: the one dispatch of every action (`_carry_out`). It makes no protocol decisions of its own.
+The adapters it wires: `vipchanges` (the VIP's netlink queue), `handoffrule`, `stragglerreports`,
+`hookruns`, `hostchecks`, `noticejournal`, `controlcommands`; the core's setup is `coresetup`'s, what
+it keeps across restarts `persisted`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import os
 import shutil
 import signal
-from collections.abc import AsyncGenerator, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from ipaddress import ip_address
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, assert_never
 
 import structlog
@@ -26,27 +25,31 @@ import structlog
 from failover import (
     announce,
     bootid,
-    check,
     control,
     handoff,
-    journal,
     protocol,
     sdnotify,
 )
 from failover.accesslog import LogFormat
-from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for, load_config
+from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
 from failover.confirm import LogWatcher
-from failover.connections import Count, count_while_draining
-from failover.health import canary_token, canary_url, check_health, service_port
+from failover.controlcommands import ControlCommands
+from failover.coresetup import node_setup
+from failover.handoffrule import HandoffRule
+from failover.health import canary_token, service_port
 from failover.heartbeat_socket import HeartbeatSocket
-from failover.hooks import run_all, run_hook
+from failover.hookruns import HookRuns
+from failover.hostchecks import HostChecks
 from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
+from failover.noticejournal import NoticeJournal
+from failover.persisted import PersistentState, load_state, save_state
 from failover.protocol import events
 from failover.rejections import RejectionLog
-from failover.stragglers import StragglerWatch
+from failover.stragglerreports import StragglerReports
 from failover.sysctl import drain_blocker
+from failover.vipchanges import VipChanges
 
 if TYPE_CHECKING:
     from failover.metrics import MetricsServer  # imported when metrics are on: prometheus_client is ~3 MiB
@@ -61,38 +64,7 @@ class AgentError(Exception):
     """The agent cannot start; the message is one line."""
 
 
-@dataclass(frozen=True)
-class PersistentState:
-    epoch: int = 0
-    held_epoch: int = 0
-    held_before: bool = False  # this node has held the VIP: it may take back a VIP that nobody holds
-
-
-def load_state(state_dir: Path) -> PersistentState:
-    try:
-        doc = json.loads((state_dir / "state.json").read_text())
-        held_before = doc.get("held_before") is True
-        epoch, held_epoch = int(doc["epoch"]), int(doc["held_epoch"])
-        return PersistentState(epoch=epoch, held_epoch=held_epoch, held_before=held_before)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return PersistentState()
-
-
-def save_state(state_dir: Path, state: PersistentState) -> None:
-    doc = {"epoch": state.epoch, "held_epoch": state.held_epoch, "held_before": state.held_before}
-    journal.write_file_durably(state_dir / "state.json", json.dumps(doc).encode())
-
-
 METRICS_STATUS_TIMEOUT = 2.0  # a scrape waits this long for the event loop to hand over the status
-STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its straggler watch saw
-
-
-# What a waiting CLI hears; None: nothing for a while (the CLI is told the agent still works on it).
-_Reported = protocol.Progress | protocol.Finished | protocol.Planned | protocol.DrainReported
-DRAIN_COUNT_EVERY = 0.1  # seconds between two counts of the draining host's connections to the VIP
-WAITING_TICK = 5.0  # a CLI waiting for a drain hears that it goes on this often
-
-
 class Agent:
     def __init__(self, config: ClusterConfig, node: NodeConfig) -> None:
         self.config = config
@@ -103,8 +75,6 @@ class Agent:
         self._fault_seen: tuple[int, str] | None = None
         self.loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._waiters: dict[int, asyncio.Queue[_Reported]] = {}
-        self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._ended_by: str | None = None  # a task the agent cannot run without ended: why it stopped
@@ -121,34 +91,39 @@ class Agent:
             spawn=self._spawn,
             now=self.now,
         )
-        self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
-        self._handoff_end: asyncio.TimerHandle | None = None
-        self._handoff_install: asyncio.Task[None] | None = None
+        self.handoff_rule = HandoffRule(
+            config, node, report=self._report, spawn=self._spawn, now=self.now
+        )
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
-        self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
-        # The VIP's netlink changes (drain, release, claim) run one at a time, in the order asked for.
-        self._vip_ops: asyncio.Queue[protocol.Action] = asyncio.Queue()
-        self._command_meta: dict[int, dict[str, Any]] = {}  # command -> operator, reason, came_from
-        self._move_meta: dict[int, dict[str, Any]] = {}  # epoch -> the same, once the core named it
+        self.hooks = HookRuns(config, node, report=self._report, spawn=self._spawn)
         self.rejections = RejectionLog(log)
         self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
-        self._journal_writer = journal.Writer(
-            node.journal, on_error=lambda err: log.error("journal-failed", error=str(err))
-        )
+        self.journal = NoticeJournal(config, node)
 
     def now(self) -> float:
         return self.loop.time()
+
+    def _task_failed(self) -> None:
+        self.task_failures += 1
 
     # --- start and stop --------------------------------------------------------------------------
 
     async def run(self) -> None:
         cfg, node = self.config, self.node
-        keys = keys_for(cfg.auth)
+        keys = keys_for(cfg.auth)  # first: an unreadable key file stops the start before anything changes
         try:
             self.link = await VipLink.open(node.interface, cfg.vip.address)
         except NetlinkError as err:
             raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
+        self.vip_changes = VipChanges(
+            self.link, cfg, fault=self.fault, report=self._report, spawn=self._spawn,
+            failed=self._task_failed, now=self.now,
+        )
+        self.host_checks = HostChecks(
+            cfg, node, self.link, report=self._report, vip_changes_done=self.vip_changes.done
+        )
+        self.stragglers = StragglerReports(cfg, node, self.link.mac, report=self._report, spawn=self._spawn)
         try:
             self.announcer = announce.Announcer(node.interface, cfg.vip.ip, self.link.mac)
         except announce.AnnounceError as err:
@@ -164,50 +139,11 @@ class Agent:
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
-        t = cfg.takeover
-        probe_ms = t.probe_count * t.probe_interval_ms + t.probe_wait_ms
         try:
             boot = bootid.next_boot(node.state_dir)  # grows at every start, whatever the clock did
         except bootid.BootIdError as err:
             raise AgentError(str(err)) from None
-        setup = protocol.NodeSetup(
-            cluster=cfg.cluster,
-            name=node.name,
-            peer=self.peer.name,
-            home=node.home,
-            digest=cfg.digest.hex(),
-            keys=keys,
-            timing=protocol.Timing(
-                heartbeat_interval=cfg.heartbeat.interval_ms / 1000,
-                dead_after=cfg.heartbeat.dead_after_ms / 1000,
-                step_timeout=cfg.swap.step_timeout_ms / 1000,
-                announce_schedule=tuple(ms / 1000 for ms in cfg.announce.schedule_ms),
-            ),
-            boot=boot,
-            probe_budget=probe_ms / 1000,
-            probe_window=protocol.ProbeWindow(
-                t.probe_count, t.probe_interval_ms / 1e3, t.probe_wait_ms / 1e3
-            ),
-            measure_every=t.probe_measure_every_ms / 1000,
-            fence_budget=cfg.takeover.fence_timeout_ms / 1000,
-            vip=str(cfg.vip.ip),
-            automatic=cfg.takeover.automatic,
-            on_vip_lost=cfg.takeover.on_vip_lost,
-            fence=bool(cfg.takeover.fence),
-            self_check_fails=cfg.health.self_check_fails,
-            confirm=cfg.confirm.mode,
-            confirm_requests=cfg.confirm.requests,
-            confirm_within=cfg.confirm.within_s,
-            drain=0.0 if self.drain_blocker else cfg.swap.drain_ms / 1000,
-            drain_max=0.0 if self.drain_blocker else cfg.swap.drain_max_ms / 1000,
-            drain_off="" if not self.drain_blocker else (
-                "swap.drain_ms is 0" if self.drain_blocker == "off" else self.drain_blocker
-            ),
-            straggler_window=cfg.confirm.straggler_window_ms / 1000,
-            before_release=len(cfg.hooks.before_release) * cfg.hooks.timeout_ms / 1000,
-            # A dry run's host checks: the health check with its timeout, then reading a few files.
-            host_check_budget=cfg.health.timeout_ms / 1000 + 0.5,
-        )
+        setup = node_setup(cfg, node, keys=keys, boot=boot, drain_blocker=self.drain_blocker)
         # An agent never claims at start; it keeps what netlink says it holds.
         self.core = protocol.Node(
             setup,
@@ -216,6 +152,9 @@ class Agent:
             epoch=state.epoch,
             now=self.now(),
             held_before=state.held_before,
+        )
+        self.commands = ControlCommands(
+            cfg, node, self.core, self.journal, now=self.now, pump=self._pump, status=self.status
         )
         try:
             # Before binding anything: a second agent for this node must hear "already running".
@@ -230,15 +169,16 @@ class Agent:
         self.peer_addr = (str(self.peer.address), cfg.heartbeat.port)
         metrics = self._start_metrics()
         try:
-            server = await control.serve(node.control_socket, self.on_control)
+            server = await control.serve(node.control_socket, self.commands.on_control)
         except control.ControlError as err:
             raise AgentError(str(err)) from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stop.set)
         watcher = self._spawn(self._watch_vip(), essential=True)
-        self._spawn(self._carry_out_vip_ops(), essential=True)
+        self._spawn(self.vip_changes.carry_out(), essential=True)
         if cfg.health.self_check_every_ms:
-            self._spawn(self._self_check_loop(cfg.health.self_check_every_ms / 1000), essential=True)
+            every = cfg.health.self_check_every_ms / 1000
+            self._spawn(self.host_checks.self_check_loop(every), essential=True)
         log.info(
             "agent-started",
             cluster=cfg.cluster,
@@ -264,11 +204,8 @@ class Agent:
             sdnotify.notify("STOPPING=1")
             watcher.cancel()
             self.watcher.stop(None)
-            self._unwatch_stragglers(None)
-            if self._handoff_end is not None:
-                # A handoff outliving the agent would send segments to a host that stopped draining.
-                self._handoff_end.cancel()
-                await self._remove_handoff(-1)
+            self.stragglers.unwatch(None)
+            await self.handoff_rule.stop()
             if self._timer is not None:
                 self._timer.cancel()
             self._stopping = True
@@ -279,7 +216,7 @@ class Agent:
             self.announcer.close()
             for task in self._tasks:
                 task.cancel()
-            await self._journal_writer.flushed()  # what the core journalled is on disk before we exit
+            await self.journal.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
         if self._ended_by is not None:
@@ -341,84 +278,6 @@ class Agent:
         except NetlinkError as err:
             log.error("vip-watch-failed", error=str(err))
 
-    async def on_control(self, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
-        cmd = request["cmd"]
-        if cmd == "status":
-            return {"type": "done", "status": await self.status()}
-        if cmd in protocol.MOVES and request.get("dry_run"):
-            return await self._dry_run(cmd)
-        if cmd in protocol.MOVES:
-            return await self._run_move(cmd, request, reply)
-        return {"type": "error", "error": f"unknown command {cmd!r}"}
-
-    async def _run_move(self, move: str, request: dict[str, Any], reply: control.Reply) -> dict[str, Any]:
-        path = request.get("config")
-        if isinstance(path, str):
-            # The operator's file, as the CLI did not load it (to reach us fast): a bad one changes nothing.
-            try:
-                await asyncio.to_thread(load_config, Path(path))
-            except ConfigError as err:
-                return {"type": "error", "error": str(err), "config_error": True}
-        core = self.core
-        holder = self.node.name if core.holds else self.peer.name if core.peer_holds() else None
-        # Where the VIP came from, as this node's journal tells it: an unswap shows what it undoes.
-        came_from = None
-        if move == "unswap" and holder is not None:
-            with contextlib.suppress(journal.JournalError):
-                came_from = journal.came_from(self.node.journal, holder)
-        cid = core.command(move, self.now())
-        # Journaled with the move once the core says which epoch it is (its Started action).
-        self._command_meta[cid] = {
-            "operator": str(request.get("operator") or "unknown")[:64],
-            "operator_reason": str(request.get("reason") or "")[:500],
-            "came_from": None if came_from is None else _summary(came_from),
-        }
-        wait_drained = request.get("wait_drained", True) is not False
-        outcome: dict[str, Any] | None = None  # the move is over; its drain is not
-        async with contextlib.aclosing(self._reports(cid, tick=WAITING_TICK)) as reports:
-            async for item in reports:
-                if isinstance(item, protocol.Finished):
-                    await self._journal_writer.flushed()  # the CLI hears of a move once it is journalled
-                    outcome = item.outcome.to_json()
-                    drain = outcome.get("drain") or {}
-                    if not (wait_drained and drain.get("pending")):
-                        return {"type": "done", "outcome": outcome, "came_from": came_from}
-                    step = f"draining on {drain['host']}"
-                    item = protocol.Progress(cid, step, item.outcome.duration_ms, {})
-                if isinstance(item, protocol.DrainReported) and outcome is not None:
-                    outcome["drain"] = item.report
-                    return {"type": "done", "outcome": outcome, "came_from": came_from}
-                if item is None and outcome is not None:
-                    item = protocol.Progress(cid, "still draining", outcome["duration_ms"], {})
-                if isinstance(item, protocol.Progress):
-                    with contextlib.suppress(ConnectionError):
-                        await reply({"type": "progress", "step": item.step, "ms": round(item.elapsed_ms, 3)})
-        raise AssertionError("unreachable: the reports end only when closed")
-
-    async def _dry_run(self, move: str) -> dict[str, Any]:
-        """Every check of the move on both nodes, and its plan; changes nothing, journals nothing."""
-        cid = self.core.command(move, self.now(), dry_run=True)
-        async with contextlib.aclosing(self._reports(cid)) as reports:
-            async for item in reports:
-                if isinstance(item, protocol.Planned):
-                    return {"type": "done", "plan": item.plan.to_json()}
-        raise AssertionError("unreachable: the reports end only when closed")
-
-    async def _reports(self, cid: int, tick: float | None = None) -> AsyncGenerator[_Reported | None, None]:
-        """What the core reports for one command (progress, outcome, plan), as it comes; None after each
-        `tick` seconds without a word."""
-        queue: asyncio.Queue[_Reported] = asyncio.Queue()
-        self._waiters[cid] = queue
-        self._pump()  # the command's first actions may already be waiting
-        try:
-            while True:
-                try:
-                    yield await asyncio.wait_for(queue.get(), tick)
-                except TimeoutError:
-                    yield None
-        finally:
-            del self._waiters[cid]
-
     async def status(self) -> dict[str, Any]:
         status = self.core.status(self.now())
         try:
@@ -475,16 +334,15 @@ class Agent:
                     log.error("announce-failed", error=str(err))
                 log.info("announced", round=action.round, at=self.now())
             case protocol.StartDrain() | protocol.Release() | protocol.Claim() | protocol.EndDrain():
-                self._vip_ops.put_nowait(action)
-                self._count_connections(action)
+                self.vip_changes.put(action)
             case protocol.CheckHealth():
-                self._spawn(self._check_health(action))
+                self._spawn(self.host_checks.ready_check(action))
             case protocol.MeasureLoad():
                 self._spawn(self._measure_load(action))
             case protocol.BeforeRelease():
-                self._spawn(self._before_release(action))
+                self._spawn(self.hooks.before_release(action))
             case protocol.RunHooks():
-                self._fire_hooks(action)
+                self.hooks.fire(action)
             case protocol.Probe():
                 self._spawn(self._probe(action))
             case protocol.MeasurePeer():
@@ -492,20 +350,15 @@ class Agent:
                     self._measuring = True
                     self._spawn(self._measure_peer(action))
             case protocol.Fence():
-                self._spawn(self._fence(action))
+                self._spawn(self.hooks.fence(action))
             case protocol.Handoff():
-                if self._handoff_end is not None:
-                    self._handoff_end.cancel()
-                self._handoff_install = self._spawn(self._install_handoff(action.epoch))
+                self.handoff_rule.install(action.epoch)
             case protocol.EndHandoff():
-                epoch = action.epoch
-                self._handoff_end = self.loop.call_later(
-                    action.after, lambda: self._spawn(self._remove_handoff(epoch))
-                )
+                self.handoff_rule.end_after(action.epoch, action.after)
             case protocol.WatchStragglers():
-                self._watch_stragglers(action.epoch)
+                self.stragglers.watch(action.epoch)
             case protocol.UnwatchStragglers():
-                self._unwatch_stragglers(action.epoch)
+                self.stragglers.unwatch(action.epoch)
             case protocol.Tell():
                 try:
                     self.announcer.tell(ip_address(action.ip), action.mac)
@@ -518,41 +371,21 @@ class Agent:
             case protocol.Unwatch():
                 self.watcher.stop(action.epoch)
             case protocol.Canary():
-                self._spawn(self._canary(action))
+                self._spawn(self.host_checks.canary(action))
             case protocol.HostCheck():
-                self._spawn(self._host_check(action))
+                self._spawn(self.host_checks.host_check(action))
             case protocol.Started():
-                meta = self._command_meta.pop(action.command, None)
-                if meta is not None:
-                    self._move_meta[action.epoch] = meta
+                self.journal.started(action)
             case protocol.Progress() | protocol.Finished() | protocol.Planned() | protocol.DrainReported():
-                queue = self._waiters.get(action.command)
-                if queue is not None:
-                    queue.put_nowait(action)
+                self.commands.deliver(action)
             case protocol.Notice():
                 if action.event != "datagram-rejected":
                     log.info(action.event, **action.detail)
                 else:
                     self.rejections.note(str(action.detail.get("reason")), self.now())
-                self._journal_notice(action)
+                self.journal.notice(action)
             case _:
                 assert_never(action)
-
-    def _count_connections(self, action: protocol.Action) -> None:
-        """From the drain's start to its end, the core hears how many connections to the VIP are open."""
-        if isinstance(action, protocol.EndDrain | protocol.StartDrain) and self._counting is not None:
-            self._counting.cancel()
-            self._counting = None
-        if isinstance(action, protocol.StartDrain):
-            epoch = action.epoch
-
-            def counted(count: Count | str) -> None:
-                if isinstance(count, str):
-                    self._report(events.ConnectionsCounted(epoch, None, 0.0, count))
-                else:
-                    self._report(events.ConnectionsCounted(epoch, count.open, count.oldest_s))
-
-            self._counting = self._spawn(count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted))
 
     def _stop_if_entering(self, state: str) -> None:
         """Test only: freeze (SIGSTOP) as the move enters `state`, before its actions are carried out."""
@@ -601,88 +434,6 @@ class Agent:
         log.error("agent-stopping", reason=self._ended_by)
         self._stop.set()
 
-    async def _carry_out_vip_ops(self) -> None:
-        """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
-        while True:
-            action = await self._vip_ops.get()
-            try:  # one that fails is logged and the next goes on: the core's deadlines see to the rest
-                match action:
-                    case protocol.StartDrain():
-                        await self._start_drain(action)
-                    case protocol.Release():
-                        await self._release(action)
-                    case protocol.Claim():
-                        await self._claim(action)
-                    case protocol.EndDrain():
-                        await self._end_drain(action)
-            except Exception as err:
-                self.task_failures += 1
-                log.error("vip-op-failed", action=type(action).__name__, error=repr(err), exc_info=err)
-            finally:
-                self._vip_ops.task_done()
-
-    async def _claim(self, action: protocol.Claim) -> None:
-        ok, error = True, ""
-        try:
-            if self.fault == "hang-before-claim" and action.why == "swap":
-                log.warning("test-fault-hanging-before-claim")
-                await asyncio.sleep(3600)
-            if self.fault == "claim-fails" and action.why == "swap":
-                raise NetlinkError("injected test fault: netlink add refused")
-            await asyncio.wait_for(self.link.claim(), self.config.swap.step_timeout_ms / 1000)
-        except (NetlinkError, TimeoutError) as err:
-            ok, error = False, str(err) or "netlink add timed out"
-        done_at = self.now()
-        self._report(events.ClaimDone(action.epoch, ok, error))
-        # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
-        log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
-
-    async def _start_drain(self, action: protocol.StartDrain) -> None:
-        try:
-            await asyncio.wait_for(self.link.start_drain(), self.config.swap.step_timeout_ms / 1000)
-        except (NetlinkError, TimeoutError) as err:
-            # The release goes on: in-flight connections may be reset, the VIP still moves.
-            log.error("drain-start-failed", epoch=action.epoch, error=str(err) or "timed out")
-
-    async def _release(self, action: protocol.Release) -> None:
-        ok, error = True, ""
-        try:
-            await asyncio.wait_for(self.link.release(), self.config.swap.step_timeout_ms / 1000)
-        except (NetlinkError, TimeoutError) as err:
-            ok, error = False, str(err) or "netlink delete timed out"
-        done_at = self.now()
-        self._report(events.ReleaseDone(action.epoch, ok, error))
-        log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
-
-    async def _end_drain(self, action: protocol.EndDrain) -> None:
-        step = self.config.swap.step_timeout_ms / 1000
-        try:
-            await asyncio.wait_for(self.link.end_drain(), step)
-            held = await asyncio.wait_for(self.link.holds(), step)
-        except (NetlinkError, TimeoutError) as err:
-            log.error("drain-end-failed", epoch=action.epoch, error=str(err) or "timed out")
-            return
-        log.info("drain-ended", epoch=action.epoch, at=self.now())
-        if not held:  # ended on schedule, not by a claim here
-            self._spawn(self._close_leftovers(action.epoch))  # not in the VIP's queue: it may take seconds
-
-    async def _close_leftovers(self, epoch: int) -> None:
-        # Unreachable now, but a keep-alive server keeps them open: each would hide a reused client port
-        # from the handoff rule of the next move back (tests/chaos/test_contention.py).
-        try:
-            closed = await handoff.close_leftovers(self.config.vip.ip)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("leftovers-not-closed", epoch=epoch, error=str(err))
-            return
-        log.info("leftovers-closed", epoch=epoch, connections_closed=closed)
-
-    async def _check_health(self, action: protocol.CheckHealth) -> None:
-        ok, detail = await asyncio.to_thread(
-            check_health, self.node.health_url, self.config.health.timeout_ms / 1000
-        )
-        log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
-        self._report(events.HealthDone(action.epoch, ok, detail))
-
     def _not_proof(self) -> tuple[str, ...]:
         """Clients whose requests never prove a move, besides loopback (accesslog.proof knows it): the nodes
         themselves and the ignored."""
@@ -697,196 +448,6 @@ class Agent:
         )
         log.info("load-measured", epoch=action.epoch, per_second=rate, detail=detail)
         self._report(events.LoadMeasured(action.epoch, rate, detail))
-
-    async def _host_check(self, action: protocol.HostCheck) -> None:
-        """A dry run's checks of this host for the part it would play: reads only, changes nothing."""
-        target = action.role == "target"
-        found = await asyncio.to_thread(self._host_findings, target)
-        vip, interface = self.config.vip.address, self.node.interface
-        try:
-            holds = await self.link.holds()
-        except NetlinkError as err:
-            found.append(check.Finding("VIP on this host", check.FAIL, f"netlink: {err}"))
-        else:
-            if target and holds:
-                found.append(check.Finding(
-                    "VIP not on this host", check.FAIL, f"{vip} is already on {interface}",
-                    f"failover status shows who holds it; if it was added by hand: "
-                    f"ip addr del {vip} dev {interface}"))
-            elif target:
-                found.append(check.Finding("VIP not on this host", check.OK, f"{vip} not on {interface}"))
-            elif holds:
-                found.append(check.Finding("VIP on this host", check.OK, f"{vip} on {interface}"))
-            else:
-                found.append(check.Finding("VIP on this host", check.FAIL, f"{vip} is not on {interface}"))
-        checks = tuple(dataclasses.replace(f, node=self.node.name) for f in found)
-        log.info("host-check", role=action.role, for_peer=action.peer_boot is not None,
-                 failed=[c.check for c in checks if c.level == check.FAIL])
-        self._report(events.HostCheckDone(action, checks))
-
-    def _host_findings(self, target: bool) -> list[check.Finding]:
-        """Blocking (files, /proc, an HTTP request): run in a thread."""
-        cfg, node = self.config, self.node
-        found = [check.key_finding(cfg), check.interface_finding(node.interface)]
-        if target:
-            ok, detail = check_health(node.health_url, cfg.health.timeout_ms / 1000)
-            fix = "" if ok else f"start the web server on {node.name}, or fix nodes.{node.name}.health_url"
-            found.append(check.Finding("health_url", check.OK if ok else check.FAIL, detail, fix))
-            found.append(check.access_log_finding(cfg, node))
-        found += check.sysctl_findings(cfg, node)
-        if target:
-            found.append(check.nft_finding())
-        return found
-
-    # --- journal and hooks ---------------------------------------------------------------------------
-
-    def _journal_notice(self, notice: protocol.Notice) -> None:
-        """Journal every finished or refused move and every takeover."""
-        event, detail = notice.event, notice.detail
-        if event in ("move-finished", "move-refused"):
-            meta = self._move_meta.pop(int(detail["epoch"]), None) or {}
-            self._journal({"kind": detail["move"], "node": self.node.name, **detail, **meta})
-        elif event == "takeover":
-            self._journal({"kind": "takeover", "node": self.node.name, "holder": self.node.name,
-                           "source": self.peer.name, "target": self.node.name, **detail})
-        elif event == "agent-down-host-up":
-            # Once per silence: the peer's agent is down and its host up, so no takeover (history shows it).
-            self._journal({"kind": "takeover", "ok": False, "node": self.node.name, "holder": None,
-                           "source": self.peer.name, "target": self.node.name, "holder_host": "up", **detail})
-
-    def _journal(self, entry: dict[str, Any]) -> None:
-        # Off the loop (an fsync on a busy disk can outlast dead_after_ms), in order; _run_move waits
-        # for it, so an entry is still on disk before the CLI hears the outcome.
-        self._journal_writer.append(entry)
-
-    def _hook_env(self, event: str, **extra: str | None) -> dict[str, str]:
-        """The one environment of every hook and of the fence program: FAILOVER_* variables."""
-        env = {
-            "FAILOVER_EVENT": event,
-            "FAILOVER_CLUSTER": self.config.cluster,
-            "FAILOVER_NODE": self.node.name,
-            "FAILOVER_PEER": self.peer.name,
-            "FAILOVER_VIP": str(self.config.vip.address),
-        }
-        env.update({f"FAILOVER_{k.upper()}": v for k, v in extra.items() if v is not None})
-        return env
-
-    def _fire_hooks(self, action: protocol.RunHooks) -> None:
-        hooks = self.config.hooks.for_event(action.event)
-        if hooks:
-            env = self._hook_env(
-                action.event, epoch=str(action.epoch), move=action.move, source=action.source,
-                target=action.target, reason=action.reason,
-            )
-            self._spawn(self._run_hooks(action.event, hooks, env))
-
-    async def _run_hooks(self, event: str, hooks: tuple[tuple[str, ...], ...], env: dict[str, str]) -> None:
-        async with self._hook_lock:
-            ok, details = await run_all(hooks, env, self.config.hooks.timeout_ms / 1000)
-        log.info("hooks", hook_event=event, ok=ok, details=details)
-
-    async def _before_release(self, action: protocol.BeforeRelease) -> None:
-        env = self._hook_env(
-            "before_release", epoch=str(action.epoch), move=action.move, source=self.node.name,
-            target=action.target,
-        )
-        # Not queued behind the notification hooks (_hook_lock): the core's budget for these runs from
-        # its asking, and a slow `confirmed` hook of the last move must not spend it.
-        hooks, timeout = self.config.hooks.before_release, self.config.hooks.timeout_ms / 1000
-        ok, details = await run_all(hooks, env, timeout)
-        log.info("hooks", hook_event="before_release", epoch=action.epoch, ok=ok, details=details)
-        self._report(events.BeforeReleaseDone(action.epoch, ok, details[-1] if details else ""))
-
-    # --- stragglers: clients still sending to us after we released -----------------------------------
-
-    def _watch_stragglers(self, epoch: int) -> None:
-        self._unwatch_stragglers(None)
-        try:
-            watch = StragglerWatch(self.node.interface, self.config.vip.ip, self.link.mac)
-            watch.start()
-        except announce.AnnounceError as err:
-            log.error("straggler-watch-failed", epoch=epoch, error=str(err))
-            return
-        self._stragglers = (epoch, watch, self._spawn(self._report_stragglers(epoch, watch)))
-
-    async def _report_stragglers(self, epoch: int, watch: StragglerWatch) -> None:
-        while True:
-            await asyncio.sleep(STRAGGLER_REPORT_INTERVAL)
-            # The new holder's own frames are the connection handoff at work, not a straggler.
-            seen = [
-                (s.mac, s.ip, watch.last_seen(s.mac) or 0.0)
-                for s in watch.stragglers()
-                if s.ip != str(self.peer.address)
-            ]
-            if seen:
-                self._report(events.StragglersSeen(epoch, tuple(seen)))
-
-    def _unwatch_stragglers(self, epoch: int | None) -> None:
-        if self._stragglers is None or (epoch is not None and self._stragglers[0] != epoch):
-            return
-        watched, watch, task = self._stragglers
-        self._stragglers = None
-        task.cancel()
-        watch.stop()
-        log.info("straggler-watch-ended", epoch=watched, frames_seen=watch.frames_seen)
-
-    # --- connection handoff to the draining old holder -----------------------------------------------
-
-    async def _install_handoff(self, epoch: int) -> None:
-        try:
-            closed = await handoff.install(
-                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface
-            )
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("handoff-unavailable", epoch=epoch, error=str(err))
-            self._report(events.HandoffDone(epoch, False, str(err)))
-            return
-        log.info(
-            "handoff-installed", epoch=epoch, to=str(self.peer.address), at=self.now(),
-            time_wait_closed=closed,
-        )
-        self._report(events.HandoffDone(epoch, True))
-
-    async def _remove_handoff(self, epoch: int) -> None:
-        self._handoff_end = None
-        install = self._handoff_install
-        if install is not None and not install.done():
-            # Asked for at once (a failed health check): the rule must not land after its removal.
-            await asyncio.wait([install])
-        try:
-            handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
-            return
-        log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)
-
-    # --- confirmation: the access log, and canaries -------------------------------------------------
-
-    async def _canary(self, action: protocol.Canary) -> None:
-        await self._vip_ops.join()  # the core ended the drain first: its copy would answer them here
-        url = canary_url(
-            self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
-        )
-        timeout = self.config.health.timeout_ms / 1000
-        results = []
-        for _ in range(self.config.confirm.requests):
-            _ok, detail = await asyncio.to_thread(check_health, url, timeout)
-            results.append(detail)
-            await asyncio.sleep(0.05)
-        log.info("canary", epoch=action.epoch, url=url, results=results)
-
-    async def _fence(self, action: protocol.Fence) -> None:
-        t = self.config.takeover
-        ok, detail = await run_hook(t.fence, self._hook_env("fence"), t.fence_timeout_ms / 1000)
-        log.info("fence", epoch=action.epoch, ok=ok, detail=detail)
-        self._report(events.FenceDone(action.epoch, ok, detail))
-
-    async def _self_check_loop(self, every: float) -> None:
-        timeout = min(self.config.health.timeout_ms / 1000, every)
-        while True:
-            await asyncio.sleep(every)
-            ok, detail = await asyncio.to_thread(check_health, self.node.health_url, timeout)
-            self._report(events.SelfCheckDone(ok, detail))
 
     async def _probe(self, action: protocol.Probe) -> None:
         window = action.window or self.core.setup.probe_window
@@ -933,11 +494,6 @@ class Agent:
 
 async def _injected_failure(name: str) -> None:
     raise RuntimeError(f"injected test fault: {name} raised")
-
-
-def _summary(entry: dict[str, Any]) -> dict[str, Any]:
-    keys = ("at", "kind", "epoch", "source", "target", "holder", "operator", "operator_reason")
-    return {k: entry.get(k) for k in keys}
 
 
 async def _main(config: ClusterConfig, node_name: str | None) -> None:

@@ -15,6 +15,7 @@ import structlog
 
 from failover import agent
 from failover.config import load_config
+from failover.health import check_health
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "configs" / "cluster.example.yaml"
 
@@ -62,14 +63,14 @@ def backend(answer: bytes) -> Iterator[str]:
 )
 def test_a_backend_answering_garbage_is_a_failed_check_not_an_exception(answer: bytes) -> None:
     with backend(answer) as url:
-        ok, detail = agent.check_health(url, 2.0)
+        ok, detail = check_health(url, 2.0)
     assert not ok
     assert url in detail and "\n" not in detail
 
 
 def test_a_backend_answering_200_is_healthy() -> None:
     with backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as url:
-        assert agent.check_health(url, 2.0) == (True, f"HTTP 200 from {url}")
+        assert check_health(url, 2.0) == (True, f"HTTP 200 from {url}")
 
 
 def test_a_task_that_raises_is_logged_and_counted_not_lost() -> None:

@@ -7,8 +7,10 @@ by `pop_actions()`. `get_timer()` says when it next wants `handle_timer`.
 The package, one concern a module:
 - `states`: every state of every machine as one table (inputs, effects, next states, timeouts);
 - `swap`, `takeover`, `dryrun`: the effects those tables name; `moves`: how a move starts;
-- `node`: the `Node` (entry points, self-check, status, dispatch to the tables); `peer`: its view of
-  the peer (liveness, key rotation, silence, a VIP on nobody, settling, announcements);
+- `node`: the `Node` (entry points, dispatch to the tables, timers); `peer`: its view of the peer
+  (liveness, key rotation, silence, a VIP on nobody, settling, announcements); `host`: its view of its
+  own host (claims and releases done, the VIP netlink reports, the self-check); `status`: its status;
+  `timeouts`: what each timeout of the tables is in seconds;
 - `actions`, `events`, `results`, `runs`, `setup`: the data that goes out, comes in, is reported,
   is remembered about a move, and is given at start;
 - `diagram`: the tables drawn as mermaid state diagrams for the README.

@@ -3,9 +3,9 @@
 Adapters feed it `receive_datagram`, `handle_timer`, `command` and `handle(event)`, each with `now`,
 a float of seconds; it answers with actions pulled by `pop_actions()`, and `get_timer()` says when it
 next wants `handle_timer`. The node owns the dispatch of every input to the row of the current state's
-table (`failover.protocol.states`), the VIP as netlink reports it, the holder's self-check and the
-status; its view of the peer is `peer.PeerWatch`'s, the machines' effects live in `swap`, `takeover`
-and `dryrun`, how a move starts in `moves`.
+table (`failover.protocol.states`) and the status; its view of the peer is `peer.PeerWatch`'s, of its
+own host (claims and releases done, the VIP netlink reports, the self-check) `host.HostWatch`'s, the
+machines' effects live in `swap`, `takeover` and `dryrun`, how a move starts in `moves`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from failover.protocol import actions as a
 from failover.protocol import events as e
 from failover.protocol.drain import Drain
 from failover.protocol.dryrun import DryRuns
+from failover.protocol.host import HostWatch
 from failover.protocol.moves import Moves
 from failover.protocol.peer import PeerWatch
 from failover.protocol.results import Outcome
@@ -36,16 +37,14 @@ from failover.protocol.states import (
     DryRunState,
     Input,
     State,
-    Timeout,
     row,
 )
-from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, proof_deadline, straggler_report
+from failover.protocol.status import node_status
+from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, straggler_report
 from failover.protocol.takeover import Takeover
+from failover.protocol.timeouts import seconds
 
 Record = AnyRun | DryRun | DrainRun
-
-LOAD_WAIT = 0.25  # seconds the source waits for its own rate before it releases anyway
-HANDOFF_WAIT = 0.1  # seconds a rollback waits for its handoff rule before it reclaims anyway
 
 _RESULT_INPUTS: dict[type[Any], Input] = {
     e.BeforeReleaseDone: Input.BEFORE_RELEASE_DONE,
@@ -59,14 +58,7 @@ _RESULT_INPUTS: dict[type[Any], Input] = {
 }
 
 
-def _nested(counts: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
-    nested: dict[str, dict[str, int]] = {}
-    for (outer, inner), n in sorted(counts.items()):
-        nested.setdefault(outer, {})[inner] = n
-    return nested
-
-
-class Node(PeerWatch):
+class Node(PeerWatch, HostWatch):
     """One agent's protocol state. Both hosts run the same code."""
 
     def __init__(
@@ -174,45 +166,8 @@ class Node(PeerWatch):
     def busy(self) -> bool:
         return self.run is not None and not row(self.run.state).finished
 
-    def healthy(self) -> bool:
-        return self.self_check_fails < self.setup.self_check_fails
-
     def status(self, now: float) -> dict[str, Any]:
-        hb = self.peer_heartbeat
-        run = self.run
-        return {
-            "node": self.setup.name,
-            "holds_vip": self.holds,
-            "held_epoch": self.held_epoch,
-            "epoch": self.epoch,
-            "peer": {
-                "name": self.setup.peer,
-                "alive": self.peer_alive(now),
-                "heartbeat_age_ms": None
-                if self.peer_seen is None
-                else round((now - self.peer_seen) * 1000, 1),
-                "holds_vip": None if hb is None else hb.holds_vip,
-                "held_epoch": None if hb is None else hb.held_epoch,
-                "digest": None if hb is None else hb.digest,
-            },
-            "digest": self.setup.digest,
-            "digests_equal": None if hb is None else hb.digest == self.setup.digest,
-            "swap_in_progress": None
-            if run is None or not self.busy()
-            else {"epoch": run.epoch, "move": run.move, "role": run.role, "state": str(run.state)},
-            "draining": self.drainer.status(now),
-            "last_drain": self.drainer.last,
-            "last_move": None if self.last_outcome is None else self.last_outcome.to_json(),
-            "last_takeover": self.last_takeover,
-            "probe_window": self.takeover.window_status(),
-            "self_check": {"fails_in_a_row": self.self_check_fails, "healthy": self.healthy()},
-            "rejected": dict(self.rejected),
-            "received": dict(self.received),
-            "sent": dict(self.sent),
-            "ignored": dict(self.ignored),
-            "moves": _nested(self.moves),
-            "stragglers_seen": self.stragglers_total,
-        }
+        return node_status(self, now)
 
     # --- inputs: operator, network, adapters, time ----------------------------------------------------
 
@@ -405,7 +360,7 @@ class Node(PeerWatch):
 
     def _arm(self, record: Record, state: State, now: float, *, transmitted: bool) -> None:
         r = row(state)
-        record.deadline = None if r.timeout is None else now + self._seconds(r.timeout, record, now)
+        record.deadline = None if r.timeout is None else now + seconds(r.timeout, self.setup, record, now)
         if r.terminal or not transmitted:
             record.resend_at = None  # what the last state resent was answered, or no longer matters
 
@@ -413,43 +368,6 @@ class Node(PeerWatch):
         if record.deadline is not None and now >= record.deadline:
             record.deadline = None
             self.dispatch(record, Input.DEADLINE, None, now)
-
-    def _seconds(self, timeout: Timeout, record: Record, now: float) -> float:
-        s, step = self.setup, self.timing.step_timeout
-        match timeout:
-            case Timeout.STEP:
-                return step
-            case Timeout.HANDOFF:
-                return min(HANDOFF_WAIT, step / 4)  # the VIP is on nobody meanwhile: not long
-            case Timeout.LOAD:
-                # Well inside the target's ready window (step_timeout), which runs while we wait.
-                return min(LOAD_WAIT, step / 4)
-            case Timeout.STEP_AND_HOOKS:
-                return step + s.before_release
-            case Timeout.HEALTH | Timeout.CHECKS:
-                return step + s.host_check_budget
-            case Timeout.PROOF:
-                assert isinstance(record, TargetRun)
-                return record.proof_deadline
-            case Timeout.PROOF_AND_STEP:
-                # The target's deadline, worked out from the same facts, and a step for its answer.
-                assert isinstance(record, SourceRun)
-                rate, canary = record.rate, record.canary
-                return proof_deadline(s.confirm_within, s.confirm_requests, s.name, rate, canary)[0] + step
-            case Timeout.STRAGGLERS:
-                assert isinstance(record, SourceRun) and record.straggler_until is not None
-                return max(0.0, record.straggler_until - now)
-            case Timeout.PROBE:
-                return step + s.probe_budget
-            case Timeout.FENCE:
-                return step + s.fence_budget
-            case Timeout.DRAIN_MIN:
-                return s.drain
-            case Timeout.DRAIN_MAX:
-                assert isinstance(record, DrainRun)
-                return max(0.0, record.released_at + s.drain_max - now)
-            case _:
-                assert_never(timeout)
 
     def _to_run(self, epoch: int, inp: Input, event: object, now: float) -> None:
         run = self.run
@@ -571,91 +489,3 @@ class Node(PeerWatch):
             self._actions.append(a.RunHooks(hook, run.epoch, run.move, run.source, run.target, reason))
         if run.command is not None:
             self._actions.append(a.Finished(run.command, outcome))
-
-    # --- the host: the VIP, our own health ------------------------------------------------------------
-
-    def _claim_done(self, event: e.ClaimDone, now: float) -> None:
-        why = self._claims.pop(event.epoch, "swap")
-        if event.ok:
-            self._set_holds(True, now)
-            self.held_epoch = max(self.held_epoch, event.epoch)
-            self.epoch = max(self.epoch, event.epoch)
-            self._schedule_announce(now)
-            # On the interface again: the copy on lo goes, and its connections go on from there.
-            drain = self.drainer.run
-            if drain is not None and drain.state is not DrainState.DRAINED:
-                self.dispatch(drain, Input.CLAIM_DONE, event, now)
-            elif self._draining is not None:
-                self._actions.append(a.EndDrain(self._draining))
-            self._draining = None
-            # Before the hooks of whatever this claim brings (rolled_back, takeover).
-            self._actions.append(a.RunHooks("after_claim", event.epoch, why))
-        run = self.run
-        if run is None or run.claim_epoch != event.epoch:
-            self.ignored["other-epoch"] += 1
-            return
-        self.dispatch(run, Input.CLAIM_DONE, event, now)
-
-    def _release_done(self, event: e.ReleaseDone, now: float) -> None:
-        if event.ok:
-            self._set_holds(False, now)
-        else:
-            self._release_failed_at = now  # netlink may still carry it out: then it is ours, not a hand's
-        run = self.run
-        if self._draining == event.epoch:
-            self._draining = None
-            if event.ok:
-                self.drainer.start(event.epoch, run.move if run is not None else "settle", now)
-            else:
-                self._actions.append(a.EndDrain(event.epoch))  # the VIP stays here: nothing to drain
-        if run is not None and run.epoch == event.epoch and Input.RELEASE_DONE in row(run.state).on:
-            self.dispatch(run, Input.RELEASE_DONE, event, now)
-        elif event.ok:
-            self._actions.append(a.Notice("released", {"epoch": event.epoch}))
-
-    def _observe_vip(self, held: bool, now: float) -> None:
-        """What netlink says about the VIP on this host; it wins over what the core believed."""
-        if held == self.holds or self._changing_vip():
-            return
-        failed_at = self._release_failed_at
-        if not held and failed_at is not None and now - failed_at < 2 * self.timing.step_timeout:
-            # Our own release that timed out took effect after all: nobody's hand, a VIP to take back.
-            self._actions.append(a.Notice("release-took-effect", {"held": held}))
-            self._set_holds(held, now)
-            return
-        self._actions.append(a.Notice("vip-changed-behind-our-back", {"held": held}))
-        self._set_holds(held, now)
-        # Removed by hand with on_vip_lost: report, it stays removed: the operator's word, not a fault.
-        self.vip_removed_by_hand = not held and self.setup.on_vip_lost == "report"
-        if not held and self.setup.on_vip_lost == "reclaim" and not self.peer_holds() and not self.busy():
-            # Policy: the VIP vanished from under us and nobody else has it: probe, then take it back.
-            why = "the VIP was removed from this host behind the agent's back"
-            run = self.takeover.start("reclaim", why, "vip-lost", now)
-            self.begin(run, run.state, now)
-
-    def _self_check_done(self, event: e.SelfCheckDone, now: float) -> None:
-        was_healthy = self.healthy()
-        self.self_check_fails = 0 if event.ok else self.self_check_fails + 1
-        if was_healthy != self.healthy():
-            self._actions.append(a.Notice("self-check", {"healthy": self.healthy(), "detail": event.detail}))
-            self._next_heartbeat = now  # the peer learns at once
-        if self.healthy() or not self.holds or self.busy() or now < self._self_swap_not_before:
-            return
-        hb = self.peer_heartbeat
-        if not (self.peer_alive(now) and hb is not None and hb.healthy):
-            return
-        # Our own service fails and the peer's does not: hand over with the normal coordinated swap.
-        self._self_swap_not_before = now + max(5.0, 2 * self.timing.step_timeout)
-        notice = {"fails": self.self_check_fails, "detail": event.detail}
-        self._actions.append(a.Notice("self-check-handover", notice))
-        self.start.command("swap", now, None)
-
-    def _changing_vip(self) -> bool:
-        return self.run is not None and row(self.run.state).changes_vip
-
-    def _set_holds(self, holds: bool, now: float) -> None:
-        self.held_before = self.held_before or holds
-        self.vip_removed_by_hand = self.vip_removed_by_hand and not holds
-        if holds != self.holds:
-            self.holds = holds
-            self._next_heartbeat = now  # the peer learns at once, not one interval later

@@ -1,0 +1,84 @@
+"""The new holder's connection handoff during a move, as the agent carries it out.
+
+Owns the rule's life on this host: installed when the core asks (its result goes back to the core),
+removed when the core's delay after EndHandoff has run out, never landing after its own removal, and
+removed at once when the agent stops. The rule itself (nftables, ss) is `failover.handoff`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from failover import handoff
+from failover.config import ClusterConfig, NodeConfig
+from failover.protocol import events
+
+log = structlog.get_logger("failover.agent")
+
+
+class HandoffRule:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node: NodeConfig,
+        *,
+        report: Callable[[events.Event], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        now: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.peer = config.peer_of(node.name)
+        self._report = report
+        self._spawn = spawn
+        self.now = now
+        self._handoff_end: asyncio.TimerHandle | None = None
+        self._handoff_install: asyncio.Task[None] | None = None
+
+    def install(self, epoch: int) -> None:
+        if self._handoff_end is not None:
+            self._handoff_end.cancel()
+        self._handoff_install = self._spawn(self._install_handoff(epoch))
+
+    def end_after(self, epoch: int, after: float) -> None:
+        self._handoff_end = asyncio.get_running_loop().call_later(
+            after, lambda: self._spawn(self._remove_handoff(epoch))
+        )
+
+    async def stop(self) -> None:
+        if self._handoff_end is not None:
+            # A handoff outliving the agent would send segments to a host that stopped draining.
+            self._handoff_end.cancel()
+            await self._remove_handoff(-1)
+
+    async def _install_handoff(self, epoch: int) -> None:
+        try:
+            closed = await handoff.install(
+                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface
+            )
+        except (handoff.HandoffError, TimeoutError) as err:
+            log.warning("handoff-unavailable", epoch=epoch, error=str(err))
+            self._report(events.HandoffDone(epoch, False, str(err)))
+            return
+        log.info(
+            "handoff-installed", epoch=epoch, to=str(self.peer.address), at=self.now(),
+            time_wait_closed=closed,
+        )
+        self._report(events.HandoffDone(epoch, True))
+
+    async def _remove_handoff(self, epoch: int) -> None:
+        self._handoff_end = None
+        install = self._handoff_install
+        if install is not None and not install.done():
+            # Asked for at once (a failed health check): the rule must not land after its removal.
+            await asyncio.wait([install])
+        try:
+            handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
+        except (handoff.HandoffError, TimeoutError) as err:
+            log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
+            return
+        log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)

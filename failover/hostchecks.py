@@ -1,0 +1,107 @@
+"""This host's checks as the core asks for them, each result reported to the core.
+
+Owns the health check a new holder passes before it answers ready, the holder's periodic self-check,
+the canaries sent through the VIP after a move, and a dry run's read-only checks of this host for the
+part it would play. What each finding says is `failover.check`'s; an HTTP check is `failover.health`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from failover import check, protocol
+from failover.config import ClusterConfig, NodeConfig
+from failover.health import canary_token, canary_url, check_health
+from failover.netlink import NetlinkError, VipLink
+from failover.protocol import events
+
+log = structlog.get_logger("failover.agent")
+
+
+class HostChecks:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node: NodeConfig,
+        link: VipLink,
+        *,
+        report: Callable[[events.Event], None],
+        vip_changes_done: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.peer = config.peer_of(node.name)
+        self.link = link
+        self._report = report
+        self._vip_changes_done = vip_changes_done  # every netlink change asked for so far is carried out
+
+    async def ready_check(self, action: protocol.CheckHealth) -> None:
+        ok, detail = await asyncio.to_thread(
+            check_health, self.node.health_url, self.config.health.timeout_ms / 1000
+        )
+        log.info("health-check", epoch=action.epoch, ok=ok, detail=detail)
+        self._report(events.HealthDone(action.epoch, ok, detail))
+
+    async def host_check(self, action: protocol.HostCheck) -> None:
+        """A dry run's checks of this host for the part it would play: reads only, changes nothing."""
+        target = action.role == "target"
+        found = await asyncio.to_thread(self._host_findings, target)
+        vip, interface = self.config.vip.address, self.node.interface
+        try:
+            holds = await self.link.holds()
+        except NetlinkError as err:
+            found.append(check.Finding("VIP on this host", check.FAIL, f"netlink: {err}"))
+        else:
+            if target and holds:
+                found.append(check.Finding(
+                    "VIP not on this host", check.FAIL, f"{vip} is already on {interface}",
+                    f"failover status shows who holds it; if it was added by hand: "
+                    f"ip addr del {vip} dev {interface}"))
+            elif target:
+                found.append(check.Finding("VIP not on this host", check.OK, f"{vip} not on {interface}"))
+            elif holds:
+                found.append(check.Finding("VIP on this host", check.OK, f"{vip} on {interface}"))
+            else:
+                found.append(check.Finding("VIP on this host", check.FAIL, f"{vip} is not on {interface}"))
+        checks = tuple(dataclasses.replace(f, node=self.node.name) for f in found)
+        log.info("host-check", role=action.role, for_peer=action.peer_boot is not None,
+                 failed=[c.check for c in checks if c.level == check.FAIL])
+        self._report(events.HostCheckDone(action, checks))
+
+    def _host_findings(self, target: bool) -> list[check.Finding]:
+        """Blocking (files, /proc, an HTTP request): run in a thread."""
+        cfg, node = self.config, self.node
+        found = [check.key_finding(cfg), check.interface_finding(node.interface)]
+        if target:
+            ok, detail = check_health(node.health_url, cfg.health.timeout_ms / 1000)
+            fix = "" if ok else f"start the web server on {node.name}, or fix nodes.{node.name}.health_url"
+            found.append(check.Finding("health_url", check.OK if ok else check.FAIL, detail, fix))
+            found.append(check.access_log_finding(cfg, node))
+        found += check.sysctl_findings(cfg, node)
+        if target:
+            found += check.handoff_findings(cfg)
+        return found
+
+    async def canary(self, action: protocol.Canary) -> None:
+        await self._vip_changes_done()  # the core ended the drain first: its copy would answer them here
+        url = canary_url(
+            self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
+        )
+        timeout = self.config.health.timeout_ms / 1000
+        results = []
+        for _ in range(self.config.confirm.requests):
+            _ok, detail = await asyncio.to_thread(check_health, url, timeout)
+            results.append(detail)
+            await asyncio.sleep(0.05)
+        log.info("canary", epoch=action.epoch, url=url, results=results)
+
+    async def self_check_loop(self, every: float) -> None:
+        timeout = min(self.config.health.timeout_ms / 1000, every)
+        while True:
+            await asyncio.sleep(every)
+            ok, detail = await asyncio.to_thread(check_health, self.node.health_url, timeout)
+            self._report(events.SelfCheckDone(ok, detail))
