@@ -470,6 +470,7 @@ def _parser() -> argparse.ArgumentParser:
         help="count TCP RSTs from this address reaching the namespace; repeatable (default: --target)",
     )  # fmt: skip
     p.add_argument("--no-rst-count", action="store_true", help="count no RSTs (needs no CAP_NET_RAW)")
+    p.add_argument("--no-keepalive", action="store_true", help="no keep-alive connection, new ones only")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--stop-file", type=Path, default=None)
     return p
@@ -477,7 +478,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    keepalive_ms = args.keepalive_interval_ms or [50.0]
+    keepalive_ms = [] if args.no_keepalive else args.keepalive_interval_ms or [50.0]
     for name, value in (("interval_ms", args.interval_ms), ("timeout_ms", args.timeout_ms)):
         if value <= 0:
             raise SystemExit(f"--{name.replace('_', '-')} must be > 0")
@@ -553,8 +554,8 @@ class ClientLoad:
         keepalive_interval_ms: float | Sequence[float] = 50.0,
         rsts_from: Sequence[str] | None = None,
     ) -> None:
-        """``keepalive_interval_ms``: one keep-alive connection per value; ``rsts_from``: the addresses
-        whose RSTs the load counts in its namespace (None: the target; empty: none)."""
+        """``keepalive_interval_ms``: one keep-alive connection per value (``()``: none); ``rsts_from``: the
+        addresses whose RSTs the load counts in its namespace (None: the target; empty: none)."""
         self.lab = lab
         self.host = host
         self.target = target
@@ -578,6 +579,8 @@ class ClientLoad:
         )
         for ms in intervals:
             self.argv += ["--keepalive-interval-ms", str(ms)]
+        if not intervals:
+            self.argv.append("--no-keepalive")
         sources = [target] if rsts_from is None else list(rsts_from)
         self.argv += [arg for source in sources for arg in ("--rsts-from", source)] or ["--no-rst-count"]
         self.started_at: float | None = None

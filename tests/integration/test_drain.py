@@ -86,7 +86,11 @@ def _swap_with_open_connection(cluster: LabCluster, while_draining: Any) -> tupl
     """Swap while the client's connection is open on live; `while_draining(client)` runs once live's
     status shows it waiting for that connection. Returns the CLI's outcome and what it returned."""
     # Other clients keep coming, so the access log confirms the swap within milliseconds.
-    load = ClientLoad(cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30)
+    # New connections only: the one keep-alive connection across the move is the test's own.
+    load = ClientLoad(
+        cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30,
+        keepalive_interval_ms=(),
+    )
     load.start()
     client = Client(cluster)
     try:
@@ -142,7 +146,11 @@ def test_the_drain_hook_closes_an_idle_keepalive_connection_in_order(cluster: La
 
     # The reload may close the idle connection before live's status shows it waiting for it: then
     # there is nothing to wait for, and the drain ends at drain_ms with nothing left.
-    load = ClientLoad(cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30)
+    # New connections only: the one keep-alive connection across the move is the test's own.
+    load = ClientLoad(
+        cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30,
+        keepalive_interval_ms=(),
+    )
     load.start()
     client = Client(cluster)
     try:
