@@ -271,9 +271,8 @@ def frame_source(frame: bytes) -> tuple[str, IPAddress] | None:
     return None
 
 
-def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
+def _claimant(eth: Ether, vip: IPAddress, our_mac: str) -> str | None:
     """The MAC of another host that this frame shows holding (or probing for) ``vip``, else None."""
-    eth = Ether(frame)
     src = str(eth.src).lower()
     if src == our_mac:
         return None
@@ -304,10 +303,9 @@ def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
     return None
 
 
-def _host_speaker(frame: bytes, peer: IPAddress, our_mac: str) -> str | None:
+def _host_speaker(eth: Ether, peer: IPAddress, our_mac: str) -> str | None:
     """The MAC of the host that this frame shows answering for (or speaking from) ``peer``'s own
     address, else None: any such frame means the peer's kernel is up."""
-    eth = Ether(frame)
     if str(eth.src).lower() == our_mac:
         return None
     if isinstance(peer, IPv4Address):
@@ -479,8 +477,9 @@ async def _exchange(
     take: _Take,
     action: str,
 ) -> tuple[int, list[str], float]:
-    """Send ``frames_out`` ``count`` times ``interval`` seconds apart, listen ``wait`` seconds after the
-    last send, hand every frame read to ``take``; (frames read, why the result is unknown, first send).
+    """Send ``frames_out`` ``count`` times, ``interval`` seconds apart on the first send's schedule,
+    listen ``wait`` seconds after the last send, hand every frame read to ``take``; (frames read, why
+    the result is unknown, first send).
 
     On the event loop, no thread: the socket is non-blocking, its frames are read when the loop sees it
     readable, and the sends and the end are loop timers armed from the moment each send actually went,
@@ -531,15 +530,21 @@ async def _exchange(
                 done.set_exception(_oserror(listener.interface, action, exc))
             return
         sent += 1
-        timer = loop.call_later(interval, send_round) if sent < count else loop.call_later(wait, end)
+        if sent < count:
+            # Rounds on the first send's schedule, so a late timer does not push back every later one
+            # (the loop wakes at millisecond steps). Only the listening after the last round counts for
+            # safety, and that runs from the moment it actually went.
+            timer = loop.call_at(first_send + sent * interval, send_round)
+        else:
+            timer = loop.call_later(wait, end)
 
     def end() -> None:
         read(max_frames + 1)  # everything that came in time, up to the cap
         finish()
 
     loop.add_reader(sock.fileno(), read)
+    first_send = loop.time()
     try:
-        first_send = loop.time()
         send_round()
         await done
     finally:
@@ -632,8 +637,9 @@ class Prober:
             if addr[2] == PACKET_OUTGOING:
                 return False
             try:
-                claimant = _claimant(data, self.vip, our_mac)
-                host = None if peer is None else _host_speaker(data, peer[1], our_mac)
+                eth = Ether(data)  # once: scapy's dissection is ~0.2 ms a frame, the window's own time
+                claimant = _claimant(eth, self.vip, our_mac)
+                host = None if peer is None else _host_speaker(eth, peer[1], our_mac)
             except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
                 unreadable.append(f"unreadable frame: {type(exc).__name__}")
                 return False
