@@ -499,9 +499,11 @@ async def _exchange(
         if not done.done():
             done.set_result(None)
 
-    def read(batch: int = _READ_BATCH) -> None:
+    ending = False  # the window is over: read what is queued, in batches, then answer
+
+    def read() -> None:
         nonlocal frames
-        for _ in range(batch):
+        for _ in range(_READ_BATCH):
             if done.done():
                 return
             if frames >= max_frames:
@@ -511,6 +513,8 @@ async def _exchange(
             try:
                 data, addr = sock.recvfrom(_PROBE_SNAPLEN)
             except BlockingIOError:
+                if ending:
+                    finish()
                 return
             except OSError as exc:
                 unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
@@ -539,8 +543,9 @@ async def _exchange(
             timer = loop.call_later(wait, end)
 
     def end() -> None:
-        read(max_frames + 1)  # everything that came in time, up to the cap
-        finish()
+        nonlocal ending
+        ending = True
+        read()  # and, while frames remain, the reader again on the next turns of the loop
 
     loop.add_reader(sock.fileno(), read)
     first_send = loop.time()
@@ -633,16 +638,27 @@ class Prober:
         hosts: set[str] = set()
         unreadable: list[str] = []
 
+        # Same bytes, same reading: scapy's dissection is ~0.2 ms a frame, and a rival probing in a loop
+        # sends one frame over and over. Bounded, so a flood of distinct frames cannot grow it.
+        read_before: dict[bytes, tuple[str | None, str | None]] = {}
+
         def take(data: bytes, addr: tuple[Any, ...]) -> bool:
             if addr[2] == PACKET_OUTGOING:
                 return False
-            try:
-                eth = Ether(data)  # once: scapy's dissection is ~0.2 ms a frame, the window's own time
-                claimant = _claimant(eth, self.vip, our_mac)
-                host = None if peer is None else _host_speaker(eth, peer[1], our_mac)
-            except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
-                unreadable.append(f"unreadable frame: {type(exc).__name__}")
-                return False
+            seen = read_before.get(data)
+            if seen is not None:
+                claimant, host = seen
+            else:
+                try:
+                    eth = Ether(data)
+                    claimant = _claimant(eth, self.vip, our_mac)
+                    host = None if peer is None else _host_speaker(eth, peer[1], our_mac)
+                except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
+                    if not unreadable:  # one says it all: the result is unknown
+                        unreadable.append(f"unreadable frame: {type(exc).__name__}")
+                    return False
+                if len(read_before) < 256:
+                    read_before[data] = (claimant, host)
             if claimant is not None:
                 found.add(claimant)
             if host is not None:
