@@ -9,6 +9,11 @@ module (the agent imports it at start, never during a swap), the IPv6 ones by th
 IPv4 agent never holds them. It makes no protocol decisions: when and how often to announce is the
 caller's business.
 
+The takeover probe and the peer measurement (``Prober``, one per agent, reached as
+``Announcer.prober``) run on the agent's event loop, not in a thread: their frames and kernel filters are
+built once, their two listening sockets stay open and are shut by a drop-all filter between uses, so a
+probe costs a filter swap, a few ``send()`` calls and loop timers on top of its window.
+
 Why both ARP forms (see FIELD.md): switches and routers disagree on which one they honour. Linux takes
 either as gratuitous when sender IP = target IP; a reply must also carry target MAC = sender MAC.
 """
