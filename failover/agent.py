@@ -455,14 +455,11 @@ class Agent:
         peer_ip, our_ip = self.peer.address, self.node.address
         ask_host = action.peer_host and peer_ip.version == our_ip.version == self.config.vip.ip.version
         try:
-            result = await asyncio.to_thread(
-                announce.probe_result,
-                self.node.interface,
-                self.config.vip.ip,
-                self.link.mac,
+            # On the event loop, on sockets and frames made at the first measurement: no thread to start.
+            result = await self.announcer.prober.probe(
                 count=window.count,
-                interval_ms=window.interval * 1000,
-                wait_ms=window.wait * 1000,
+                interval=window.interval,
+                wait=window.wait,
                 peer=(our_ip, peer_ip) if ask_host else None,
             )
         except announce.AnnounceError as err:
@@ -482,9 +479,9 @@ class Agent:
         rtt: float | None = None
         try:
             if peer_ip.version == our_ip.version == self.config.vip.ip.version:
-                rtt = await asyncio.to_thread(
-                    announce.measure_peer, self.node.interface, self.link.mac, our_ip, peer_ip, action.timeout
-                )
+                prober = self.announcer.prober
+                prober.prepare(our_ip, peer_ip)  # the takeover probe's frames and filters, built now
+                rtt = await prober.measure_peer(our_ip, peer_ip, action.timeout)
         except announce.AnnounceError as err:
             log.warning("peer-measure-failed", error=str(err))
         finally:

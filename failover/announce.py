@@ -9,23 +9,30 @@ module (the agent imports it at start, never during a swap), the IPv6 ones by th
 IPv4 agent never holds them. It makes no protocol decisions: when and how often to announce is the
 caller's business.
 
+The takeover probe and the peer measurement (``Prober``, one per agent, reached as
+``Announcer.prober``) run on the agent's event loop, not in a thread: their frames and kernel filters are
+built once, their two listening sockets stay open and are shut by a drop-all filter between uses, so a
+probe costs a filter swap, a few ``send()`` calls and loop timers on top of its window.
+
 Why both ARP forms (see FIELD.md): switches and routers disagree on which one they honour. Linux takes
 either as gratuitous when sender IP = target IP; a reply must also carry target MAC = sender MAC.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
-import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import scapy.data
 from scapy.layers.l2 import ARP, Ether
+
+from failover.bpf import DROP_ALL, attach_filter, compile_any, read_drops
 
 # scapy.data reads Wireshark's vendor table when scapy is imported: about 50,000 MAC prefixes, some 10 MiB
 # that would stay resident in every agent. scapy consults it only to print a MAC with its vendor's name,
@@ -47,6 +54,7 @@ __all__ = [
     "Announcer",
     "IPAddress",
     "ProbeResult",
+    "Prober",
     "frame_source",
     "measure_peer",
     "probe",
@@ -210,6 +218,15 @@ class Announcer:
         self._tell_cache: dict[tuple[IPAddress, str], bytes] = {}
         # Protocol 0: the kernel delivers no frames to a send-only socket, so no receive queue fills up.
         self._sock = _open_packet_socket(interface, 0)
+        self._prober: Prober | None = None
+
+    @property
+    def prober(self) -> Prober:
+        """The takeover probe and peer measurement for this VIP and interface, opened on first use and
+        kept until ``close``: an agent's first measurement at start opens it, long before a takeover."""
+        if self._prober is None:
+            self._prober = Prober(self.interface, self.vip, self.mac)
+        return self._prober
 
     def announce(self, forms: Iterable[str] | None = None) -> int:
         """Send each gratuitous form once (all of them by default); return the number of frames sent."""
@@ -238,6 +255,8 @@ class Announcer:
 
     def close(self) -> None:
         self._sock.close()
+        if self._prober is not None:
+            self._prober.close()
 
 
 def frame_source(frame: bytes) -> tuple[str, IPAddress] | None:
@@ -257,9 +276,8 @@ def frame_source(frame: bytes) -> tuple[str, IPAddress] | None:
     return None
 
 
-def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
+def _claimant(eth: Ether, vip: IPAddress, our_mac: str) -> str | None:
     """The MAC of another host that this frame shows holding (or probing for) ``vip``, else None."""
-    eth = Ether(frame)
     src = str(eth.src).lower()
     if src == our_mac:
         return None
@@ -290,10 +308,9 @@ def _claimant(frame: bytes, vip: IPAddress, our_mac: str) -> str | None:
     return None
 
 
-def _host_speaker(frame: bytes, peer: IPAddress, our_mac: str) -> str | None:
+def _host_speaker(eth: Ether, peer: IPAddress, our_mac: str) -> str | None:
     """The MAC of the host that this frame shows answering for (or speaking from) ``peer``'s own
     address, else None: any such frame means the peer's kernel is up."""
-    eth = Ether(frame)
     if str(eth.src).lower() == our_mac:
         return None
     if isinstance(peer, IPv4Address):
@@ -339,8 +356,6 @@ def probe_filter(vip: IPAddress, peer: IPAddress | None = None) -> bytes:
     Everything else on the segment, ordinary who-has and solicitations for the VIP included, stays in
     the kernel, so a busy segment cannot fill the probe's queue with frames it would ignore anyway.
     """
-    from failover.bpf import compile_any  # here, not at the top: the import block is another's to trim
-
     extra = [] if peer is None else _peer_clauses(peer)
     if isinstance(vip, IPv4Address):
         arp = (2, 12, ETH_P_ARP)
@@ -368,8 +383,6 @@ def probe_filter(vip: IPAddress, peer: IPAddress | None = None) -> bytes:
 def answer_filter(peer: IPAddress, our_ip: IPAddress) -> bytes:
     """The kernel filter of a measurement: only the peer's answer to us for its own address (an ARP
     reply from ``peer`` to ``our_ip``, an NA for ``peer`` sent to ``our_ip``), never its own requests."""
-    from failover.bpf import compile_any
-
     if isinstance(peer, IPv4Address):
         return compile_any([[(2, 12, ETH_P_ARP), (2, 20, 2), *_address(28, peer), *_address(38, our_ip)]],
                            _PROBE_SNAPLEN)  # fmt: skip
@@ -401,14 +414,332 @@ class ProbeResult:
         return list(self.answered_by)
 
 
+# Frames one wake-up of the event loop reads before it lets heartbeats and timers run again: a flood the
+# filter lets through (a rival prober) is read to the cap without starving the rest of the agent.
+_READ_BATCH = 64
+
+
+class _Listener:
+    """One receiving packet socket for one EtherType, kept open for the agent's life and *shut* between
+    uses: its filter then drops every frame, so nothing queues, nothing is dropped, nothing wakes us.
+
+    A use opens it with its own filter and first throws away what is still queued: frames from the tail
+    of the last use, read by nobody, all older than the frames this use sends. Discarding them is what a
+    fresh socket did; it cannot lose an answer to this use's frames, which are not out yet. While shut
+    the queue only shrinks, so that drain ends. The drop count is reset after the drain, so a drop it
+    reports later is a frame of this use: unknown.
+    """
+
+    def __init__(self, interface: str, proto: int) -> None:
+        self.interface = interface
+        self.lock = asyncio.Lock()  # one use at a time: two would read each other's answers
+        # Protocol 0 receives nothing: the filter is in place before the bind that starts delivery.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            attach_filter(sock, DROP_ALL)
+            sock.bind((interface, proto))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise _oserror(interface, "open listening socket", exc) from exc
+        self.sock = sock
+
+    def open(self, program: bytes, rcvbuf: int | None = None) -> None:
+        try:
+            for _ in range(_MAX_FRAMES_READ):
+                try:
+                    self.sock.recv(1)
+                except BlockingIOError:
+                    break
+            else:
+                raise AnnounceError(f"listening socket on {self.interface}: stale frames kept coming")
+            if rcvbuf is not None:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            attach_filter(self.sock, program)
+            read_drops(self.sock)  # start from zero
+        except OSError as exc:
+            raise _oserror(self.interface, "open listening socket", exc) from exc
+
+    def shut(self) -> None:
+        attach_filter(self.sock, DROP_ALL)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# take(frame, addr) -> True ends the exchange early (a measurement's answer has come).
+_Take = Callable[[bytes, tuple[Any, ...]], bool]
+
+
+async def _exchange(
+    listener: _Listener,
+    frames_out: Sequence[bytes],
+    *,
+    count: int,
+    interval: float,
+    wait: float,
+    max_frames: int,
+    take: _Take,
+    action: str,
+) -> tuple[int, list[str], float]:
+    """Send ``frames_out`` ``count`` times, ``interval`` seconds apart on the first send's schedule,
+    listen ``wait`` seconds after the last send, hand every frame read to ``take``; (frames read, why
+    the result is unknown, first send).
+
+    On the event loop, no thread: the socket is non-blocking, its frames are read when the loop sees it
+    readable, and the sends and the end are loop timers armed from the moment each send actually went,
+    so a busy loop lengthens the window, never shortens it. At the end, whatever the kernel queued in
+    time is read before the answer is given. A failed send raises ``AnnounceError``; once the first
+    frames are out, a receive error or the cap makes the result unknown instead.
+    """
+    loop = asyncio.get_running_loop()
+    sock = listener.sock
+    done: asyncio.Future[None] = loop.create_future()
+    unknown: list[str] = []
+    frames = 0
+    sent = 0
+    timer: asyncio.TimerHandle | None = None
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    ending = False  # the window is over: read what is queued, in batches, then answer
+
+    def read() -> None:
+        nonlocal frames
+        for _ in range(_READ_BATCH):
+            if done.done():
+                return
+            if frames >= max_frames:
+                unknown.append(f"stopped after {frames} frames, the probe's cap")
+                finish()
+                return
+            try:
+                data, addr = sock.recvfrom(_PROBE_SNAPLEN)
+            except BlockingIOError:
+                if ending:
+                    finish()
+                return
+            except OSError as exc:
+                unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
+                finish()
+                return
+            frames += 1
+            if take(data, addr):
+                finish()
+
+    def send_round() -> None:
+        nonlocal sent, timer
+        try:
+            for frame in frames_out:
+                sock.send(frame)
+        except OSError as exc:
+            if not done.done():
+                done.set_exception(_oserror(listener.interface, action, exc))
+            return
+        sent += 1
+        if sent < count:
+            # Rounds on the first send's schedule, so a late timer does not push back every later one
+            # (the loop wakes at millisecond steps). Only the listening after the last round counts for
+            # safety, and that runs from the moment it actually went.
+            timer = loop.call_at(first_send + sent * interval, send_round)
+        else:
+            timer = loop.call_later(wait, end)
+
+    def end() -> None:
+        nonlocal ending
+        ending = True
+        read()  # and, while frames remain, the reader again on the next turns of the loop
+
+    loop.add_reader(sock.fileno(), read)
+    first_send = loop.time()
+    try:
+        send_round()
+        await done
+    finally:
+        loop.remove_reader(sock.fileno())
+        if timer is not None:
+            timer.cancel()
+    try:
+        dropped = read_drops(sock)
+    except OSError as exc:
+        unknown.append(f"cannot read the socket's drop count: {os.strerror(exc.errno or 0)}")
+    else:
+        if dropped:
+            unknown.insert(0, f"{dropped} frames dropped by the kernel")
+    return frames, unknown, first_send
+
+
+class Prober:
+    """The takeover probe and the peer measurement for one VIP on one interface, ready to go at once.
+
+    Built at the agent's start: the probe frame (bytes, by scapy, once), one listening packet socket for
+    the probe and one for the measurement, each shut between uses (``_Listener``), their filters
+    compiled once per peer. A probe is then a filter swap, a few ``send()`` calls and loop timers: no
+    thread, no socket to open, no frame to build. Methods are coroutines for the agent's event loop.
+    """
+
+    def __init__(self, interface: str, vip: IPAddress, mac: str) -> None:
+        self.interface = interface
+        self.vip = vip
+        self.mac = _norm_mac(mac)
+        self._proto = ETH_P_ARP if isinstance(vip, IPv4Address) else ETH_P_IPV6
+        self._probe_frame = build_probe(vip, self.mac)
+        self._who_has: dict[tuple[IPAddress, IPAddress], bytes] = {}  # (ours, peer) -> frame
+        self._filters: dict[tuple[str, IPAddress | None, IPAddress | None], bytes] = {}
+        self._probe = _Listener(interface, self._proto)
+        try:
+            self._answer = _Listener(interface, self._proto)
+        except AnnounceError:
+            self._probe.close()
+            raise
+
+    def prepare(self, our_ip: IPAddress, peer: IPAddress) -> None:
+        """Build the who-has for ``peer`` and both filters that name it now, not during a takeover."""
+        self._who_has_frame(our_ip, peer)
+        self._filter("probe", peer, None)
+        self._filter("answer", peer, our_ip)
+
+    def _who_has_frame(self, our_ip: IPAddress, peer: IPAddress) -> bytes:
+        frame = self._who_has.get((our_ip, peer))
+        if frame is None:
+            frame = self._who_has[(our_ip, peer)] = build_who_has(peer, our_ip, self.mac)
+        return frame
+
+    def _filter(self, kind: str, peer: IPAddress | None, our_ip: IPAddress | None) -> bytes:
+        key = (kind, peer, our_ip)
+        program = self._filters.get(key)
+        if program is None:
+            if kind == "probe":
+                program = probe_filter(self.vip, peer)
+            else:
+                assert peer is not None and our_ip is not None
+                program = answer_filter(peer, our_ip)
+            self._filters[key] = program
+        return program
+
+    async def probe(
+        self,
+        *,
+        count: int = 3,
+        interval: float = 0.02,
+        wait: float = 0.06,
+        max_frames: int = _MAX_FRAMES_READ,
+        rcvbuf: int | None = None,
+        peer: tuple[IPAddress, IPAddress] | None = None,
+    ) -> ProbeResult:
+        """Ask whether anyone holds the VIP: ``count`` probes ``interval`` seconds apart, then ``wait``
+        seconds of listening after the last one actually sent. ``peer`` = (our own address, the peer's):
+        each round also asks who has the peer's address, and every frame from the peer's kernel about it
+        lands in ``host_answered_by``. ``rcvbuf`` sizes the receive buffer (the kernel's default when
+        None). A socket that cannot be used or a probe that cannot be sent raises ``AnnounceError``."""
+        our_mac = self.mac
+        frames_out = [self._probe_frame]
+        if peer is not None:
+            frames_out.append(self._who_has_frame(*peer))
+        program = self._filter("probe", None if peer is None else peer[1], None)
+        found: set[str] = set()
+        hosts: set[str] = set()
+        unreadable: list[str] = []
+
+        # Same bytes, same reading: scapy's dissection is ~0.2 ms a frame, and a rival probing in a loop
+        # sends one frame over and over. Bounded, so a flood of distinct frames cannot grow it.
+        read_before: dict[bytes, tuple[str | None, str | None]] = {}
+
+        def take(data: bytes, addr: tuple[Any, ...]) -> bool:
+            if addr[2] == PACKET_OUTGOING:
+                return False
+            seen = read_before.get(data)
+            if seen is not None:
+                claimant, host = seen
+            else:
+                try:
+                    eth = Ether(data)
+                    claimant = _claimant(eth, self.vip, our_mac)
+                    host = None if peer is None else _host_speaker(eth, peer[1], our_mac)
+                except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
+                    if not unreadable:  # one says it all: the result is unknown
+                        unreadable.append(f"unreadable frame: {type(exc).__name__}")
+                    return False
+                if len(read_before) < 256:
+                    read_before[data] = (claimant, host)
+            if claimant is not None:
+                found.add(claimant)
+            if host is not None:
+                hosts.add(host)
+            return False
+
+        async with self._probe.lock:
+            self._probe.open(program, rcvbuf)
+            try:
+                frames, unknown, _ = await _exchange(
+                    self._probe, frames_out, count=count, interval=interval, wait=wait,
+                    max_frames=max_frames, take=take, action="probe",
+                )  # fmt: skip
+            finally:
+                self._shut(self._probe)
+        return ProbeResult(
+            answered_by=tuple(sorted(found)),
+            unknown="; ".join([*unknown, *unreadable]),
+            frames=frames,
+            host_answered_by=tuple(sorted(hosts)),
+        )
+
+    async def measure_peer(self, our_ip: IPAddress, peer: IPAddress, timeout: float) -> float | None:
+        """Seconds from an ordinary who-has for ``peer`` (sent from ``our_ip``) to the peer kernel's
+        answer being read; None when none came within ``timeout``. The loop's own delay in reading is
+        part of it, which only makes a window sized from it longer. A socket that cannot be used or a
+        frame that cannot be sent raises ``AnnounceError``."""
+        frame = self._who_has_frame(our_ip, peer)
+        program = self._filter("answer", peer, our_ip)
+        loop = asyncio.get_running_loop()
+        answered: list[float] = []
+
+        def take(_data: bytes, addr: tuple[Any, ...]) -> bool:
+            if addr[2] == PACKET_OUTGOING:
+                return False
+            answered.append(loop.time())
+            return True
+
+        async with self._answer.lock:
+            self._answer.open(program)
+            try:
+                _, unknown, sent_at = await _exchange(
+                    self._answer, [frame], count=1, interval=0.0, wait=timeout, max_frames=_MAX_FRAMES_READ,
+                    take=take, action="measure",
+                )  # fmt: skip
+            finally:
+                self._shut(self._answer)
+        # A drop or a receive error does not spoil an answer that was read: its time is what it is.
+        del unknown
+        return answered[0] - sent_at if answered else None
+
+    def _shut(self, listener: _Listener) -> None:
+        try:
+            listener.shut()
+        except OSError:
+            # Left open, its queue would fill with frames nobody reads: start over with a fresh socket.
+            listener.close()
+            fresh = _Listener(self.interface, self._proto)
+            if listener is self._probe:
+                self._probe = fresh
+            else:
+                self._answer = fresh
+
+    def close(self) -> None:
+        self._probe.close()
+        self._answer.close()
+
+
 def probe(
     interface: str, vip: IPAddress, mac: str, *, count: int = 3, interval_ms: float = 20, wait_ms: float = 60
 ) -> list[str]:
     """Ask whether anyone holds ``vip``: the sorted distinct MACs that answered, [] when nobody did, and
     ``"unknown: <why>"`` among them when the probe cannot tell (see ``ProbeResult.for_core``).
 
-    Sends ``count`` probes ``interval_ms`` apart and listens ``wait_ms`` after the last; blocking and
-    bounded by about ``(count - 1) * interval_ms + wait_ms``, so run it in a thread from asyncio.
+    Blocking, for one-shot tools: sends ``count`` probes ``interval_ms`` apart and listens ``wait_ms``
+    after the last; bounded by about ``(count - 1) * interval_ms + wait_ms``. The agent uses ``Prober``.
     """
     return probe_result(interface, vip, mac, count=count, interval_ms=interval_ms, wait_ms=wait_ms).for_core()
 
@@ -425,144 +756,31 @@ def probe_result(
     rcvbuf: int | None = None,
     peer: tuple[IPAddress, IPAddress] | None = None,
 ) -> ProbeResult:
-    """The probe, with whether it can tell. ``rcvbuf`` sizes the socket's receive buffer (the kernel's
-    default when None). ``peer`` = (our own address, the peer's): each round also asks who has the
-    peer's address, and every frame from the peer's kernel about it lands in ``host_answered_by``.
-    Opening the socket or sending a probe fails with ``AnnounceError``; anything that goes wrong once
-    probes are out makes the result unknown instead.
+    """``Prober.probe`` once, blocking, on a ``Prober`` of its own (see there)."""
 
-    The listening runs ``wait_ms`` from the last frame actually sent, not from when it was due, and
-    what the kernel queued meanwhile is read before the socket closes: a probe thread the scheduler
-    kept waiting lengthens the window, it never loses an answer that came in time.
-    """
-    from failover.bpf import attach_filter, read_drops
-
-    our_mac = _norm_mac(mac)
-    proto = ETH_P_ARP if isinstance(vip, IPv4Address) else ETH_P_IPV6
-    frames_out = [build_probe(vip, our_mac)]
-    if peer is not None:
-        frames_out.append(build_who_has(peer[1], peer[0], our_mac))
-    found: set[str] = set()
-    hosts: set[str] = set()
-    unknown: list[str] = []
-    frames = 0
-
-    def take(data: bytes, addr: tuple[Any, ...]) -> None:
-        if addr[2] == PACKET_OUTGOING:
-            return
+    async def once() -> ProbeResult:
+        prober = Prober(interface, vip, mac)
         try:
-            claimant = _claimant(data, vip, our_mac)
-            host = None if peer is None else _host_speaker(data, peer[1], our_mac)
-        except Exception as exc:  # a frame scapy cannot parse must not end the probe unnoticed
-            unknown.append(f"unreadable frame: {type(exc).__name__}")
-            return
-        if claimant is not None:
-            found.add(claimant)
-        if host is not None:
-            hosts.add(host)
+            return await prober.probe(
+                count=count, interval=interval_ms / 1000, wait=wait_ms / 1000, max_frames=max_frames,
+                rcvbuf=rcvbuf, peer=peer,
+            )  # fmt: skip
+        finally:
+            prober.close()
 
-    # Protocol 0 receives nothing: the filter is in place before the bind that starts delivery.
-    sock = _open_packet_socket(interface, 0)
-    try:
-        try:
-            if rcvbuf is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            attach_filter(sock, probe_filter(vip, None if peer is None else peer[1]))
-            sock.bind((interface, proto))
-            read_drops(sock)  # start from zero
-        except OSError as exc:
-            raise _oserror(interface, "open probe socket", exc) from exc
-        sent = 0
-        next_send = time.monotonic()
-        end = float("inf")
-        while True:
-            now = time.monotonic()
-            if sent < count and now >= next_send:
-                try:
-                    for frame in frames_out:
-                        sock.send(frame)
-                except OSError as exc:
-                    raise _oserror(interface, "probe", exc) from exc
-                sent += 1
-                now = time.monotonic()
-                next_send = now + interval_ms / 1000
-                if sent >= count:
-                    end = now + wait_ms / 1000
-            if now >= end:
-                break
-            if frames >= max_frames:
-                unknown.append(f"stopped after {frames} frames, the probe's cap")
-                break
-            until = next_send if sent < count else end
-            sock.settimeout(max(until - now, 0.0005))
-            try:
-                data, addr = sock.recvfrom(_PROBE_SNAPLEN)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
-                break
-            frames += 1
-            take(data, addr)
-        sock.setblocking(False)
-        while not unknown and frames < max_frames:  # what came while this thread waited for a CPU
-            try:
-                data, addr = sock.recvfrom(_PROBE_SNAPLEN)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                unknown.append(f"receive failed: {os.strerror(exc.errno or 0)}")
-                break
-            frames += 1
-            take(data, addr)
-        try:
-            dropped = read_drops(sock)
-        except OSError as exc:
-            unknown.append(f"cannot read the socket's drop count: {os.strerror(exc.errno or 0)}")
-        else:
-            if dropped:
-                unknown.insert(0, f"{dropped} frames dropped by the kernel")
-    finally:
-        sock.close()
-    return ProbeResult(
-        answered_by=tuple(sorted(found)),
-        unknown="; ".join(unknown),
-        frames=frames,
-        host_answered_by=tuple(sorted(hosts)),
-    )
+    return asyncio.run(once())
 
 
 def measure_peer(
     interface: str, mac: str, our_ip: IPAddress, peer: IPAddress, timeout: float
 ) -> float | None:
-    """Seconds from an ordinary who-has for ``peer`` (sent from ``our_ip``) to the peer kernel's answer;
-    None when none came within ``timeout``. Blocking: run it in a thread. Fails with ``AnnounceError``
-    when the socket cannot be opened or the frame not sent."""
-    from failover.bpf import attach_filter
+    """``Prober.measure_peer`` once, blocking, on a ``Prober`` of its own (see there)."""
 
-    proto = ETH_P_ARP if isinstance(peer, IPv4Address) else ETH_P_IPV6
-    frame = build_who_has(peer, our_ip, _norm_mac(mac))
-    sock = _open_packet_socket(interface, 0)
-    try:
+    async def once() -> float | None:
+        prober = Prober(interface, peer, mac)  # its "VIP" only picks the EtherType: the peer's family
         try:
-            attach_filter(sock, answer_filter(peer, our_ip))
-            sock.bind((interface, proto))
-        except OSError as exc:
-            raise _oserror(interface, "open measurement socket", exc) from exc
-        sent_at = time.monotonic()
-        try:
-            sock.send(frame)
-        except OSError as exc:
-            raise _oserror(interface, "measure", exc) from exc
-        end = sent_at + timeout
-        while (left := end - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
-                _data, addr = sock.recvfrom(_PROBE_SNAPLEN)
-            except (TimeoutError, OSError):
-                return None
-            if addr[2] != PACKET_OUTGOING:
-                return time.monotonic() - sent_at
-        return None
-    finally:
-        sock.close()
+            return await prober.measure_peer(our_ip, peer, timeout)
+        finally:
+            prober.close()
+
+    return asyncio.run(once())

@@ -17,7 +17,7 @@ import socket
 import struct
 from collections.abc import Sequence
 
-__all__ = ["Check", "attach_filter", "compile_any", "read_drops"]
+__all__ = ["DROP_ALL", "Check", "attach_filter", "compile_any", "read_drops"]
 
 # <asm-generic/socket.h>, <linux/filter.h>, <linux/if_packet.h>; not exported by the socket module.
 SO_ATTACH_FILTER = 26
@@ -26,6 +26,9 @@ PACKET_STATISTICS = 6
 _LOAD = {4: 0x20, 2: 0x28, 1: 0x30}  # ld / ldh / ldb [k]: A <- the 4/2/1 bytes at packet[k]
 _JEQ_K = 0x15  # pc += (A == k) ? jt : jf
 _RET_K = 0x06  # accept k bytes of the frame (0 = drop)
+
+# `ret #0`: a socket with it takes no frame at all, so nothing queues while nobody is listening.
+DROP_ALL = struct.pack("HBBI", _RET_K, 0, 0, 0)
 
 # (width in bytes: 1, 2 or 4; offset; value): "the big-endian integer at offset equals value".
 Check = tuple[int, int, int]
