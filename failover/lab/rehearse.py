@@ -115,6 +115,7 @@ def move_report(
         "stalled_over_1s": window.stalled_over_1s,
         "max_gap_ms": round(max_gap_ms, 3),
         "rsts_from_vip": rsts_from_vip,
+        "drain": outcome.get("drain"),
         "reason": outcome.get("reason", ""),
         "steps": outcome.get("steps", []),
     }
@@ -303,6 +304,18 @@ def _verdict(outcome: dict[str, Any]) -> str:
     return f"FAILED: {outcome.get('reason')}"
 
 
+def drain_line(drain: dict[str, Any]) -> str:
+    """The old holder's drain after a move, as the rehearsal prints it."""
+    host = drain.get("host")
+    if drain.get("skipped"):
+        return f"{host} did not drain: {drain['skipped']}"
+    if drain.get("pending"):
+        return f"{host} still draining when the command returned"
+    left = drain.get("left")
+    counted = "not counted" if left is None else f"{left} connections left"
+    return f"{host} drained ({drain.get('how')}): {counted} after {drain.get('after_s')} s"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = ["", f"rehearsal {'PASSED' if report['ok'] else 'FAILED'}"]
     for move in ("swap", "unswap"):
@@ -318,6 +331,9 @@ def format_report(report: dict[str, Any]) -> str:
                 f"          router's entry for the VIP moved {m['router_moved_ms_after_claim']} ms after the "
                 f"claim, now {m['router_neighbour_mac']}"
             )
+        drain = m.get("drain")
+        if drain:
+            lines.append(f"          {drain_line(drain)}")
         if not m["ok"]:
             lines.append(f"          reason: {m['reason']}")
     c = report["client"]

@@ -68,7 +68,11 @@ def figures(moves: list[dict[str, Any]], fetched: dict[str, Any], load: ClientLo
     keepalive = load.keepalive_by_interval()
     rst = load.rsts()
     started, ended = fetched.get("first_byte_at"), fetched.get("ended")
+    drains = sorted(float(m["drain"]["after_s"]) for m in moves if (m.get("drain") or {}).get("after_s"))
     return {
+        # How long the old holder drained after each move (min, median, max seconds), and what was left.
+        "drain_s": [drains[0], drains[len(drains) // 2], drains[-1]] if drains else None,
+        "drain_left": sorted({(m.get("drain") or {}).get("left") for m in moves}, key=str),
         "moves_failed": sum(1 for m in moves if not (m.get("ok") and m.get("exit_code") == 0)),
         "rsts_from_vip": rst["frames"],
         "rst_capture_drops": rst["drops"],
@@ -122,3 +126,5 @@ def test_no_client_sees_a_reset_across_swaps(cluster: LabCluster, record_propert
         "download_bytes": DOWNLOAD_BYTES,
         "download_checksum_ok": True,
     }, json.dumps(seen)
+    # And the old holder waited for all of it: every drain ended with nothing left open.
+    assert seen["drain_left"] == [0], json.dumps(seen)
