@@ -4,6 +4,13 @@ The old holder drains until none is left. Counted: every state in which a segmen
 still arrive and need this host's socket (ESTABLISHED through LAST_ACK, FIN-WAIT-2 included: after the
 server's FIN the client's own FIN still comes, through the new holder's handoff). Not counted: LISTEN,
 and TIME-WAIT (the connection is over; a late retransmitted FIN is answered by whoever holds the VIP).
+
+A FIN-WAIT-2 that no process owns any more (the server closed it: nginx's reload does that to every idle
+keep-alive connection) is counted for `ORPHAN_GRACE` only. Everything the server sent is acknowledged,
+and anything but a FIN from the client would be answered with a reset by this host too; what it waits
+for is the client's FIN, which a client watching its socket sends within milliseconds. A client that
+does not (a pool that looks at an idle connection only to reuse it) may keep it for tcp_fin_timeout,
+and a drain waiting for it would last until drain_max_ms for work that is already over.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ OPEN_STATES = (
     _ESTABLISHED, _SYN_RECV, _FIN_WAIT1, _FIN_WAIT2, _CLOSE_WAIT, _LAST_ACK, _CLOSING, _NEW_SYN_RECV,
 )
 _STATE_MASK = sum(1 << s for s in OPEN_STATES)
+# How long an orphaned FIN-WAIT-2 waits for the client's FIN before the drain stops waiting with it.
+ORPHAN_GRACE = 1.0
 
 
 class CountError(Exception):
@@ -47,10 +56,11 @@ class ConnectionCounter:
         # A dual-stack listener's IPv4 clients are AF_INET6 sockets with a v4-mapped address.
         self._families = (socket.AF_INET, socket.AF_INET6) if vip.version == 4 else (socket.AF_INET6,)
         self._first_seen: dict[int, float] = {}  # socket cookie -> monotonic time
+        self._orphaned_since: dict[int, float] = {}  # cookie of an unowned FIN-WAIT-2 -> first seen so
         self._diag: Any = None
 
-    def count(self) -> Count:
-        """One count now (blocking: a netlink dump; run it in a thread)."""
+    def count(self, now: float | None = None) -> Count:
+        """One count at `now` (default: time.monotonic(); blocking: a netlink dump; run it in a thread)."""
         try:
             if self._diag is None:
                 self._diag = DiagSocket()
@@ -61,14 +71,20 @@ class ConnectionCounter:
         except OSError as err:
             self.close()
             raise CountError(f"sock_diag: {err.strerror or err}") from None
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         vip = str(self.vip)
         seen: dict[int, float] = {}
+        orphans: dict[int, float] = {}
         for msg in replies:
-            if msg["idiag_state"] in OPEN_STATES and _same(msg["idiag_src"], vip):
-                cookie = int(msg["idiag_cookie"])
-                seen[cookie] = self._first_seen.get(cookie, now)
-        self._first_seen = seen
+            if msg["idiag_state"] not in OPEN_STATES or not _same(msg["idiag_src"], vip):
+                continue
+            cookie = int(msg["idiag_cookie"])
+            if msg["idiag_state"] == _FIN_WAIT2 and msg["idiag_inode"] == 0:  # no process owns it
+                orphans[cookie] = self._orphaned_since.get(cookie, now)
+                if now - orphans[cookie] >= ORPHAN_GRACE:
+                    continue
+            seen[cookie] = self._first_seen.get(cookie, now)
+        self._first_seen, self._orphaned_since = seen, orphans
         oldest = now - min(seen.values()) if seen else 0.0
         return Count(open=len(seen), oldest_s=oldest)
 

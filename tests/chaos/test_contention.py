@@ -3,12 +3,17 @@
 The lost request (captured on the bridge): the client's SYN reached the draining old holder, the
 gratuitous ARP moved the client, and its GET went to the new holder, which held a TIME_WAIT socket for
 the same client port from when it last served the VIP (43 s before; clients reuse ports within
-seconds under load). The handoff rule's socket lookup found that socket instead of the listener, so
-the segment was not handed off: the dead connection's ACK answered it and every retransmission, and
-the client gave up at 2 s. The first case builds exactly that (the new holder now closes those sockets
-before it claims); the second runs the moves with every core kept busy by a bounded CPU hog. The third
-is the same trap set by a keep-alive connection the new holder's server still keeps open (reset on the
-client's side at the previous move): it waits for the agent to close those when a drain ends.
+seconds under load). The handoff rule of that time asked the kernel's socket lookup (`socket
+wildcard`), which found that socket instead of the listener, so the segment was not handed off: the
+dead connection's ACK answered it and every retransmission, and the client gave up at 2 s. The rule
+now keeps its own record (failover/handoff.py): the set `own` of the new holder's connections, filled
+from the SYNs it sends from the VIP after the rule is loaded and from its live connections listed at
+install; any segment without SYN whose tuple is not in it goes to the old holder, whatever socket the
+kernel would find. The first case builds exactly that trap (the new holder also closes those sockets
+before it claims); the third runs the moves with every core kept busy by a bounded CPU hog. The second
+is the same trap set by a keep-alive connection the new holder served at its last holding period:
+nginx's reload by the drain hook leaves its end as an orphaned FIN-WAIT-2, and the agent closes what is
+left when the drain ends, so it is neither recorded as its own nor answers the reused port.
 """
 
 from __future__ import annotations
@@ -146,16 +151,17 @@ def test_connection_on_a_port_the_new_holder_left_established_is_handed_off(clus
     load.start()
     try:
         move(cluster, "swap")
-        # A keep-alive connection that backup serves, used again after the move back: live resets it,
-        # and backup's end of it stays ESTABLISHED (nginx keepalive_timeout 75 s).
+        # A keep-alive connection that backup serves, idle across the move back (a pool that does not
+        # watch it): the drain hook's reload closes backup's end (an orphaned FIN-WAIT-2), live resets
+        # the connection's next request.
         old, first = keep_alive_from(cluster, REUSED_PORT)
         assert first == {"first": "backup"}
         move(cluster, "unswap")
         live_mac = cluster.lab.host("live").mac
         assert cluster.lab.wait_until(lambda: cluster.lab.neighbour_mac(CLIENT, VIP_IP) == live_mac, 5.0)
-        time.sleep(1.0)  # past live's handoff and backup's drain
+        time.sleep(1.0)  # the unswap returned after backup's drain; live's handoff ends with it
         assert "second_error" in ask_again(old)
-        # Unless its agent closed it when the drain ended, backup's end is still ESTABLISHED now.
+        # Unless its agent closed it when the drain ended, backup still has its end of it now.
         proc, first = keep_alive_from(cluster, REUSED_PORT)
         assert first == {"first": "live"}
         second = swap_and_ask_again(cluster, proc)

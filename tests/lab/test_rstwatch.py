@@ -75,12 +75,7 @@ KERNEL_FILTER = textwrap.dedent(
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for _ in range(3):  # each draws an ICMP port unreachable from b
         udp.sendto(b"x", (b4, 9))
-    for _ in range(100):  # the echo server may still be starting
-        try:
-            ok = socket.create_connection((b4, 8080), timeout=2)
-            break
-        except ConnectionRefusedError:
-            time.sleep(0.05)
+    ok = socket.create_connection((b4, 8080), timeout=2)  # listening already: a refusal is an RST too
     ok.sendall(b"hello")
     reply = ok.recv(16)
     ok.close()
@@ -105,9 +100,10 @@ KERNEL_FILTER = textwrap.dedent(
     """
 )
 
+# It says when it listens: a connection tried before that would be refused with one more RST from b.
 ECHO = (
-    "import socket; s = socket.create_server(('0.0.0.0', 8080)); s.settimeout(10); "
-    "c, _ = s.accept(); c.sendall(c.recv(16)); c.close()"
+    "import socket; s = socket.create_server(('0.0.0.0', 8080)); s.settimeout(10); print('listening', "
+    "flush=True); c, _ = s.accept(); c.sendall(c.recv(16)); c.close()"
 )
 
 
@@ -116,8 +112,10 @@ ECHO = (
 def test_kernel_filter_passes_only_rsts_from_the_watched_addresses() -> None:
     with topology(("a", "b")) as topo:
         a, b = topo["a"], topo["b"]
-        echo = subprocess.Popen(["ip", "netns", "exec", b.netns, sys.executable, "-c", ECHO])
+        argv = ["ip", "netns", "exec", b.netns, sys.executable, "-c", ECHO]
+        echo = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         try:
+            assert echo.stdout is not None and echo.stdout.readline() == "listening\n"
             code = f"import sys; sys.path.insert(0, {REPO!r}); sys.argv[1:] = [{b.ip4!r}, {b.ip6!r}]\n"
             result = py_in(a.netns, code + KERNEL_FILTER)
         finally:
