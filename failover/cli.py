@@ -380,7 +380,9 @@ def _drained(drain: dict[str, Any]) -> str:
         took = "?" if after is None else f"{after:.1f}"
         return f"  {host} drained for {took} s; its connections were not counted ({why})"
     if left == 0:
-        return f"  {host} drained: 0 connections left after {after:.1f} s"
+        closing = drain.get("closing")
+        tail = f" ({closing} closed by the server wait only for their client's FIN)" if closing else ""
+        return f"  {host} drained: 0 connections left after {after:.1f} s{tail}"
     return (f"  {host} drained: {left} connections LEFT after {after:.1f} s (swap.drain_max_ms; oldest open "
             f"{drain.get('oldest_s') or 0:.1f} s): they were cut")
 

@@ -6,11 +6,12 @@ server's FIN the client's own FIN still comes, through the new holder's handoff)
 and TIME-WAIT (the connection is over; a late retransmitted FIN is answered by whoever holds the VIP).
 
 A FIN-WAIT-2 that no process owns any more (the server closed it: nginx's reload does that to every idle
-keep-alive connection) is counted for `ORPHAN_GRACE` only. Everything the server sent is acknowledged,
-and anything but a FIN from the client would be answered with a reset by this host too; what it waits
-for is the client's FIN, which a client watching its socket sends within milliseconds. A client that
-does not (a pool that looks at an idle connection only to reuse it) may keep it for tcp_fin_timeout,
-and a drain waiting for it would last until drain_max_ms for work that is already over.
+keep-alive connection) is counted apart as `closing` once it has waited `ORPHAN_GRACE`. Everything the
+server sent is acknowledged; what it waits for is the client's FIN, which a client watching its socket
+sends within milliseconds, and a pool that looks at an idle connection only to reuse it may send a
+minute later. The work is over, so the operator may take the host down (the FIN then goes nowhere, and
+nobody answers it with a reset); the drain itself still waits for it, up to drain_max_ms, so that the
+new holder's handoff brings the FIN here instead of answering it with a reset.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ OPEN_STATES = (
     _ESTABLISHED, _SYN_RECV, _FIN_WAIT1, _FIN_WAIT2, _CLOSE_WAIT, _LAST_ACK, _CLOSING, _NEW_SYN_RECV,
 )
 _STATE_MASK = sum(1 << s for s in OPEN_STATES)
-# How long an orphaned FIN-WAIT-2 waits for the client's FIN before the drain stops waiting with it.
+# How long an orphaned FIN-WAIT-2 waits for the client's FIN before the operator stops waiting with it.
 ORPHAN_GRACE = 1.0
 
 
@@ -44,8 +45,9 @@ class CountError(Exception):
 
 @dataclass(frozen=True)
 class Count:
-    open: int
+    open: int  # every connection the drain waits for, `closing` ones included
     oldest_s: float  # the longest any of them has been seen open by this counter
+    closing: int = 0  # of them: closed by the server ORPHAN_GRACE ago or more, waiting for the client's FIN
 
 
 class ConnectionCounter:
@@ -81,12 +83,11 @@ class ConnectionCounter:
             cookie = int(msg["idiag_cookie"])
             if msg["idiag_state"] == _FIN_WAIT2 and msg["idiag_inode"] == 0:  # no process owns it
                 orphans[cookie] = self._orphaned_since.get(cookie, now)
-                if now - orphans[cookie] >= ORPHAN_GRACE:
-                    continue
             seen[cookie] = self._first_seen.get(cookie, now)
         self._first_seen, self._orphaned_since = seen, orphans
         oldest = now - min(seen.values()) if seen else 0.0
-        return Count(open=len(seen), oldest_s=oldest)
+        closing = sum(1 for since in orphans.values() if now - since >= ORPHAN_GRACE)
+        return Count(open=len(seen), oldest_s=oldest, closing=closing)
 
     def close(self) -> None:
         if self._diag is not None:

@@ -68,7 +68,9 @@ class VipChanges:
                 if isinstance(count, str):
                     self._report(events.ConnectionsCounted(epoch, None, 0.0, count))
                 else:
-                    self._report(events.ConnectionsCounted(epoch, count.open, count.oldest_s))
+                    self._report(
+                        events.ConnectionsCounted(epoch, count.open, count.oldest_s, closing=count.closing)
+                    )
 
             self._counting = self._spawn(count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted))
 

@@ -99,6 +99,7 @@ class NodePair:
         self.draining: set[str] = set()  # nodes with the VIP's ARP-silent copy on lo
         # The connections to the VIP each node's kernel counts while it drains (None: counting fails).
         self.connections: dict[str, int | None] = {"live": 0, "backup": 0}
+        self.closing = {"live": 0, "backup": 0}  # of them: closed by the server, the client's FIN not in
         self.count_every = 0.1
         self.drain_reports: dict[str, list[protocol.DrainReported]] = {"live": [], "backup": []}
         self.handoffs: dict[str, int] = {}  # node -> epoch of the handoff rule in place
@@ -309,8 +310,9 @@ class NodePair:
         """The drain's connection count, every count_every while the copy on lo is there."""
         if name not in self.draining or not self._live(name, node):
             return
-        n = self.connections[name]
-        counted = ev.ConnectionsCounted(epoch, n, 1.5 if n else 0.0, "" if n is not None else "injected")
+        n, closing = self.connections[name], self.closing[name]
+        error = "" if n is not None else "injected"
+        counted = ev.ConnectionsCounted(epoch, n, 1.5 if n else 0.0, error, closing=closing)
         node.handle(counted, self.now)
         self.at(self.now + self.count_every, lambda: self._count(name, node, epoch))
 

@@ -48,6 +48,7 @@ announce:
 swap:
   step_timeout_ms: 1000
   drain_ms: 1000
+  drain_max_ms: 60000
 health:
   timeout_ms: 1000
   self_check:
@@ -78,6 +79,9 @@ nodes:
     address: 203.0.113.12
     health_url: http://203.0.113.12/
     access_log: /var/log/nginx/access.log
+hooks:
+  drain:
+    - [/usr/sbin/nginx, -s, reload]
 """
 
 MINIMAL = """\
@@ -342,7 +346,12 @@ ERRORS = [
     ("  within_s: 10\n", "  within_s: false  #<\n", "confirm.within_s", "expected a number"),
     ("    home: true\n", "    home: 'yes'  #<\n", "nodes.live.home", "expected true or false"),
     ("  interface: eth0\n", "  interface: [eth0]  #<\n", "vip.interface", "expected a string"),
-    ("swap:\n  step_timeout_ms: 1000\n  drain_ms: 1000\n", "swap: 1000  #<\n", "swap", "expected a mapping"),
+    (
+        "swap:\n  step_timeout_ms: 1000\n  drain_ms: 1000\n  drain_max_ms: 60000\n",
+        "swap: 1000  #<\n",
+        "swap",
+        "expected a mapping",
+    ),
     (
         "  schedule_ms: [0, 200, 1100, 2300]\n",
         "  schedule_ms: 0  #<\n",

@@ -11,7 +11,7 @@ from tests.nsutil import NEEDS_ROOT_REASON, REPO, is_root, ns, py_in, topology
 # A server on the host's address and clients from a second address (the client side must not count):
 # an open connection, one the server half-closed and still owns, one the server closed while its
 # client has not (an orphaned FIN-WAIT-2, as nginx's reload leaves an idle keep-alive connection).
-# Counted right away and past ORPHAN_GRACE (the clock is passed in), then once the first two ended.
+# Counted right away and past ORPHAN_GRACE (the clock is passed in), then once the clients closed.
 COUNTS = textwrap.dedent(
     """
     import json, socket, sys, time
@@ -25,7 +25,9 @@ COUNTS = textwrap.dedent(
         c.connect((vip, 80))
         return c, server.accept()[0]
     counter = ConnectionCounter(ip_address(vip))
-    counts = {"nothing": counter.count(now=0.0).open}
+    def both(c):
+        return [c.open, c.closing]
+    counts = {"nothing": both(counter.count(now=0.0))}
     opened, opened_here = connect()
     half, half_here = connect()
     half_here.shutdown(socket.SHUT_WR)
@@ -35,14 +37,14 @@ COUNTS = textwrap.dedent(
         time.sleep(0.01)
         if counter.count(now=0.0).open == 3 and slow.recv(1) == b"":
             break
-    counts["at once"] = counter.count(now=0.0).open
-    counts["within the grace"] = counter.count(now=ORPHAN_GRACE / 2).open
-    counts["past the grace"] = counter.count(now=ORPHAN_GRACE).open
+    counts["at once"] = both(counter.count(now=0.0))
+    counts["within the grace"] = both(counter.count(now=ORPHAN_GRACE / 2))
+    counts["past the grace"] = both(counter.count(now=ORPHAN_GRACE))
     slow.close()
     opened.close()
     opened_here.close()
     time.sleep(0.1)
-    counts["after the clients closed"] = counter.count(now=ORPHAN_GRACE + 1).open
+    counts["after the clients closed"] = both(counter.count(now=ORPHAN_GRACE + 1))
     counter.close()
     print(json.dumps(counts))
     """
@@ -51,16 +53,16 @@ COUNTS = textwrap.dedent(
 
 @pytest.mark.root
 @pytest.mark.skipif(not is_root(), reason=NEEDS_ROOT_REASON)
-def test_an_orphaned_fin_wait_2_counts_for_the_grace_only() -> None:
+def test_an_orphaned_fin_wait_2_is_told_apart_once_past_the_grace() -> None:
     with topology(("a",)) as topo:
         a = topo["a"]
         ns(a.netns, "ip", "addr", "add", "203.0.113.100/32", "dev", "lo")
         code = f"import sys; sys.path.insert(0, {REPO!r}); sys.argv[1:] = [{a.ip4!r}, '203.0.113.100']\n"
         counts = py_in(a.netns, code + COUNTS)
     assert counts == {
-        "nothing": 0,
-        "at once": 3,
-        "within the grace": 3,
-        "past the grace": 2,  # the open one and the half-closed one the server still owns
-        "after the clients closed": 1,  # the half-closed one: its server may still read
+        "nothing": [0, 0],
+        "at once": [3, 0],
+        "within the grace": [3, 0],
+        "past the grace": [3, 1],  # still waited for; the orphan is told apart as closing
+        "after the clients closed": [1, 0],  # the half-closed one: its server may still read
     }, counts

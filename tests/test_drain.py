@@ -176,3 +176,25 @@ def test_nothing_open_at_drain_ms_means_one_round_of_hooks() -> None:
     pair.command("live", "swap")
     pair.run(1.0)
     assert len([h for name, h in pair.hooks if h.event == "drain"]) == 1
+
+
+def test_connections_that_wait_only_for_their_clients_fin_end_the_wait_not_the_drain() -> None:
+    # A client pool that reads an idle connection only to reuse it sends its FIN a minute late: the work
+    # is over (the host may go down, a FIN to nobody draws no reset), but the handoff stays for the FIN.
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = 2
+    pair.closing["live"] = 1
+    cid = pair.command("live", "swap")
+    pair.run(1.0)
+    assert pair.drain_reports["live"] == []  # one connection still has work in it
+    pair.closing["live"] = 2
+    pair.run(0.15)
+    report = _report(pair, "live", cid)
+    assert report["left"] == 0 and report["closing"] == 2 and report["how"] == "closed"
+    assert "live" in pair.draining and pair.handoffs  # the drain itself goes on
+    rounds = [h.reason for name, h in pair.hooks if h.event == "drain"]
+    assert rounds == [None, "connections opened during the drain"]
+    pair.connections["live"] = pair.closing["live"] = 0  # the FINs came
+    pair.run(0.15)
+    assert "live" not in pair.draining and pair.handoffs == {}
+    assert pair.nodes["live"].drainer.last is not None and pair.nodes["live"].drainer.last["left"] == 0

@@ -58,12 +58,25 @@ class Drain:
 
     def counted(self, run: DrainRun, event: e.ConnectionsCounted, now: float) -> None:
         run.open, run.oldest_s, run.error = event.open, event.oldest_s, event.error
+        run.closing = event.closing
 
     def counted_waiting(self, run: DrainRun, event: e.ConnectionsCounted, now: float) -> DrainState:
         self.counted(run, event, now)
         if event.open is None:
             return self._end(run, "not-counted", now)
-        return self._end(run, "closed", now) if event.open == 0 else DR.WAITING
+        if event.open == 0:
+            return self._end(run, "closed", now)
+        self._over_for_the_operator(run, now)
+        return DR.WAITING
+
+    def _over_for_the_operator(self, run: DrainRun, now: float) -> None:
+        """Only connections the server closed are left, waiting for their clients' FIN: the host may go
+        down now (a FIN to a host that is gone draws no reset), so a waiting command hears it. The drain
+        goes on, so that the handoff still brings each FIN here."""
+        if run.reported or run.open is None or run.open != run.closing:
+            return
+        run.reported = True
+        self._report(run.epoch, {**self._report_of(run, "closed", now), "left": 0, "closing": run.closing})
 
     def served_minimum(self, run: DrainRun, _: None, now: float) -> DrainState:
         if run.open is None and run.error:
@@ -71,6 +84,9 @@ class Drain:
             return self._end(run, "not-counted", now)
         if run.open == 0:
             return self._end(run, "closed", now)
+        self._over_for_the_operator(run, now)
+        if run.open == run.closing:
+            return DR.WAITING  # no work left for the hooks: only clients' FINs to come
         # Clients whose router or cache still had our MAC may have opened keep-alive connections here
         # after the first hooks ran (a router that ignores gratuitous ARP: until the targeted ARP reached
         # it); by now they have been told, so the hooks' second round leaves only work in progress.
@@ -92,19 +108,26 @@ class Drain:
         if self.run is not None and self.run.state is not DR.DRAINED:
             self.node.enter_record(self.run, self._end(self.run, how, now), now)
 
-    def _end(self, run: DrainRun, how: str, now: float) -> DrainState:
-        node = self.node
+    def _report_of(self, run: DrainRun, how: str, now: float) -> dict[str, Any]:
         left = -1 if run.open is None else run.open
-        report = {
-            "host": node.setup.name,
+        report: dict[str, Any] = {
+            "host": self.node.setup.name,
             "epoch": run.epoch,
             "left": None if left < 0 else left,
             "oldest_s": round(run.oldest_s, 3) if left > 0 else None,
             "after_s": round(now - run.released_at, 3),
             "how": how,
         }
+        if run.closing and left > 0:
+            report["closing"] = run.closing  # of `left`: closed by the server, their clients' FIN not in
         if run.error:
             report["error"] = run.error
+        return report
+
+    def _end(self, run: DrainRun, how: str, now: float) -> DrainState:
+        node = self.node
+        left = -1 if run.open is None else run.open
+        report = self._report_of(run, how, now)
         self.last = report
         node.emit(a.EndDrain(run.epoch))
         node.emit(a.Notice("drained", report))
@@ -225,6 +248,7 @@ class Drain:
             "epoch": run.epoch,
             "state": str(run.state),
             "open": run.open,
+            "closing": run.closing,
             "oldest_s": round(run.oldest_s, 3) if run.open else None,
             "for_ms": round((now - run.released_at) * 1000, 1),
             "ends_at_latest_in_ms": round(max(0.0, run.released_at + setup.drain_max - now) * 1000, 1),

@@ -132,6 +132,7 @@ class ConnectionsCounted:
     open: int | None
     oldest_s: float = 0.0  # how long the oldest of them has been open, as far as the counting saw
     error: str = ""
+    closing: int = 0  # of `open`: closed by the server a while ago, waiting only for the client's FIN
 
 
 @dataclass(frozen=True)

@@ -147,4 +147,6 @@ class DrainRun:
     resend_at: float | None = None  # never set: a drain resends nothing, but every record has one
     open: int | None = None  # connections to the VIP at the last count; None: not counted (yet)
     oldest_s: float = 0.0
+    closing: int = 0  # of `open`: closed by the server, waiting only for the client's FIN
     error: str = ""  # why the last count failed
+    reported: bool = False  # the operator heard it is over (only `closing` ones left); the drain goes on
