@@ -154,6 +154,10 @@ class Drained(Message):
     oldest_ms: float  # how long the oldest of those had been open
     after_ms: float  # from the release to the end of the drain
     how: str  # "closed" | "drain_max" | "claimed" | "not-counted" | "ended"
+    closing: int = 0  # of `left`: closed by the server, waiting only for their clients' FIN
+    # False: only such connections are left, so the host may go down, but the drain goes on and the
+    # handoff must stay for their FINs; a final Drained follows.
+    final: bool = True
 
 
 @dataclass(frozen=True)

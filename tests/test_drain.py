@@ -198,3 +198,16 @@ def test_connections_that_wait_only_for_their_clients_fin_end_the_wait_not_the_d
     pair.run(0.15)
     assert "live" not in pair.draining and pair.handoffs == {}
     assert pair.nodes["live"].drainer.last is not None and pair.nodes["live"].drainer.last["left"] == 0
+
+
+def test_a_command_on_the_new_holder_hears_too_when_only_clients_fins_are_left() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = pair.closing["live"] = 1
+    cid = pair.command("backup", "swap")
+    pair.run(1.0)
+    report = _report(pair, "backup", cid)
+    assert report["host"] == "live" and report["left"] == 0 and report["closing"] == 1
+    assert pair.handoffs == {"backup": report["epoch"]}  # kept for the FIN
+    pair.connections["live"] = pair.closing["live"] = 0
+    pair.run(0.2)
+    assert pair.handoffs == {}

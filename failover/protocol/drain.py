@@ -40,7 +40,9 @@ class Drain:
         self.node = node
         self.run: DrainRun | None = None
         self.last: dict[str, Any] | None = None  # the report of the last drain here
+        self.over: dict[str, Any] | None = None  # the report when only clients' FINs were left
         self._peer_reports: dict[int, dict[str, Any]] = {}  # epoch -> the peer's Drained, as a report
+        self._peer_over: dict[int, dict[str, Any]] = {}  # epoch -> the peer's not-final Drained
         self._handoff: tuple[int, float] | None = None  # (epoch, until): kept for the peer's drain
         self._waiting: dict[int, list[tuple[int, float]]] = {}  # epoch -> [(command, give up at)]
         self._copies: list[wire.Drained] = []  # Drained still to resend with the next heartbeats
@@ -76,7 +78,10 @@ class Drain:
         if run.reported or run.open is None or run.open != run.closing:
             return
         run.reported = True
-        self._report(run.epoch, {**self._report_of(run, "closed", now), "left": 0, "closing": run.closing})
+        report = {**self._report_of(run, "closed", now), "left": 0, "oldest_s": None, "closing": run.closing}
+        self.over = report
+        self._tell_peer(run, report, final=False)
+        self._report(run.epoch, report)
 
     def served_minimum(self, run: DrainRun, _: None, now: float) -> DrainState:
         if run.open is None and run.error:
@@ -126,22 +131,27 @@ class Drain:
 
     def _end(self, run: DrainRun, how: str, now: float) -> DrainState:
         node = self.node
-        left = -1 if run.open is None else run.open
         report = self._report_of(run, how, now)
         self.last = report
         node.emit(a.EndDrain(run.epoch))
         node.emit(a.Notice("drained", report))
-        drained = wire.Drained(
-            epoch=run.epoch,
-            left=left,
-            oldest_ms=run.oldest_s * 1000,
-            after_ms=(now - run.released_at) * 1000,
-            how=how,
-        )
-        node.send(drained)
-        self._copies, self._copies_left = [drained], DRAINED_COPIES
+        self._tell_peer(run, report, final=True)
         self._report(run.epoch, report)
         return DR.DRAINED
+
+    def _tell_peer(self, run: DrainRun, report: dict[str, Any], *, final: bool) -> None:
+        left = report["left"]
+        drained = wire.Drained(
+            epoch=run.epoch,
+            left=-1 if left is None else left,
+            oldest_ms=(report.get("oldest_s") or 0.0) * 1000,
+            after_ms=report["after_s"] * 1000,
+            how=report["how"],
+            closing=report.get("closing") or 0,
+            final=final,
+        )
+        self.node.send(drained)
+        self._copies, self._copies_left = [drained], DRAINED_COPIES
 
     def on_heartbeat(self) -> None:
         """A lost Drained would keep the peer's handoff for drain_max_ms: it rides the next heartbeats too."""
@@ -167,9 +177,9 @@ class Drain:
         self.node.emit(a.Handoff(run.epoch))
 
     def peer_drained(self, msg: wire.Drained, now: float) -> None:
-        if msg.epoch in self._peer_reports:
-            return  # a copy
-        report = {
+        if msg.epoch in self._peer_reports or (not msg.final and msg.epoch in self._peer_over):
+            return  # a copy, or a not-final one that came after the final
+        report: dict[str, Any] = {
             "host": self.node.setup.peer,
             "epoch": msg.epoch,
             "left": None if msg.left < 0 else msg.left,
@@ -177,6 +187,15 @@ class Drain:
             "after_s": round(msg.after_ms / 1000, 3),
             "how": msg.how,
         }
+        if msg.closing:
+            report["closing"] = msg.closing
+        if not msg.final:
+            # Over for the operator; the handoff stays, for the FINs still to come.
+            self._peer_over[msg.epoch] = report
+            while len(self._peer_over) > PEER_REPORTS_KEPT:
+                del self._peer_over[min(self._peer_over)]
+            self._report(msg.epoch, report)
+            return
         self._peer_reports[msg.epoch] = report
         while len(self._peer_reports) > PEER_REPORTS_KEPT:
             del self._peer_reports[min(self._peer_reports)]
@@ -196,12 +215,14 @@ class Drain:
                 return {"host": setup.name, "skipped": setup.drain_off} if setup.drain_off else None
             if drain.state is DR.DRAINED:
                 return self.last
+            if drain.reported:
+                return self.over
             self._wait(run, now + setup.drain_max + 2 * node.timing.step_timeout)
             return {"host": setup.name, "epoch": run.epoch, "pending": True}
         if (ok and isinstance(run, TargetRun)) or (rolled_back and isinstance(run, SourceRun)):
             if run.peer_drain <= 0:
                 return {"host": setup.peer, "skipped": "off on the peer"}
-            known = self._peer_reports.get(run.epoch)
+            known = self._peer_reports.get(run.epoch) or self._peer_over.get(run.epoch)
             if known is not None:
                 return known
             self._wait(run, now + run.peer_drain_max + 2 * node.timing.step_timeout)
