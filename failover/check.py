@@ -41,6 +41,7 @@ def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
         proof_finding(config, node),
         *sysctl_findings(config, node),
         *handoff_findings(config),
+        drain_hook_finding(config),
         journal_finding(node.journal),
     ]
 
@@ -220,6 +221,27 @@ def handoff_findings(
 ) -> list[Finding]:
     """Whether the connection handoff of a swap can work on this host: one line for each thing it needs."""
     return [nft_finding(), ss_finding(), listener_finding(config, net, sysctls)]
+
+
+def drain_hook_finding(config: ClusterConfig) -> Finding:
+    """Whether something closes idle keep-alive connections after a release, so the drain can end."""
+    hooks = config.hooks.drain
+    if config.swap.drain_ms == 0:
+        return Finding("drain hook", OK, "swap.drain_ms is 0: no drain")
+    if not hooks:
+        return Finding(
+            "drain hook", WARN,
+            "hooks.drain is empty: an idle keep-alive client keeps the old holder draining until "
+            f"swap.drain_max_ms ({config.swap.drain_max_ms} ms), and a swap waits for it",
+            "hooks: {drain: [[/usr/sbin/nginx, -s, reload]]} (Apache: [[/usr/sbin/apachectl, -k, graceful]])",
+        )
+    missing = [argv[0] for argv in hooks if not os.access(argv[0], os.X_OK)]
+    if missing:
+        return Finding(
+            "drain hook", WARN, f"hooks.drain: {missing[0]} is not an executable file on this host",
+            "install it, or name the web server's program by its absolute path",
+        )
+    return Finding("drain hook", OK, " ".join(hooks[0]) + (f" (+{len(hooks) - 1})" if len(hooks) > 1 else ""))
 
 
 def nft_finding() -> Finding:

@@ -104,3 +104,21 @@ def test_missing_nft_and_ss_are_each_one_line_with_the_package_to_install(
 def test_failover_check_prints_the_handoff_lines(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     assert {"nft", "ss", "listener"} <= {f.check for f in host_checks(cfg, cfg.node("live"))}
+
+
+def test_the_drain_hook_is_judged(tmp_path: Path) -> None:
+    from failover.check import drain_hook_finding
+
+    cfg = config(tmp_path)  # the lab's file: its drain hook is a script in the workdir, not written here
+    missing = drain_hook_finding(cfg)
+    assert missing.level == WARN and "not an executable file" in missing.detail
+    hook = tmp_path / "drain-hook"
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    assert drain_hook_finding(cfg).level == OK
+    doc = cluster_document(Lab(), tmp_path)
+    doc["hooks"] = {"drain": []}
+    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
+    empty = drain_hook_finding(load_config(tmp_path / "none.yaml"))
+    assert empty.level == WARN and "swap.drain_max_ms (60000 ms)" in empty.detail
+    assert "nginx, -s, reload" in empty.fix
