@@ -248,6 +248,11 @@ async def remove(cluster: str, version: int) -> int:
     family = "ip" if version == 4 else "ip6"
     code, out = await _nft(["-j", "list", "table", family, table_name(cluster)])
     handed_off = _counted_packets(out) if code == 0 else 0
+    # The rule first, in a transaction of its own. Taken away with the whole table, its hook may still
+    # run while the commit has already undone the record of own connections: a connection accepted at
+    # that moment is not in it, its next segment is handed off and the old holder answers with a reset.
+    if code == 0:
+        await _nft(["delete", "chain", family, table_name(cluster), "handoff"])
     await _nft(["delete", "table", family, table_name(cluster)])
     return handed_off
 
