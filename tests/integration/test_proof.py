@@ -213,7 +213,8 @@ def test_swap_with_monitors_polling_confirms_by_client_requests_to_the_vip(log_f
         total = summarize(records)
         claim = claim_at(cluster.agent_events("backup"), 0.0, float("inf"))
         assert claim is not None
-        lost = [(round(r.start - claim, 3), round(r.end - r.start, 3), r.served_by) for r in records if not r.ok]
+        lost = [(round(r.start - claim, 3), round(r.end - r.start, 3), r.served_by)
+                for r in records if not r.ok]  # fmt: skip
         assert total.failed == 0, (total, "failed (start after the claim, took, error):", lost)
         assert total.served_by.get("backup", 0) > 0
         says_how_it_knew(evidence, log_format)
