@@ -122,6 +122,10 @@ def access_log_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
 
 
 PROOF_BY_LOG = "log field (server address in the log)"
+PROOF_BY_WITNESS = (
+    "kernel witness (nftables): a line counts only if its client's connection to the VIP was answered here "
+    "since the claim, but a client that also polls this node's own address has those lines counted too"
+)
 PROOF_BY_CLIENT = (
     "client address only: a request to this node's own address from the same client cannot be told from "
     "one to the VIP"
@@ -137,8 +141,11 @@ def server_address_fix(access_log: Path) -> str:
     )
 
 
-def proof_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
-    """Which kind of proof of a move this host's log format gives, judged on the log's last lines too."""
+def proof_finding(config: ClusterConfig, node: NodeConfig, witness: bool | None = None) -> Finding:
+    """Which kind of proof of a move this host's log format gives, judged on the log's last lines too.
+
+    `witness`: whether the kernel witness can stand in for a log without the server address (default:
+    whether `nft` is on PATH, as the agent decides at each move)."""
     if config.confirm.mode == "none":
         return Finding("proof", OK, "none asked (confirm.mode: none)")
     try:
@@ -158,7 +165,9 @@ def proof_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
             "log the client address: nginx $remote_addr; Apache %a (or HostnameLookups Off)",
         )
     if not fmt.destination_known:
-        return Finding("proof", WARN, f"{fmt.name} format: {PROOF_BY_CLIENT}", fix)
+        if witness if witness is not None else shutil.which("nft") is not None:
+            return Finding("proof", WARN, f"{fmt.name} format: {PROOF_BY_WITNESS}", fix)
+        return Finding("proof", WARN, f"{fmt.name} format, no nft: {PROOF_BY_CLIENT}", fix)
     no_server = sum(1 for e in entries if e.server is None)
     if entries and no_server == len(entries):
         return Finding(

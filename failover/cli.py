@@ -352,6 +352,8 @@ def _move(
             clients = ", ".join(evidence.get("clients", []))
             print(f"  confirmed: {evidence.get('requests')} requests in {outcome['holder']}'s access log "
                   f"{outcome['confirm_ms']:.1f} ms after the claim, from {clients}")
+            if (proof := _proof(evidence)) is not None:
+                print(proof)
         elif outcome.get("confirmed") is None:
             print("  NOT confirmed: confirmation is off (confirm.mode: none); "
                   "check the new holder's access log")
@@ -360,9 +362,21 @@ def _move(
             print(f"  straggler {straggler['ip']} ({straggler['mac']}): {verdict}")
     else:
         print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
+        if (proof := _proof(outcome.get("evidence"))) is not None:
+            print(proof, file=sys.stderr)
     if outcome.get("drain"):
         print(_drained(outcome["drain"]), file=sys.stdout if outcome["ok"] else sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED
+
+
+def _proof(evidence: dict[str, Any] | None) -> str | None:
+    """How the new holder judged the move, in one line; None when its agent did not say."""
+    if not evidence or evidence.get("deadline_ms") is None:
+        return None
+    what = "canary requests" if evidence.get("canary") else "requests"
+    how = evidence.get("destination") or "no access-log line since the claim"
+    return (f"  proof: {evidence.get('requests')} {what} to {evidence.get('to')} counted ({how}); deadline "
+            f"{evidence['deadline_ms']:.0f} ms: {evidence.get('deadline_why')}")
 
 
 def _drained(drain: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from failover import witness
 from failover.accesslog import (
     DESTINATION_LOG,
     DESTINATION_UNKNOWN,
+    DESTINATION_WITNESS,
     LogEntry,
     LogFollower,
     LogFormat,
@@ -152,6 +153,7 @@ class LogWatcher:
             try:
                 await witness.install(self.cluster, self.vip, (self.service_port,))
                 watch.witnessing = True
+                watch.proof = Proof(DESTINATION_WITNESS)  # the weakest label a total may take from here on
             except (witness.WitnessError, TimeoutError) as err:
                 log.warning("witness-unavailable", epoch=watch.epoch, error=str(err))
         unparsed, asked = 0, 0.0

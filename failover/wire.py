@@ -125,6 +125,11 @@ class Confirmed(Message):
     requests: int
     clients: str  # comma-separated, the first few
     confirm_ms: float  # from the claim (first announcement) to the confirming request
+    # The proof's facts, so the source's outcome carries them too (empty from a peer that predates them).
+    destination: str = ""  # how the address asked was known: log field, kernel witness, ..., canary
+    canary: bool = False  # the source's marked requests were the proof, not clients'
+    deadline_ms: float = 0.0  # the wait for proof the target set itself after its claim
+    deadline_why: str = ""  # how that deadline was chosen, in words
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,13 @@ class HandBack(Message):
     reason: str
     drain_ms: float = 0.0  # the new holder drains after its hand-back release, as a source after a swap
     drain_max_ms: float = 0.0
+    # What the proof had counted when the deadline passed, as in Confirmed.
+    requests: int = 0
+    clients: str = ""
+    destination: str = ""
+    canary: bool = False
+    deadline_ms: float = 0.0
+    deadline_why: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from failover.check import (
     OK,
     PROOF_BY_CLIENT,
     PROOF_BY_LOG,
+    PROOF_BY_WITNESS,
     WARN,
     access_log_finding,
     host_checks,
@@ -133,15 +134,17 @@ def test_plain_combined_gives_the_weaker_proof_and_the_fix_names_the_exact_lines
     node = config.node("live")
     node.access_log.parent.mkdir(parents=True)
     node.access_log.write_text(COMBINED * 3)
-    finding = proof_finding(config, node)
+    assert PROOF_BY_WITNESS in proof_finding(config, node, witness=True).detail
+    finding = proof_finding(config, node, witness=False)
     assert finding.level == WARN  # weaker, not broken
-    assert PROOF_BY_CLIENT in finding.detail
+    assert PROOF_BY_CLIENT in finding.detail and "no nft" in finding.detail
+    assert proof_finding(config, node, witness=True).fix == finding.fix  # the stronger one is the same fix
     assert NGINX_COMBINED_SERVER in finding.fix
     assert f"access_log {node.access_log} combined_server;" in finding.fix
     assert APACHE_COMBINED_SERVER in finding.fix
     assert f"CustomLog {node.access_log} combined_server" in finding.fix
     assert "confirm.log_format: combined_server" in finding.fix
-    assert finding in host_checks(config, node)
+    assert proof_finding(config, node) in host_checks(config, node)
     # The line the fix gives makes the log the preset reads.
     assert LogFormat.COMBINED_SERVER.parse(WITH_SERVER) is not None
 

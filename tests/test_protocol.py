@@ -480,7 +480,14 @@ def test_swap_is_done_only_once_the_new_holders_log_shows_clients() -> None:
     pair.run(0.1)
     out = pair.outcome("live", cid)
     assert out is not None and out.ok and out.confirmed is True
-    assert out.evidence == {"requests": 3, "clients": ["203.0.113.100"]}
+    assert out.evidence == {
+        "requests": 3, "clients": ["203.0.113.100"], "to": "203.0.113.10", "destination": None,
+        "canary": False, "deadline_ms": 300.0,
+        "deadline_why": "live served 200 req/s before the move: 20 arrivals take 100 ms, at least 300 ms",
+    }
+    # The source's outcome states the proof as the new holder does.
+    target = pair.nodes["backup"].last_outcome
+    assert target is not None and target.confirmed and target.evidence == out.evidence
     assert out.confirm_ms == pytest.approx(5.0, abs=0.01)  # the fake clients arrive 5 ms after the claim
     assert [s for s, _ in out.steps][-2:] == ["target-claimed", "confirmed"]
     assert pair.vip_on == {"backup"}
@@ -505,6 +512,11 @@ def test_unconfirmed_swap_hands_back_and_rolls_back() -> None:
     # hand-back and the reclaim follow within milliseconds.
     assert steps["reclaimed"] - steps["target-claimed"] == pytest.approx(300, abs=5)
     assert pair.nodes["live"].held_epoch == out.epoch + 1
+    # The source's outcome carries the proof the target had when its deadline passed: nothing counted.
+    target = pair.nodes["backup"].last_outcome
+    assert target is not None and target.rolled_back and target.evidence == out.evidence
+    assert out.evidence is not None and out.evidence["requests"] == 0 and out.evidence["clients"] == []
+    assert out.evidence["deadline_ms"] == 300.0 and out.evidence["deadline_why"] in out.reason
 
 
 def test_target_side_command_reports_the_rollback_too() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 
 import pytest
@@ -253,3 +254,26 @@ def test_encode_neutralises_what_decode_would_refuse() -> None:
     decoded = wire.decode(wire.encode(env, KEY), (KEY,))
     assert isinstance(decoded.message, wire.Refused)
     assert decoded.message.reason == "hook said \ufffd[31mno\ufffd[0m\ufffd twice\ufffdor more \ufffd"
+
+
+def test_the_largest_proof_fits_one_datagram_and_an_older_peers_decodes_with_defaults() -> None:
+    clients = ",".join(f"2001:db8:ffff:ffff:ffff:ffff:ffff:{n:04x}" for n in range(10))
+    why = "live served 12345 req/s before the move: 20 arrivals take 2 ms, at least 300 ms"
+    reason = f"no client request to 2001:db8:ffff:ffff:ffff:ffff:ffff:ffff reached backup in 300 ms ({why})"
+    proof = {"requests": 2, "clients": clients, "destination": "kernel witness", "canary": False,
+             "deadline_ms": 300.0, "deadline_why": why}  # fmt: skip
+    for msg in (
+        wire.HandBack(epoch=4, reason=reason + "; 99999 access-log lines since the claim did not parse",
+                      drain_ms=5000.0, drain_max_ms=60000.0, **proof),
+        wire.Confirmed(epoch=4, confirm_ms=12.5, **proof),
+    ):  # fmt: skip
+        env = envelope(msg)
+        assert wire.decode(wire.encode(env, KEY), (KEY,)) == env
+    # A peer without the proof fields: its messages still decode, the facts empty.
+    old = {"epoch": 4, "requests": 3, "clients": "203.0.113.100", "confirm_ms": 3.5}
+    head = wire.MAGIC + bytes([wire.VERSION]) + json.dumps(
+        {"c": "web", "s": "backup", "b": 1, "n": 1, "k": "confirmed", "m": old}
+    ).encode()
+    decoded = wire.decode(head + hmac.digest(KEY, head, "sha256"), (KEY,)).message
+    assert decoded == wire.Confirmed(epoch=4, requests=3, clients="203.0.113.100", confirm_ms=3.5)
+    assert isinstance(decoded, wire.Confirmed) and decoded.deadline_why == "" and decoded.destination == ""

@@ -2,7 +2,9 @@
 
 Owns the config, the files under ``workdir/<host>/`` and the process's life. Every path nginx uses,
 temp directories included, lives under that directory so the system's /var/lib/nginx is never touched.
-It listens on the wildcard address, so it serves a VIP as soon as the VIP is on the host.
+It listens on the wildcard address, so it serves a VIP as soon as the VIP is on the host. It logs in
+nginx's own ``combined`` format, as an untouched nginx does, unless told ``combined_server``: then with
+the very ``log_format`` line `failover check` tells an operator to add (``$server_addr`` appended).
 
 It also serves one long download, ``DOWNLOAD_PATH``: ``DOWNLOAD_BYTES`` of fixed pseudo-random bytes
 (the same on every host, ``download_body()``) at ``limit_rate`` ``DOWNLOAD_RATE`` bytes/s, so it takes
@@ -18,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from failover.accesslog import NGINX_COMBINED_SERVER
 from failover.lab.netns import Lab, LabError, stop_group
 
 START_TIMEOUT = 5.0
@@ -28,6 +31,7 @@ DOWNLOAD_PATH = "/download/blob"
 DOWNLOAD_RATE = 100 * 1024  # bytes/s, nginx's limit_rate for that location
 DOWNLOAD_BYTES = 20 * DOWNLOAD_RATE
 _DOWNLOAD_SEED = 14
+LOG_FORMATS = ("combined", "combined_server")  # nginx's built-in one, and the one with the server address
 
 
 @functools.cache
@@ -36,7 +40,9 @@ def download_body() -> bytes:
     return random.Random(_DOWNLOAD_SEED).randbytes(DOWNLOAD_BYTES)
 
 
-def render_config(host: str, root: Path) -> str:
+def render_config(host: str, root: Path, log_format: str = "combined") -> str:
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"lab nginx log format {log_format!r}: not one of {', '.join(LOG_FORMATS)}")
     temp = {name: root / "tmp" / name for name in _TEMP_DIRS}
     return f"""\
 user root;
@@ -45,7 +51,8 @@ pid {root / "nginx.pid"};
 error_log {root / "error.log"} notice;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {root / "access.log"} combined;
+    {NGINX_COMBINED_SERVER}
+    access_log {root / "access.log"} {log_format};
     keepalive_timeout 75s;
     client_body_temp_path {temp["client_body"]};
     proxy_temp_path {temp["proxy"]};
@@ -73,9 +80,10 @@ http {{
 class Nginx:
     """nginx in the foreground (``daemon off``), tracked by the lab so down() kills it too."""
 
-    def __init__(self, lab: Lab, host: str, workdir: Path) -> None:
+    def __init__(self, lab: Lab, host: str, workdir: Path, log_format: str = "combined") -> None:
         self.lab = lab
         self.host = host
+        self.log_format = log_format  # read at each start(): see LOG_FORMATS
         self.root = Path(workdir).resolve() / host
         self.config = self.root / "nginx.conf"
         self.access_log = self.root / "access.log"
@@ -92,7 +100,7 @@ class Nginx:
             return
         for name in _TEMP_DIRS:
             (self.root / "tmp" / name).mkdir(parents=True, exist_ok=True)
-        self.config.write_text(render_config(self.host, self.root))
+        self.config.write_text(render_config(self.host, self.root, self.log_format))
         self._write_download()
         # -p and -e keep nginx off its compiled-in prefix and log paths before it has read the config.
         self._log_offset = self.error_log.stat().st_size if self.error_log.exists() else 0

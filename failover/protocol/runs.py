@@ -58,6 +58,7 @@ class SourceRun(Run):
     peer_drain: float = 0.0  # seconds the target drains after its hand-back release (from HandBack)
     peer_drain_max: float = 0.0
     canary: bool = False  # the proof comes from our marked requests (confirm.mode canary, or too quiet)
+    evidence: dict[str, Any] | None = None  # the target's proof facts, from its HandBack
 
     @property
     def role(self) -> str:
@@ -85,6 +86,11 @@ class TargetRun(Run):
     proof_deadline: float = 0.0  # seconds from the claim to a proof, else hand back
     proof_why: str = ""  # how that deadline was chosen, in words
     unparsed: int = 0  # log lines since the claim that did not parse
+    # The latest running count of the proof (TrafficSeen): requests, first clients, how the destination
+    # was known ("" until the log had a line).
+    counted: int = 0
+    counted_clients: tuple[str, ...] = ()
+    destination: str = ""
 
     @property
     def role(self) -> str:

@@ -61,6 +61,51 @@ def proof_deadline(
         why += f", at least {PROOF_FLOOR * 1000:.0f} ms"
     return deadline, why
 
+
+PROOF_CLIENTS = 10  # the first clients a proof names
+
+
+def target_evidence(run: TargetRun, vip: str) -> dict[str, Any]:
+    """The proof's facts as the new holder knows them: what counted, from whom, addressed to what, how
+    that was known, and the deadline it set itself and why."""
+    return {
+        "requests": run.counted,
+        "clients": list(run.counted_clients[:PROOF_CLIENTS]),
+        "to": vip,
+        "destination": run.destination or None,
+        "canary": run.canary,
+        "deadline_ms": round(run.proof_deadline * 1000, 1),
+        "deadline_why": run.proof_why,
+    }
+
+
+def proof_fields(evidence: dict[str, Any]) -> dict[str, Any]:
+    """`target_evidence` as the fields Confirmed and HandBack carry it to the source."""
+    return {
+        "requests": evidence["requests"],
+        "clients": ",".join(evidence["clients"]),
+        "destination": evidence["destination"] or "",
+        "canary": evidence["canary"],
+        "deadline_ms": evidence["deadline_ms"],
+        "deadline_why": evidence["deadline_why"],
+    }
+
+
+def source_evidence(msg: wire.Confirmed | wire.HandBack, vip: str) -> dict[str, Any]:
+    """The target's proof facts in the source's outcome: the target's own keys, None for what a peer that
+    predates them did not send."""
+    known = bool(msg.deadline_why)
+    return {
+        "requests": msg.requests,
+        "clients": [c for c in msg.clients.split(",") if c],
+        "to": vip,
+        "destination": msg.destination or None,
+        "canary": msg.canary if known else None,
+        "deadline_ms": msg.deadline_ms if known else None,
+        "deadline_why": msg.deadline_why or None,
+    }
+
+
 S, T, R = SourceState, TargetState, RollbackState
 
 
@@ -302,13 +347,14 @@ class SwapSource(_Answers):
     def confirmed(self, run: SourceRun, msg: wire.Confirmed, now: float) -> MoveState:
         self.acknowledge(run, msg, now)
         self.node.step(run, "confirmed", now)
-        evidence = {"requests": msg.requests, "clients": [c for c in msg.clients.split(",") if c]}
+        evidence = source_evidence(msg, self.node.setup.vip)
         figures = {"unserved_ms": run.unserved_ms, "confirm_ms": msg.confirm_ms, "evidence": evidence}
         return self._finish_ok(run, now, confirmed=True, **figures)
 
     def handed_back(self, run: SourceRun, msg: wire.HandBack, now: float) -> MoveState:
         self.acknowledge(run, msg, now)
         self.node.step(run, "target-handed-back", now)
+        run.evidence = source_evidence(msg, self.node.setup.vip)
         run.peer_drain, run.peer_drain_max = msg.drain_ms / 1000, msg.drain_max_ms / 1000
         if run.peer_drain <= 0:
             return self.reclaim(run, msg.reason, now)
@@ -442,26 +488,16 @@ class SwapTarget(_Answers):
     def traffic_seen(self, run: TargetRun, event: e.TrafficSeen, now: float) -> MoveState:
         node = self.node
         run.unparsed = event.unparsed
+        run.counted, run.counted_clients, run.destination = event.requests, event.clients, event.how
         if event.requests < node.setup.confirm_requests:
             return T.CONFIRMING
         assert run.claimed_at is not None
         confirm_ms = (now - run.claimed_at) * 1000.0
         node.step(run, "confirmed", now)
-        clients = list(event.clients[:10])
-        confirmed = wire.Confirmed(
-            epoch=run.epoch, requests=event.requests, clients=",".join(clients), confirm_ms=confirm_ms
-        )
+        evidence = target_evidence(run, node.setup.vip)
+        confirmed = wire.Confirmed(epoch=run.epoch, confirm_ms=confirm_ms, **proof_fields(evidence))
         run.replies["released"] = confirmed
         node.transmit(run, confirmed, now)
-        evidence = {
-            "requests": event.requests,
-            "clients": clients,
-            "to": node.setup.vip,
-            "destination": event.how or None,
-            "canary": run.canary,
-            "deadline_ms": round(run.proof_deadline * 1000, 1),
-            "deadline_why": run.proof_why,
-        }
         node.finish(
             run, ok=True, reason="", now=now, confirmed=True, confirm_ms=confirm_ms, evidence=evidence
         )
@@ -498,15 +534,16 @@ class Rollback(_Answers):
         )
         if run.unparsed:
             reason += f"; {run.unparsed} access-log lines since the claim did not parse"
+        evidence = target_evidence(run, self.node.setup.vip)
         if not event.ok:
             # We still hold it and it works as far as we know: keep it rather than leave nobody.
             reason += f", and releasing failed: {event.error}; the VIP stays on {self.me}"
-            self.node.finish(run, ok=False, now=now, confirmed=False, reason=reason)
+            self.node.finish(run, ok=False, now=now, confirmed=False, reason=reason, evidence=evidence)
             return T.FAILED
         setup = self.node.setup
         hand_back = wire.HandBack(
             epoch=run.epoch, reason=reason, drain_ms=setup.drain * 1000,
-            drain_max_ms=setup.drain_max * 1000 if setup.drain else 0.0,
+            drain_max_ms=setup.drain_max * 1000 if setup.drain else 0.0, **proof_fields(evidence),
         )
         run.replies["released"] = hand_back
         self.node.transmit(run, hand_back, now)
@@ -518,6 +555,7 @@ class Rollback(_Answers):
             confirmed=False,
             holder=run.source,
             reason=f"{reason}; rolled back to {run.source}",
+            evidence=evidence,
         )
         return R.HANDED_BACK
 
@@ -531,7 +569,7 @@ class Rollback(_Answers):
                 node.drainer.keep_handoff(run, run.peer_drain_max, now)
             took = "" if run.rollback_started is None else f" in {(now - run.rollback_started) * 1000:.0f} ms"
             reason = f"{run.rollback_reason}; rolled back to {self.me}{took}"
-            node.finish(run, ok=False, rolled_back=True, now=now, reason=reason)
+            node.finish(run, ok=False, rolled_back=True, now=now, reason=reason, evidence=run.evidence)
             return S.FAILED
         # Nobody may hold the VIP now: try again each step timeout rather than give up on it.
         node.step(run, "reclaim-failed", now)
