@@ -6,6 +6,8 @@ Old holder (the node that released)          New holder
   drain_ms at least, then until the kernel
   counts no connection to the VIP, or
   drain_max_ms after the release
+  (only server-closed ones left, waiting
+  for their clients' FIN: Drained(E, final=False) ->  a waiting command hears it is over)
   EndDrain; Drained(E) ------------------->   EndHandoff
 
 The old holder's side is the drain table (`states.DRAIN`), one `DrainRun` per release; its effects are
