@@ -213,9 +213,11 @@ class Agent:
             self.transport.close()
             if metrics is not None:
                 metrics.close()
-            self.announcer.close()
             for task in self._tasks:
                 task.cancel()
+            # Ended before their sockets close: a probe or measurement must not wake on a closed one.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self.announcer.close()
             await self.journal.flushed()  # what the core journalled is on disk before we exit
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)

@@ -69,6 +69,9 @@ confirm:
   ignore_clients: [127.0.0.1, 203.0.113.11, 203.0.113.12]
   log_format: combined
   straggler_window_ms: 1000
+hooks:
+  drain:
+    - [/usr/sbin/nginx, -s, reload]
 nodes:
   live:
     address: 203.0.113.11
@@ -79,9 +82,6 @@ nodes:
     address: 203.0.113.12
     health_url: http://203.0.113.12/
     access_log: /var/log/nginx/access.log
-hooks:
-  drain:
-    - [/usr/sbin/nginx, -s, reload]
 """
 
 MINIMAL = """\

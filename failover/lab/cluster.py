@@ -85,10 +85,10 @@ def cluster_document(
         "health": {"timeout_ms": 1000},
         # The defaults a user gets: the agents themselves leave out the nodes, loopback and their own checks.
         "confirm": {"mode": "traffic", "requests": 3},
-        "nodes": nodes,
         # As the README asks of a host with nginx: the old holder's idle keep-alive connections close in
         # order once it released (nginx -s reload), so its drain ends when the work does.
         "hooks": {"drain": [[str(workdir / DRAIN_HOOK)]]},
+        "nodes": nodes,  # last: tests append to it as text
     }
     for key, value in (overrides or {}).items():
         if isinstance(value, dict) and isinstance(doc.get(key), dict):
