@@ -166,7 +166,8 @@ class DryRuns:
             )
         )
         drain = (
-            f", keeping it ARP-silent on lo for {s.drain * 1000:.0f} ms so packets in flight are served"
+            f", keeping it ARP-silent on lo for at least {s.drain * 1000:.0f} ms so packets in flight are "
+            f"served, then until its last connection to the VIP ends (at most {s.drain_max * 1000:.0f} ms)"
             if s.drain > 0
             else " (no drain)"
         )
