@@ -62,8 +62,11 @@ Connection = tuple[IPAddress, int, int]  # peer, peer's port, the VIP's port
 
 # Connections this host may open on the VIP during one handoff; an element costs ~100 bytes (measured).
 OWN_CAPACITY = 1 << 20
-# The ss states of a socket whose connection is over here (see close_time_wait).
-OVER = ("time-wait", "fin-wait-2")
+# The ss states of a socket whose connection is over here (see close_time_wait). Not FIN-WAIT-2: the
+# server closed, but the client's FIN is still to come, and this host may be draining it right now (a
+# move back soon after the last one: a command returns once only such connections are left); closing it
+# would send that client a reset, and leaving it out of the record would hand its FIN away.
+OVER = ("time-wait",)
 
 _SAFE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -225,8 +228,8 @@ async def close_time_wait(vip: IPAddress) -> int:
     """Close (SOCK_DESTROY) the VIP's TIME_WAIT sockets on this host; returns how many.
 
     Called on the new holder before it claims, when it does not hold the VIP: none of these serves
-    a live connection of its own. FIN-WAIT-2 is included: a socket whose client's FIN went to the
-    other host during an earlier move lingers there just the same.
+    a live connection of its own. A FIN-WAIT-2 is not over: its client's FIN still comes (a drain
+    waits for it, and one cut short at drain_max_ms closes its leftovers itself).
     """
     return await _close(vip, OVER, "handoff rule in place, but its TIME_WAIT sockets")
 
