@@ -364,6 +364,9 @@ def _move(
         print(f"{move} FAILED: {outcome['reason']}; VIP on {outcome['holder'] or 'unknown'}", file=sys.stderr)
         if (proof := _proof(outcome.get("evidence"))) is not None:
             print(proof, file=sys.stderr)
+    if outcome.get("handoff_error"):
+        print(f"  connection handoff UNAVAILABLE ({outcome['handoff_error']}): connections open on "
+              f"{outcome['source']} at the move may have been reset", file=sys.stderr)
     if outcome.get("drain"):
         print(_drained(outcome["drain"]), file=sys.stdout if outcome["ok"] else sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED

@@ -71,6 +71,7 @@ class Prepare(Message):
 @dataclass(frozen=True)
 class Prepared(Message):
     kind: ClassVar[str] = "prepared"
+    handoff_error: str = ""  # the connection handoff could not be put in place (nft missing...): why
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ class NodePair:
         self.connections: dict[str, int | None] = {"live": 0, "backup": 0}
         self.closing = {"live": 0, "backup": 0}  # of them: closed by the server, the client's FIN not in
         self.count_every = 0.1
+        self.handoff_fails = ""  # non-empty: the handoff rule cannot be put in place, for this reason
         self.drain_reports: dict[str, list[protocol.DrainReported]] = {"live": [], "backup": []}
         self.handoffs: dict[str, int] = {}  # node -> epoch of the handoff rule in place
         self.started: dict[str, list[protocol.Started]] = {"live": [], "backup": []}
@@ -259,7 +260,7 @@ class NodePair:
                 self.at(self.now + 0.01, lambda: self._answer(name, node, fenced))
             case protocol.Handoff():
                 self.handoffs[name] = action.epoch
-                placed = ev.HandoffDone(action.epoch, True)
+                placed = ev.HandoffDone(action.epoch, not self.handoff_fails, self.handoff_fails)
                 self.at(self.now + self.op_delay, lambda: self._answer(name, node, placed))
             case protocol.EndHandoff():
                 epoch = action.epoch

@@ -211,3 +211,22 @@ def test_a_command_on_the_new_holder_hears_too_when_only_clients_fins_are_left()
     pair.connections["live"] = pair.closing["live"] = 0
     pair.run(0.2)
     assert pair.handoffs == {}
+
+
+def test_without_the_handoff_the_move_goes_on_and_both_outcomes_say_what_was_lost() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.handoff_fails = "nft: not found"
+    on_source = pair.command("live", "swap")
+    pair.run(1.0)
+    out = pair.outcome("live", on_source)
+    assert out is not None and out.ok and pair.vip_on == {"backup"}
+    assert out.handoff_error == "nft: not found" and out.to_json()["handoff_error"] == "nft: not found"
+    on_target = pair.command("live", "unswap")  # run on live, the target now
+    pair.run(1.5)
+    back = pair.outcome("live", on_target)
+    assert back is not None and back.ok and back.handoff_error == "nft: not found"
+    plain = settled(NodePair(drain=0.5))
+    cid = plain.command("live", "swap")
+    plain.run(1.0)
+    fine = plain.outcome("live", cid)
+    assert fine is not None and fine.handoff_error is None

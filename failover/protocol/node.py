@@ -481,6 +481,7 @@ class Node(PeerWatch, HostWatch):
             evidence=evidence,
             stragglers=straggler_report(run) if ok and isinstance(run, SourceRun) else (),
             drain=self.drainer.expect(run, ok=ok, rolled_back=rolled_back, now=now),
+            handoff_error=run.handoff_error or None,
         )
         self.last_outcome = outcome
         self._actions.append(a.Notice("move-finished", outcome.to_json()))

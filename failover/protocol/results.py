@@ -60,6 +60,7 @@ class Outcome:
     # The old holder's drain after the move: {host, left, oldest_s, after_s, how}, or {host, pending}
     # while it goes on, or {host, skipped}; None when no drain follows (the VIP never left its host).
     drain: dict[str, Any] | None = None
+    handoff_error: str | None = None  # the new holder passed no segments to the old one: why
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,4 +80,5 @@ class Outcome:
             "evidence": self.evidence,
             "stragglers": list(self.stragglers),
             "drain": self.drain,
+            "handoff_error": self.handoff_error,
         }

@@ -30,6 +30,7 @@ class Run:
     # The answer we gave to each kind of question, sent again when a duplicate of it arrives.
     replies: dict[str, wire.Message] = field(default_factory=dict)
     handoff: bool = False  # a Handoff is in place and no EndHandoff has been asked for yet
+    handoff_error: str = ""  # the new holder's handoff could not be put in place: why
 
     def elapsed_ms(self, now: float) -> float:
         return (now - self.started) * 1000.0

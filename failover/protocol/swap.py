@@ -224,6 +224,7 @@ class SwapSource(_Answers):
 
     def release(self, run: SourceRun, msg: wire.Prepared, now: float) -> MoveState:
         self.node.step(run, "target-ready", now)
+        run.handoff_error = msg.handoff_error
         if self.node.setup.confirm == "traffic" and not run.load_measured:
             # The target's deadline needs our rate: still holding the VIP, we wait for it a moment.
             return S.MEASURING
@@ -415,6 +416,9 @@ class SwapTarget(_Answers):
 
     def handoff_placed(self, run: TargetRun, event: e.HandoffDone, now: float) -> MoveState:
         run.handoff_pending = False
+        if not event.ok:
+            # The swap goes on without it; the outcome says what that costs.
+            run.handoff, run.handoff_error = False, event.error or "could not be put in place"
         return self._ready_when_all_in(run, now)
 
     def health_timed_out(self, run: TargetRun, _: None, now: float) -> MoveState:
@@ -425,7 +429,7 @@ class SwapTarget(_Answers):
         if run.health is None or run.handoff_pending:
             return T.CHECKING
         self.node.step(run, "healthy", now)
-        prepared = wire.Prepared(epoch=run.epoch)
+        prepared = wire.Prepared(epoch=run.epoch, handoff_error=run.handoff_error)
         run.replies["prepare"] = prepared
         self.node.transmit(run, prepared, now)
         return T.READY
