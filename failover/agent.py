@@ -27,6 +27,7 @@ from failover import (
     bootid,
     control,
     handoff,
+    prober,
     protocol,
     sdnotify,
 )
@@ -467,7 +468,7 @@ class Agent:
         except announce.AnnounceError as err:
             # Without a probe we cannot tell: the core never claims on that, two holders are worse.
             log.error("probe-failed", error=str(err))
-            result = announce.ProbeResult(answered_by=(), unknown=f"probe failed: {err}")
+            result = prober.ProbeResult(answered_by=(), unknown=f"probe failed: {err}")
         log.info("probe", epoch=action.epoch, answered_by=list(result.answered_by),
                  unknown=result.unknown or None, frames=result.frames,
                  host_answered_by=list(result.host_answered_by) if ask_host else None,

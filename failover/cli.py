@@ -492,7 +492,7 @@ def _history(node: NodeConfig, as_json: bool, last: int) -> int:
 
 def _one_shot(tool: str, config: ClusterConfig, node: NodeConfig, as_json: bool) -> int:
     # scapy is slow to import: only these two commands pay for it.
-    from failover import announce
+    from failover import announce, prober
 
     mac = (Path("/sys/class/net") / node.interface / "address").read_text().strip()
     try:
@@ -508,7 +508,7 @@ def _one_shot(tool: str, config: ClusterConfig, node: NodeConfig, as_json: bool)
         else:
             started = time.monotonic()
             t = config.takeover
-            macs = announce.probe(node.interface, config.vip.ip, mac, count=t.probe_count,
+            macs = prober.probe(node.interface, config.vip.ip, mac, count=t.probe_count,
                                   interval_ms=t.probe_interval_ms, wait_ms=t.probe_wait_ms)
             took = (time.monotonic() - started) * 1000
             result = {"vip": str(config.vip.ip), "interface": node.interface, "answered_by": macs,

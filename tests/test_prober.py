@@ -1,4 +1,4 @@
-"""failover.announce.Prober, the agent's long-lived probe: real frames between namespaces (root).
+"""failover.prober.Prober, the agent's long-lived probe: real frames between namespaces (root).
 
 One Prober serves every probe and measurement of an agent's life, on two listening sockets that stay
 open and are shut (a drop-all filter) between uses. These tests check what that must not change: a
@@ -37,7 +37,7 @@ def in_a(topo: Topology, body: str, timeout: float = 30.0) -> object:
     code = f"""
 import asyncio, json, subprocess
 from ipaddress import ip_address
-from failover.announce import Prober
+from failover.prober import Prober
 from failover.bpf import read_drops
 ours, peer = ip_address("{a.ip4}"), ip_address("{b.ip4}")
 async def main():
