@@ -78,14 +78,14 @@ def move_figures(
 
 def drain_figures(drain: Mapping[str, Any] | None) -> dict[str, Any]:
     """The old holder's drain as the move's CLI JSON outcome reports it (``drain``: {host, left, after_s,
-    how, ...}): how long it took after the release, connections left at its end, how it ended. None
-    where the outcome did not say (no drain, still pending, skipped)."""
+    how, ...}): how long it took after the release (in ms, as the other figures), connections left at
+    its end, how it ended. None where the outcome did not say (no drain, still pending, skipped)."""
     drain = drain or {}
     after, left, how = drain.get("after_s"), drain.get("left"), drain.get("how")
     if how is None and drain:
         how = "skipped" if drain.get("skipped") else "pending" if drain.get("pending") else None
     return {
-        "drain_after_s": None if after is None else float(after),
+        "drain_after_ms": None if after is None else round(float(after) * 1000.0, 3),
         "drain_left": None if left is None else int(left),
         "drain_how": how,
     }
@@ -161,7 +161,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {m: spread(r.get(m) for r in measured) for m in METRICS}
     extras = (
         "unserved_ms", "cli_duration_ms", "cli_wall_ms", "fault_to_claim_ms", "takeover_ms",
-        "drain_after_s", "drain_left",
+        "drain_after_ms", "drain_left",
     )  # fmt: skip
     for extra in extras:
         if any(extra in r for r in measured):

@@ -78,7 +78,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [
             "| move | runs | unserved (ms, agents' logs) | failed | stalled ≥ 1 s | max gap (ms) "
             "| action → first response (ms) | CLI wall (ms) | keep-alive resets "
-            "| keep-alive closed before response | RSTs from the VIP | old holder drained after (s) "
+            "| keep-alive closed before response | RSTs from the VIP | old holder drained after (ms) "
             "| connections left at the drain's end |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
@@ -93,7 +93,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {fmt_spread(stats['max_gap_ms'])} | {fmt_spread(stats['first_response_ms'])} "
                 f"| {fmt_spread(stats.get('cli_wall_ms', {}))} | {fmt_spread(stats['keepalive_resets'])} "
                 f"| {fmt_spread(stats.get('keepalive_closed_before_response', {}))} "
-                f"| {fmt_metric(stats, 'rsts_from_vip')} | {fmt_spread(stats.get('drain_after_s', {}))} "
+                f"| {fmt_metric(stats, 'rsts_from_vip')} | {fmt_spread(stats.get('drain_after_ms', {}))} "
                 f"| {fmt_spread(stats.get('drain_left', {}))} |"
             )
         checks = own.get("floors", {})
@@ -312,7 +312,7 @@ def run_text(r: Mapping[str, Any]) -> str:
         text += f", unserved {fmt_number(r['unserved_ms'])} ms"
     if r.get("drain_how") is not None:
         text += (
-            f", drained ({r['drain_how']}) after {fmt_number(r.get('drain_after_s'))} s, "
+            f", drained ({r['drain_how']}) after {fmt_number(r.get('drain_after_ms'))} ms, "
             f"{fmt_number(r.get('drain_left'))} left"
         )
     if r.get("error"):

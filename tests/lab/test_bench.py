@@ -500,12 +500,12 @@ def test_move_figures_keep_keepalive_outcomes_apart_and_rsts_not_counted_stay_no
 
 def test_drain_figures_read_the_clis_outcome() -> None:
     done = {"host": "live", "epoch": 3, "left": 0, "oldest_s": None, "after_s": 1.8, "how": "closed"}
-    assert bench.drain_figures(done) == {"drain_after_s": 1.8, "drain_left": 0, "drain_how": "closed"}
+    assert bench.drain_figures(done) == {"drain_after_ms": 1800.0, "drain_left": 0, "drain_how": "closed"}
     cut = bench.drain_figures({"host": "live", "left": 2, "after_s": 5.0, "how": "drain_max"})
     assert cut["drain_left"] == 2 and cut["drain_how"] == "drain_max"
     assert bench.drain_figures({"host": "live", "pending": True})["drain_how"] == "pending"
     assert bench.drain_figures({"host": "live", "skipped": "no nft"})["drain_how"] == "skipped"
-    assert bench.drain_figures(None) == {"drain_after_s": None, "drain_left": None, "drain_how": None}
+    assert bench.drain_figures(None) == {"drain_after_ms": None, "drain_left": None, "drain_how": None}
 
 
 def test_own_moves_table_shows_how_long_drains_took() -> None:
@@ -516,14 +516,14 @@ def test_own_moves_table_shows_how_long_drains_took() -> None:
     ]  # fmt: skip
     moves.append({**moves[0], **bench.drain_figures({"left": None, "after_s": 5.0, "how": "not-counted"})})
     stats = bench.summarize_runs(moves)
-    assert stats["drain_after_s"]["median"] == 1.3 and stats["drain_left"]["missing"] == 1
+    assert stats["drain_after_ms"]["median"] == 1300.0 and stats["drain_left"]["missing"] == 1
     assert stats["drain_how"] == {"closed": 3, "not-counted": 1}
     report = {"failover_moves": {"stats": {"all": stats}, "floors": {}}}
     text = bench.render_markdown(report)
     row = next(line for line in text.splitlines() if line.startswith("| all moves |"))
-    assert row.endswith("| 0.4 / 1.3 / 5 | 0 (1x none) |")
+    assert row.endswith("| 400 / 1300 / 5000 | 0 (1x none) |")
     assert "`drain.how`): closed (3x), not-counted (1x)." in text
-    assert "drained (closed) after 0.4 s, 0 left" in render.run_text(moves[0])
+    assert "drained (closed) after 400 ms, 0 left" in render.run_text(moves[0])
 
 
 def test_the_10ms_crash_has_its_ratio_its_row_and_its_40ms_floor() -> None:
