@@ -204,7 +204,8 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
                 f"- takeovers: **{soak['takeovers']}** (agents' `takeover` log events and `last_takeover`); "
                 f"VIP holders sampled every {SOAK_SAMPLE_S} s: {soak['holders']}",
                 f"- takeovers refused because live answered the probe: {refused}",
-                f"- heartbeats lost (peer's received vs sent): {lost}; nft counters {soak['nft_counters']}",
+                f"- heartbeats lost (peer's received vs sent): {lost}; nft counters {soak['nft_counters']}"
+                f"{_soak_extras(soak)}",
                 f"- HTTP meanwhile: {http['requests']} requests, {http['failed']} failed, median "
                 f"{fmt_number(http['median_latency_ms'])} ms, max {fmt_number(http['max_latency_ms'])} ms, "
                 f"max gap {fmt_number(http['max_gap_ms'])} ms, served by {http['served_by']}",
@@ -218,6 +219,13 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
         )
         lines += ["", f"Takeover floors: {verdict}."]
     return lines
+
+
+def _soak_extras(soak: Mapping[str, Any]) -> str:
+    """What else the soak counted about its heartbeats: the agents' rejections, the relays' counts."""
+    text = f"; datagrams the agents rejected, by reason: {soak['rejected']}" if soak.get("rejected") else ""
+    relays = soak.get("relays")
+    return text + (f"; relays {relays}" if relays else "; relays' counts not read")
 
 
 def render_unconfirmable(report: Mapping[str, Any]) -> list[str]:

@@ -388,6 +388,8 @@ def heartbeat_soak(
         after = {h: cluster.status(h) for h in cont.SERVERS}
         events = {h: cluster.agent_events(h) for h in cont.SERVERS}
         records = load.records()
+        # The relays write their counts when they end (5 s after the soak); the lab's end would kill them.
+        lab.wait_until(lambda: all(p.exists() for p in relay_stats.values()), timeout=10.0, interval=0.2)
     relays: dict[str, Any] = {}
     for host, path in relay_stats.items():
         with contextlib.suppress(OSError, ValueError):
@@ -422,6 +424,9 @@ def heartbeat_soak(
         "holders": dict(holders),
         "holders_always_live": set(holders) == {"live"},
         "heartbeats": heartbeats,
+        # Datagrams the agents refused meanwhile, by reason: a heartbeat the relay's jitter made arrive
+        # after a newer one is refused as a replay, so the agents see more loss than nft dropped.
+        "rejected": {h: rejected_delta(before[h], after[h]) for h in cont.SERVERS},
         "nft_counters": nft,
         "relays": relays,
         "http": {
@@ -436,6 +441,13 @@ def heartbeat_soak(
     }
     say(f"  soak: {soak_text(result)}")
     return result
+
+
+def rejected_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
+    """Datagrams an agent rejected between two of its statuses, by reason (`rejected` counters)."""
+    old, new = before.get("rejected") or {}, after.get("rejected") or {}
+    deltas = {reason: int(n) - int(old.get(reason, 0)) for reason, n in new.items()}
+    return {reason: n for reason, n in deltas.items() if n}
 
 
 # --- a swap that cannot be confirmed ------------------------------------------------------------------

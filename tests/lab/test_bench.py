@@ -540,3 +540,19 @@ def test_the_10ms_crash_has_its_ratio_its_row_and_its_40ms_floor() -> None:
     assert "| failover 10 ms | 1 | 42 | 50 | 45 | 0 | 45 |" in text
     assert "failover 10 ms vs keepalived tuned (crash), medians:" in text
     assert "crash_10ms_first_response_ms 45 (floor 40) NOT met" in text
+
+
+def test_the_soak_reports_the_datagrams_the_agents_rejected() -> None:
+    before = {"rejected": {"replay": 3}}
+    after = {"rejected": {"replay": 103, "sender": 2}}
+    from failover.lab.scenarios import rejected_delta
+
+    assert rejected_delta(before, after) == {"replay": 100, "sender": 2}
+    assert rejected_delta(after, after) == {} and rejected_delta({}, {}) == {}
+    report = takeover_report(140.0, 0)
+    report["soak"]["rejected"] = {"live": {"replay": 100}, "backup": {}}
+    text = "\n".join(bench.render_takeover(report))
+    assert "datagrams the agents rejected, by reason: {'live': {'replay': 100}, 'backup': {}}" in text
+    assert "relays' counts not read" in text
+    report["soak"]["relays"] = {"live": {"received": 10, "sent": 10}}
+    assert "relays {'live': {'received': 10, 'sent': 10}}" in "\n".join(bench.render_takeover(report))
