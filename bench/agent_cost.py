@@ -10,6 +10,11 @@ settle, then for each agent process reads:
 
     sudo .venv/bin/python bench/agent_cost.py                   # 30 s window
     sudo .venv/bin/python bench/agent_cost.py --seconds 60 --interval-ms 50 --json out.json
+    sudo .venv/bin/python bench/agent_cost.py --keepalived         # and keepalived tuned, same window
+
+`--keepalived` then measures keepalived tuned (VRRPv3, 10 ms adverts, the bench's `keepalived-tuned`
+contender, `failover.lab.contenders`) the same way in a lab of its own, over the same window: each
+daemon with its VRRP child (RSS and CPU summed over the process tree).
 
 For scale, the same figures for a bare `python -c "import time; time.sleep(...)"` in the same namespace
 (the interpreter's own floor) are printed too. `--bytecode pyc` (the default) runs the agents from cached
@@ -30,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import failover.lab.cluster
+from failover.lab import contenders
 from failover.lab.cluster import SERVERS, LabCluster
+from failover.lab.idle_cost import _process_tree
 
 TICKS = os.sysconf("SC_CLK_TCK")
 SETTLE_S = 3.0
@@ -91,12 +98,56 @@ def measure(pids: dict[str, int], seconds: float) -> dict[str, dict[str, Any]]:
     return out
 
 
+def measure_trees(roots: dict[str, int], seconds: float) -> dict[str, dict[str, Any]]:
+    """As measure(), for a daemon with children (keepalived's VRRP process): summed over each tree."""
+    trees = {name: _process_tree(pid) for name, pid in roots.items()}
+
+    def ticks(tree: list[int]) -> int:
+        return sum(_cpu_ticks(pid) for pid in tree if Path(f"/proc/{pid}").exists())
+
+    start = {name: ticks(tree) for name, tree in trees.items()}
+    began = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - began
+    out: dict[str, dict[str, Any]] = {}
+    for name, tree in trees.items():
+        used_s = (ticks(tree) - start[name]) / TICKS
+        mems = [_status_kib(pid) for pid in tree if Path(f"/proc/{pid}").exists()]
+        out[name] = {
+            "pid": roots[name],
+            "processes": len(mems),
+            "rss_mib": round(sum(m["VmRSS"] for m in mems) / 1024, 1),
+            "peak_rss_mib": round(sum(m["VmHWM"] for m in mems) / 1024, 1),
+            "anonymous_mib": round(sum(m["Anonymous"] for m in mems) / 1024, 1),
+            "pss_mib": round(sum(m["Pss"] for m in mems) / 1024, 1),
+            "threads": sum(m["Threads"] for m in mems),
+            "cpu_percent_of_a_core": round(100 * used_s / elapsed, 2),
+            "window_s": round(elapsed, 1),
+        }
+    return out
+
+
+def keepalived_tuned(seconds: float, workdir: Path) -> dict[str, dict[str, Any]]:
+    """keepalived tuned (the bench's contender) on live and backup, idle, over `seconds`."""
+    if contenders.ensure_tools(lambda text: print(text, file=sys.stderr)).get("keepalived"):
+        raise RuntimeError("keepalived is not installed and could not be")
+    with contenders.contender_lab(workdir) as lab:
+        daemon = contenders.KeepalivedTuned(lab, workdir)
+        try:
+            daemon.start()
+            time.sleep(SETTLE_S)
+            return measure_trees({f"keepalived {h}": pid for h, pid in daemon.daemon_pids().items()}, seconds)
+        finally:
+            daemon.reset()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="CPU window (1 to 600 s)")
     ap.add_argument("--interval-ms", type=int, default=10, help="heartbeat.interval_ms")
     ap.add_argument("--dead-after-ms", type=int, default=30, help="heartbeat.dead_after_ms")
     ap.add_argument("--bytecode", choices=("pyc", "source"), default="pyc", help="how agents load modules")
+    ap.add_argument("--keepalived", action="store_true", help="also keepalived tuned (10 ms adverts)")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -127,13 +178,16 @@ def _run(args: argparse.Namespace, seconds: float, pyc: str) -> int:
         figures = measure(pids, seconds)
         floor_proc.kill()
         floor_proc.wait()
+    if args.keepalived:
+        with tempfile.TemporaryDirectory(prefix="failover-agent-cost-keepalived-") as workdir:
+            figures.update(keepalived_tuned(seconds, Path(workdir)))
     print(f"idle agents, heartbeat every {args.interval_ms} ms, dead_after {args.dead_after_ms} ms, "
           f"CPU over {seconds:.0f} s, bytecode: {args.bytecode}")
     columns = ("rss_mib", "peak_rss_mib", "anonymous_mib", "pss_mib", "threads", "cpu_percent_of_a_core")
     heads = ("RSS MiB", "peak", "anon", "PSS", "threads", "CPU % core")
-    print(f"{'process':<14}" + "".join(f" {h:>10}" for h in heads))
+    print(f"{'process':<18}" + "".join(f" {h:>10}" for h in heads))
     for name, f in figures.items():
-        print(f"{name:<14}" + "".join(f" {f[c]:>10}" for c in columns))
+        print(f"{name:<18}" + "".join(f" {f[c]:>10}" for c in columns))
     if args.json:
         args.json.write_text(json.dumps({"interval_ms": args.interval_ms, "dead_after_ms": args.dead_after_ms,
                                          "bytecode": args.bytecode, "agents": figures}, indent=2))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from failover.lab.figures import (
     crash_ratios,
+    drain_figures,
     floors,
     monitor_figures,
     move_figures,
@@ -72,6 +73,7 @@ __all__ = [
     "contender_row",
     "crash_failover",
     "crash_ratios",
+    "drain_figures",
     "failover_crashes",
     "failover_moves",
     "floors",

@@ -472,6 +472,15 @@ SOAK_NAME = "soak"
 # here would be a probe too short to hear a live holder, or a dead_after too short for the jitter.
 SOAK_FAST_NAME = "soak-10ms"
 FAILOVER_FAST: dict[str, Any] = {"heartbeat": {"interval_ms": 10, "dead_after_ms": 30}}
+# The crash of live at those timers, set as an operator of a fast site would: only the heartbeat section
+# changes; the probe keeps its defaults and the agents shrink its window to what the peer kernel's
+# measured answers allow. Measured with `--only crash-10ms`, set against keepalived tuned's crash.
+CRASH_FAST_NAME = "crash-10ms"
+CRASH_FAST_LABEL = "failover fast site (heartbeat 10 ms, dead after 30 ms, default probe, measured window)"
+CRASH_FAST_CONFIG = (
+    "LabCluster's cluster file with `heartbeat: {interval_ms: 10, dead_after_ms: 30}`; "
+    "everything else as the failover row"
+)
 HEARTBEAT_PORT = 5405
 RELAY_PORT = 15405
 SOAK_LOSS_PERCENT = 30

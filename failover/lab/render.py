@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from failover.lab import contenders as cont
-from failover.lab.figures import METRICS, SOAK_SAMPLE_S
+from failover.lab.figures import CRASH_ROWS, METRICS, SOAK_SAMPLE_S
 
 METRIC_TITLES = {
     "failed": "failed",
@@ -78,8 +78,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += [
             "| move | runs | unserved (ms, agents' logs) | failed | stalled ≥ 1 s | max gap (ms) "
             "| action → first response (ms) | CLI wall (ms) | keep-alive resets "
-            "| keep-alive closed before response | RSTs from the VIP |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| keep-alive closed before response | RSTs from the VIP | old holder drained after (ms) "
+            "| connections left at the drain's end |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for move in ("swap", "unswap", "all", "baseline"):
             stats = own.get("stats", {}).get(move)
@@ -92,7 +93,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"| {fmt_spread(stats['max_gap_ms'])} | {fmt_spread(stats['first_response_ms'])} "
                 f"| {fmt_spread(stats.get('cli_wall_ms', {}))} | {fmt_spread(stats['keepalive_resets'])} "
                 f"| {fmt_spread(stats.get('keepalive_closed_before_response', {}))} "
-                f"| {fmt_metric(stats, 'rsts_from_vip')} |"
+                f"| {fmt_metric(stats, 'rsts_from_vip')} | {fmt_spread(stats.get('drain_after_ms', {}))} "
+                f"| {fmt_spread(stats.get('drain_left', {}))} |"
             )
         checks = own.get("floors", {})
         if checks:
@@ -100,6 +102,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{name} {'met' if check['met'] else 'NOT met'}" for name, check in checks.items()
             )
             lines += ["", f"Floors (0 failed, 0 stalled, median max gap ≤ 10 ms): {verdict}."]
+        ended = own.get("stats", {}).get("all", {}).get("drain_how")
+        if ended:
+            lines += ["", f"How the drains ended (all moves; the CLI's JSON `drain.how`): {_counts(ended)}."]
         lines.append("")
     lines += render_unconfirmable(report)
     lines += ["#### Side by side (same topology, same load; min / median / max over runs)", ""]
@@ -151,7 +156,7 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     rows = report.get("contenders", {})
     crash_rows = [
-        (name, rows[name]) for name in (cont.FAILOVER_NAME, cont.FAILOVER_TUNED_NAME)
+        (name, rows[name]) for name in CRASH_ROWS
         if rows.get(name, {}).get("scenarios", {}).get("crash", {}).get("status") == "ok"
     ]  # fmt: skip
     if crash_rows:
@@ -199,7 +204,8 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
                 f"- takeovers: **{soak['takeovers']}** (agents' `takeover` log events and `last_takeover`); "
                 f"VIP holders sampled every {SOAK_SAMPLE_S} s: {soak['holders']}",
                 f"- takeovers refused because live answered the probe: {refused}",
-                f"- heartbeats lost (peer's received vs sent): {lost}; nft counters {soak['nft_counters']}",
+                f"- heartbeats lost (peer's received vs sent): {lost}; nft counters {soak['nft_counters']}"
+                f"{_soak_extras(soak)}",
                 f"- HTTP meanwhile: {http['requests']} requests, {http['failed']} failed, median "
                 f"{fmt_number(http['median_latency_ms'])} ms, max {fmt_number(http['max_latency_ms'])} ms, "
                 f"max gap {fmt_number(http['max_gap_ms'])} ms, served by {http['served_by']}",
@@ -213,6 +219,13 @@ def render_takeover(report: Mapping[str, Any]) -> list[str]:
         )
         lines += ["", f"Takeover floors: {verdict}."]
     return lines
+
+
+def _soak_extras(soak: Mapping[str, Any]) -> str:
+    """What else the soak counted about its heartbeats: the agents' rejections, the relays' counts."""
+    text = f"; datagrams the agents rejected, by reason: {soak['rejected']}" if soak.get("rejected") else ""
+    relays = soak.get("relays")
+    return text + (f"; relays {relays}" if relays else "; relays' counts not read")
 
 
 def render_unconfirmable(report: Mapping[str, Any]) -> list[str]:
@@ -305,6 +318,11 @@ def run_text(r: Mapping[str, Any]) -> str:
     text += f", RSTs from the VIP {_rsts(r)}"
     if r.get("unserved_ms") is not None:
         text += f", unserved {fmt_number(r['unserved_ms'])} ms"
+    if r.get("drain_how") is not None:
+        text += (
+            f", drained ({r['drain_how']}) after {fmt_number(r.get('drain_after_ms'))} ms, "
+            f"{fmt_number(r.get('drain_left'))} left"
+        )
     if r.get("error"):
         text += f" — {r['error']}"
     return text

@@ -29,6 +29,7 @@ from failover.lab.cluster import LabCluster
 from failover.lab.figures import (
     SOAK_SAMPLE_S,
     crash_ratios,
+    drain_figures,
     floors,
     monitor_figures,
     move_figures,
@@ -67,15 +68,10 @@ UNCONFIRMABLE_TABLE = "fo_unconfirmable"
 UNCONFIRMABLE_PRE_S = WINDOW_S + 0.5
 MONITOR_INTERVAL_MS = 100.0  # a monitor polls backup's own address 10 times a second
 MONITORS = ("live", "client")  # where the monitors poll from: the peer node, and the clients' own address
-# The crash of live at the fastest timers the issue names, set as an operator of a fast site would: only
-# the heartbeat section changes (every 10 ms, dead after 30 ms); the probe keeps its defaults and the
-# agents shrink its window to what the peer kernel's measured answers allow.
-CRASH_FAST_NAME = "crash-10ms"
-CRASH_FAST_LABEL = "failover fast site (heartbeat 10 ms, dead after 30 ms, default probe, measured window)"
-CRASH_FAST_CONFIG = (
-    "LabCluster's cluster file with `heartbeat: {interval_ms: 10, dead_after_ms: 30}`; "
-    "everything else as the failover row"
-)
+# The crash of live at the fastest timers the issue names (contenders.py: its name, label and config).
+CRASH_FAST_NAME = cont.CRASH_FAST_NAME
+CRASH_FAST_LABEL = cont.CRASH_FAST_LABEL
+CRASH_FAST_CONFIG = cont.CRASH_FAST_CONFIG
 
 
 def known_names() -> list[str]:
@@ -272,6 +268,7 @@ def _failover_move(cluster: LabCluster, workdir: Path, move: str, source: str, t
     result["cli_duration_ms"] = outcome.get("duration_ms")
     result["cli_wall_ms"] = round((ended - started) * 1000.0, 3)
     result["steps"] = outcome.get("steps", [])
+    result.update(drain_figures(outcome.get("drain")))
     offset = time.time() - time.monotonic()
     tl = timeline(cluster.agent_events(source), cluster.agent_events(target), started, ended, offset)
     tl["first_response_ms"] = result.get("first_response_ms")
@@ -391,6 +388,8 @@ def heartbeat_soak(
         after = {h: cluster.status(h) for h in cont.SERVERS}
         events = {h: cluster.agent_events(h) for h in cont.SERVERS}
         records = load.records()
+        # The relays write their counts when they end (5 s after the soak); the lab's end would kill them.
+        lab.wait_until(lambda: all(p.exists() for p in relay_stats.values()), timeout=10.0, interval=0.2)
     relays: dict[str, Any] = {}
     for host, path in relay_stats.items():
         with contextlib.suppress(OSError, ValueError):
@@ -425,6 +424,9 @@ def heartbeat_soak(
         "holders": dict(holders),
         "holders_always_live": set(holders) == {"live"},
         "heartbeats": heartbeats,
+        # Datagrams the agents refused meanwhile, by reason: a heartbeat the relay's jitter made arrive
+        # after a newer one is refused as a replay, so the agents see more loss than nft dropped.
+        "rejected": {h: rejected_delta(before[h], after[h]) for h in cont.SERVERS},
         "nft_counters": nft,
         "relays": relays,
         "http": {
@@ -439,6 +441,13 @@ def heartbeat_soak(
     }
     say(f"  soak: {soak_text(result)}")
     return result
+
+
+def rejected_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
+    """Datagrams an agent rejected between two of its statuses, by reason (`rejected` counters)."""
+    old, new = before.get("rejected") or {}, after.get("rejected") or {}
+    deltas = {reason: int(n) - int(old.get(reason, 0)) for reason, n in new.items()}
+    return {reason: n for reason, n in deltas.items() if n}
 
 
 # --- a swap that cannot be confirmed ------------------------------------------------------------------

@@ -493,3 +493,66 @@ def test_move_figures_keep_keepalive_outcomes_apart_and_rsts_not_counted_stay_no
     stats = bench.summarize_runs([uncounted, uncounted])
     assert render.fmt_metric(stats, "rsts_from_vip") == "not counted"
     assert render.fmt_metric(bench.summarize_runs([counted, uncounted]), "rsts_from_vip") == "4 (1x none)"
+
+
+# --- drains and the 10 ms crash -------------------------------------------------------------------------
+
+
+def test_drain_figures_read_the_clis_outcome() -> None:
+    done = {"host": "live", "epoch": 3, "left": 0, "oldest_s": None, "after_s": 1.8, "how": "closed"}
+    assert bench.drain_figures(done) == {"drain_after_ms": 1800.0, "drain_left": 0, "drain_how": "closed"}
+    cut = bench.drain_figures({"host": "live", "left": 2, "after_s": 5.0, "how": "drain_max"})
+    assert cut["drain_left"] == 2 and cut["drain_how"] == "drain_max"
+    assert bench.drain_figures({"host": "live", "pending": True})["drain_how"] == "pending"
+    assert bench.drain_figures({"host": "live", "skipped": "no nft"})["drain_how"] == "skipped"
+    assert bench.drain_figures(None) == {"drain_after_ms": None, "drain_left": None, "drain_how": None}
+
+
+def test_own_moves_table_shows_how_long_drains_took() -> None:
+    moves = [
+        {"failed": 0, "stalled_over_1s": 0, "max_gap_ms": 9.0, "first_response_ms": 50.0,
+         "keepalive_resets": 0, **bench.drain_figures({"left": 0, "after_s": after, "how": "closed"})}
+        for after in (0.4, 0.6, 2.0)
+    ]  # fmt: skip
+    moves.append({**moves[0], **bench.drain_figures({"left": None, "after_s": 5.0, "how": "not-counted"})})
+    stats = bench.summarize_runs(moves)
+    assert stats["drain_after_ms"]["median"] == 1300.0 and stats["drain_left"]["missing"] == 1
+    assert stats["drain_how"] == {"closed": 3, "not-counted": 1}
+    report = {"failover_moves": {"stats": {"all": stats}, "floors": {}}}
+    text = bench.render_markdown(report)
+    row = next(line for line in text.splitlines() if line.startswith("| all moves |"))
+    assert row.endswith("| 400 / 1300 / 5000 | 0 (1x none) |")
+    assert "`drain.how`): closed (3x), not-counted (1x)." in text
+    assert "drained (closed) after 400 ms, 0 left" in render.run_text(moves[0])
+
+
+def test_the_10ms_crash_has_its_ratio_its_row_and_its_40ms_floor() -> None:
+    report = takeover_report(140.0, 0)
+    crash = {"status": "ok", "stats": crash_stats(45.0)}
+    row = {"label": "failover 10 ms", "idle": None, "scenarios": {"crash": crash}}
+    report["contenders"]["crash-10ms"] = row
+    report["crash_ratios"] = bench.crash_ratios(report)
+    report["takeover_floors"] = bench.takeover_floors(report)
+    assert report["crash_ratios"]["crash-10ms"]["first_response_ms"]["ratio"] == round(45 / 38, 2)
+    assert report["takeover_floors"]["crash_10ms_first_response_ms"] == {"measured": 45.0, "floor": 40.0,
+                                                                         "met": False}  # fmt: skip
+    text = "\n".join(bench.render_takeover(report))
+    assert "| failover 10 ms | 1 | 42 | 50 | 45 | 0 | 45 |" in text
+    assert "failover 10 ms vs keepalived tuned (crash), medians:" in text
+    assert "crash_10ms_first_response_ms 45 (floor 40) NOT met" in text
+
+
+def test_the_soak_reports_the_datagrams_the_agents_rejected() -> None:
+    before = {"rejected": {"replay": 3}}
+    after = {"rejected": {"replay": 103, "sender": 2}}
+    from failover.lab.scenarios import rejected_delta
+
+    assert rejected_delta(before, after) == {"replay": 100, "sender": 2}
+    assert rejected_delta(after, after) == {} and rejected_delta({}, {}) == {}
+    report = takeover_report(140.0, 0)
+    report["soak"]["rejected"] = {"live": {"replay": 100}, "backup": {}}
+    text = "\n".join(bench.render_takeover(report))
+    assert "datagrams the agents rejected, by reason: {'live': {'replay': 100}, 'backup': {}}" in text
+    assert "relays' counts not read" in text
+    report["soak"]["relays"] = {"live": {"received": 10, "sent": 10}}
+    assert "relays {'live': {'received': 10, 'sent': 10}}" in "\n".join(bench.render_takeover(report))
