@@ -437,17 +437,43 @@ def key_fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"failover-key-id:" + key).hexdigest()[:12]
 
 
+NEW, LATE, REPLAY = "new", "late", "replay"
+LATE_WINDOW = 64  # positions behind the newest one heard that may still arrive, once each
+
+
 class ReplayGuard:
-    """Accepts each sender's (boot, seq) only if it sorts after the last one accepted (in memory: a
-    restarted receiver takes the first position it hears as the start)."""
+    """Each sender's (boot, seq): NEW if it sorts after every position heard, LATE if it is one of the
+    LATE_WINDOW just behind it not heard yet (the network reordered it: jitter larger than the
+    heartbeat interval does that to a quarter of them), REPLAY for anything heard before or older. In
+    memory: a restarted receiver takes the first position it hears as the start."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[int, int]] = {}
+        self._heard: dict[str, int] = {}  # bit i: position seq - 1 - i of the newest boot was heard
+
+    def check(self, envelope: Envelope) -> str:
+        sender, boot, seq = envelope.sender, envelope.boot, envelope.seq
+        last = self._last.get(sender)
+        if last is None or (boot, seq) > last:
+            if last is None or boot != last[0]:
+                self._heard[sender] = 0  # a new boot: nothing of it heard yet
+            else:
+                # The old newest becomes bit (shift - 1) behind the new one; older bits move along.
+                shift = seq - last[1]  # a forged huge seq never gets here: the HMAC came first
+                heard = self._heard.get(sender, 0) << shift if shift < LATE_WINDOW else 0
+                if shift <= LATE_WINDOW:
+                    heard |= 1 << (shift - 1)
+                self._heard[sender] = heard & ((1 << LATE_WINDOW) - 1)
+            self._last[sender] = (boot, seq)
+            return NEW
+        behind = last[1] - seq - 1
+        if boot != last[0] or not 0 <= behind < LATE_WINDOW:
+            return REPLAY
+        if self._heard.get(sender, 0) >> behind & 1:
+            return REPLAY
+        self._heard[sender] |= 1 << behind
+        return LATE
 
     def accept(self, envelope: Envelope) -> bool:
-        position = (envelope.boot, envelope.seq)
-        last = self._last.get(envelope.sender)
-        if last is not None and position <= last:
-            return False
-        self._last[envelope.sender] = position
-        return True
+        """Only NEW positions (a late one is not accepted as a message)."""
+        return self.check(envelope) == NEW

@@ -277,3 +277,23 @@ def test_the_largest_proof_fits_one_datagram_and_an_older_peers_decodes_with_def
     decoded = wire.decode(head + hmac.digest(KEY, head, "sha256"), (KEY,)).message
     assert decoded == wire.Confirmed(epoch=4, requests=3, clients="203.0.113.100", confirm_ms=3.5)
     assert isinstance(decoded, wire.Confirmed) and decoded.deadline_why == "" and decoded.destination == ""
+
+
+def test_a_reordered_position_is_late_once_and_a_replay_after() -> None:
+    guard = wire.ReplayGuard()
+    hb = SAMPLES[0]
+    assert guard.check(envelope(hb, seq=10)) == wire.NEW
+    assert guard.check(envelope(hb, seq=13)) == wire.NEW  # 11 and 12 still on their way
+    assert guard.check(envelope(hb, seq=12)) == wire.LATE
+    assert guard.check(envelope(hb, seq=12)) == wire.REPLAY  # a copy of it
+    assert guard.check(envelope(hb, seq=11)) == wire.LATE
+    assert guard.check(envelope(hb, seq=10)) == wire.REPLAY  # heard as new before
+    assert guard.check(envelope(hb, seq=13)) == wire.REPLAY
+    assert guard.check(envelope(hb, seq=13 + wire.LATE_WINDOW)) == wire.NEW
+    assert guard.check(envelope(hb, seq=13)) == wire.REPLAY  # the window's far end, heard before
+    assert guard.check(envelope(hb, seq=14)) == wire.LATE  # the window's oldest position
+    far = 13 + wire.LATE_WINDOW + 5 * wire.LATE_WINDOW  # a jump wider than the window forgets it all
+    assert guard.check(envelope(hb, seq=far)) == wire.NEW
+    assert guard.check(envelope(hb, seq=far - 1)) == wire.LATE
+    older_boot = dataclasses.replace(envelope(hb, seq=far - 2), boot=envelope(hb).boot - 1)
+    assert guard.check(older_boot) == wire.REPLAY

@@ -196,7 +196,13 @@ class Node(PeerWatch, HostWatch):
         if env.sender != self.setup.peer:
             self._reject("sender")
             return
-        if not self._replay.accept(env):
+        verdict = self._replay.check(env)
+        if verdict == wire.LATE:
+            # Overtaken on the way: the peer spoke, so it is alive, but what it said is out of date.
+            self.peer_seen = now
+            self.received["late"] += 1
+            return
+        if verdict == wire.REPLAY:
             self._reject("replay")
             return
         self.peer_seen = now
