@@ -284,7 +284,7 @@ def _status(agent: _Agent, as_json: bool) -> int:
               f"after {draining['for_ms'] / 1000:.1f} s{oldest}; ends at the latest in "
               f"{draining['ends_at_latest_in_ms'] / 1000:.1f} s: do not take this host down yet")
     elif st.get("last_drain"):
-        print(_drained(st["last_drain"]).replace("  ", "  last drain: ", 1))
+        print(f"  last drain: {drained_line(st['last_drain'])}")
     takeover = st.get("last_takeover")
     if takeover:
         print(f"  last takeover: {'done' if takeover['ok'] else 'not done'}: {takeover['reason']}"
@@ -368,7 +368,7 @@ def _move(
         print(f"  connection handoff UNAVAILABLE ({outcome['handoff_error']}): connections open on "
               f"{outcome['source']} at the move may have been reset", file=sys.stderr)
     if outcome.get("drain"):
-        print(_drained(outcome["drain"]), file=sys.stdout if outcome["ok"] else sys.stderr)
+        print(f"  {drained_line(outcome['drain'])}", file=sys.stdout if outcome["ok"] else sys.stderr)
     return EXIT_OK if outcome["ok"] else EXIT_FAILED
 
 
@@ -382,25 +382,26 @@ def _proof(evidence: dict[str, Any] | None) -> str | None:
             f"{evidence['deadline_ms']:.0f} ms: {evidence.get('deadline_why')}")
 
 
-def _drained(drain: dict[str, Any]) -> str:
+def drained_line(drain: dict[str, Any]) -> str:
     """The old holder's drain in one line: may it go down now?"""
     host = drain.get("host")
     if drain.get("skipped"):
-        return f"  {host} did not drain ({drain['skipped']}): connections open there at the move were reset"
+        skipped = drain["skipped"]
+        return f"{host} did not drain ({skipped}): connections open there at the move may have been reset"
     if drain.get("pending"):
-        return f"  {host} is still draining: see `failover status` there before taking it down"
+        return f"{host} is still draining: see `failover status` there before taking it down"
     left, after = drain.get("left"), drain.get("after_s")
     if drain.get("how") == "claimed":
-        return f"  {host} holds the VIP again: its connections go on there"
+        return f"{host} holds the VIP again: its connections go on there"
     if left is None:
         why = drain.get("error") or "no report came"
         took = "?" if after is None else f"{after:.1f}"
-        return f"  {host} drained for {took} s; its connections were not counted ({why})"
+        return f"{host} drained for {took} s; its connections were not counted ({why})"
     if left == 0:
         closing = drain.get("closing")
         tail = f" ({closing} closed by the server wait only for their client's FIN)" if closing else ""
-        return f"  {host} drained: 0 connections left after {after:.1f} s{tail}"
-    return (f"  {host} drained: {left} connections LEFT after {after:.1f} s (swap.drain_max_ms; oldest open "
+        return f"{host} drained: 0 connections left after {after:.1f} s{tail}"
+    return (f"{host} drained: {left} connections LEFT after {after:.1f} s (swap.drain_max_ms; oldest open "
             f"{drain.get('oldest_s') or 0:.1f} s): they were cut")
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from failover.cli import drained_line
 from failover.lab.client import ClientLoad, Request, failure_kind, rsts_between, summarize
 from failover.lab.cluster import LabCluster
 from failover.lab.netns import ROUTER, NeighbourWatch
@@ -304,18 +305,6 @@ def _verdict(outcome: dict[str, Any]) -> str:
     return f"FAILED: {outcome.get('reason')}"
 
 
-def drain_line(drain: dict[str, Any]) -> str:
-    """The old holder's drain after a move, as the rehearsal prints it."""
-    host = drain.get("host")
-    if drain.get("skipped"):
-        return f"{host} did not drain: {drain['skipped']}"
-    if drain.get("pending"):
-        return f"{host} still draining when the command returned"
-    left = drain.get("left")
-    counted = "not counted" if left is None else f"{left} connections left"
-    return f"{host} drained ({drain.get('how')}): {counted} after {drain.get('after_s')} s"
-
-
 def format_report(report: dict[str, Any]) -> str:
     lines = ["", f"rehearsal {'PASSED' if report['ok'] else 'FAILED'}"]
     for move in ("swap", "unswap"):
@@ -333,7 +322,7 @@ def format_report(report: dict[str, Any]) -> str:
             )
         drain = m.get("drain")
         if drain:
-            lines.append(f"          {drain_line(drain)}")
+            lines.append(f"          {drained_line(drain)}")
         if not m["ok"]:
             lines.append(f"          reason: {m['reason']}")
     c = report["client"]

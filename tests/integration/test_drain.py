@@ -70,6 +70,17 @@ class Client:
         self.proc.wait(timeout=5)
 
 
+def new_connections(cluster: LabCluster) -> ClientLoad:
+    """Other clients keep coming, so the access log confirms a swap within milliseconds: new connections
+    only, so that the one keep-alive connection across the move is the test's own."""
+    load = ClientLoad(
+        cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30,
+        keepalive_interval_ms=(),
+    )
+    load.start()
+    return load
+
+
 def _restart_with(cluster: LabCluster, **changes: Any) -> None:
     doc = cluster.document()
     for key, value in changes.items():
@@ -85,13 +96,7 @@ def _restart_with(cluster: LabCluster, **changes: Any) -> None:
 def _swap_with_open_connection(cluster: LabCluster, while_draining: Any) -> tuple[dict[str, Any], Any]:
     """Swap while the client's connection is open on live; `while_draining(client)` runs once live's
     status shows it waiting for that connection. Returns the CLI's outcome and what it returned."""
-    # Other clients keep coming, so the access log confirms the swap within milliseconds.
-    # New connections only: the one keep-alive connection across the move is the test's own.
-    load = ClientLoad(
-        cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30,
-        keepalive_interval_ms=(),
-    )
-    load.start()
+    load = new_connections(cluster)
     client = Client(cluster)
     try:
         assert client.say("ask") == {"answer": "live"}
@@ -146,12 +151,7 @@ def test_the_drain_hook_closes_an_idle_keepalive_connection_in_order(cluster: La
 
     # The reload may close the idle connection before live's status shows it waiting for it: then
     # there is nothing to wait for, and the drain ends at drain_ms with nothing left.
-    # New connections only: the one keep-alive connection across the move is the test's own.
-    load = ClientLoad(
-        cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=30,
-        keepalive_interval_ms=(),
-    )
-    load.start()
+    load = new_connections(cluster)
     client = Client(cluster)
     try:
         assert client.say("ask") == {"answer": "live"}
