@@ -75,6 +75,16 @@ def figures(moves: list[dict[str, Any]], fetched: dict[str, Any], load: ClientLo
         "drain_left": sorted({(m.get("drain") or {}).get("left") for m in moves}, key=str),
         "moves_failed": sum(1 for m in moves if not (m.get("ok") and m.get("exit_code") == 0)),
         "rsts_from_vip": rst["frames"],
+        # Each RST seen: ms after the start of the move before it, which host sent it, flags, ports.
+        "rst_seen": [
+            {
+                "after_move_ms": round(
+                    (at - max((m["started"] for m in moves if m["started"] <= at), default=at)) * 1000, 1
+                ),
+                "mac": mac, "flags": flags, "ports": [sport, dport],
+            }
+            for at, _source, sport, dport, flags, mac in rst["kept"][:10]
+        ],
         "rst_capture_drops": rst["drops"],
         "rst_capture_error": rst["error"],
         "new_connection_requests": total.requests,
