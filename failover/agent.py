@@ -138,7 +138,6 @@ class Agent:
         if shutil.which("nft"):
             with contextlib.suppress(handoff.HandoffError, TimeoutError):
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
-                await handoff.release_resets(cfg.cluster, cfg.vip.family)  # ... or while it drained
         state = load_state(node.state_dir)
         self._persisted = state
         try:

@@ -246,42 +246,6 @@ async def close_leftovers(vip: IPAddress) -> int:
     return await _close(vip, ("connected",), "leftover connections")
 
 
-def _held_table(cluster: str) -> str:
-    return f"{table_name(cluster)}_drain"
-
-
-async def hold_resets(cluster: str, vip: IPAddress) -> None:
-    """While this host drains: no TCP reset leaves it from the VIP.
-
-    nginx's reload closes an idle keep-alive connection without reading it; a request that crossed its
-    FIN on the wire reaches the closed socket and the kernel answers it with a reset, which the client
-    may see before the FIN. Held back, the client reads the FIN, the end of a connection idle between
-    requests, and sends the request again on a new connection (RFC 9112 section 9.3.1). What else this
-    host would reset while draining is a segment of no connection here: its sender times out instead.
-    """
-    family = "ip" if vip.version == 4 else "ip6"
-    if not _SAFE.fullmatch(cluster):
-        raise HandoffError(f"refusing unusual names in an nft rule: {cluster!r}")
-    await release_resets(cluster, vip.version)
-    await _load(
-        f"table {family} {_held_table(cluster)} {{\n"
-        "  chain resets {\n"
-        "    type filter hook output priority filter; policy accept;\n"
-        f"    {family} saddr {vip} tcp flags & rst == rst counter drop\n"
-        "  }\n"
-        "}\n"
-    )
-
-
-async def release_resets(cluster: str, version: int) -> int:
-    """The drain is over: resets go out again. Returns how many were held back (absent is fine)."""
-    family = "ip" if version == 4 else "ip6"
-    code, out = await _nft(["-j", "list", "table", family, _held_table(cluster)])
-    held = _counted_packets(out) if code == 0 else 0
-    await _nft(["delete", "table", family, _held_table(cluster)])
-    return held
-
-
 async def remove(cluster: str, version: int) -> int:
     """Take the rule away (absent is fine); returns how many segments it handed off."""
     family = "ip" if version == 4 else "ip6"

@@ -118,11 +118,6 @@ class VipChanges:
         except (NetlinkError, TimeoutError) as err:
             # The release goes on: in-flight connections may be reset, the VIP still moves.
             log.error("drain-start-failed", epoch=action.epoch, error=str(err) or "timed out")
-            return
-        try:
-            await handoff.hold_resets(self.config.cluster, self.config.vip.ip)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("resets-not-held", epoch=action.epoch, error=str(err) or "timed out")
 
     async def _release(self, action: protocol.Release) -> None:
         ok, error = True, ""
@@ -142,12 +137,7 @@ class VipChanges:
         except (NetlinkError, TimeoutError) as err:
             log.error("drain-end-failed", epoch=action.epoch, error=str(err) or "timed out")
             return
-        try:
-            resets = await handoff.release_resets(self.config.cluster, self.config.vip.family)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.error("resets-release-failed", epoch=action.epoch, error=str(err) or "timed out")
-            resets = None
-        log.info("drain-ended", epoch=action.epoch, at=self.now(), resets_held=resets)
+        log.info("drain-ended", epoch=action.epoch, at=self.now())
         if not held:  # ended on schedule, not by a claim here
             self._spawn(self._close_leftovers(action.epoch))  # not in the VIP's queue: it may take seconds
 
