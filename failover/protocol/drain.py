@@ -80,7 +80,10 @@ class Drain:
         if run.reported or run.open is None or run.open != run.closing:
             return
         run.reported = True
-        report = {**self._report_of(run, "closed", now), "left": 0, "oldest_s": None, "closing": run.closing}
+        report = drain_report(
+            self.node.setup.name, run.epoch, 0, 0.0, now - run.released_at, "closed",
+            closing=run.closing, error=run.error,
+        )
         self.over = report
         self._tell_peer(run, report, final=False)
         self._report(run.epoch, report)
@@ -117,19 +120,10 @@ class Drain:
 
     def _report_of(self, run: DrainRun, how: str, now: float) -> dict[str, Any]:
         left = -1 if run.open is None else run.open
-        report: dict[str, Any] = {
-            "host": self.node.setup.name,
-            "epoch": run.epoch,
-            "left": None if left < 0 else left,
-            "oldest_s": round(run.oldest_s, 3) if left > 0 else None,
-            "after_s": round(now - run.released_at, 3),
-            "how": how,
-        }
-        if run.closing and left > 0:
-            report["closing"] = run.closing  # of `left`: closed by the server, their clients' FIN not in
-        if run.error:
-            report["error"] = run.error
-        return report
+        return drain_report(
+            self.node.setup.name, run.epoch, left, run.oldest_s, now - run.released_at, how,
+            closing=run.closing if left > 0 else 0, error=run.error,
+        )
 
     def _end(self, run: DrainRun, how: str, now: float) -> DrainState:
         node = self.node
@@ -181,16 +175,10 @@ class Drain:
     def peer_drained(self, msg: wire.Drained, now: float) -> None:
         if msg.epoch in self._peer_reports or (not msg.final and msg.epoch in self._peer_over):
             return  # a copy, or a not-final one that came after the final
-        report: dict[str, Any] = {
-            "host": self.node.setup.peer,
-            "epoch": msg.epoch,
-            "left": None if msg.left < 0 else msg.left,
-            "oldest_s": round(msg.oldest_ms / 1000, 3) if msg.left > 0 else None,
-            "after_s": round(msg.after_ms / 1000, 3),
-            "how": msg.how,
-        }
-        if msg.closing:
-            report["closing"] = msg.closing
+        report = drain_report(
+            self.node.setup.peer, msg.epoch, msg.left, msg.oldest_ms / 1000, msg.after_ms / 1000, msg.how,
+            closing=msg.closing,
+        )
         if not msg.final:
             # Over for the operator; the handoff stays, for the FINs still to come.
             self._peer_over[msg.epoch] = report
@@ -282,3 +270,23 @@ class Drain:
         if run is None or run.epoch != epoch:
             return None, None
         return run.source, run.target
+
+
+def drain_report(
+    host: str, epoch: int, left: int, oldest_s: float, after_s: float, how: str, *, closing: int = 0,
+    error: str = "",
+) -> dict[str, Any]:
+    """A drain's report, as outcomes, status and the journal carry it; `left` -1: not counted."""
+    report: dict[str, Any] = {
+        "host": host,
+        "epoch": epoch,
+        "left": None if left < 0 else left,
+        "oldest_s": round(oldest_s, 3) if left > 0 else None,
+        "after_s": round(after_s, 3),
+        "how": how,
+    }
+    if closing:
+        report["closing"] = closing  # of `left` (or all that is left): closed by the server, FIN to come
+    if error:
+        report["error"] = error
+    return report
