@@ -32,7 +32,14 @@ IPAddress = IPv4Address | IPv6Address
 _ESTABLISHED, _SYN_RECV, _FIN_WAIT1, _FIN_WAIT2 = 1, 3, 4, 5
 _CLOSE_WAIT, _LAST_ACK, _CLOSING, _NEW_SYN_RECV = 8, 9, 11, 12
 OPEN_STATES = (
-    _ESTABLISHED, _SYN_RECV, _FIN_WAIT1, _FIN_WAIT2, _CLOSE_WAIT, _LAST_ACK, _CLOSING, _NEW_SYN_RECV,
+    _ESTABLISHED,
+    _SYN_RECV,
+    _FIN_WAIT1,
+    _FIN_WAIT2,
+    _CLOSE_WAIT,
+    _LAST_ACK,
+    _CLOSING,
+    _NEW_SYN_RECV,
 )
 _STATE_MASK = sum(1 << s for s in OPEN_STATES)
 # How long an orphaned FIN-WAIT-2 waits for the client's FIN before the operator stops waiting with it.
@@ -53,8 +60,11 @@ class Count:
 class ConnectionCounter:
     """Counts the VIP's open connections; remembers when it first saw each, to name the oldest."""
 
-    def __init__(self, vip: IPAddress) -> None:
+    def __init__(self, vip: IPAddress, let_go: Callable[[], frozenset[int]] | None = None) -> None:
         self.vip = vip
+        # Inodes of sockets the server let go of but the drain's hold still closes (connectionhold):
+        # their FIN-WAIT-2 is the server's closed connection as much as an orphan's.
+        self._let_go = let_go
         # A dual-stack listener's IPv4 clients are AF_INET6 sockets with a v4-mapped address.
         self._families = (socket.AF_INET, socket.AF_INET6) if vip.version == 4 else (socket.AF_INET6,)
         self._first_seen: dict[int, float] = {}  # socket cookie -> monotonic time
@@ -75,13 +85,16 @@ class ConnectionCounter:
             raise CountError(f"sock_diag: {err.strerror or err}") from None
         now = time.monotonic() if now is None else now
         vip = str(self.vip)
+        let_go = self._let_go() if self._let_go is not None else frozenset()
         seen: dict[int, float] = {}
         orphans: dict[int, float] = {}
         for msg in replies:
             if msg["idiag_state"] not in OPEN_STATES or not _same(msg["idiag_src"], vip):
                 continue
             cookie = int(msg["idiag_cookie"])
-            if msg["idiag_state"] == _FIN_WAIT2 and msg["idiag_inode"] == 0:  # no process owns it
+            if msg["idiag_state"] == _FIN_WAIT2 and (
+                msg["idiag_inode"] == 0 or msg["idiag_inode"] in let_go
+            ):  # no process owns it, or only the drain's hold
                 orphans[cookie] = self._orphaned_since.get(cookie, now)
             seen[cookie] = self._first_seen.get(cookie, now)
         self._first_seen, self._orphaned_since = seen, orphans
@@ -99,10 +112,15 @@ def _same(address: str, vip: str) -> bool:
     return address == vip or address == f"::ffff:{vip}"
 
 
-async def count_while_draining(vip: IPAddress, every: float, report: Callable[[Count | str], None]) -> None:
+async def count_while_draining(
+    vip: IPAddress,
+    every: float,
+    report: Callable[[Count | str], None],
+    let_go: Callable[[], frozenset[int]] | None = None,
+) -> None:
     """Count now and every `every` seconds until cancelled (the drain ended); a failure is reported as
     its one-line reason, and counting goes on: the core decides what an uncounted drain does."""
-    counter = ConnectionCounter(vip)
+    counter = ConnectionCounter(vip, let_go)
     try:
         while True:
             try:

@@ -15,6 +15,7 @@ import structlog
 
 from failover import handoff, protocol
 from failover.config import ClusterConfig
+from failover.connectionhold import ConnectionHold, HoldError, hold_while_draining
 from failover.connections import Count, count_while_draining
 from failover.netlink import NetlinkError, VipLink
 from failover.protocol import events
@@ -22,6 +23,10 @@ from failover.protocol import events
 log = structlog.get_logger("failover.agent")
 
 DRAIN_COUNT_EVERY = 0.1  # seconds between two counts of the draining host's connections to the VIP
+# Seconds between two looks at the held connections: a request sent after the server let go of one
+# waits up to this long for the FIN that sends its client to a fresh connection (then retried there).
+HOLD_EVERY = 0.001
+HOLD_TAKE_EVERY = 0.1  # seconds between two looks for connections opened during the drain
 
 VipChange = protocol.StartDrain | protocol.Release | protocol.Claim | protocol.EndDrain
 
@@ -47,6 +52,8 @@ class VipChanges:
         self.now = now
         self._vip_ops: asyncio.Queue[VipChange] = asyncio.Queue()
         self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
+        self._hold: ConnectionHold | None = None  # the drain's second reference to its connections
+        self._holding: asyncio.Task[None] | None = None
 
     def put(self, action: VipChange) -> None:
         self._vip_ops.put_nowait(action)
@@ -72,7 +79,11 @@ class VipChanges:
                         events.ConnectionsCounted(epoch, count.open, count.oldest_s, closing=count.closing)
                     )
 
-            self._counting = self._spawn(count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted))
+            self._stop_holding()
+            hold = self._hold = ConnectionHold(self.config.vip.ip)
+            self._counting = self._spawn(
+                count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted, hold.shut_inodes)
+            )
 
     async def carry_out(self) -> None:
         """The VIP's netlink changes, one at a time and in order: the drain copy before the release."""
@@ -118,6 +129,30 @@ class VipChanges:
         except (NetlinkError, TimeoutError) as err:
             # The release goes on: in-flight connections may be reset, the VIP still moves.
             log.error("drain-start-failed", epoch=action.epoch, error=str(err) or "timed out")
+        await self._hold_connections(action.epoch)
+
+    async def _hold_connections(self, epoch: int) -> None:
+        """Before the release (and so before the drain hooks): a second reference to each connection,
+        so that the web server's close of an idle one is made in order (connectionhold)."""
+        hold = self._hold
+        if hold is None:
+            return
+        try:
+            step = self.config.swap.step_timeout_ms / 1000
+            taken = await asyncio.wait_for(asyncio.to_thread(hold.take), step)
+        except (HoldError, TimeoutError) as err:
+            log.warning("connections-not-held", epoch=epoch, error=str(err) or "timed out")
+            return
+        log.info("connections-held", epoch=epoch, held=taken, error=hold.error or None)
+        self._holding = self._spawn(hold_while_draining(hold, HOLD_EVERY, HOLD_TAKE_EVERY))
+
+    def _stop_holding(self) -> None:
+        if self._holding is not None:
+            self._holding.cancel()  # its end closes what it held
+            self._holding = None
+        elif self._hold is not None:
+            self._hold.close()
+        self._hold = None
 
     async def _release(self, action: protocol.Release) -> None:
         ok, error = True, ""
@@ -131,6 +166,10 @@ class VipChanges:
 
     async def _end_drain(self, action: protocol.EndDrain) -> None:
         step = self.config.swap.step_timeout_ms / 1000
+        if self._hold is not None:
+            log.info("connections-let-go", epoch=action.epoch, held=len(self._hold.held),
+                     discarded_bytes=self._hold.discarded)  # fmt: skip
+        self._stop_holding()
         try:
             await asyncio.wait_for(self.link.end_drain(), step)
             held = await asyncio.wait_for(self.link.holds(), step)
