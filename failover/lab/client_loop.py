@@ -44,7 +44,6 @@ from failover.lab.rstwatch import RstCounter
 MAX_DURATION_S = 900.0
 MAX_REQUESTS = 200_000
 MAX_IN_FLIGHT = 8_000
-_READ_LIMIT = 64 * 1024
 _STOP_FILE_POLL_S = 0.02
 
 
