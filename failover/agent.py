@@ -32,6 +32,7 @@ from failover import (
     sdnotify,
 )
 from failover.accesslog import LogFormat
+from failover.agentcontext import AgentContext
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
 from failover.confirm import LogWatcher
 from failover.controlcommands import ControlCommands
@@ -92,12 +93,11 @@ class Agent:
             spawn=self._spawn,
             now=self.now,
         )
-        self.handoff_rule = HandoffRule(
-            config, node, report=self._report, spawn=self._spawn, now=self.now
-        )
+        self.context = AgentContext(config, node, report=self._report, spawn=self._spawn, now=self.now)
+        self.handoff_rule = HandoffRule(self.context)
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
-        self.hooks = HookRuns(config, node, report=self._report, spawn=self._spawn)
+        self.hooks = HookRuns(self.context)
         self.rejections = RejectionLog(log)
         self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
         self.journal = NoticeJournal(config, node)
@@ -117,14 +117,9 @@ class Agent:
             self.link = await VipLink.open(node.interface, cfg.vip.address)
         except NetlinkError as err:
             raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
-        self.vip_changes = VipChanges(
-            self.link, cfg, fault=self.fault, report=self._report, spawn=self._spawn,
-            failed=self._task_failed, now=self.now,
-        )
-        self.host_checks = HostChecks(
-            cfg, node, self.link, report=self._report, vip_changes_done=self.vip_changes.done
-        )
-        self.stragglers = StragglerReports(cfg, node, self.link.mac, report=self._report, spawn=self._spawn)
+        self.vip_changes = VipChanges(self.context, self.link, fault=self.fault, failed=self._task_failed)
+        self.host_checks = HostChecks(self.context, self.link, vip_changes_done=self.vip_changes.done)
+        self.stragglers = StragglerReports(self.context, self.link.mac)
         try:
             self.announcer = announce.Announcer(node.interface, cfg.vip.ip, self.link.mac)
         except announce.AnnounceError as err:

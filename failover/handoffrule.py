@@ -8,34 +8,24 @@ removed at once when the agent stops. The rule itself (nftables, ss) is `failove
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 
 from failover import handoff
-from failover.config import ClusterConfig, NodeConfig
+from failover.agentcontext import AgentContext
 from failover.protocol import events
 
 log = structlog.get_logger("failover.agent")
 
 
 class HandoffRule:
-    def __init__(
-        self,
-        config: ClusterConfig,
-        node: NodeConfig,
-        *,
-        report: Callable[[events.Event], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
-        now: Callable[[], float],
-    ) -> None:
-        self.config = config
-        self.node = node
-        self.peer = config.peer_of(node.name)
-        self._report = report
-        self._spawn = spawn
-        self.now = now
+    def __init__(self, ctx: AgentContext) -> None:
+        self.config = ctx.config
+        self.node = ctx.node
+        self.peer = ctx.peer
+        self._report = ctx.report
+        self._spawn = ctx.spawn
+        self.now = ctx.now
         self._handoff_end: asyncio.TimerHandle | None = None
         self._handoff_install: asyncio.Task[None] | None = None
 

@@ -9,13 +9,11 @@ when is the core's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 
 from failover import protocol
-from failover.config import ClusterConfig, NodeConfig
+from failover.agentcontext import AgentContext
 from failover.hooks import run_all, run_hook
 from failover.protocol import events
 
@@ -23,19 +21,12 @@ log = structlog.get_logger("failover.agent")
 
 
 class HookRuns:
-    def __init__(
-        self,
-        config: ClusterConfig,
-        node: NodeConfig,
-        *,
-        report: Callable[[events.Event], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
-    ) -> None:
-        self.config = config
-        self.node = node
-        self.peer = config.peer_of(node.name)
-        self._report = report
-        self._spawn = spawn
+    def __init__(self, ctx: AgentContext) -> None:
+        self.config = ctx.config
+        self.node = ctx.node
+        self.peer = ctx.peer
+        self._report = ctx.report
+        self._spawn = ctx.spawn
         self._hook_lock = asyncio.Lock()  # hooks of successive events run one after another, in order
 
     def env(self, event: str, **extra: str | None) -> dict[str, str]:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from failover import check, protocol
-from failover.config import ClusterConfig, NodeConfig
+from failover.agentcontext import AgentContext
 from failover.health import canary_token, canary_url, check_health
 from failover.netlink import NetlinkError, VipLink
 from failover.protocol import events
@@ -24,19 +24,13 @@ log = structlog.get_logger("failover.agent")
 
 class HostChecks:
     def __init__(
-        self,
-        config: ClusterConfig,
-        node: NodeConfig,
-        link: VipLink,
-        *,
-        report: Callable[[events.Event], None],
-        vip_changes_done: Callable[[], Awaitable[None]],
+        self, ctx: AgentContext, link: VipLink, *, vip_changes_done: Callable[[], Awaitable[None]]
     ) -> None:
-        self.config = config
-        self.node = node
-        self.peer = config.peer_of(node.name)
+        self.config = ctx.config
+        self.node = ctx.node
+        self.peer = ctx.peer
         self.link = link
-        self._report = report
+        self._report = ctx.report
         self._vip_changes_done = vip_changes_done  # every netlink change asked for so far is carried out
 
     async def ready_check(self, action: protocol.CheckHealth) -> None:

@@ -8,13 +8,11 @@ straggler is `failover.stragglers`'; what to do about one is the core's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import structlog
 
 from failover import announce
-from failover.config import ClusterConfig, NodeConfig
+from failover.agentcontext import AgentContext
 from failover.protocol import events
 from failover.stragglers import StragglerWatch
 
@@ -24,21 +22,13 @@ STRAGGLER_REPORT_INTERVAL = 0.1  # how often the old holder passes what its stra
 
 
 class StragglerReports:
-    def __init__(
-        self,
-        config: ClusterConfig,
-        node: NodeConfig,
-        mac: str,
-        *,
-        report: Callable[[events.Event], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
-    ) -> None:
-        self.config = config
-        self.node = node
-        self.peer = config.peer_of(node.name)
+    def __init__(self, ctx: AgentContext, mac: str) -> None:
+        self.config = ctx.config
+        self.node = ctx.node
+        self.peer = ctx.peer
         self.mac = mac  # this host's, on the VIP's interface
-        self._report = report
-        self._spawn = spawn
+        self._report = ctx.report
+        self._spawn = ctx.spawn
         self._stragglers: tuple[int, StragglerWatch, asyncio.Task[None]] | None = None
 
     def watch(self, epoch: int) -> None:

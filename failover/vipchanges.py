@@ -8,13 +8,13 @@ closing what a drain leaves behind. Decides nothing: what changes and when is th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, assert_never
+from collections.abc import Callable
+from typing import assert_never
 
 import structlog
 
 from failover import handoff, protocol
-from failover.config import ClusterConfig
+from failover.agentcontext import AgentContext
 from failover.connectionhold import ConnectionHold, HoldError, hold_while_draining
 from failover.connections import Count, count_while_draining
 from failover.netlink import NetlinkError, VipLink
@@ -32,24 +32,14 @@ VipChange = protocol.StartDrain | protocol.Release | protocol.Claim | protocol.E
 
 
 class VipChanges:
-    def __init__(
-        self,
-        link: VipLink,
-        config: ClusterConfig,
-        *,
-        fault: str,
-        report: Callable[[events.Event], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
-        failed: Callable[[], None],
-        now: Callable[[], float],
-    ) -> None:
+    def __init__(self, ctx: AgentContext, link: VipLink, *, fault: str, failed: Callable[[], None]) -> None:
         self.link = link
-        self.config = config
+        self.config = ctx.config
         self.fault = fault  # test-only fault injection (agent.FAULT_ENV)
-        self._report = report
-        self._spawn = spawn
+        self._report = ctx.report
+        self._spawn = ctx.spawn
         self._failed = failed  # one more task that ended with an exception
-        self.now = now
+        self.now = ctx.now
         self._vip_ops: asyncio.Queue[VipChange] = asyncio.Queue()
         self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._hold: ConnectionHold | None = None  # the drain's second reference to its connections

@@ -208,7 +208,7 @@ class NodePair:
         for node in self.nodes.values():
             # Every state a node is in is a row of its own machine's table.
             records = [*node._dry.values(), *([node.run] if node.run is not None else [])]
-            records += [node.drainer.run] if node.drainer.run is not None else []
+            records += node.drainer.records()
             for record in records:
                 assert record.state in MACHINE_OF[type(record.state)].rows, record
 

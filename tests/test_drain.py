@@ -6,13 +6,46 @@ the VIP while that node drains.
 
 from __future__ import annotations
 
+import pytest
+
+from failover import wire
 from failover.protocol.drain import DRAINED_COPIES
-from tests.nodepair import NodePair
+from failover.protocol.runs import DrainedCopies, DrainWait, KeptHandoff
+from failover.protocol.states import DrainedCopyState, DrainWaitState, HandoffState, Timeout
+from tests.nodepair import KEY, NodePair
 
 
 def settled(pair: NodePair) -> NodePair:
     pair.run(0.3)
     return pair
+
+
+def _lose_drained(pair: NodePair) -> list[float]:
+    """Every Drained is lost on the link from now on; returns the times they were sent."""
+    lost: list[float] = []
+    transmit = pair._transmit
+
+    def lossy(to: str, data: bytes) -> None:
+        if isinstance(wire.decode(data, (KEY,)).message, wire.Drained):
+            lost.append(pair.now)
+            return
+        transmit(to, data)
+
+    pair._transmit = lossy  # type: ignore[method-assign]
+    return lost
+
+
+def _first_seen(pair: NodePair, name: str, kind: type[object]) -> list[tuple[float, object]]:
+    """When a record of `kind` first appears among `name`'s drain records, and the record."""
+    seen: list[tuple[float, object]] = []
+
+    def look(p: NodePair) -> None:
+        for record in p.nodes[name].drainer.records():
+            if isinstance(record, kind) and all(r is not record for _, r in seen):
+                seen.append((p.now, record))
+
+    pair.checks.append(look)
+    return seen
 
 
 def _report(pair: NodePair, name: str, cid: int) -> dict[str, object]:
@@ -230,3 +263,119 @@ def test_without_the_handoff_the_move_goes_on_and_both_outcomes_say_what_was_los
     plain.run(1.0)
     fine = plain.outcome("live", cid)
     assert fine is not None and fine.handoff_error is None
+
+
+# --- the tables around the drain (states.KEPT_HANDOFF, DRAIN_WAIT, RESEND_DRAINED), on the fake clock ---
+
+
+def test_with_no_drained_the_kept_handoff_ends_after_the_peers_drain_max_and_two_steps() -> None:
+    pair = settled(NodePair(drain=0.5, drain_max=3.0))
+    pair.connections["live"] = 1  # live drains until its drain_max
+    lost = _lose_drained(pair)
+    kept = _first_seen(pair, "backup", KeptHandoff)
+    pair.command("live", "swap")
+    pair.run(1.0)
+    [(claimed_at, handoff)] = kept
+    assert isinstance(handoff, KeptHandoff) and handoff.state is HandoffState.KEPT
+    bound = 3.0 + 2 * pair.timing.step_timeout
+    assert handoff.deadline == pytest.approx(claimed_at + bound)
+    pair.run(claimed_at + bound - 0.001 - pair.now)
+    assert lost and pair.handoffs == {"backup": handoff.epoch}  # live's drain ended, its word lost
+    pair.run(0.002)
+    assert pair.handoffs == {} and handoff.state is HandoffState.ENDED and handoff.deadline is None
+    ended = [n.detail for _, n in pair.notices if n.event == "handoff-ended-unreported"]
+    assert ended == [{"epoch": handoff.epoch}]
+
+
+def test_the_peers_final_drained_ends_the_kept_handoff_at_once() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = 1
+    kept = _first_seen(pair, "backup", KeptHandoff)
+    pair.command("live", "swap")
+    pair.run(1.0)
+    [(_, handoff)] = kept
+    assert isinstance(handoff, KeptHandoff) and handoff.state is HandoffState.KEPT
+    pair.connections["live"] = 0
+    pair.run(0.15)
+    assert handoff.state is HandoffState.ENDED and pair.handoffs == {}
+    assert not [n for _, n in pair.notices if n.event == "handoff-ended-unreported"]
+
+
+def test_a_new_handoff_replaces_the_kept_one_and_its_bound_ends_nothing() -> None:
+    pair = settled(NodePair(drain=0.5, drain_max=3.0))
+    pair.connections["live"] = pair.connections["backup"] = 1
+    _lose_drained(pair)
+    kept = _first_seen(pair, "backup", KeptHandoff)
+    pair.command("live", "swap")
+    pair.run(1.0)
+    pair.command("live", "unswap")
+    pair.run(1.0)
+    pair.command("live", "swap")  # backup is the target again: it places a handoff of its own
+    pair.run(0.5)
+    first = kept[0][1]
+    assert isinstance(first, KeptHandoff) and first.state is HandoffState.ENDED
+    newest = pair.handoffs["backup"]
+    assert newest > first.epoch
+    pair.run(5.0)  # well past the first one's bound
+    ended = [n.detail["epoch"] for name, n in pair.notices
+             if name == "backup" and n.event == "handoff-ended-unreported"]  # fmt: skip
+    assert first.epoch not in ended
+
+
+def test_a_waiting_command_hears_no_report_after_the_drain_max_and_two_steps() -> None:
+    pair = settled(NodePair(drain=0.5, drain_max=3.0))
+    pair.connections["live"] = 1
+    _lose_drained(pair)
+    waits = _first_seen(pair, "backup", DrainWait)
+    cid = pair.command("backup", "swap")
+    pair.run(1.0)
+    out = pair.outcome("backup", cid)
+    assert out is not None and out.ok and out.drain == {"host": "live", "epoch": out.epoch, "pending": True}
+    [(finished_at, wait)] = waits
+    assert isinstance(wait, DrainWait) and wait.state is DrainWaitState.WAITING and wait.command == cid
+    bound = 3.0 + 2 * pair.timing.step_timeout
+    assert wait.deadline == pytest.approx(finished_at + bound)
+    pair.run(finished_at + bound - 0.001 - pair.now)
+    assert pair.drain_reports["backup"] == []
+    pair.run(0.002)
+    no_report = {"host": "live", "epoch": out.epoch, "left": None, "how": "no-report"}
+    assert _report(pair, "backup", cid) == no_report
+    assert wait.state is DrainWaitState.TOLD
+    assert not [r for r in pair.nodes["backup"].drainer.records() if isinstance(r, DrainWait)]
+
+
+def test_a_waiting_command_is_told_the_report_when_it_comes() -> None:
+    pair = settled(NodePair(drain=0.5))
+    pair.connections["live"] = 1
+    waits = _first_seen(pair, "live", DrainWait)
+    cid = pair.command("live", "swap")
+    pair.run(1.0)
+    [(_, wait)] = waits
+    assert isinstance(wait, DrainWait) and wait.state is DrainWaitState.WAITING
+    pair.connections["live"] = 0
+    pair.run(0.15)
+    assert wait.state is DrainWaitState.TOLD and _report(pair, "live", cid)["how"] == "closed"
+
+
+def test_the_drained_copies_ride_exactly_the_next_heartbeats() -> None:
+    pair = settled(NodePair(drain=0.3))
+    live = pair.nodes["live"]
+    copies = _first_seen(pair, "live", DrainedCopies)
+    pair.command("live", "swap")
+    pair.run(0.31)
+    [(_, record)] = copies
+    assert isinstance(record, DrainedCopies) and record.state is DrainedCopyState.RESENDING
+    assert record.beats_left == DRAINED_COPIES and record.deadline is None  # counted, not timed
+    assert live.sent["drained"] == 1
+    for sent in range(1, DRAINED_COPIES + 1):
+        heartbeats = live.sent["heartbeat"]
+        while live.sent["heartbeat"] == heartbeats:
+            pair.run(0.001)
+        assert live.sent["drained"] == 1 + sent and record.beats_left == DRAINED_COPIES - sent
+    assert record.state is DrainedCopyState.RESENT
+    pair.run(1.0)
+    assert live.sent["drained"] == 1 + DRAINED_COPIES
+
+
+def test_the_copies_timeout_is_named_by_its_count() -> None:
+    assert str(Timeout.COPIES) == f"{DRAINED_COPIES} heartbeats"

@@ -11,7 +11,8 @@ import pytest
 from failover import protocol, wire
 from failover.protocol import diagram
 from failover.protocol.events import ClaimDone, HealthDone, VipObserved
-from failover.protocol.states import MACHINE_OF, MACHINES, Input, State
+from failover.protocol.states import MACHINE_OF, MACHINES, RESEND_DRAINED, DrainedCopyState, Input, State
+from failover.protocol.timeouts import HEARTBEATS
 from failover.reference import section_of
 from tests.nodepair import KEY, NodePair
 
@@ -41,6 +42,12 @@ def test_a_timeout_and_its_row_come_together() -> None:
             assert (row.timeout is not None) == (Input.DEADLINE in row.on), (machine.name, state)
             if row.terminal:
                 assert row.finished and row.timeout is None, (machine.name, state)
+
+
+def test_a_timeout_counted_in_heartbeats_is_only_the_drained_copies() -> None:
+    # The node counts such a timeout on the one record that has a count (DrainedCopies.beats_left).
+    counted = [(m.name, s) for m in MACHINES for s, r in m.rows.items() if r.timeout in HEARTBEATS]
+    assert counted == [(RESEND_DRAINED.name, DrainedCopyState.RESENDING)]
 
 
 def test_every_effect_a_table_names_is_a_method_of_its_machine() -> None:

@@ -1,11 +1,12 @@
 """`failover lab bench`: failover's own swap figures, and the same moves by the anchors, side by side.
 
 The entry point (`failover lab bench`, `python -m failover.lab.bench`) and the import path of the
-bench's parts, which live in their own modules: ``scenarios.py`` drives the labs and measures,
-``figures.py`` computes over the measured samples, ``render.py`` writes the reports, and
-``idle_cost.py`` reads a daemon's idle CPU/RSS from /proc. The contenders themselves live in
-``contenders.py``. Every figure comes from a measured record; a contender that cannot run gets a row
-saying why, never a number.
+bench's parts, which live in their own modules: ``scenarios.py`` runs the chosen scenarios into one
+report (each scenario in a module of its own: ``own_moves.py``, ``crashes.py``, ``soak.py``,
+``unconfirmable.py``, ``anchors.py``; ``measure.py`` measures one move), ``figures.py`` computes over
+the measured samples, ``render.py`` writes the reports, and ``idle_cost.py`` reads a daemon's idle
+CPU/RSS from /proc. The contenders themselves live in ``contenders.py``. Every figure comes from a
+measured record; a contender that cannot run gets a row saying why, never a number.
 """
 
 from __future__ import annotations

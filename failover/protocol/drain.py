@@ -11,9 +11,12 @@ Old holder (the node that released)          New holder
   EndDrain; Drained(E) ------------------->   EndHandoff
 
 The old holder's side is the drain table (`states.DRAIN`), one `DrainRun` per release; its effects are
-here. The new holder keeps its handoff past the move's end until Drained arrives, or until the old
-holder's drain_max_ms (and two steps) have passed with no word. A command that waits for the drain gets
-its report as DrainReported; every outcome says what it knows of the drain (`drain_report`).
+here, with those of the three small tables around it. The new holder keeps its handoff past the move's
+end until Drained arrives, or until the old holder's drain_max_ms (and two steps) have passed with no
+word (`states.KEPT_HANDOFF`, a `KeptHandoff`); the old holder sends its last Drained again with its next
+heartbeats (`states.RESEND_DRAINED`, a `DrainedCopies`). A command that waits for the drain gets its
+report as DrainReported, or word that none came in time (`states.DRAIN_WAIT`, a `DrainWait`); every
+outcome says what it knows of the drain (`drain_report`).
 """
 
 from __future__ import annotations
@@ -23,20 +26,32 @@ from typing import TYPE_CHECKING, Any
 from failover import wire
 from failover.protocol import actions as a
 from failover.protocol import events as e
-from failover.protocol.runs import AnyRun, DrainRun, SourceRun, TargetRun
-from failover.protocol.states import DrainState
+from failover.protocol.runs import (
+    AnyRun,
+    DrainedCopies,
+    DrainRecord,
+    DrainRun,
+    DrainWait,
+    KeptHandoff,
+    SourceRun,
+    TargetRun,
+)
+from failover.protocol.states import DrainedCopyState, DrainState, DrainWaitState, HandoffState, Input
+from failover.protocol.timeouts import DRAINED_COPIES
 
 if TYPE_CHECKING:
     from failover.protocol.node import Node
 
-DR = DrainState
+DR, HO, DW, DC = DrainState, HandoffState, DrainWaitState, DrainedCopyState
 
-DRAINED_COPIES = 3  # Drained goes out again with this many heartbeats: a lost one costs a handoff's life
+__all__ = ["DRAINED_COPIES", "PEER_REPORTS_KEPT", "Drain", "drain_report"]
+
 PEER_REPORTS_KEPT = 8
 
 
 class Drain:
-    """Effects of the drain table, the new holder's handoff lifetime, and the reports to commands."""
+    """Effects of the drain table and of the tables around it: the new holder's kept handoff, the
+    commands waiting for a drain's report, the old holder's Drained copies."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -45,10 +60,9 @@ class Drain:
         self.over: dict[str, Any] | None = None  # the report when only clients' FINs were left
         self._peer_reports: dict[int, dict[str, Any]] = {}  # epoch -> the peer's Drained, as a report
         self._peer_over: dict[int, dict[str, Any]] = {}  # epoch -> the peer's not-final Drained
-        self._handoff: tuple[int, float] | None = None  # (epoch, until): kept for the peer's drain
-        self._waiting: dict[int, list[tuple[int, float]]] = {}  # epoch -> [(command, give up at)]
-        self._copies: list[wire.Drained] = []  # Drained still to resend with the next heartbeats
-        self._copies_left = 0
+        self._handoff: KeptHandoff | None = None  # kept for the peer's drain
+        self._waiting: dict[int, list[DrainWait]] = {}  # epoch -> the commands waiting for its report
+        self._copies: DrainedCopies | None = None  # the last Drained, resent with the next heartbeats
 
     # --- the old holder: one drain per release ---------------------------------------------------------
 
@@ -85,8 +99,8 @@ class Drain:
             closing=run.closing, error=run.error,
         )
         self.over = report
-        self._tell_peer(run, report, final=False)
-        self._report(run.epoch, report)
+        self._tell_peer(run, report, now, final=False)
+        self._report(run.epoch, report, now)
 
     def served_minimum(self, run: DrainRun, _: None, now: float) -> DrainState:
         if run.open is None and run.error:
@@ -131,11 +145,11 @@ class Drain:
         self.last = report
         node.emit(a.EndDrain(run.epoch))
         node.emit(a.Notice("drained", report))
-        self._tell_peer(run, report, final=True)
-        self._report(run.epoch, report)
+        self._tell_peer(run, report, now, final=True)
+        self._report(run.epoch, report, now)
         return DR.DRAINED
 
-    def _tell_peer(self, run: DrainRun, report: dict[str, Any], *, final: bool) -> None:
+    def _tell_peer(self, run: DrainRun, report: dict[str, Any], now: float, *, final: bool) -> None:
         left = report["left"]
         drained = wire.Drained(
             epoch=run.epoch,
@@ -147,14 +161,15 @@ class Drain:
             final=final,
         )
         self.node.send(drained)
-        self._copies, self._copies_left = [drained], DRAINED_COPIES
+        # A lost Drained would keep the peer's handoff for drain_max_ms: it rides the next heartbeats too.
+        self._copies = DrainedCopies(drained)
+        self.node.begin_record(self._copies, DC.RESENDING, now)
 
-    def on_heartbeat(self) -> None:
-        """A lost Drained would keep the peer's handoff for drain_max_ms: it rides the next heartbeats too."""
-        if self._copies_left > 0:
-            self._copies_left -= 1
-            for msg in self._copies:
-                self.node.send(msg)
+    def resend_drained(self, copies: DrainedCopies, _: None, now: float) -> None:
+        self.node.send(copies.message)
+
+    def copies_sent(self, copies: DrainedCopies, _: None, now: float) -> None:
+        pass
 
     # --- the new holder: the handoff lives as long as the peer's drain ------------------------------------
 
@@ -164,13 +179,26 @@ class Drain:
         if self._peer_reports.get(run.epoch) is not None:
             self.node.emit(a.EndHandoff(run.epoch, after=0.0))
             return
-        self._handoff = (run.epoch, now + peer_drain_max + 2 * self.node.timing.step_timeout)
+        self._handoff = KeptHandoff(run.epoch, peer_drain_max)
+        self.node.begin_record(self._handoff, HO.KEPT, now)
 
-    def place_handoff(self, run: AnyRun) -> None:
+    def place_handoff(self, run: AnyRun, now: float) -> None:
         """A new handoff replaces whatever rule an earlier move left: its end is no longer ours to ask."""
-        self._handoff = None
+        kept = self._handoff
+        if kept is not None and kept.state is HO.KEPT:
+            self.node.dispatch(kept, Input.HANDOFF_PLACED, None, now)
         run.handoff = True
         self.node.emit(a.Handoff(run.epoch))
+
+    def peer_drained_final(self, kept: KeptHandoff, msg: wire.Drained, now: float) -> None:
+        self.node.emit(a.EndHandoff(msg.epoch, after=0.0))
+
+    def handoff_replaced(self, kept: KeptHandoff, _: None, now: float) -> None:
+        pass  # the new rule took its place: no EndHandoff, or it would take the new one away
+
+    def handoff_unreported(self, kept: KeptHandoff, _: None, now: float) -> None:
+        self.node.emit(a.Notice("handoff-ended-unreported", {"epoch": kept.epoch}))
+        self.node.emit(a.EndHandoff(kept.epoch, after=0.0))
 
     def peer_drained(self, msg: wire.Drained, now: float) -> None:
         if msg.epoch in self._peer_reports or (not msg.final and msg.epoch in self._peer_over):
@@ -184,21 +212,21 @@ class Drain:
             self._peer_over[msg.epoch] = report
             while len(self._peer_over) > PEER_REPORTS_KEPT:
                 del self._peer_over[min(self._peer_over)]
-            self._report(msg.epoch, report)
+            self._report(msg.epoch, report, now)
             return
         self._peer_reports[msg.epoch] = report
         while len(self._peer_reports) > PEER_REPORTS_KEPT:
             del self._peer_reports[min(self._peer_reports)]
-        if self._handoff is not None and self._handoff[0] == msg.epoch:
-            self._handoff = None
-            self.node.emit(a.EndHandoff(msg.epoch, after=0.0))
-        self._report(msg.epoch, report)
+        kept = self._handoff
+        if kept is not None and kept.state is HO.KEPT and kept.epoch == msg.epoch:
+            self.node.dispatch(kept, Input.DRAINED, msg, now)
+        self._report(msg.epoch, report, now)
 
     # --- what an outcome says of the drain, and commands that wait for it ----------------------------------
 
     def expect(self, run: AnyRun, *, ok: bool, rolled_back: bool, now: float) -> dict[str, Any] | None:
         """The drain that follows this move's end: its report if in, else who drains ("pending")."""
-        node, setup = self.node, self.node.setup
+        setup = self.node.setup
         if (ok and isinstance(run, SourceRun)) or (rolled_back and isinstance(run, TargetRun)):
             drain = self.run
             if drain is None or drain.epoch != run.epoch:
@@ -207,7 +235,7 @@ class Drain:
                 return self.last
             if drain.reported:
                 return self.over
-            self._wait(run, now + setup.drain_max + 2 * node.timing.step_timeout)
+            self._wait(run, setup.drain_max, now)
             return {"host": setup.name, "epoch": run.epoch, "pending": True}
         if (ok and isinstance(run, TargetRun)) or (rolled_back and isinstance(run, SourceRun)):
             if run.peer_drain <= 0:
@@ -215,40 +243,47 @@ class Drain:
             known = self._peer_reports.get(run.epoch) or self._peer_over.get(run.epoch)
             if known is not None:
                 return known
-            self._wait(run, now + run.peer_drain_max + 2 * node.timing.step_timeout)
+            self._wait(run, run.peer_drain_max, now)
             return {"host": setup.peer, "epoch": run.epoch, "pending": True}
         return None
 
-    def _wait(self, run: AnyRun, until: float) -> None:
+    def _wait(self, run: AnyRun, drain_max: float, now: float) -> None:
         if run.command is not None:
-            self._waiting.setdefault(run.epoch, []).append((run.command, until))
+            wait = DrainWait(run.command, run.epoch, drain_max)
+            self._waiting.setdefault(run.epoch, []).append(wait)
+            self.node.begin_record(wait, DW.WAITING, now)
 
-    def _report(self, epoch: int, report: dict[str, Any]) -> None:
-        for command, _ in self._waiting.pop(epoch, []):
-            self.node.emit(a.DrainReported(command, epoch, report))
+    def _report(self, epoch: int, report: dict[str, Any], now: float) -> None:
+        for wait in list(self._waiting.get(epoch, [])):
+            self.node.dispatch(wait, Input.DRAIN_REPORT, report, now)
+
+    def tell_report(self, wait: DrainWait, report: dict[str, Any], now: float) -> None:
+        self._done_waiting(wait)
+        self.node.emit(a.DrainReported(wait.command, wait.epoch, report))
+
+    def no_report(self, wait: DrainWait, _: None, now: float) -> None:
+        self._done_waiting(wait)
+        report = {"host": self.node.setup.peer, "epoch": wait.epoch, "left": None, "how": "no-report"}
+        self.node.emit(a.DrainReported(wait.command, wait.epoch, report))
+
+    def _done_waiting(self, wait: DrainWait) -> None:
+        waiters = self._waiting[wait.epoch]
+        waiters.remove(wait)
+        if not waiters:
+            del self._waiting[wait.epoch]
 
     # --- time ----------------------------------------------------------------------------------------
 
-    def deadlines(self) -> list[float]:
-        times = [until for waiters in self._waiting.values() for _, until in waiters]
-        if self._handoff is not None:
-            times.append(self._handoff[1])
-        return times
-
-    def on_timer(self, now: float) -> None:
-        if self._handoff is not None and now >= self._handoff[1]:
-            epoch, _ = self._handoff
-            self._handoff = None
-            self.node.emit(a.Notice("handoff-ended-unreported", {"epoch": epoch}))
-            self.node.emit(a.EndHandoff(epoch, after=0.0))
-        for epoch, waiters in list(self._waiting.items()):
-            due = [w for w in waiters if now >= w[1]]
-            for command, until in due:
-                waiters.remove((command, until))
-                report = {"host": self.node.setup.peer, "epoch": epoch, "left": None, "how": "no-report"}
-                self.node.emit(a.DrainReported(command, epoch, report))
-            if not waiters:
-                del self._waiting[epoch]
+    def records(self) -> list[DrainRecord]:
+        """Every record of the drain's tables here, in the order their timeouts are looked at."""
+        records: list[DrainRecord] = []
+        for record in (self.run, self._handoff):
+            if record is not None:
+                records.append(record)
+        records += [wait for waiters in self._waiting.values() for wait in waiters]
+        if self._copies is not None:
+            records.append(self._copies)
+        return records
 
     def status(self, now: float) -> dict[str, Any] | None:
         run = self.run

@@ -23,12 +23,15 @@ from failover.protocol.host import HostWatch
 from failover.protocol.moves import Moves
 from failover.protocol.peer import PeerWatch
 from failover.protocol.results import Outcome
-from failover.protocol.runs import AnyRun, DrainRun, DryRun, SourceRun, TargetRun
+from failover.protocol.runs import AnyRun, DrainedCopies, DryRun, Record, SourceRun, TargetRun
 from failover.protocol.setup import NodeSetup
 from failover.protocol.states import (
     DRAIN,
+    DRAIN_WAIT,
     DRY_RUN,
+    KEPT_HANDOFF,
     MACHINE_OF,
+    RESEND_DRAINED,
     ROLLBACK,
     SWAP_SOURCE,
     SWAP_TARGET,
@@ -42,9 +45,9 @@ from failover.protocol.states import (
 from failover.protocol.status import node_status
 from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, straggler_report
 from failover.protocol.takeover import Takeover
-from failover.protocol.timeouts import seconds
+from failover.protocol.timeouts import HEARTBEATS, seconds
 
-Record = AnyRun | DryRun | DrainRun
+__all__ = ["Node", "Record"]
 
 _RESULT_INPUTS: dict[type[Any], Input] = {
     e.BeforeReleaseDone: Input.BEFORE_RELEASE_DONE,
@@ -105,6 +108,9 @@ class Node(PeerWatch, HostWatch):
             TAKEOVER.name: self.takeover,
             DRY_RUN.name: self.dry_runs,
             DRAIN.name: self.drainer,
+            KEPT_HANDOFF.name: self.drainer,
+            DRAIN_WAIT.name: self.drainer,
+            RESEND_DRAINED.name: self.drainer,
         }
         self._actions: list[a.Action] = []
         self._seq = itertools.count(1)
@@ -147,14 +153,11 @@ class Node(PeerWatch, HostWatch):
             deadlines.append(max(self.peer_seen + self.timing.dead_after + 0.001, self._takeover_not_before))
         if self._announce_due:
             deadlines.append(self._announce_due[0])
-        deadlines += self.drainer.deadlines()
         if self.takeover.measure_due is not None:
             deadlines.append(self.takeover.measure_due)  # the next timing of the peer's kernel
         if self._nobody_since is not None and self._held_last():
             deadlines.append(max(self._nobody_since + self.recover_after, self._takeover_not_before))
-        records: list[Record] = [*self._dry.values()]
-        if self.drainer.run is not None:
-            records.append(self.drainer.run)
+        records: list[Record] = [*self._dry.values(), *self.drainer.records()]
         if self.run is not None:
             records.append(self.run)
         for record in records:
@@ -289,12 +292,12 @@ class Node(PeerWatch, HostWatch):
                 )
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
-            self.drainer.on_heartbeat()
+            for record in self.drainer.records():
+                self._heartbeat_sent(record, now)
         self._announce_if_due(now)
         self.takeover.measure_if_due(now)
-        if self.drainer.run is not None:
-            self._deadline(self.drainer.run, now)
-        self.drainer.on_timer(now)
+        for record in self.drainer.records():
+            self._deadline(record, now)
         for dry in list(self._dry.values()):
             if dry.resend_at is not None and now >= dry.resend_at and dry.request is not None:
                 self.send(dry.request)
@@ -366,7 +369,11 @@ class Node(PeerWatch, HostWatch):
 
     def _arm(self, record: Record, state: State, now: float, *, transmitted: bool) -> None:
         r = row(state)
-        record.deadline = None if r.timeout is None else now + seconds(r.timeout, self.setup, record, now)
+        if r.timeout in HEARTBEATS:
+            assert isinstance(record, DrainedCopies)
+            record.deadline, record.beats_left = None, HEARTBEATS[r.timeout]
+        else:
+            record.deadline = None if r.timeout is None else now + seconds(r.timeout, self.setup, record, now)
         if r.terminal or not transmitted:
             record.resend_at = None  # what the last state resent was answered, or no longer matters
 
@@ -374,6 +381,15 @@ class Node(PeerWatch, HostWatch):
         if record.deadline is not None and now >= record.deadline:
             record.deadline = None
             self.dispatch(record, Input.DEADLINE, None, now)
+
+    def _heartbeat_sent(self, record: Record, now: float) -> None:
+        """A heartbeat went out: to the rows that listen for it, and to a timeout counted in heartbeats."""
+        if Input.HEARTBEAT_SENT in row(record.state).on:
+            self.dispatch(record, Input.HEARTBEAT_SENT, None, now)
+        if isinstance(record, DrainedCopies) and record.beats_left > 0:
+            record.beats_left -= 1
+            if record.beats_left == 0:
+                self.dispatch(record, Input.DEADLINE, None, now)
 
     def _to_run(self, epoch: int, inp: Input, event: object, now: float) -> None:
         run = self.run

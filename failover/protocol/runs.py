@@ -12,7 +12,15 @@ from typing import Any
 
 from failover import wire
 from failover.protocol.results import Check
-from failover.protocol.states import DrainState, DryRunState, MoveState, TakeoverState
+from failover.protocol.states import (
+    DrainedCopyState,
+    DrainState,
+    DrainWaitState,
+    DryRunState,
+    HandoffState,
+    MoveState,
+    TakeoverState,
+)
 
 
 @dataclass
@@ -157,3 +165,41 @@ class DrainRun:
     closing: int = 0  # of `open`: closed by the server, waiting only for the client's FIN
     error: str = ""  # why the last count failed
     reported: bool = False  # the operator heard it is over (only `closing` ones left); the drain goes on
+
+
+@dataclass
+class KeptHandoff:
+    """The new holder's handoff for the move of `epoch`, kept after its claim for the old holder's drain."""
+
+    epoch: int
+    drain_max: float  # the old holder's drain_max_ms, in seconds: the bound of its drain
+    state: HandoffState = HandoffState.KEPT
+    deadline: float | None = None
+    resend_at: float | None = None  # never set, as for a drain
+
+
+@dataclass
+class DrainWait:
+    """A command whose move ended before the drain that follows it: it is told the drain's report."""
+
+    command: int
+    epoch: int
+    drain_max: float  # the draining node's drain_max_ms, in seconds
+    state: DrainWaitState = DrainWaitState.WAITING
+    deadline: float | None = None
+    resend_at: float | None = None  # never set, as for a drain
+
+
+@dataclass
+class DrainedCopies:
+    """The old holder's last Drained, sent again with the next heartbeats."""
+
+    message: wire.Drained
+    state: DrainedCopyState = DrainedCopyState.RESENDING
+    deadline: float | None = None  # never set: this row's timeout is counted in heartbeats
+    beats_left: int = 0  # heartbeats still to carry a copy
+    resend_at: float | None = None  # never set: the heartbeats carry the copies
+
+
+DrainRecord = DrainRun | KeptHandoff | DrainWait | DrainedCopies  # the records of the drain's machines
+Record = AnyRun | DryRun | DrainRecord  # anything whose state is a row of a table

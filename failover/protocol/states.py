@@ -2,9 +2,11 @@
 
 One machine per role a node plays in a move: the swap's source (the holder) and its target, the rollback
 that follows a failed move on either side, a takeover of a silent holder (or a reclaim of a VIP lost
-behind our back), a dry run, and the drain of the old holder after its release. Each state has one row:
-its timeout, and for each input it listens to, the effect (a method of that machine, named here) and the
-states the effect may lead to. An input a state does not list is counted as `out-of-state` and ignored.
+behind our back), a dry run, and the drain of the old holder after its release; around that drain, the
+new holder's handoff kept for it, a command waiting for its report, and the old holder's Drained sent
+again with its heartbeats. Each state has one row: its timeout (in seconds, or counted in heartbeats),
+and for each input it listens to, the effect (a method of that machine, named here) and the states the
+effect may lead to. An input a state does not list is counted as `out-of-state` and ignored.
 `failover protocol-diagram` draws these tables for the README, and a test keeps the two the same.
 """
 
@@ -79,7 +81,38 @@ class DrainState(StrEnum):
     DRAINED = "drained"
 
 
-State = SourceState | TargetState | RollbackState | TakeoverState | DryRunState | DrainState
+class HandoffState(StrEnum):
+    """The new holder after its claim: the handoff kept past the move's end for the old holder's drain."""
+
+    KEPT = "handoff-kept"
+    ENDED = "handoff-ended"
+
+
+class DrainWaitState(StrEnum):
+    """A command whose move is over, waiting for the report of the drain that follows the move."""
+
+    WAITING = "awaiting-drain-report"
+    TOLD = "drain-report-told"
+
+
+class DrainedCopyState(StrEnum):
+    """The old holder's last Drained, sent again with its next heartbeats: lost, it costs a handoff's life."""
+
+    RESENDING = "resending-drained"
+    RESENT = "drained-resent"
+
+
+State = (
+    SourceState
+    | TargetState
+    | RollbackState
+    | TakeoverState
+    | DryRunState
+    | DrainState
+    | HandoffState
+    | DrainWaitState
+    | DrainedCopyState
+)
 MoveState = SourceState | TargetState | RollbackState  # the states of a swap's run
 
 
@@ -100,6 +133,7 @@ class Input(StrEnum):
     ABORT = "abort"
     TELL_STRAGGLERS = "tell-stragglers"
     CHECK_RESULT = "check-result"
+    DRAINED = "drained"  # the peer's final Drained (a not-final one only reaches a waiting command)
     # what the adapters report (failover.protocol.events)
     BEFORE_RELEASE_DONE = "BeforeReleaseDone"
     HEALTH_DONE = "HealthDone"
@@ -116,6 +150,9 @@ class Input(StrEnum):
     # the node itself
     PEER_HEARD = "peer heard"  # a heartbeat from the peer
     NEW_MOVE = "new move"  # another move starts on this node
+    DRAIN_REPORT = "drain report"  # the drain of the move's epoch ended, or is over for the operator
+    HANDOFF_PLACED = "new handoff"  # another move placed its own handoff, which replaces the kept one
+    HEARTBEAT_SENT = "heartbeat sent"  # a heartbeat of ours went out
     DEADLINE = "timeout"  # the state's timeout ran out
 
 
@@ -135,6 +172,8 @@ class Timeout(StrEnum):
     CHECKS = "step_timeout + host checks"
     DRAIN_MIN = "drain_ms"
     DRAIN_MAX = "rest of drain_max_ms"
+    DRAIN_AND_STEPS = "drain_max_ms of the draining node + 2 steps"
+    COPIES = "3 heartbeats"  # counted in heartbeats, not seconds (timeouts.HEARTBEATS)
 
 
 @dataclass(frozen=True)
@@ -165,7 +204,7 @@ def _t(effect: str, *next_states: State) -> Transition:
 
 
 S, T, R, K, D, In = SourceState, TargetState, RollbackState, TakeoverState, DryRunState, Input
-DR = DrainState
+DR, HO, DW, DC = DrainState, HandoffState, DrainWaitState, DrainedCopyState
 
 def _source_answers(state: SourceState | RollbackState, done: bool = False) -> dict[Input, Transition]:
     """What every source state after the release answers: a lost Released or Done, a result to ack."""
@@ -491,7 +530,58 @@ DRAIN = Machine(
     },
 )
 
-MACHINES = (SWAP_SOURCE, SWAP_TARGET, ROLLBACK, TAKEOVER, DRY_RUN, DRAIN)
+KEPT_HANDOFF = Machine(
+    "kept handoff",
+    HandoffState,
+    entry=(HO.KEPT,),  # the new holder's claim is done and the old holder's drain not yet reported
+    rows={
+        HO.KEPT: Row(
+            Timeout.DRAIN_AND_STEPS,
+            {
+                In.DRAINED: _t("peer_drained_final", HO.ENDED),
+                In.HANDOFF_PLACED: _t("handoff_replaced", HO.ENDED),
+                In.DEADLINE: _t("handoff_unreported", HO.ENDED),
+            },
+        ),
+        HO.ENDED: Row(finished=True, terminal=True),
+    },
+)
+
+DRAIN_WAIT = Machine(
+    "drain wait",
+    DrainWaitState,
+    entry=(DW.WAITING,),  # a command's move is over with its drain still going, on either node
+    rows={
+        DW.WAITING: Row(
+            Timeout.DRAIN_AND_STEPS,
+            {
+                In.DRAIN_REPORT: _t("tell_report", DW.TOLD),
+                In.DEADLINE: _t("no_report", DW.TOLD),
+            },
+        ),
+        DW.TOLD: Row(finished=True, terminal=True),
+    },
+)
+
+RESEND_DRAINED = Machine(
+    "drained copies",
+    DrainedCopyState,
+    entry=(DC.RESENDING,),  # a Drained went out; a newer one starts its copies afresh
+    rows={
+        DC.RESENDING: Row(
+            Timeout.COPIES,
+            {
+                In.HEARTBEAT_SENT: _t("resend_drained", DC.RESENDING),
+                In.DEADLINE: _t("copies_sent", DC.RESENT),
+            },
+        ),
+        DC.RESENT: Row(finished=True, terminal=True),
+    },
+)
+
+MACHINES = (
+    SWAP_SOURCE, SWAP_TARGET, ROLLBACK, TAKEOVER, DRY_RUN, DRAIN, KEPT_HANDOFF, DRAIN_WAIT, RESEND_DRAINED
+)
 MACHINE_OF: dict[type[StrEnum], Machine] = {m.states: m for m in MACHINES}
 
 

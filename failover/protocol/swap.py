@@ -362,7 +362,7 @@ class SwapSource(_Answers):
         # The target drains what clients began on it: pass their segments back to it before we claim,
         # or our kernel answers them with a reset.
         run.rollback_reason, run.rollback_started = msg.reason, now
-        self.node.drainer.place_handoff(run)
+        self.node.drainer.place_handoff(run, now)
         return R.HANDING_OFF
 
     def confirmation_timed_out(self, run: SourceRun, _: None, now: float) -> None:
@@ -389,7 +389,7 @@ class SwapTarget(_Answers):
         node.step(run, "prepare-received", now)
         if run.peer_drain > 0:
             # In place before we say we are ready, so before we claim.
-            node.drainer.place_handoff(run)
+            node.drainer.place_handoff(run, now)
             run.handoff_pending = True
         node.emit(a.CheckHealth(run.epoch))
         return T.CHECKING
