@@ -42,6 +42,7 @@ def host_checks(config: ClusterConfig, node: NodeConfig) -> list[Finding]:
         *sysctl_findings(config, node),
         *handoff_findings(config),
         drain_hook_finding(config),
+        hold_finding(),
         journal_finding(node.journal),
     ]
 
@@ -67,7 +68,9 @@ def interface_finding(interface: str) -> Finding:
         socket.if_nametoindex(interface)
     except OSError:
         return Finding(
-            "interface", FAIL, f"{interface}: no such interface on this host",
+            "interface",
+            FAIL,
+            f"{interface}: no such interface on this host",
             "set vip.interface (or nodes.<name>.interface) to the interface of the service network",
         )
     try:
@@ -103,7 +106,9 @@ def access_log_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
         lines = tail_lines(path)
     except OSError as err:
         return Finding(
-            "access_log", FAIL, f"{path}: cannot read: {err.strerror or err}",
+            "access_log",
+            FAIL,
+            f"{path}: cannot read: {err.strerror or err}",
             f"point nodes.{node.name}.access_log at the web server's access log (nginx: access_log {path};)",
         )
     if not lines:
@@ -111,7 +116,8 @@ def access_log_finding(config: ClusterConfig, node: NodeConfig) -> Finding:
     parsed = sum(1 for line in lines if fmt.parse(line) is not None)
     if parsed == 0:
         return Finding(
-            "access_log", FAIL,
+            "access_log",
+            FAIL,
             f"{path}: none of its last {len(lines)} lines is in the {fmt.name} format: {lines[-1][:120]!r}",
             "set confirm.log_format to the server's format (combined, common, or a regex with named "
             "groups client and time)",
@@ -159,7 +165,8 @@ def proof_finding(config: ClusterConfig, node: NodeConfig, witness: bool | None 
     fix = server_address_fix(node.access_log)
     if entries and not any(_is_address(e.client) for e in entries):
         return Finding(
-            "proof", FAIL,
+            "proof",
+            FAIL,
             f"{node.access_log}: the client field of its last {len(entries)} lines is not an address, so no "
             "request would count",
             "log the client address: nginx $remote_addr; Apache %a (or HostnameLookups Off)",
@@ -171,7 +178,8 @@ def proof_finding(config: ClusterConfig, node: NodeConfig, witness: bool | None 
     no_server = sum(1 for e in entries if e.server is None)
     if entries and no_server == len(entries):
         return Finding(
-            "proof", FAIL,
+            "proof",
+            FAIL,
             f"{node.access_log}: the server field of none of its last {len(entries)} lines is an address, so "
             "no request would count",
             fix,
@@ -239,7 +247,8 @@ def drain_hook_finding(config: ClusterConfig) -> Finding:
         return Finding("drain hook", OK, "swap.drain_ms is 0: no drain")
     if not hooks:
         return Finding(
-            "drain hook", WARN,
+            "drain hook",
+            WARN,
             "hooks.drain is empty: an idle keep-alive client keeps the old holder draining until "
             f"swap.drain_max_ms ({config.swap.drain_max_ms} ms), and a swap waits for it",
             "hooks: {drain: [[/usr/sbin/nginx, -s, reload]]} (Apache: [[/usr/sbin/apachectl, -k, graceful]])",
@@ -247,17 +256,43 @@ def drain_hook_finding(config: ClusterConfig) -> Finding:
     missing = [argv[0] for argv in hooks if not os.access(argv[0], os.X_OK)]
     if missing:
         return Finding(
-            "drain hook", WARN, f"hooks.drain: {missing[0]} is not an executable file on this host",
+            "drain hook",
+            WARN,
+            f"hooks.drain: {missing[0]} is not an executable file on this host",
             "install it, or name the web server's program by its absolute path",
         )
     return Finding("drain hook", OK, " ".join(hooks[0]) + (f" (+{len(hooks) - 1})" if len(hooks) > 1 else ""))
+
+
+CAP_SYS_PTRACE = 19
+
+
+def hold_finding(status: Path = Path("/proc/self/status")) -> Finding:
+    """Whether a drain can hold the web server's connections (connectionhold: pidfd_getfd needs
+    CAP_SYS_PTRACE over a server that runs as another user). Judged for this process, as the agent's
+    unit would run it: `failover check` under the same unit settings tells the truth."""
+    try:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        effective = int(fields["CapEff"].strip(), 16)
+    except (OSError, KeyError, ValueError) as err:
+        return Finding("connection hold", WARN, f"cannot read the capabilities from {status}: {err}")
+    if not effective >> CAP_SYS_PTRACE & 1:
+        return Finding(
+            "connection hold",
+            WARN,
+            "no CAP_SYS_PTRACE: a drain cannot hold the web server's connections, so a request that "
+            "crosses its close of an idle keep-alive connection is answered with a reset",
+            "run the agent as root with CAP_SYS_PTRACE (configs/failover-agent.service has it)",
+        )
+    return Finding("connection hold", OK, "CAP_SYS_PTRACE: a drain closes idle connections in order")
 
 
 def nft_finding() -> Finding:
     path = shutil.which("nft")
     if path is None:
         return Finding(
-            "nft", WARN,
+            "nft",
+            WARN,
             "not found: no connection handoff, so connections open on the old holder at a swap are reset",
             "apt-get install nftables",
         )
@@ -268,7 +303,8 @@ def ss_finding() -> Finding:
     path = shutil.which("ss")
     if path is None:
         return Finding(
-            "ss", WARN,
+            "ss",
+            WARN,
             "not found: no connection handoff (placing it lists this host's connections on the VIP and "
             "closes its TIME_WAIT sockets with ss -K), and connections left after a drain stay open",
             "apt-get install iproute2",
@@ -304,7 +340,8 @@ def listener_finding(
         if nonlocal_bind == 1:
             return Finding("listener", OK, f"{detail}; the handoff covers it, {name}=1 lets it start")
         return Finding(
-            "listener", WARN,
+            "listener",
+            WARN,
             f"{detail}, {name} not 1: the server cannot start here while the other host holds the VIP, "
             "so after a restart this host serves nothing when the VIP comes back",
             f"{sysctl._fix(name, 1)} (or listen on the wildcard address)",
@@ -312,7 +349,9 @@ def listener_finding(
     if on_any:
         return Finding("listener", OK, f"on the wildcard address ({_ports(on_any)}); the handoff covers it")
     return Finding(
-        "listener", WARN, "no TCP listener on the VIP or the wildcard address: nothing here serves the VIP",
+        "listener",
+        WARN,
+        "no TCP listener on the VIP or the wildcard address: nothing here serves the VIP",
         "start the web server, listening on the wildcard address (nginx: listen 80;) or on the VIP with "
         "ip_nonlocal_bind=1",
     )
@@ -323,6 +362,8 @@ def journal_finding(path: Path) -> Finding:
     if os.access(existing, os.W_OK):
         return Finding("journal", OK, f"{path}: writable")
     return Finding(
-        "journal", FAIL, f"{path}: {existing} is not writable by this user",
+        "journal",
+        FAIL,
+        f"{path}: {existing} is not writable by this user",
         "run the agent as root, or set nodes.<name>.journal to a writable path",
     )

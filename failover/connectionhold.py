@@ -36,6 +36,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -277,11 +278,15 @@ def _all_gone(inode: int, owners: list[tuple[int, int]]) -> bool:
 
 async def hold_while_draining(hold: ConnectionHold, every: float, take_every: float) -> None:
     """Until cancelled (the drain ended): every `take_every` s take what new connections came and
-    confirm owners; every `every` s close in order those the server let go of, and read each of those
-    to its client's FIN; at the end, let go of all."""
+    confirm owners; every `every` s close in order those the server let go of; read each of those to
+    its client's FIN; at the end, let go of all.
+
+    The looking runs in a thread of its own, not on the event loop: how soon the FIN follows the
+    server's close is the window in which a request meets a close without an answer, and the loop
+    may be busy with heartbeats for longer than that."""
     loop = asyncio.get_running_loop()
-    watched: dict[int, int] = {}  # inode -> fd being read
-    next_take = 0.0
+    watched: dict[int, int] = {}  # inode -> fd being read (on the loop)
+    stop = threading.Event()
 
     def readable(inode: int) -> None:
         if hold.read_away(inode):
@@ -291,23 +296,44 @@ async def hold_while_draining(hold: ConnectionHold, every: float, take_every: fl
     def watch(inodes: list[int]) -> None:
         for inode in inodes:
             fd = hold.fileno(inode)
-            if fd is not None:
+            if fd is not None and not stop.is_set():
                 watched[inode] = fd
                 loop.add_reader(fd, readable, inode)
 
-    try:
-        while True:
-            if loop.time() >= next_take:
-                next_take = loop.time() + take_every
+    def look() -> None:
+        next_take = 0.0
+        while not stop.is_set():
+            if time.monotonic() >= next_take:
+                next_take = time.monotonic() + take_every
                 with contextlib.suppress(HoldError):  # the count reports sock_diag's failures
-                    await asyncio.to_thread(hold.take)
-                await asyncio.to_thread(hold.confirm)
-            sure, unsure = hold.gone()  # on the loop, not a thread: the FIN leaves within `every`
-            watch(hold.shut(sure))
-            if unsure:
-                watch(await asyncio.to_thread(hold.let_go, unsure))
-            await asyncio.sleep(every)
+                    hold.take()
+                hold.confirm()
+            sure, unsure = hold.gone()
+            shut = hold.shut(sure) + hold.let_go(unsure)
+            if shut:
+                loop.call_soon_threadsafe(watch, shut)
+            stop.wait(every)
+
+    looking: asyncio.Future[None] = loop.create_future()
+
+    def ended() -> None:
+        if not looking.done():
+            looking.set_result(None)
+
+    def run() -> None:  # a thread of its own: the default executor's are for short calls
+        try:
+            look()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(ended)
+
+    threading.Thread(target=run, name="connection-hold", daemon=True).start()
+    try:
+        await asyncio.shield(looking)
     finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(looking), 5.0)
         for fd in watched.values():
             loop.remove_reader(fd)
         hold.close()

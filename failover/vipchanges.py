@@ -25,7 +25,7 @@ log = structlog.get_logger("failover.agent")
 DRAIN_COUNT_EVERY = 0.1  # seconds between two counts of the draining host's connections to the VIP
 # Seconds between two looks at the held connections: a request sent after the server let go of one
 # waits up to this long for the FIN that sends its client to a fresh connection (then retried there).
-HOLD_EVERY = 0.001
+HOLD_EVERY = 0.0005
 HOLD_TAKE_EVERY = 0.1  # seconds between two looks for connections opened during the drain
 
 VipChange = protocol.StartDrain | protocol.Release | protocol.Claim | protocol.EndDrain

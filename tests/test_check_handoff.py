@@ -122,3 +122,16 @@ def test_the_drain_hook_is_judged(tmp_path: Path) -> None:
     empty = drain_hook_finding(load_config(tmp_path / "none.yaml"))
     assert empty.level == WARN and "swap.drain_max_ms (60000 ms)" in empty.detail
     assert "nginx, -s, reload" in empty.fix
+
+
+def test_the_connection_hold_needs_cap_sys_ptrace(tmp_path: Path) -> None:
+    from failover.check import hold_finding
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tfailover\nCapEff:\t0000000000003000\n")  # CAP_NET_ADMIN, CAP_NET_RAW only
+    without = hold_finding(status)
+    assert without.level == WARN and "CAP_SYS_PTRACE" in without.detail and "reset" in without.detail
+    status.write_text("Name:\tfailover\nCapEff:\t0000000000083000\n")  # and CAP_SYS_PTRACE (19)
+    assert hold_finding(status).level == OK
+    status.write_text("Name:\tfailover\n")
+    assert hold_finding(status).level == WARN
