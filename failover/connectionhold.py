@@ -50,6 +50,7 @@ _ESTABLISHED, _CLOSE_WAIT = 1, 8
 # A server's connection that may still see a request: served, or the client closed and the server not yet.
 _HELD_STATES = (1 << _ESTABLISHED) | (1 << _CLOSE_WAIT)
 READ_CHUNK = 65536
+LOOK_SHARE = 10.0  # the pause after a look is at least this many times what the look cost
 
 
 class HoldError(Exception):
@@ -308,11 +309,14 @@ async def hold_while_draining(hold: ConnectionHold, every: float, take_every: fl
                 with contextlib.suppress(HoldError):  # the count reports sock_diag's failures
                     hold.take()
                 hold.confirm()
+            began = time.monotonic()
             sure, unsure = hold.gone()
+            cost = time.monotonic() - began
             shut = hold.shut(sure) + hold.let_go(unsure)
             if shut:
                 loop.call_soon_threadsafe(watch, shut)
-            stop.wait(every)
+            # Many connections make a look dear: then look less often, at most ~10 % of a core.
+            stop.wait(max(every, LOOK_SHARE * cost))
 
     looking: asyncio.Future[None] = loop.create_future()
 
