@@ -474,7 +474,9 @@ class Agent:
                  host_answered_by=list(result.host_answered_by) if ask_host else None,
                  window_ms=round(window.span * 1000, 3))
         self._report(
-            events.ProbeDone(action.epoch, result.answered_by, result.unknown, result.host_answered_by)
+            events.ProbeDone(
+                action.epoch, result.answered_by, result.unknown, result.host_answered_by, action.serial
+            )
         )
 
     async def _measure_peer(self, action: protocol.MeasurePeer) -> None:

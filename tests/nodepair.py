@@ -77,6 +77,7 @@ class NodePair:
         self.measures: list[tuple[str, float]] = []  # (node, when) of every MeasurePeer
         self.windows: list[protocol.ProbeWindow | None] = []  # each Probe's window (None: configured)
         self.probe_time = 0.08
+        self.probe_overshoot = 0.0  # how much longer than its window a probe takes (the loop's wake-ups)
         self.load_rate: float | None = 200.0  # what the source's access log says of the last seconds
         self.load_delay = 0.002  # reading it
         self.probe_unknown = ""  # non-empty: probes cannot tell (frames dropped), whoever holds the VIP
@@ -243,10 +244,12 @@ class NodePair:
             case protocol.Probe():
                 start = self.now
                 took = self.probe_time if action.window is None else action.window.span
+                took += self.probe_overshoot
                 self.probes.append((name, start, start + took))
                 self.windows.append(action.window)
                 host = action.peer_host and peer in self.host_up
-                self.at(start + took, lambda: self._probed(name, node, action.epoch, start, host))
+                probe = action
+                self.at(start + took, lambda: self._probed(name, node, probe, start, host))
             case protocol.MeasurePeer():
                 self.measures.append((name, self.now))
                 up = self.alive[peer] or peer in self.host_up
@@ -321,7 +324,7 @@ class NodePair:
         if self.handoffs.get(name) == epoch:
             del self.handoffs[name]
 
-    def _probed(self, name: str, node: Node, epoch: int, start: float, host_up: bool = False) -> None:
+    def _probed(self, name: str, node: Node, probe: protocol.Probe, start: float, host_up: bool) -> None:
         # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
         answered = {h for h in self.vip_on if h != name}
         answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}
@@ -330,7 +333,7 @@ class NodePair:
             macs = ()  # the answer may be among the frames the probe lost
         peer = "backup" if name == "live" else "live"
         hosts = (MACS[peer],) if host_up else ()
-        self._answer(name, node, ev.ProbeDone(epoch, macs, self.probe_unknown, hosts))
+        self._answer(name, node, ev.ProbeDone(probe.epoch, macs, self.probe_unknown, hosts, probe.serial))
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node

@@ -100,6 +100,7 @@ class Probe:
     epoch: int
     window: ProbeWindow | None = None  # None: the configured window
     peer_host: bool = False  # also ask who has the peer's own address: is its host up (host_answered_by)
+    serial: int = 0  # which probe this is: its ProbeDone says it back (a takeover takes only its own)
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,7 @@ class Node(PeerWatch, HostWatch):
     def get_timer(self) -> float:
         deadlines = [self._next_heartbeat]
         if self._may_take_over():
-            assert self.peer_seen is not None
-            # Just past dead_after: alive means "heard within dead_after", inclusive.
-            deadlines.append(max(self.peer_seen + self.timing.dead_after + 0.001, self._takeover_not_before))
+            deadlines.append(self.silence_deadline())
         if self._announce_due:
             deadlines.append(self._announce_due[0])
         deadlines += self.drainer.deadlines()
@@ -300,12 +298,7 @@ class Node(PeerWatch, HostWatch):
                 self.send(dry.request)
                 dry.resend_at = now + self.timing.retransmit
             self._deadline(dry, now)
-        if (
-            self._may_take_over()
-            and self.peer_seen is not None
-            and now >= self._takeover_not_before
-            and now - self.peer_seen > self.timing.dead_after
-        ):
+        if self._may_take_over() and now >= self.silence_deadline():
             self._holder_silent(now)
         self._recover_if_nobody_holds(now)
         run = self.run

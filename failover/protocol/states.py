@@ -57,11 +57,14 @@ class RollbackState(StrEnum):
 class TakeoverState(StrEnum):
     """The standby claiming the VIP of a silent holder, or the holder reclaiming a VIP it lost."""
 
+    SUSPECTING = "takeover-suspecting"  # the holder silent for dead_after less the probe's window: probing
+    WAITING = "takeover-waiting"  # the probe heard nobody; the holder not yet silent for dead_after
     PROBING = "takeover-probing"
     FENCING = "takeover-fencing"
     CLAIMING = "takeover-claiming"
     DONE = "done"
     FAILED = "failed"
+    CLEARED = "cleared"  # the holder spoke before it was silent for dead_after: no takeover question
 
 
 class DryRunState(StrEnum):
@@ -131,6 +134,7 @@ class Timeout(StrEnum):
     PROOF_AND_STEP = "proof deadline + step_timeout"
     STRAGGLERS = "rest of straggler window"
     PROBE = "step_timeout + probe"
+    SILENCE = "rest of dead_after"
     FENCE = "step_timeout + fence"
     CHECKS = "step_timeout + host checks"
     DRAIN_MIN = "drain_ms"
@@ -421,12 +425,31 @@ ROLLBACK = Machine(
 TAKEOVER = Machine(
     "takeover",
     TakeoverState,
-    entry=(K.PROBING,),
+    # A silent holder's takeover starts suspecting: its probe runs in the last stretch of dead_after, so
+    # that the verdict is in when the silence has lasted dead_after. A reclaim or a recovery probes at once.
+    entry=(K.SUSPECTING, K.PROBING),
     rows={
+        K.SUSPECTING: Row(
+            Timeout.SILENCE,
+            {
+                # An answer (or an unknown) refuses as in takeover-probing; a verdict of another probe is
+                # ignored (the state stays).
+                In.PROBE_DONE: _t("probed_early", K.WAITING, K.FAILED, K.SUSPECTING),
+                In.PEER_HEARD: _t("suspicion_cleared", K.CLEARED),
+                In.DEADLINE: _t("holder_silent", K.PROBING, K.CLEARED),
+            },
+        ),
+        K.WAITING: Row(
+            Timeout.SILENCE,
+            {
+                In.PEER_HEARD: _t("suspicion_cleared", K.CLEARED),
+                In.DEADLINE: _t("silent_for_dead_after", K.FENCING, K.CLAIMING, K.CLEARED),
+            },
+        ),
         K.PROBING: Row(
             Timeout.PROBE,
             {
-                In.PROBE_DONE: _t("probed", K.FENCING, K.CLAIMING, K.FAILED),
+                In.PROBE_DONE: _t("probed", K.FENCING, K.CLAIMING, K.FAILED, K.PROBING),
                 In.PEER_HEARD: _t("peer_heard", K.PROBING, K.FAILED),
                 In.DEADLINE: _t("probe_timed_out", K.FAILED),
             },
@@ -446,6 +469,7 @@ TAKEOVER = Machine(
         ),
         K.DONE: Row(finished=True, terminal=True),
         K.FAILED: Row(finished=True, terminal=True),
+        K.CLEARED: Row(finished=True, terminal=True),
     },
 )
 
