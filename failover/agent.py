@@ -45,7 +45,7 @@ from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
 from failover.noticejournal import NoticeJournal
-from failover.persisted import PersistentState, load_state, save_state
+from failover.persisted import PersistentState, StateSaver, load_state
 from failover.protocol import events
 from failover.rejections import RejectionLog
 from failover.stragglerreports import StragglerReports
@@ -119,7 +119,7 @@ class Agent:
             raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
         self.vip_changes = VipChanges(
             self.link, cfg, fault=self.fault, report=self._report, spawn=self._spawn,
-            failed=self._task_failed, now=self.now,
+            failed=self._task_failed, now=self.now, durable=lambda epoch: self.state_saver.durable(epoch),
         )
         self.host_checks = HostChecks(
             cfg, node, self.link, report=self._report, vip_changes_done=self.vip_changes.done
@@ -140,6 +140,9 @@ class Agent:
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
+        self.state_saver = StateSaver(
+            node.state_dir, state, on_error=lambda err: log.error("state-save-failed", error=str(err))
+        )
         try:
             boot = bootid.next_boot(node.state_dir)  # grows at every start, whatever the clock did
         except bootid.BootIdError as err:
@@ -220,6 +223,7 @@ class Agent:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.announcer.close()
             await self.journal.flushed()  # what the core journalled is on disk before we exit
+            await self.state_saver.flushed()  # and the epochs
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
         if self._ended_by is not None:
@@ -308,13 +312,12 @@ class Agent:
         for action in self.core.pop_actions():
             self._carry_out(action)
         core = self.core
-        state = PersistentState(epoch=core.epoch, held_epoch=core.held_epoch, held_before=core.held_before)
+        state = PersistentState(
+            epoch=core.epoch_to_keep(), held_epoch=core.held_epoch, held_before=core.held_before
+        )
         if state != self._persisted:
             self._persisted = state
-            try:
-                save_state(self.node.state_dir, state)
-            except OSError as err:
-                log.error("state-save-failed", error=str(err))
+            self.state_saver.put(state)  # off the loop; a claim waits for its epoch (VipChanges)
         deadline = self.core.get_timer()
         if self._timer is not None and self._timer.when() == deadline:
             return  # most datagrams (a flood's) change no deadline: no new timer for each

@@ -190,3 +190,20 @@ def test_automatic_off_still_only_reports_past_dead_after() -> None:
     assert not [p for p in pair.probes if p[0] == "backup"]
     (said,) = notices(pair, "holder-silent")
     assert said.detail["peer_silent_ms"] > FAST.dead_after * 1000
+
+
+def test_the_takeovers_epoch_is_kept_from_its_start_so_its_write_is_done_before_the_claim() -> None:
+    pair = fast_pair()
+    backup = pair.nodes["backup"]
+    kept: list[tuple[object, int, int]] = []
+
+    def note(p: NodePair) -> None:
+        run = backup.run
+        kept.append((None if run is None else run.state, backup.epoch, backup.epoch_to_keep()))
+
+    pair.checks.append(note)
+    crash(pair, "live")
+    pair.run(0.2)
+    suspecting = [(epoch, keep) for state, epoch, keep in kept if state is TakeoverState.SUSPECTING]
+    assert suspecting and all(keep == epoch + 1 for epoch, keep in suspecting)  # before node.epoch takes it
+    assert backup.epoch == backup.epoch_to_keep() == backup.held_epoch == 1

@@ -23,7 +23,7 @@ from failover.protocol.host import HostWatch
 from failover.protocol.moves import Moves
 from failover.protocol.peer import PeerWatch
 from failover.protocol.results import Outcome
-from failover.protocol.runs import AnyRun, DrainRun, DryRun, SourceRun, TargetRun
+from failover.protocol.runs import AnyRun, DrainRun, DryRun, SourceRun, TakeoverRun, TargetRun
 from failover.protocol.setup import NodeSetup
 from failover.protocol.states import (
     DRAIN,
@@ -160,6 +160,15 @@ class Node(PeerWatch, HostWatch):
         return min(deadlines)
 
     # --- queries -----------------------------------------------------------------------------------
+
+    def epoch_to_keep(self) -> int:
+        """The epoch the agent keeps on disk, and must have kept before any claim with it: the node's own, or
+        that of a takeover under way, which takes it only at its claim. Kept from the takeover's start, the
+        write is done (off the event loop) by the time the claim needs it."""
+        run = self.run
+        if isinstance(run, TakeoverRun) and not row(run.state).finished:
+            return max(self.epoch, run.epoch)
+        return self.epoch
 
     def busy(self) -> bool:
         return self.run is not None and not row(self.run.state).finished
