@@ -97,6 +97,7 @@ class Agent:
         )
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
+        self._probes: dict[int, asyncio.Task[None]] = {}  # Probe.serial -> its task, until it answers
         self.hooks = HookRuns(config, node, report=self._report, spawn=self._spawn)
         self.rejections = RejectionLog(log)
         self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
@@ -350,7 +351,15 @@ class Agent:
             case protocol.RunHooks():
                 self.hooks.fire(action)
             case protocol.Probe():
-                self._spawn(self._probe(action))
+                probe = self._spawn(self._probe(action))
+                if action.serial:
+                    self._probes[action.serial] = probe
+                    probe.add_done_callback(lambda _: self._probes.pop(action.serial, None))
+            case protocol.StopProbe():
+                # Cancelled, its listener is shut and its lock free: the next probe need not wait for it.
+                stopped = self._probes.pop(action.serial, None)
+                if stopped is not None:
+                    stopped.cancel()
             case protocol.MeasurePeer():
                 if not self._measuring:  # one at a time: a slow answer does not pile up frames
                     self._measuring = True

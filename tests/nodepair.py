@@ -77,6 +77,8 @@ class NodePair:
         self.measures: list[tuple[str, float]] = []  # (node, when) of every MeasurePeer
         self.windows: list[protocol.ProbeWindow | None] = []  # each Probe's window (None: configured)
         self.probe_time = 0.08
+        self.stopped_probes: set[int] = set()  # serials of probes the core stopped: they answer nothing
+        self.stop_comes_late = False  # True: a stopped probe answers all the same (it had finished)
         self.probe_overshoot = 0.0  # how much longer than its window a probe takes (the loop's wake-ups)
         self.load_rate: float | None = 200.0  # what the source's access log says of the last seconds
         self.load_delay = 0.002  # reading it
@@ -250,6 +252,9 @@ class NodePair:
                 host = action.peer_host and peer in self.host_up
                 probe = action
                 self.at(start + took, lambda: self._probed(name, node, probe, start, host))
+            case protocol.StopProbe():
+                if not self.stop_comes_late:
+                    self.stopped_probes.add(action.serial)
             case protocol.MeasurePeer():
                 self.measures.append((name, self.now))
                 up = self.alive[peer] or peer in self.host_up
@@ -325,6 +330,8 @@ class NodePair:
             del self.handoffs[name]
 
     def _probed(self, name: str, node: Node, probe: protocol.Probe, start: float, host_up: bool) -> None:
+        if probe.serial and probe.serial in self.stopped_probes:
+            return
         # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
         answered = {h for h in self.vip_on if h != name}
         answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}

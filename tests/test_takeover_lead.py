@@ -16,11 +16,14 @@ from failover.protocol.takeover import VERDICT_SLACK
 from tests.nodepair import NodePair
 
 FAST = Timing(heartbeat_interval=0.01, dead_after=0.03)
+# dead_after 35 ms: the lead is the whole window and slack, and a heartbeat can clear a suspicion before
+# dead_after (at 30 ms the next heartbeat after a suspicion at 20 ms lands on dead_after itself).
+ROOMY = Timing(heartbeat_interval=0.01, dead_after=0.035)
 CLAIM = 0.0003  # NodePair's netlink add
 
 
-def fast_pair() -> NodePair:
-    pair = NodePair(timing=FAST, measure_every=2.0)
+def fast_pair(timing: Timing = ROOMY) -> NodePair:
+    pair = NodePair(timing=timing, measure_every=2.0)
     pair.run(0.5)  # three measurements in: the measured window
     return pair
 
@@ -44,18 +47,37 @@ def test_the_probe_starts_its_window_and_slack_before_dead_after_and_the_claim_c
     backup = pair.nodes["backup"]
     window = backup.takeover.window()
     assert window.span == pytest.approx(0.005 + 2 * 0.005 / 3)  # 8.3 ms
+    assert backup.takeover.lead() == pytest.approx(window.span + VERDICT_SLACK)
     crash(pair, "live")
     pair.run(0.2)
     heard = backup.peer_seen
     assert heard is not None and pair.vip_on == {"backup"}
     ((_, start, end),) = [p for p in pair.probes if p[0] == "backup"]
-    assert start - heard == pytest.approx(FAST.dead_after - window.span - VERDICT_SLACK)
+    assert start - heard == pytest.approx(ROOMY.dead_after - window.span - VERDICT_SLACK)
     # The whole window lies inside the silence, and ends before dead_after.
-    assert end - heard == pytest.approx(FAST.dead_after - VERDICT_SLACK)
+    assert end - heard == pytest.approx(ROOMY.dead_after - VERDICT_SLACK)
     took = backup.last_takeover
     assert took is not None and took["ok"] and took["holder_host"] == "down"
     assert [s["step"] for s in took["steps"]] == ["suspected", "probe-silent", "holder-silent", "claimed"]
-    assert took["reason"].startswith("live silent for 30 ms")
+    assert took["reason"].startswith("live silent for 35 ms")
+    assert took["at"] - heard == pytest.approx(ROOMY.dead_after + CLAIM)
+
+
+def test_at_the_fast_sites_timers_the_probe_starts_after_one_missed_heartbeat() -> None:
+    # 10 ms heartbeats, dead_after 30 ms: the lead (8.3 ms window + 2 ms) is cut to 10 ms, so the probe
+    # starts at 20 ms of silence, when the first heartbeat has been missing for a whole interval.
+    pair = fast_pair(FAST)
+    backup = pair.nodes["backup"]
+    window = backup.takeover.window()
+    assert backup.takeover.lead() == pytest.approx(FAST.dead_after - 2 * FAST.heartbeat_interval)
+    crash(pair, "live")
+    pair.run(0.2)
+    heard = backup.peer_seen
+    ((_, start, end),) = [p for p in pair.probes if p[0] == "backup"]
+    assert heard is not None and start - heard == pytest.approx(0.02)
+    assert end - heard == pytest.approx(0.02 + window.span)
+    took = backup.last_takeover
+    assert took is not None and took["ok"]
     assert took["at"] - heard == pytest.approx(FAST.dead_after + CLAIM)
 
 
@@ -70,7 +92,7 @@ def test_a_verdict_later_than_dead_after_is_claimed_on_as_soon_as_it_is_in() -> 
     assert heard is not None and took is not None and took["ok"]
     assert [s["step"] for s in took["steps"]] == ["suspected", "holder-silent", "probe-silent", "claimed"]
     lead = window.span + VERDICT_SLACK
-    assert took["at"] - heard == pytest.approx(FAST.dead_after - lead + window.span + 0.006 + CLAIM)
+    assert took["at"] - heard == pytest.approx(ROOMY.dead_after - lead + window.span + 0.006 + CLAIM)
 
 
 def test_a_heartbeat_before_dead_after_clears_the_suspicion_and_holds_nothing_off() -> None:
@@ -86,7 +108,7 @@ def test_a_heartbeat_before_dead_after_clears_the_suspicion_and_holds_nothing_of
     assert backup_state(pair) is TakeoverState.CLEARED
     assert pair.nodes["backup"].last_takeover is None  # no takeover was due: nothing refused
     (cleared,) = notices(pair, "suspicion-cleared")
-    assert FAST.dead_after - 0.0104 < cleared.detail["silent_ms"] / 1000 < FAST.dead_after
+    assert ROOMY.dead_after - 0.0104 < cleared.detail["silent_ms"] / 1000 < ROOMY.dead_after
     assert not notices(pair, "takeover-refused")
     # Nothing held off: a crash right after it is taken over at dead_after, not a takeover_retry later.
     crash(pair, "live")
@@ -94,7 +116,7 @@ def test_a_heartbeat_before_dead_after_clears_the_suspicion_and_holds_nothing_of
     heard = pair.nodes["backup"].peer_seen
     took = pair.nodes["backup"].last_takeover
     assert heard is not None and took is not None and took["ok"]
-    assert took["at"] - heard == pytest.approx(FAST.dead_after + CLAIM)
+    assert took["at"] - heard == pytest.approx(ROOMY.dead_after + CLAIM)
 
 
 def test_a_late_datagram_during_the_suspicion_clears_it_and_the_silence_counts_from_it() -> None:
@@ -127,12 +149,14 @@ def test_a_late_datagram_during_the_suspicion_clears_it_and_the_silence_counts_f
     assert len(notices(pair, "suspicion-cleared")) == before + 1  # its probe's silence no longer counts
     took = backup.last_takeover
     assert took is not None and took["ok"] and pair.vip_on == {"backup"}
-    assert took["at"] - late_at[0] == pytest.approx(FAST.dead_after + CLAIM)  # silent from the late one on
+    assert took["at"] - late_at[0] == pytest.approx(ROOMY.dead_after + CLAIM)  # silent from the late one on
 
 
-def test_a_verdict_left_by_a_cleared_suspicion_is_not_taken_for_the_next_ones() -> None:
+@pytest.mark.parametrize("stop_comes_late", [False, True], ids=["stopped", "answers-anyway"])
+def test_a_verdict_left_by_a_cleared_suspicion_is_not_taken_for_the_next_ones(stop_comes_late: bool) -> None:
     pair = fast_pair()
-    pair.probe_overshoot = 0.04  # the first suspicion's verdict comes in during the next suspicion
+    pair.probe_overshoot = 0.04  # the first suspicion's verdict would come in during the next suspicion
+    pair.stop_comes_late = stop_comes_late
     pair.faults.partitioned = True
 
     def heal_once_suspected(p: NodePair) -> None:
@@ -147,7 +171,8 @@ def test_a_verdict_left_by_a_cleared_suspicion_is_not_taken_for_the_next_ones() 
     pair.run(0.3)
     backup = pair.nodes["backup"]
     assert len(notices(pair, "suspicion-cleared")) == 1
-    assert backup.ignored["other-probe"] == 1
+    # Stopped when its suspicion was cleared; an adapter that answers all the same is not listened to.
+    assert backup.ignored["other-probe"] == (1 if stop_comes_late else 0)
     took = backup.last_takeover
     assert took is not None and took["ok"]
     first, second = [p for p in pair.probes if p[0] == "backup"]
@@ -165,31 +190,44 @@ def test_an_answer_before_dead_after_refuses_as_ever() -> None:
     assert pair.vip_on == {"live"}
 
 
-def test_the_lead_never_leaves_less_than_one_missed_heartbeat() -> None:
-    # dead_after at its least (2 x interval), the configured 100 ms window: the probe starts after one
-    # missed heartbeat, and what the lead cannot cover runs after dead_after.
-    pair = NodePair(timing=Timing(heartbeat_interval=0.05, dead_after=0.1))
+def test_the_lead_never_leaves_less_than_one_heartbeat_missed_for_an_interval() -> None:
+    # The configured 100 ms window at 50 ms heartbeats and dead_after 150 ms: the probe starts at 100 ms
+    # of silence, and what the lead cannot cover runs after dead_after.
+    pair = NodePair(timing=Timing(heartbeat_interval=0.05, dead_after=0.15))
     pair.run(0.3)
     assert pair.nodes["backup"].takeover.lead() == pytest.approx(0.05)
     crash(pair, "live")
     pair.run(0.5)
     heard = pair.nodes["backup"].peer_seen
     ((_, start, _),) = [p for p in pair.probes if p[0] == "backup"]
-    assert heard is not None and start - heard == pytest.approx(0.05)
+    assert heard is not None and start - heard == pytest.approx(0.1)
     took = pair.nodes["backup"].last_takeover
     assert took is not None and took["ok"]
     assert [s["step"] for s in took["steps"]] == ["suspected", "holder-silent", "probe-silent", "claimed"]
-    assert took["at"] - heard == pytest.approx(0.05 + 0.08 + CLAIM)  # NodePair's configured probe: 80 ms
+    assert took["at"] - heard == pytest.approx(0.1 + 0.08 + CLAIM)  # NodePair's configured probe: 80 ms
+
+
+def test_at_dead_after_of_two_intervals_there_is_no_lead_and_the_probe_follows_dead_after() -> None:
+    pair = NodePair(timing=Timing(heartbeat_interval=0.05, dead_after=0.1))
+    pair.run(0.3)
+    assert pair.nodes["backup"].takeover.lead() == 0.0
+    crash(pair, "live")
+    pair.run(0.5)
+    heard = pair.nodes["backup"].peer_seen
+    took = pair.nodes["backup"].last_takeover
+    assert heard is not None and took is not None and took["ok"]
+    assert [s["step"] for s in took["steps"]] == ["holder-silent", "probe-silent", "claimed"]
+    assert took["at"] - heard == pytest.approx(0.1 + 0.08 + CLAIM)
 
 
 def test_automatic_off_still_only_reports_past_dead_after() -> None:
-    pair = NodePair(timing=FAST, measure_every=2.0, automatic=False)
+    pair = NodePair(timing=ROOMY, measure_every=2.0, automatic=False)
     pair.run(0.5)
     crash(pair, "live")
     pair.run(0.2)
     assert not [p for p in pair.probes if p[0] == "backup"]
     (said,) = notices(pair, "holder-silent")
-    assert said.detail["peer_silent_ms"] > FAST.dead_after * 1000
+    assert said.detail["peer_silent_ms"] > ROOMY.dead_after * 1000
 
 
 def test_the_takeovers_epoch_is_kept_from_its_start_so_its_write_is_done_before_the_claim() -> None:

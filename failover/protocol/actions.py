@@ -104,6 +104,13 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class StopProbe:
+    """The probe `serial` is no longer wanted (its takeover was cleared): stop it, answer nothing."""
+
+    serial: int
+
+
+@dataclass(frozen=True)
 class MeasurePeer:
     """Time one ARP request (IPv6: NS) for the peer's own address; answer PeerMeasured.
 
@@ -236,6 +243,7 @@ Action = (
     | BeforeRelease
     | RunHooks
     | Probe
+    | StopProbe
     | MeasurePeer
     | Fence
     | Handoff

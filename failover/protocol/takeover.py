@@ -44,6 +44,7 @@ class Takeover:
         self._host: str | None = None  # what that probe said of the holder's host
         self._asked_host = False
         self._serial = 0  # the Probe.serial of the probe under way
+        self._verdict_in = True  # that probe has answered
 
     # --- the peer's kernel, timed while it is up ---------------------------------------------------
 
@@ -70,10 +71,11 @@ class Takeover:
     def lead(self) -> float:
         """How long before dead_after a silent holder's probe starts, so that its verdict is in when the
         silence has lasted dead_after: its window and the adapter's slack. Never more than dead_after less
-        one heartbeat interval: a probe waits for at least one missed heartbeat; what the lead cannot
-        cover runs after dead_after, as a probe always did."""
+        two heartbeat intervals: a probe waits until one heartbeat is missed for a whole interval (at one
+        interval of silence the next one is merely due); what the lead cannot cover runs after dead_after,
+        as a probe always did. At 10 ms heartbeats and dead_after 30 ms: 10 ms, from 20 ms of silence."""
         timing = self.node.timing
-        most = timing.dead_after - timing.heartbeat_interval
+        most = timing.dead_after - 2 * timing.heartbeat_interval
         return max(0.0, min(self.window().span + VERDICT_SLACK, most))
 
     def start(self, move: str, why: str, first_step: str, now: float) -> TakeoverRun:
@@ -101,6 +103,7 @@ class Takeover:
         self._host = None
         self._asked_host = takeover
         self._serial = node.next_nonce()
+        self._verdict_in = False
         if self._asked_host:
             # Asking for the silent holder's own address too (host or agent down), for as long as its
             # kernel was measured to need: the configured window when measuring is off.
@@ -145,9 +148,13 @@ class Takeover:
         return self._cleared(run, now)
 
     def _cleared(self, run: TakeoverRun, now: float) -> TakeoverState:
-        """The holder spoke before it was silent for dead_after: no takeover was due, nothing is held off."""
+        """The holder spoke before it was silent for dead_after: no takeover was due, nothing is held off.
+        Its probe, if still under way, is stopped: a later takeover's probe must not wait behind it."""
         node = self.node
         assert run.heard is not None
+        if not self._verdict_in:
+            self._verdict_in = True
+            node.emit(a.StopProbe(self._serial))
         spoke = node.peer_seen if node.peer_seen is not None else now
         node.emit(
             a.Notice(
@@ -175,6 +182,7 @@ class Takeover:
     def _ours(self, event: e.ProbeDone) -> bool:
         """The verdict of this takeover's own probe, not of one an earlier, cleared suspicion left behind."""
         if event.serial == self._serial:
+            self._verdict_in = True
             return True
         self.node.ignored["other-probe"] += 1
         return False
