@@ -245,3 +245,23 @@ def test_the_takeovers_epoch_is_kept_from_its_start_so_its_write_is_done_before_
     suspecting = [(epoch, keep) for state, epoch, keep in kept if state is TakeoverState.SUSPECTING]
     assert suspecting and all(keep == epoch + 1 for epoch, keep in suspecting)  # before node.epoch takes it
     assert backup.epoch == backup.epoch_to_keep() == backup.held_epoch == 1
+
+
+def test_a_swap_the_holder_starts_during_a_suspicion_clears_it_and_goes_ahead() -> None:
+    pair = fast_pair()
+    pair.faults.partitioned = True
+    asked: list[int] = []
+
+    def heal_and_swap_once_suspected(p: NodePair) -> None:
+        if p.faults.partitioned and backup_state(p) is TakeoverState.SUSPECTING:
+            p.faults.partitioned = False
+            # Live's Prepare is the first datagram backup hears from it again, before any heartbeat.
+            p.at(p.now, lambda: asked.append(p.command("live", "swap")))
+
+    pair.checks.append(heal_and_swap_once_suspected)
+    pair.run(1.0)
+    assert len(notices(pair, "suspicion-cleared")) == 1
+    assert pair.nodes["backup"].received["prepare"] >= 1
+    out = pair.outcome("live", asked[0])
+    assert out is not None and out.ok, out  # not refused as "a swap is already in progress"
+    assert pair.vip_on == {"backup"}

@@ -208,11 +208,13 @@ class Node(PeerWatch, HostWatch):
             # Overtaken on the way: the peer spoke, so it is alive, but what it said is out of date.
             self.peer_seen = now
             self.received["late"] += 1
+            self.offer(Input.PEER_SPOKE, None, now)
             return
         if verdict == wire.REPLAY:
             self._reject("replay")
             return
         self.peer_seen = now
+        self.offer(Input.PEER_SPOKE, None, now)  # a suspicion of its silence ends before the message acts
         msg = env.message
         self.received[msg.kind] += 1
         run = self.run

@@ -118,6 +118,7 @@ class Input(StrEnum):
     CONNECTIONS_COUNTED = "ConnectionsCounted"
     # the node itself
     PEER_HEARD = "peer heard"  # a heartbeat from the peer
+    PEER_SPOKE = "peer spoke"  # any datagram from the peer, a late one too, before it is handled
     NEW_MOVE = "new move"  # another move starts on this node
     DEADLINE = "timeout"  # the state's timeout ran out
 
@@ -435,14 +436,15 @@ TAKEOVER = Machine(
                 # An answer (or an unknown) refuses as in takeover-probing; a verdict of another probe is
                 # ignored (the state stays).
                 In.PROBE_DONE: _t("probed_early", K.WAITING, K.FAILED, K.SUSPECTING),
-                In.PEER_HEARD: _t("suspicion_cleared", K.CLEARED),
+                # Whatever it says (a heartbeat, a late one, a Prepare): before it is acted on.
+                In.PEER_SPOKE: _t("suspicion_cleared", K.CLEARED),
                 In.DEADLINE: _t("holder_silent", K.PROBING, K.CLEARED),
             },
         ),
         K.WAITING: Row(
             Timeout.SILENCE,
             {
-                In.PEER_HEARD: _t("suspicion_cleared", K.CLEARED),
+                In.PEER_SPOKE: _t("suspicion_cleared", K.CLEARED),
                 In.DEADLINE: _t("silent_for_dead_after", K.FENCING, K.CLAIMING, K.CLEARED),
             },
         ),

@@ -144,7 +144,7 @@ class Takeover:
         self._silent(run, now)
         return self._fence_or_claim(run)
 
-    def suspicion_cleared(self, run: TakeoverRun, _: wire.Heartbeat, now: float) -> TakeoverState:
+    def suspicion_cleared(self, run: TakeoverRun, _: None, now: float) -> TakeoverState:
         return self._cleared(run, now)
 
     def _cleared(self, run: TakeoverRun, now: float) -> TakeoverState:
