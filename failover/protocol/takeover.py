@@ -1,8 +1,12 @@
 """An unplanned move: the effects of the takeover table.
 
-A standby that hears nothing from the holder for `dead_after` probes the segment for the VIP and for
-the holder's own address, for as long as the holder's kernel was measured to need (`window`); any
-answer for the VIP means no takeover. The holder's host answering for its own address but nobody for
+A standby that hears nothing from the holder for `dead_after` takes over only after probing the segment
+for the VIP and for the holder's own address, for as long as the holder's kernel was measured to need
+(`window`); any answer for the VIP means no takeover. The probe runs ahead of dead_after (`lead`): the
+takeover starts *suspecting* when the silence is dead_after less the probe's window, and claims once
+the verdict is silent and the silence has lasted dead_after, with nothing at all heard from the holder
+since its last datagram; a holder that speaks before dead_after clears the suspicion, and its probe
+is stopped. The holder's host answering for its own address but nobody for
 the VIP means its agent is down and its host up: no takeover either (see `probed`). Only silence for
 both (and the fence program, if configured) lets it claim. The same machine reclaims a VIP removed
 from the holder behind the agent's back (`on_vip_lost: reclaim`), and recovers a VIP that neither node
