@@ -46,7 +46,7 @@ from failover.load import recent_rate
 from failover.localnode import own_node
 from failover.netlink import NetlinkError, VipLink
 from failover.noticejournal import NoticeJournal
-from failover.persisted import PersistentState, load_state, save_state
+from failover.persisted import PersistentState, StateSaver, load_state
 from failover.protocol import events
 from failover.rejections import RejectionLog
 from failover.stragglerreports import StragglerReports
@@ -97,6 +97,7 @@ class Agent:
         self.handoff_rule = HandoffRule(self.context)
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
+        self._probes: dict[int, asyncio.Task[None]] = {}  # Probe.serial -> its task, until it answers
         self.hooks = HookRuns(self.context)
         self.rejections = RejectionLog(log)
         self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
@@ -117,7 +118,10 @@ class Agent:
             self.link = await VipLink.open(node.interface, cfg.vip.address)
         except NetlinkError as err:
             raise AgentError(f"{cfg.source}: nodes.{node.name}.interface: {err}") from None
-        self.vip_changes = VipChanges(self.context, self.link, fault=self.fault, failed=self._task_failed)
+        self.vip_changes = VipChanges(
+            self.context, self.link, fault=self.fault, failed=self._task_failed,
+            durable=lambda epoch: self.state_saver.durable(epoch),
+        )  # fmt: skip
         self.host_checks = HostChecks(self.context, self.link, vip_changes_done=self.vip_changes.done)
         self.stragglers = StragglerReports(self.context, self.link.mac)
         try:
@@ -135,6 +139,9 @@ class Agent:
                 await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
+        self.state_saver = StateSaver(
+            node.state_dir, state, on_error=lambda err: log.error("state-save-failed", error=str(err))
+        )
         try:
             boot = bootid.next_boot(node.state_dir)  # grows at every start, whatever the clock did
         except bootid.BootIdError as err:
@@ -215,6 +222,7 @@ class Agent:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self.announcer.close()
             await self.journal.flushed()  # what the core journalled is on disk before we exit
+            await self.state_saver.flushed()  # and the epochs
             await self.link.close()
             log.info("agent-stopped", node=node.name, holds_vip=self.core.holds)
         if self._ended_by is not None:
@@ -303,13 +311,12 @@ class Agent:
         for action in self.core.pop_actions():
             self._carry_out(action)
         core = self.core
-        state = PersistentState(epoch=core.epoch, held_epoch=core.held_epoch, held_before=core.held_before)
+        state = PersistentState(
+            epoch=core.epoch_to_keep(), held_epoch=core.held_epoch, held_before=core.held_before
+        )
         if state != self._persisted:
             self._persisted = state
-            try:
-                save_state(self.node.state_dir, state)
-            except OSError as err:
-                log.error("state-save-failed", error=str(err))
+            self.state_saver.put(state)  # off the loop; a claim waits for its epoch (VipChanges)
         deadline = self.core.get_timer()
         if self._timer is not None and self._timer.when() == deadline:
             return  # most datagrams (a flood's) change no deadline: no new timer for each
@@ -342,7 +349,15 @@ class Agent:
             case protocol.RunHooks():
                 self.hooks.fire(action)
             case protocol.Probe():
-                self._spawn(self._probe(action))
+                probe = self._spawn(self._probe(action))
+                if action.serial:
+                    self._probes[action.serial] = probe
+                    probe.add_done_callback(lambda _: self._probes.pop(action.serial, None))
+            case protocol.StopProbe():
+                # Cancelled, its listener is shut and its lock free: the next probe need not wait for it.
+                stopped = self._probes.pop(action.serial, None)
+                if stopped is not None:
+                    stopped.cancel()
             case protocol.MeasurePeer():
                 if not self._measuring:  # one at a time: a slow answer does not pile up frames
                     self._measuring = True
@@ -469,7 +484,9 @@ class Agent:
                  host_answered_by=list(result.host_answered_by) if ask_host else None,
                  window_ms=round(window.span * 1000, 3))
         self._report(
-            events.ProbeDone(action.epoch, result.answered_by, result.unknown, result.host_answered_by)
+            events.ProbeDone(
+                action.epoch, result.answered_by, result.unknown, result.host_answered_by, action.serial
+            )
         )
 
     async def _measure_peer(self, action: protocol.MeasurePeer) -> None:

@@ -8,7 +8,7 @@ closing what a drain leaves behind. Decides nothing: what changes and when is th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import assert_never
 
 import structlog
@@ -32,7 +32,15 @@ VipChange = protocol.StartDrain | protocol.Release | protocol.Claim | protocol.E
 
 
 class VipChanges:
-    def __init__(self, ctx: AgentContext, link: VipLink, *, fault: str, failed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        ctx: AgentContext,
+        link: VipLink,
+        *,
+        fault: str,
+        failed: Callable[[], None],
+        durable: Callable[[int], Awaitable[None]],
+    ) -> None:
         self.link = link
         self.config = ctx.config
         self.fault = fault  # test-only fault injection (agent.FAULT_ENV)
@@ -40,6 +48,7 @@ class VipChanges:
         self._spawn = ctx.spawn
         self._failed = failed  # one more task that ended with an exception
         self.now = ctx.now
+        self._durable = durable  # until state.json keeps at least this epoch (persisted.StateSaver)
         self._vip_ops: asyncio.Queue[VipChange] = asyncio.Queue()
         self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._hold: ConnectionHold | None = None  # the drain's second reference to its connections
@@ -105,13 +114,18 @@ class VipChanges:
                 await asyncio.sleep(3600)
             if self.fault == "claim-fails" and action.why == "swap":
                 raise NetlinkError("injected test fault: netlink add refused")
-            await asyncio.wait_for(self.link.claim(), self.config.swap.step_timeout_ms / 1000)
+            # The claim's epoch on disk first: restarted, this node never reuses an epoch it claimed with.
+            await asyncio.wait_for(self._claim_durably(action.epoch), self.config.swap.step_timeout_ms / 1000)
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink add timed out"
         done_at = self.now()
         self._report(events.ClaimDone(action.epoch, ok, error))
         # `at` is CLOCK_MONOTONIC, shared by every namespace of a host: the lab lines events up with it.
         log.info("claim", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
+
+    async def _claim_durably(self, epoch: int) -> None:
+        await self._durable(epoch)
+        await self.link.claim()
 
     async def _start_drain(self, action: protocol.StartDrain) -> None:
         try:

@@ -77,6 +77,9 @@ class NodePair:
         self.measures: list[tuple[str, float]] = []  # (node, when) of every MeasurePeer
         self.windows: list[protocol.ProbeWindow | None] = []  # each Probe's window (None: configured)
         self.probe_time = 0.08
+        self.stopped_probes: set[int] = set()  # serials of probes the core stopped: they answer nothing
+        self.stop_comes_late = False  # True: a stopped probe answers all the same (it had finished)
+        self.probe_overshoot = 0.0  # how much longer than its window a probe takes (the loop's wake-ups)
         self.load_rate: float | None = 200.0  # what the source's access log says of the last seconds
         self.load_delay = 0.002  # reading it
         self.probe_unknown = ""  # non-empty: probes cannot tell (frames dropped), whoever holds the VIP
@@ -243,10 +246,15 @@ class NodePair:
             case protocol.Probe():
                 start = self.now
                 took = self.probe_time if action.window is None else action.window.span
+                took += self.probe_overshoot
                 self.probes.append((name, start, start + took))
                 self.windows.append(action.window)
                 host = action.peer_host and peer in self.host_up
-                self.at(start + took, lambda: self._probed(name, node, action.epoch, start, host))
+                probe = action
+                self.at(start + took, lambda: self._probed(name, node, probe, start, host))
+            case protocol.StopProbe():
+                if not self.stop_comes_late:
+                    self.stopped_probes.add(action.serial)
             case protocol.MeasurePeer():
                 self.measures.append((name, self.now))
                 up = self.alive[peer] or peer in self.host_up
@@ -321,7 +329,9 @@ class NodePair:
         if self.handoffs.get(name) == epoch:
             del self.handoffs[name]
 
-    def _probed(self, name: str, node: Node, epoch: int, start: float, host_up: bool = False) -> None:
+    def _probed(self, name: str, node: Node, probe: protocol.Probe, start: float, host_up: bool) -> None:
+        if probe.serial and probe.serial in self.stopped_probes:
+            return
         # Whoever holds the VIP answers; so does anyone probing at the same time (RFC 5227 conflict).
         answered = {h for h in self.vip_on if h != name}
         answered |= {p for p, s, e in self.probes if p != name and s <= self.now and e >= start}
@@ -330,7 +340,7 @@ class NodePair:
             macs = ()  # the answer may be among the frames the probe lost
         peer = "backup" if name == "live" else "live"
         hosts = (MACS[peer],) if host_up else ()
-        self._answer(name, node, ev.ProbeDone(epoch, macs, self.probe_unknown, hosts))
+        self._answer(name, node, ev.ProbeDone(probe.epoch, macs, self.probe_unknown, hosts, probe.serial))
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node

@@ -492,10 +492,19 @@ def heartbeat_impairment_rules(
     loss_percent: int = SOAK_LOSS_PERCENT, port: int = HEARTBEAT_PORT, relay_port: int = RELAY_PORT
 ) -> str:
     """nft rules for one server's namespace: drop loss_percent of its outgoing heartbeats at random,
-    hand the rest to the delaying relay on relay_port."""
+    hand the rest to the delaying relay on relay_port.
+
+    The redirect is NAT, decided once per conntrack flow, and both agents' heartbeats are one flow
+    (port to port). Were the peer's incoming heartbeat tracked first, ours would be that flow's replies
+    and never redirected: which direction got delayed was a race (a soak had live's heartbeats only
+    dropped, not delayed). The peer's heartbeats are left untracked, so ours always start the flow."""
     match = f"udp sport {port} udp dport {port}"
     return (
         "table ip fo_soak {\n"
+        "  chain untracked_in {\n"
+        "    type filter hook prerouting priority -300; policy accept;\n"
+        f"    {match} notrack\n"
+        "  }\n"
         "  chain loss {\n"
         "    type filter hook output priority -200; policy accept;\n"
         f"    {match} numgen random mod 100 < {loss_percent} counter name dropped drop\n"

@@ -99,6 +99,8 @@ def heartbeat_soak(
         # The logs are the count; a last_takeover that says ok is one too, should a log line be lost.
         "takeovers": max(takeovers, sum(1 for t in last.values() if t and t.get("ok"))),
         "takeovers_refused": {h: count(h, "takeover-refused") for h in cont.SERVERS},
+        # Suspicions the holder cleared by speaking before dead_after: no takeover was due.
+        "suspicions_cleared": {h: count(h, "suspicion-cleared") for h in cont.SERVERS},
         "probes": {h: count(h, "probe") for h in cont.SERVERS},
         "last_takeover": last,
         "holders": dict(holders),

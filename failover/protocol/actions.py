@@ -100,6 +100,14 @@ class Probe:
     epoch: int
     window: ProbeWindow | None = None  # None: the configured window
     peer_host: bool = False  # also ask who has the peer's own address: is its host up (host_answered_by)
+    serial: int = 0  # which probe this is: its ProbeDone says it back (a takeover takes only its own)
+
+
+@dataclass(frozen=True)
+class StopProbe:
+    """The probe `serial` is no longer wanted (its takeover was cleared): stop it, answer nothing."""
+
+    serial: int
 
 
 @dataclass(frozen=True)
@@ -235,6 +243,7 @@ Action = (
     | BeforeRelease
     | RunHooks
     | Probe
+    | StopProbe
     | MeasurePeer
     | Fence
     | Handoff

@@ -77,6 +77,7 @@ class ProbeDone:
     unknown: str = ""  # why the probe may have missed an answer (frames dropped, an error): not silence
     # With Probe.peer_host: the MACs that answered for (or spoke from) the peer's own address.
     host_answered_by: tuple[str, ...] = ()
+    serial: int = 0  # Probe.serial, said back
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,15 @@ from failover.protocol.host import HostWatch
 from failover.protocol.moves import Moves
 from failover.protocol.peer import PeerWatch
 from failover.protocol.results import Outcome
-from failover.protocol.runs import AnyRun, DrainedCopies, DryRun, Record, SourceRun, TargetRun
+from failover.protocol.runs import (
+    AnyRun,
+    DrainedCopies,
+    DryRun,
+    Record,
+    SourceRun,
+    TakeoverRun,
+    TargetRun,
+)  # fmt: skip
 from failover.protocol.setup import NodeSetup
 from failover.protocol.states import (
     DRAIN,
@@ -148,9 +156,7 @@ class Node(PeerWatch, HostWatch):
     def get_timer(self) -> float:
         deadlines = [self._next_heartbeat]
         if self._may_take_over():
-            assert self.peer_seen is not None
-            # Just past dead_after: alive means "heard within dead_after", inclusive.
-            deadlines.append(max(self.peer_seen + self.timing.dead_after + 0.001, self._takeover_not_before))
+            deadlines.append(self.silence_deadline())
         if self._announce_due:
             deadlines.append(self._announce_due[0])
         if self.takeover.measure_due is not None:
@@ -165,6 +171,15 @@ class Node(PeerWatch, HostWatch):
         return min(deadlines)
 
     # --- queries -----------------------------------------------------------------------------------
+
+    def epoch_to_keep(self) -> int:
+        """The epoch the agent keeps on disk, and must have kept before any claim with it: the node's own, or
+        that of a takeover under way, which takes it only at its claim. Kept from the takeover's start, the
+        write is done (off the event loop) by the time the claim needs it."""
+        run = self.run
+        if isinstance(run, TakeoverRun) and not row(run.state).finished:
+            return max(self.epoch, run.epoch)
+        return self.epoch
 
     def busy(self) -> bool:
         return self.run is not None and not row(self.run.state).finished
@@ -204,11 +219,13 @@ class Node(PeerWatch, HostWatch):
             # Overtaken on the way: the peer spoke, so it is alive, but what it said is out of date.
             self.peer_seen = now
             self.received["late"] += 1
+            self.offer(Input.PEER_SPOKE, None, now)
             return
         if verdict == wire.REPLAY:
             self._reject("replay")
             return
         self.peer_seen = now
+        self.offer(Input.PEER_SPOKE, None, now)  # a suspicion of its silence ends before the message acts
         msg = env.message
         self.received[msg.kind] += 1
         run = self.run
@@ -303,12 +320,7 @@ class Node(PeerWatch, HostWatch):
                 self.send(dry.request)
                 dry.resend_at = now + self.timing.retransmit
             self._deadline(dry, now)
-        if (
-            self._may_take_over()
-            and self.peer_seen is not None
-            and now >= self._takeover_not_before
-            and now - self.peer_seen > self.timing.dead_after
-        ):
+        if self._may_take_over() and now >= self.silence_deadline():
             self._holder_silent(now)
         self._recover_if_nobody_holds(now)
         run = self.run

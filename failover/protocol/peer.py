@@ -144,6 +144,18 @@ class PeerWatch:
         run = self.takeover.start("recover", why, "nobody-holds", now)
         self.begin(run, run.state, now)
 
+    def silence_deadline(self) -> float:
+        """When the standing-by node acts on the holder's silence (`_may_take_over`): with automatic takeover,
+        dead_after less the probe's lead, so that the probe's verdict is in at dead_after; without, just past
+        dead_after (alive means "heard within dead_after", inclusive), to report it. Never before a refused
+        takeover's retry."""
+        assert self.peer_seen is not None
+        if self.setup.automatic:
+            at = self.peer_seen + self.timing.dead_after - self.takeover.lead()
+        else:
+            at = self.peer_seen + self.timing.dead_after + 0.001
+        return max(at, self._takeover_not_before)
+
     def _holder_silent(self, now: float) -> None:
         assert self.peer_seen is not None
         silent_ms = (now - self.peer_seen) * 1000
@@ -160,7 +172,8 @@ class PeerWatch:
                 self._actions.append(a.Notice("holder-silent", dict(self.last_takeover)))
             return
         why = f"{peer} silent for {silent_ms:.0f} ms"
-        run = self.takeover.start("takeover", why, "holder-silent", now)
+        early = now < self.peer_seen + self.timing.dead_after  # probing ahead: see Takeover.lead
+        run = self.takeover.start("takeover", why, "suspected" if early else "holder-silent", now)
         self.begin(run, run.state, now)
 
     def _schedule_announce(self, now: float) -> None:

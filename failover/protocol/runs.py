@@ -117,6 +117,9 @@ class TakeoverRun(Run):
     state: TakeoverState = field(kw_only=True)
     why: str = ""  # what started it: the holder's silence, or the VIP gone
     fence_detail: str | None = None  # the fence program's answer, once it passed
+    # A silent holder's takeover: when the holder was last heard as it began. Its probe counts only if the
+    # holder stays silent from then to the claim; any datagram from it moves `peer_seen` past this.
+    heard: float | None = None
 
     @property
     def role(self) -> str:

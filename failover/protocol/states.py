@@ -59,11 +59,14 @@ class RollbackState(StrEnum):
 class TakeoverState(StrEnum):
     """The standby claiming the VIP of a silent holder, or the holder reclaiming a VIP it lost."""
 
+    SUSPECTING = "takeover-suspecting"  # the holder silent for dead_after less the probe's window: probing
+    WAITING = "takeover-waiting"  # the probe heard nobody; the holder not yet silent for dead_after
     PROBING = "takeover-probing"
     FENCING = "takeover-fencing"
     CLAIMING = "takeover-claiming"
     DONE = "done"
     FAILED = "failed"
+    CLEARED = "cleared"  # the holder spoke before it was silent for dead_after: no takeover question
 
 
 class DryRunState(StrEnum):
@@ -149,6 +152,7 @@ class Input(StrEnum):
     CONNECTIONS_COUNTED = "ConnectionsCounted"
     # the node itself
     PEER_HEARD = "peer heard"  # a heartbeat from the peer
+    PEER_SPOKE = "peer spoke"  # any datagram from the peer, a late one too, before it is handled
     NEW_MOVE = "new move"  # another move starts on this node
     DRAIN_REPORT = "drain report"  # the drain of the move's epoch ended, or is over for the operator
     HANDOFF_PLACED = "new handoff"  # another move placed its own handoff, which replaces the kept one
@@ -168,6 +172,7 @@ class Timeout(StrEnum):
     PROOF_AND_STEP = "proof deadline + step_timeout"
     STRAGGLERS = "rest of straggler window"
     PROBE = "step_timeout + probe"
+    SILENCE = "rest of dead_after"
     FENCE = "step_timeout + fence"
     CHECKS = "step_timeout + host checks"
     DRAIN_MIN = "drain_ms"
@@ -460,12 +465,32 @@ ROLLBACK = Machine(
 TAKEOVER = Machine(
     "takeover",
     TakeoverState,
-    entry=(K.PROBING,),
+    # A silent holder's takeover starts suspecting: its probe runs in the last stretch of dead_after, so
+    # that the verdict is in when the silence has lasted dead_after. A reclaim or a recovery probes at once.
+    entry=(K.SUSPECTING, K.PROBING),
     rows={
+        K.SUSPECTING: Row(
+            Timeout.SILENCE,
+            {
+                # An answer (or an unknown) refuses as in takeover-probing; a verdict of another probe is
+                # ignored (the state stays).
+                In.PROBE_DONE: _t("probed_early", K.WAITING, K.FAILED, K.SUSPECTING),
+                # Whatever it says (a heartbeat, a late one, a Prepare): before it is acted on.
+                In.PEER_SPOKE: _t("suspicion_cleared", K.CLEARED),
+                In.DEADLINE: _t("holder_silent", K.PROBING, K.CLEARED),
+            },
+        ),
+        K.WAITING: Row(
+            Timeout.SILENCE,
+            {
+                In.PEER_SPOKE: _t("suspicion_cleared", K.CLEARED),
+                In.DEADLINE: _t("silent_for_dead_after", K.FENCING, K.CLAIMING, K.CLEARED),
+            },
+        ),
         K.PROBING: Row(
             Timeout.PROBE,
             {
-                In.PROBE_DONE: _t("probed", K.FENCING, K.CLAIMING, K.FAILED),
+                In.PROBE_DONE: _t("probed", K.FENCING, K.CLAIMING, K.FAILED, K.PROBING),
                 In.PEER_HEARD: _t("peer_heard", K.PROBING, K.FAILED),
                 In.DEADLINE: _t("probe_timed_out", K.FAILED),
             },
@@ -485,6 +510,7 @@ TAKEOVER = Machine(
         ),
         K.DONE: Row(finished=True, terminal=True),
         K.FAILED: Row(finished=True, terminal=True),
+        K.CLEARED: Row(finished=True, terminal=True),
     },
 )
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from failover.protocol.runs import DrainRun, DrainWait, KeptHandoff, Record, SourceRun, TargetRun
+from failover.protocol.runs import (
+    DrainRun,
+    DrainWait,
+    KeptHandoff,
+    Record,
+    SourceRun,
+    TakeoverRun,
+    TargetRun,
+)  # fmt: skip
 from failover.protocol.setup import NodeSetup
 from failover.protocol.states import Timeout
 from failover.protocol.swap import proof_deadline
@@ -48,6 +56,10 @@ def seconds(timeout: Timeout, setup: NodeSetup, record: Record, now: float) -> f
             return max(0.0, record.straggler_until - now)
         case Timeout.PROBE:
             return step + s.probe_budget
+        case Timeout.SILENCE:
+            # Until the holder has been silent for dead_after, counted from its last datagram.
+            assert isinstance(record, TakeoverRun) and record.heard is not None
+            return max(0.0, record.heard + s.timing.dead_after - now)
         case Timeout.FENCE:
             return step + s.fence_budget
         case Timeout.DRAIN_MIN:

@@ -27,8 +27,9 @@ ANSWER_MULTIPLE = 3.0
 # ksoftirqd, an ordinary thread; on this machine kind (2 cores shared by several people, EEVDF with a
 # base slice of ~1.5 ms for 2 CPUs) a woken thread can wait behind a few others' slices, and the
 # standby's own probe thread, the veth hop and the holder's reply queue each add such a wait. Three
-# slices is ~4.5 ms; 5 ms keeps a holder that is merely slow for a moment from looking dead. The price:
-# at 10 ms heartbeats and 30 ms dead_after a crash costs at least ~30 + 5 + (count-1) x scaled interval.
+# slices is ~4.5 ms; 5 ms keeps a holder that is merely slow for a moment from looking dead. The price
+# is paid inside dead_after: a takeover's probe runs ahead of it (`Takeover.lead`), so at 10 ms
+# heartbeats and 30 ms dead_after the window (8.3 ms) is over by the time the silence has lasted 30 ms.
 FLOOR = 0.005
 SAMPLE_SIZE = 8  # the newest round trips kept: at one every few seconds, the last ~quarter minute
 MIN_SAMPLES = 3  # fewer: the spread means nothing yet, so the configured window

@@ -117,6 +117,18 @@ def events(cluster: LabCluster, name: str, event: str) -> list[dict[str, Any]]:
     return [e for e in cluster.agent_events(name) if e.get("event") == event]
 
 
+def claimed_after_suspicion(takeover: Mapping[str, Any]) -> bool:
+    """A silent holder's takeover that claimed as it should: suspected (dead_after less the probe's window),
+    the probe silent, dead_after reached, claimed. The probe runs ahead of dead_after, so its verdict and
+    the end of dead_after come in either order, a millisecond or so apart; the claim follows both."""
+    steps = [s["step"] for s in takeover["steps"]]
+    return (
+        sorted(steps[1:3]) == ["holder-silent", "probe-silent"]
+        and steps[0] == "suspected"
+        and steps[3:] == ["claimed"]
+    )
+
+
 @contextlib.contextmanager
 def lab_cluster(
     overrides: Mapping[str, Any] | None = None,

@@ -261,9 +261,11 @@ def test_crash_ratios_and_takeover_section() -> None:
 def test_heartbeat_impairment_matches_only_the_agents_heartbeats() -> None:
     rules = cont.heartbeat_impairment_rules()
     matches = [line.strip() for line in rules.splitlines() if "udp" in line]
-    assert len(matches) == 3
+    assert len(matches) == 4
     assert all(m.startswith("udp sport 5405 udp dport 5405 ") for m in matches)
     assert "numgen random mod 100 < 30" in rules and "redirect to :15405" in rules
+    # The peer's heartbeats untracked, so that ours start the conntrack flow the redirect needs.
+    assert "udp sport 5405 udp dport 5405 notrack" in rules and "hook prerouting" in rules
     assert "tcp" not in rules and "arp" not in rules
 
 
