@@ -307,9 +307,10 @@ class Agent:
             self._stop_if_entering(self.fault.partition(":")[2])
         for action in self.core.pop_actions():
             self._carry_out(action)
-        core = self.core
-        state = PersistentState(epoch=core.epoch, held_epoch=core.held_epoch, held_before=core.held_before)
-        if state != self._persisted:
+        core, kept = self.core, self._persisted
+        # Compared field by field: a pump per datagram (a heartbeat every 10 ms) makes no state to compare.
+        if (core.epoch, core.held_epoch, core.held_before) != (kept.epoch, kept.held_epoch, kept.held_before):
+            state = PersistentState(core.epoch, core.held_epoch, core.held_before)
             self._persisted = state
             try:
                 save_state(self.node.state_dir, state)
