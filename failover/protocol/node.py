@@ -213,12 +213,6 @@ class Node(PeerWatch, HostWatch):
         run = self.run
         if isinstance(msg, wire.Heartbeat):
             self._on_heartbeat(msg, now)
-            if self._next_heartbeat - now <= self.timing.heartbeat_interval / 2:
-                # Ours is due soon anyway: sent now, in answer, it costs the agent no wake-up of its own.
-                # The two nodes settle into one sending on its timer and the other answering, three
-                # wake-ups per interval between them instead of four; never later than on the timer, and
-                # never more often than twice per interval.
-                self._heartbeat(now)
         elif isinstance(msg, wire.Drained):
             self.drainer.peer_drained(msg, now)
         elif isinstance(msg, wire.SwapRequest):
@@ -286,7 +280,18 @@ class Node(PeerWatch, HostWatch):
 
     def handle_timer(self, now: float) -> None:
         if now >= self._next_heartbeat:
-            self._heartbeat(now)
+            self.send(
+                wire.Heartbeat(
+                    epoch=self.epoch,
+                    holds_vip=self.holds,
+                    held_epoch=self.held_epoch,
+                    digest=self.setup.digest,
+                    healthy=self.healthy(),
+                    keys=self._names_of_keys(),
+                )
+            )
+            self._next_heartbeat = now + self.timing.heartbeat_interval
+            self.drainer.on_heartbeat()
         self._announce_if_due(now)
         self.takeover.measure_if_due(now)
         if self.drainer.run is not None:
@@ -312,20 +317,6 @@ class Node(PeerWatch, HostWatch):
             self.send(run.outbox)
             run.resend_at = now + self.timing.retransmit
         self._deadline(run, now)
-
-    def _heartbeat(self, now: float) -> None:
-        self.send(
-            wire.Heartbeat(
-                epoch=self.epoch,
-                holds_vip=self.holds,
-                held_epoch=self.held_epoch,
-                digest=self.setup.digest,
-                healthy=self.healthy(),
-                keys=self._names_of_keys(),
-            )
-        )
-        self._next_heartbeat = now + self.timing.heartbeat_interval
-        self.drainer.on_heartbeat()
 
     def _names_of_keys(self) -> str:
         keys = self.setup.keys
