@@ -193,6 +193,7 @@ class Agent:
             test_fault=self.fault or None,
         )
         self._pump()
+        _trim_heap()
         # Sockets are bound and the VIP's state is known: tell systemd (Type=notify) we are up.
         sdnotify.notify(f"READY=1\nSTATUS=node {node.name}, holds VIP: {'yes' if holds else 'no'}")
         interval = sdnotify.watchdog_interval()
@@ -491,6 +492,14 @@ class Agent:
         finally:
             self._measuring = False
         self._report(events.PeerMeasured(rtt))
+
+
+def _trim_heap() -> None:
+    """Hand back to the kernel the heap that start-up freed (scapy's vendor table above all)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc's; elsewhere there is nothing to trim this way
 
 
 async def _injected_failure(name: str) -> None:
