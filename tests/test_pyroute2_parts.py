@@ -77,8 +77,3 @@ def test_the_agent_loads_no_more_of_pyroute2_than_it_uses() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
-
-def test_the_agent_trims_its_heap_after_start_wherever_it_runs() -> None:
-    from failover.agent import _trim_heap
-
-    _trim_heap()  # glibc's malloc_trim here; a libc without it is no error
