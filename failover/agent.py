@@ -195,6 +195,7 @@ class Agent:
             test_fault=self.fault or None,
         )
         self._pump()
+        _trim_heap()
         # Sockets are bound and the VIP's state is known: tell systemd (Type=notify) we are up.
         sdnotify.notify(f"READY=1\nSTATUS=node {node.name}, holds VIP: {'yes' if holds else 'no'}")
         interval = sdnotify.watchdog_interval()
@@ -310,11 +311,11 @@ class Agent:
             self._stop_if_entering(self.fault.partition(":")[2])
         for action in self.core.pop_actions():
             self._carry_out(action)
-        core = self.core
-        state = PersistentState(
-            epoch=core.epoch_to_keep(), held_epoch=core.held_epoch, held_before=core.held_before
-        )
-        if state != self._persisted:
+        core, kept = self.core, self._persisted
+        epoch = core.epoch_to_keep()
+        # Compared field by field: a pump per datagram (a heartbeat every 10 ms) makes no state to compare.
+        if (epoch, core.held_epoch, core.held_before) != (kept.epoch, kept.held_epoch, kept.held_before):
+            state = PersistentState(epoch, core.held_epoch, core.held_before)
             self._persisted = state
             self.state_saver.put(state)  # off the loop; a claim waits for its epoch (VipChanges)
         deadline = self.core.get_timer()
@@ -502,6 +503,14 @@ class Agent:
         finally:
             self._measuring = False
         self._report(events.PeerMeasured(rtt))
+
+
+def _trim_heap() -> None:
+    """Hand back to the kernel the heap that start-up freed (scapy's vendor table above all)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)  # glibc's; elsewhere there is nothing to trim this way
 
 
 async def _injected_failure(name: str) -> None:

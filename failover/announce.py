@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 # that would stay resident in every agent. scapy consults it only to print a MAC with its vendor's name,
 # which nothing here does, so the table is dropped as soon as the layers are in.
 scapy.data.MANUFDB = scapy.data.ManufDA(_name="scapy/manufdb")
+# Likewise Bluetooth's company identifiers (~4,000 names, ~0.5 MiB), read for scapy's Bluetooth layers only.
+scapy.data.BLUETOOTH_CORE_COMPANY_IDENTIFIERS = {}
 
 # scapy's IPv6 layers (~2 MiB, ~40 ms to import), bound by _need_inet6() before the first IPv6 frame.
 IPv6: Any

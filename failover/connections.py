@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from pyroute2 import DiagSocket
+from failover.pyroute2_parts import DiagSocket
 
 IPAddress = IPv4Address | IPv6Address
 

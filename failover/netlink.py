@@ -1,7 +1,8 @@
 """Netlink adapter: puts the VIP on an interface, takes it off, and tells whether it is there.
 
-The only module that imports pyroute2. It makes no protocol decisions: the caller decides when to claim
-or release, this module only carries it out and reports what the kernel said.
+The only module that uses pyroute2 for addresses (its names come through ``failover.pyroute2_parts``). It
+makes no protocol decisions: the caller decides when to claim or release, this module only carries it out
+and reports what the kernel said.
 
 The agent runs inside its namespace already (``ip netns exec``) and inside an asyncio loop, so everything
 here goes through ``pyroute2.AsyncIPRoute`` (the synchronous ``IPRoute`` refuses to run in a live loop).
@@ -22,9 +23,8 @@ from collections.abc import AsyncGenerator, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError as _PyrouteNetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR
+from failover.pyroute2_parts import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, AsyncIPRoute
+from failover.pyroute2_parts import NetlinkError as _PyrouteNetlinkError
 
 __all__ = ["IPInterface", "NetlinkError", "VipLink", "neighbour_ips"]
 

@@ -297,3 +297,63 @@ def test_a_reordered_position_is_late_once_and_a_replay_after() -> None:
     assert guard.check(envelope(hb, seq=far - 1)) == wire.LATE
     older_boot = dataclasses.replace(envelope(hb, seq=far - 2), boot=envelope(hb).boot - 1)
     assert guard.check(older_boot) == wire.REPLAY
+
+
+# --- the heartbeat's fast paths: the same bytes and the same envelopes as the plain ones ---------------
+
+
+@given(st.binary(max_size=200), st.binary(max_size=300))
+def test_the_hmac_is_hmac_sha256(key: bytes, data: bytes) -> None:
+    assert wire._hmac_sha256(key, data) == hmac.digest(key, data, "sha256")
+
+
+heartbeats = st.builds(
+    wire.Heartbeat,
+    epoch=st.integers(0, wire.INT_MAX),
+    holds_vip=st.booleans(),
+    held_epoch=st.integers(0, wire.INT_MAX),
+    digest=st.text(max_size=70),
+    healthy=st.booleans(),
+    keys=st.text(max_size=40),
+)
+
+
+@given(heartbeats, st.text(max_size=20), st.lists(st.integers(0, wire.INT_MAX), min_size=1, max_size=4))
+def test_a_heartbeat_encodes_to_the_plain_encoders_bytes(msg: wire.Heartbeat, cluster: str,
+                                                          seqs: list[int]) -> None:
+    for seq in seqs:  # the first one makes the cached parts, the others use them
+        env = wire.Envelope(cluster=cluster, sender="live", boot=5, seq=seq, message=msg)
+        plain = wire.MAGIC + bytes([wire.VERSION]) + json.dumps(
+            wire._doc(env), separators=(",", ":")).encode()
+        assert wire.encode(env, KEY) == plain + hmac.digest(KEY, plain, "sha256")
+
+
+@given(heartbeats, st.lists(st.integers(0, wire.INT_MAX), min_size=2, max_size=4))
+def test_a_heartbeat_heard_again_decodes_as_the_plain_decoder_does(msg: wire.Heartbeat,
+                                                                  seqs: list[int]) -> None:
+    for seq in seqs:
+        data = wire.encode(envelope(msg, seq), KEY)
+        decoded = wire.decode(data, (KEY,))
+        assert decoded == wire._parse(data[3:-wire.MAC_LEN]) and decoded.seq == seq
+
+
+def test_a_heartbeat_with_a_second_n_is_never_taken_from_what_was_heard() -> None:
+    base = {"c": "web", "s": "live", "b": 1, "n": 5, "k": "heartbeat",
+            "m": {"epoch": 1, "holds_vip": True, "held_epoch": 1, "digest": "d"}}
+
+    def text(doc: dict[str, object]) -> str:
+        return json.dumps(doc, separators=(",", ":"))
+
+    for _ in range(2):
+        # Heard: its bytes around 5 are remembered.
+        assert wire.decode(_signed(text(base).encode()), (KEY,)).seq == 5
+    # The same bytes around the first "n", and a later duplicate that JSON lets win: never the cache's.
+    dup = text(base)[:-1] + ',"n":9}'
+    for first in (5, 6):
+        assert wire.decode(_signed(dup.replace('"n":5', f'"n":{first}', 1).encode()), (KEY,)).seq == 9
+    # A number the pattern does not take (a leading zero, too many digits) goes to the plain decoder.
+    with pytest.raises(wire.WireError):
+        wire.decode(_signed(text(base).replace('"n":5', '"n":05').encode()), (KEY,))
+    huge = text(base).replace('"n":5', f'"n":{2**63}')
+    with pytest.raises(wire.WireError, match="out-of-range"):
+        wire.decode(_signed(huge.encode()), (KEY,))

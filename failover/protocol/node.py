@@ -129,6 +129,8 @@ class Node(PeerWatch, HostWatch):
         # Until the peer says which keys it accepts, sign with the oldest we have: mid-rotation the peer
         # may not have the new one yet. Its first heartbeat moves us to the newest key it accepts.
         self._signing_key = setup.keys[-1]
+        self._named_keys: tuple[bytes, ...] = ()  # the keys _key_names names, in every heartbeat
+        self._key_names = ""
         self._replay = wire.ReplayGuard()
         self._next_heartbeat = now
         self._announce_due: list[float] = []
@@ -305,7 +307,7 @@ class Node(PeerWatch, HostWatch):
                     held_epoch=self.held_epoch,
                     digest=self.setup.digest,
                     healthy=self.healthy(),
-                    keys=",".join(wire.key_fingerprint(k) for k in self.setup.keys),
+                    keys=self._names_of_keys(),
                 )
             )
             self._next_heartbeat = now + self.timing.heartbeat_interval
@@ -330,6 +332,12 @@ class Node(PeerWatch, HostWatch):
             self.send(run.outbox)
             run.resend_at = now + self.timing.retransmit
         self._deadline(run, now)
+
+    def _names_of_keys(self) -> str:
+        keys = self.setup.keys
+        if keys is not self._named_keys:
+            self._named_keys, self._key_names = keys, ",".join(wire.key_fingerprint(k) for k in keys)
+        return self._key_names
 
     # --- the tables at work ------------------------------------------------------------------------
 
