@@ -54,7 +54,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import json
+import os
 import re
+import socket
+import struct
 import threading
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -255,45 +258,81 @@ def _ss_filter(vip: IPAddress, states: tuple[str, ...]) -> list[str]:
     return ["-t", "-n", "-H", *wanted, "src", source]
 
 
-def _endpoint(text: str) -> tuple[IPAddress, int]:
-    """``203.0.113.3:40000``, ``[2001:db8::3]:40000`` or ``[::ffff:203.0.113.3]:40000`` (ss -n) ->
-    (address, port), a mapped IPv4 address as the IPv4 one the packets carry."""
-    host, _, port = text.rpartition(":")
-    address = ip_address(host.strip("[]").split("%")[0])
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped, int(port)
-    return address, int(port)
-
-
 async def connections(vip: IPAddress) -> tuple[list[Connection], int]:
     """This host's TCP connections on the VIP that are not over, (peer, peer port, VIP port) each, and
-    how many sockets on the VIP are over (``OVER``, the states ``close_time_wait`` closes), in one ``ss``.
+    how many sockets on the VIP are over (``OVER``, the states ``close_time_wait`` closes).
 
-    Recorded, an over socket's tuple would keep a reused client port from the handoff.
+    What ``ss -t -n state connected src VIP`` lists (every state but listening and closed, IPv6 sockets
+    of a dual-stack listener included), asked of the kernel's sock_diag in this process: no ``ss``
+    started on the new holder's way to ready (~5 ms idle, more on a busy host). Recorded, an over
+    socket's tuple would keep a reused client port from the handoff.
     """
-    code, out = await _run("ss", _ss_filter(vip, ("connected",)))
-    if code != 0:
-        raise HandoffError(f"live connections on the VIP: ss: {_first_line(out, code)}")
-    return parse_connections(out)
-
-
-def parse_connections(out: str) -> tuple[list[Connection], int]:
-    """``ss -t -n -H state connected`` lines (state first, as ss prints it for several states) ->
-    (the connections not over, how many over)."""
+    try:
+        sockets = await asyncio.wait_for(asyncio.to_thread(_tcp_sockets, vip.version), 5.0)
+    except OSError as err:
+        raise HandoffError(f"live connections on the VIP: sock_diag: {err.strerror or err}") from None
     found, over = [], 0
-    for line in out.splitlines():
-        fields = line.split()
-        try:
-            state = fields[0].lower()
-            _, port = _endpoint(fields[-2])
-            peer, peer_port = _endpoint(fields[-1])
-        except (IndexError, ValueError):
-            raise HandoffError(f"live connections on the VIP: ss printed {line!r}") from None
-        if state in OVER:
+    for state, local, port, peer, peer_port in sockets:
+        if local != vip:
+            continue
+        if state == _TCP_TIME_WAIT:
             over += 1
         else:
             found.append((peer, peer_port, port))
     return found, over
+
+
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY = 4, 20
+_NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_ERROR, _NLMSG_DONE = 0x1, 0x300, 2, 3
+_TCP_TIME_WAIT, _TCP_CLOSE, _TCP_LISTEN, _TCP_MAX_STATE = 6, 7, 10, 12  # include/net/tcp_states.h
+# ss's `connected`: every state but listening and closed (TIME_WAIT and SYN_RECV too).
+_CONNECTED = sum(1 << s for s in range(1, _TCP_MAX_STATE + 1) if s not in (_TCP_CLOSE, _TCP_LISTEN))
+# inet_diag_msg up to its sockid's addresses: family, state, timer, retrans, then sport, dport (__be16)
+_DIAG_MSG = struct.Struct("!BBBBHH16s16s")
+
+
+def _tcp_sockets(version: int) -> list[tuple[int, IPAddress, int, IPAddress, int]]:
+    """(state, local address, local port, peer address, peer port) of this namespace's TCP sockets in a
+    `_CONNECTED` state: IPv4 and IPv6 ones for an IPv4 VIP (a mapped address read as its IPv4 one),
+    IPv6 ones for an IPv6 VIP. Blocking (netlink): run it in a thread."""
+    families = (socket.AF_INET, socket.AF_INET6) if version == 4 else (socket.AF_INET6,)
+    found: list[tuple[int, IPAddress, int, IPAddress, int]] = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(5.0)
+        for seq, family in enumerate(families, 1):
+            # inet_diag_req_v2: family, protocol, extensions (none), pad, states, a zero sockid (any)
+            req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, _CONNECTED) + bytes(48)
+            flags = _NLM_F_REQUEST | _NLM_F_DUMP
+            nl.send(struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + req)
+            found += _read_dump(nl, family)
+    return found
+
+
+def _read_dump(nl: socket.socket, family: int) -> list[tuple[int, IPAddress, int, IPAddress, int]]:
+    found: list[tuple[int, IPAddress, int, IPAddress, int]] = []
+    size = 4 if family == socket.AF_INET else 16
+    while True:
+        data, offset = nl.recv(1 << 17), 0
+        while offset + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if length < 16:
+                raise OSError(f"sock_diag: a message of {length} bytes")
+            if kind == _NLMSG_DONE:
+                return found
+            if kind == _NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", data, offset + 16)
+                raise OSError(-error, f"sock_diag: {os.strerror(-error)}")
+            if kind == _SOCK_DIAG_BY_FAMILY:
+                _, state, _, _, sport, dport, src, dst = _DIAG_MSG.unpack_from(data, offset + 16)
+                found.append((state, _address(src[:size]), sport, _address(dst[:size]), dport))
+            offset += (length + 3) & ~3
+
+
+def _address(raw: bytes) -> IPAddress:
+    address = ip_address(raw)
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 async def _close(vip: IPAddress, states: tuple[str, ...], what: str) -> int:
