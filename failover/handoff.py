@@ -46,7 +46,7 @@ connection being accepted that the rule would then hand away.
 
 A TIME_WAIT socket left here from when this host last held the VIP no longer hides a reused client port
 (the rule acts before TCP), but ``install`` still closes those sockets (``ss -K``): they serve nothing,
-and they must not be recorded as live. ``ss`` also lists the live connections for ``own``.
+and they must not be recorded as live. The kernel's sock_diag lists the live connections for ``own``.
 """
 
 from __future__ import annotations
