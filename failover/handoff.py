@@ -45,14 +45,16 @@ time. If the set is full (``OWN_CAPACITY``) the SYN-ACK is dropped and the clien
 connection being accepted that the rule would then hand away.
 
 A TIME_WAIT socket left here from when this host last held the VIP no longer hides a reused client port
-(the rule acts before TCP), but ``install`` still closes those sockets (``ss -K``): they serve nothing,
-and they must not be recorded as live. The kernel's sock_diag lists the live connections for ``own``.
+(the rule acts before TCP), but ``install`` still closes those sockets (SOCK_DESTROY, as ``ss -K`` does):
+they serve nothing, and they must not be recorded as live. The kernel's sock_diag lists the live
+connections for ``own``, in this process (no ``ss`` started).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
 import os
 import re
@@ -60,6 +62,7 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 IPAddress = IPv4Address | IPv6Address
@@ -249,15 +252,6 @@ def _first_line(out: str, code: int) -> str:
     return out.splitlines()[0] if out else f"exit {code}"
 
 
-def _ss_filter(vip: IPAddress, states: tuple[str, ...]) -> list[str]:
-    """ss arguments that select the VIP's TCP sockets (local address) in any of ``states``. No family
-    option: for an IPv4 VIP, ss then also finds the IPv6 sockets of a dual-stack listener that serve it
-    (``[::ffff:203.0.113.10]``)."""
-    source = str(vip) if vip.version == 4 else f"[{vip}]"
-    wanted = [w for state in states for w in ("state", state)]
-    return ["-t", "-n", "-H", *wanted, "src", source]
-
-
 async def connections(vip: IPAddress) -> tuple[list[Connection], int]:
     """This host's TCP connections on the VIP that are not over, (peer, peer port, VIP port) each, and
     how many sockets on the VIP are over (``OVER``, the states ``close_time_wait`` closes).
@@ -268,48 +262,129 @@ async def connections(vip: IPAddress) -> tuple[list[Connection], int]:
     socket's tuple would keep a reused client port from the handoff.
     """
     try:
-        sockets = await asyncio.wait_for(asyncio.to_thread(_tcp_sockets, vip.version), 5.0)
+        sockets = await asyncio.wait_for(asyncio.to_thread(_tcp_sockets, vip, _CONNECTED), 5.0)
     except OSError as err:
         raise HandoffError(f"live connections on the VIP: sock_diag: {err.strerror or err}") from None
     found, over = [], 0
-    for state, local, port, peer, peer_port in sockets:
-        if local != vip:
-            continue
-        if state == _TCP_TIME_WAIT:
+    for one in sockets:
+        if one.state in OVER:
             over += 1
         else:
-            found.append((peer, peer_port, port))
+            found.append((one.peer, one.peer_port, one.port))
     return found, over
 
 
-_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY = 4, 20
-_NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_ERROR, _NLMSG_DONE = 0x1, 0x300, 2, 3
+async def _close(vip: IPAddress, states: int, what: str) -> int:
+    """Close (SOCK_DESTROY, as ``ss -K`` does) the VIP's TCP sockets in `states`; returns how many."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_destroy, vip, states), 5.0)
+    except OSError as err:
+        raise HandoffError(f"{what}: sock_diag: {err.strerror or err}") from None
+
+
+async def close_time_wait(vip: IPAddress) -> int:
+    """Close (SOCK_DESTROY) the VIP's TIME_WAIT sockets on this host; returns how many.
+
+    Called on the new holder before it claims, when it does not hold the VIP: none of these serves
+    a live connection of its own. A FIN-WAIT-2 is not over: its client's FIN still comes (a drain
+    waits for it, and one cut short at drain_max_ms closes its leftovers itself).
+    """
+    states = sum(1 << _TCP_STATES[name] for name in OVER)
+    return await _close(vip, states, "handoff rule in place, but its TIME_WAIT sockets")
+
+
+async def close_leftovers(vip: IPAddress) -> int:
+    """Close every TCP connection on the VIP here (listeners stay); returns how many.
+
+    For the old holder when its drain ends on schedule: nothing reaches these connections any more
+    (the VIP is on no interface here, the new holder's handoff is over), yet a keep-alive server
+    keeps its end for a minute or more (nginx: keepalive_timeout 75 s). Left, such a socket hides a
+    reused client port from the handoff rule of the next move back, exactly as a TIME_WAIT does.
+    Never call it while this host holds or drains the VIP: it would reset live connections.
+    """
+    return await _close(vip, _CONNECTED, "leftover connections")
+
+
+# --- sock_diag: the kernel's list of sockets, what ss reads, in this process ------------------------------
+
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _SOCK_DESTROY = 4, 20, 21
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP, _NLMSG_ERROR, _NLMSG_DONE = 0x1, 0x4, 0x300, 2, 3
 _TCP_TIME_WAIT, _TCP_CLOSE, _TCP_LISTEN, _TCP_MAX_STATE = 6, 7, 10, 12  # include/net/tcp_states.h
 # ss's `connected`: every state but listening and closed (TIME_WAIT and SYN_RECV too).
 _CONNECTED = sum(1 << s for s in range(1, _TCP_MAX_STATE + 1) if s not in (_TCP_CLOSE, _TCP_LISTEN))
 # inet_diag_msg up to its sockid's addresses: family, state, timer, retrans, then sport, dport (__be16)
 _DIAG_MSG = struct.Struct("!BBBBHH16s16s")
+_SOCKID_BYTES = 48  # inet_diag_sockid: ports, addresses, interface, cookie
+_TCP_STATES = {"time-wait": _TCP_TIME_WAIT}  # the names OVER uses, as ss prints them
+_STATE_NAMES = {number: name for name, number in _TCP_STATES.items()}
 
 
-def _tcp_sockets(version: int) -> list[tuple[int, IPAddress, int, IPAddress, int]]:
-    """(state, local address, local port, peer address, peer port) of this namespace's TCP sockets in a
-    `_CONNECTED` state: IPv4 and IPv6 ones for an IPv4 VIP (a mapped address read as its IPv4 one),
-    IPv6 ones for an IPv6 VIP. Blocking (netlink): run it in a thread."""
-    families = (socket.AF_INET, socket.AF_INET6) if version == 4 else (socket.AF_INET6,)
-    found: list[tuple[int, IPAddress, int, IPAddress, int]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
-        nl.settimeout(5.0)
-        for seq, family in enumerate(families, 1):
-            # inet_diag_req_v2: family, protocol, extensions (none), pad, states, a zero sockid (any)
-            req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, _CONNECTED) + bytes(48)
-            flags = _NLM_F_REQUEST | _NLM_F_DUMP
-            nl.send(struct.pack("=IHHII", 16 + len(req), _SOCK_DIAG_BY_FAMILY, flags, seq, 0) + req)
-            found += _read_dump(nl, family)
+@dataclass(frozen=True)
+class _Socket:
+    family: int
+    state: str  # "time-wait", or the kernel's number for the others (only OVER is told apart)
+    local: IPAddress
+    port: int
+    peer: IPAddress
+    peer_port: int
+    sockid: bytes  # as the kernel gave it: what SOCK_DESTROY names the socket by
+
+
+def _tcp_sockets(vip: IPAddress, states: int, nl: socket.socket | None = None) -> list[_Socket]:
+    """This namespace's TCP sockets on the VIP in `states` (a mask of TCP states): IPv4 and IPv6 ones
+    for an IPv4 VIP (a dual-stack listener's, its mapped address read as the IPv4 one), IPv6 ones for
+    an IPv6 VIP. Blocking (netlink): run it in a thread."""
+    if nl is None:
+        with _diag_socket() as own:
+            return _tcp_sockets(vip, states, own)
+    families = (socket.AF_INET, socket.AF_INET6) if vip.version == 4 else (socket.AF_INET6,)
+    found: list[_Socket] = []
+    for family in families:
+        # inet_diag_req_v2: family, protocol, extensions (none), pad, states, a zero sockid (any)
+        req = struct.pack("=BBBxI", family, socket.IPPROTO_TCP, 0, states) + bytes(_SOCKID_BYTES)
+        _send(nl, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST | _NLM_F_DUMP, req)
+        found += [one for one in _read_dump(nl, family) if one.local == vip]
     return found
 
 
-def _read_dump(nl: socket.socket, family: int) -> list[tuple[int, IPAddress, int, IPAddress, int]]:
-    found: list[tuple[int, IPAddress, int, IPAddress, int]] = []
+def _destroy(vip: IPAddress, states: int) -> int:
+    """SOCK_DESTROY each of the VIP's sockets in `states`, as ``ss -K`` does; returns how many closed
+    (one already gone is not counted). Blocking (netlink): run it in a thread."""
+    closed = 0
+    with _diag_socket() as nl:
+        for one in _tcp_sockets(vip, states, nl):
+            req = struct.pack("=BBBxI", one.family, socket.IPPROTO_TCP, 0, states) + one.sockid
+            _send(nl, _SOCK_DESTROY, _NLM_F_REQUEST | _NLM_F_ACK, req)
+            error = _read_ack(nl)
+            if error == 0:
+                closed += 1
+            elif error != errno.ENOENT:
+                raise OSError(error, f"SOCK_DESTROY: {os.strerror(error)}")
+    return closed
+
+
+def _diag_socket() -> socket.socket:
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG)
+    nl.settimeout(5.0)
+    return nl
+
+
+def _send(nl: socket.socket, kind: int, flags: int, payload: bytes) -> None:
+    nl.send(struct.pack("=IHHII", 16 + len(payload), kind, flags, 0, 0) + payload)
+
+
+def _read_ack(nl: socket.socket) -> int:
+    """The error number of the kernel's answer to a request with NLM_F_ACK (0: done)."""
+    data = nl.recv(1 << 16)
+    length, kind = struct.unpack_from("=IH", data, 0)
+    if kind != _NLMSG_ERROR or length < 20:
+        raise OSError(f"sock_diag: answer of type {kind}, not an acknowledgement")
+    error: int = struct.unpack_from("=i", data, 16)[0]
+    return -error
+
+
+def _read_dump(nl: socket.socket, family: int) -> list[_Socket]:
+    found: list[_Socket] = []
     size = 4 if family == socket.AF_INET else 16
     while True:
         data, offset = nl.recv(1 << 17), 0
@@ -323,8 +398,12 @@ def _read_dump(nl: socket.socket, family: int) -> list[tuple[int, IPAddress, int
                 (error,) = struct.unpack_from("=i", data, offset + 16)
                 raise OSError(-error, f"sock_diag: {os.strerror(-error)}")
             if kind == _SOCK_DIAG_BY_FAMILY:
-                _, state, _, _, sport, dport, src, dst = _DIAG_MSG.unpack_from(data, offset + 16)
-                found.append((state, _address(src[:size]), sport, _address(dst[:size]), dport))
+                body = offset + 16
+                _, state, _, _, sport, dport, src, dst = _DIAG_MSG.unpack_from(data, body)
+                found.append(_Socket(
+                    family, _STATE_NAMES.get(state, str(state)), _address(src[:size]), sport,
+                    _address(dst[:size]), dport, bytes(data[body + 4:body + 4 + _SOCKID_BYTES]),
+                ))
             offset += (length + 3) & ~3
 
 
@@ -333,35 +412,6 @@ def _address(raw: bytes) -> IPAddress:
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-async def _close(vip: IPAddress, states: tuple[str, ...], what: str) -> int:
-    code, out = await _run("ss", ["-K", *_ss_filter(vip, states)])
-    if code != 0:
-        raise HandoffError(f"{what}: ss -K: {_first_line(out, code)}")
-    return len(out.splitlines())
-
-
-async def close_time_wait(vip: IPAddress) -> int:
-    """Close (SOCK_DESTROY) the VIP's TIME_WAIT sockets on this host; returns how many.
-
-    Called on the new holder before it claims, when it does not hold the VIP: none of these serves
-    a live connection of its own. A FIN-WAIT-2 is not over: its client's FIN still comes (a drain
-    waits for it, and one cut short at drain_max_ms closes its leftovers itself).
-    """
-    return await _close(vip, OVER, "handoff rule in place, but its TIME_WAIT sockets")
-
-
-async def close_leftovers(vip: IPAddress) -> int:
-    """Close every TCP connection on the VIP here (listeners stay); returns how many.
-
-    For the old holder when its drain ends on schedule: nothing reaches these connections any more
-    (the VIP is on no interface here, the new holder's handoff is over), yet a keep-alive server
-    keeps its end for a minute or more (nginx: keepalive_timeout 75 s). Left, such a socket hides a
-    reused client port from the handoff rule of the next move back, exactly as a TIME_WAIT does.
-    Never call it while this host holds or drains the VIP: it would reset live connections.
-    """
-    return await _close(vip, ("connected",), "leftover connections")
 
 
 async def remove(cluster: str, version: int) -> int:
