@@ -926,3 +926,39 @@ def test_a_billion_laughs_fails_fast_with_one_line(tmp_path: Path, where: str) -
         load_config(path)
     assert time.monotonic() - started < 1.0
     assert str(info.value) == f"{path}:1: YAML aliases expand to more than 10000 values"
+
+
+def test_the_agent_parses_a_cluster_file_again_only_when_its_bytes_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before a move the agent checks the operator's file; the same bytes at the same path load the same.
+    import asyncio
+
+    from failover import controlcommands
+
+    parsed: list[bytes] = []
+    real = controlcommands.config_from
+
+    def counting(path: Path | str, raw: bytes) -> object:
+        parsed.append(raw)
+        return real(path, raw)
+
+    monkeypatch.setattr(controlcommands, "config_from", counting)
+    commands = controlcommands.ControlCommands.__new__(controlcommands.ControlCommands)
+    commands._file_found_good = None
+    path = write(tmp_path, MINIMAL)
+    asyncio.run(commands._check_file(str(path)))
+    asyncio.run(commands._check_file(str(path)))
+    assert len(parsed) == 1
+    bad = edit(MINIMAL, "cluster: db", "cluster: 'no spaces allowed'")
+    path.write_text(bad)
+    with pytest.raises(ConfigError):
+        asyncio.run(commands._check_file(str(path)))
+    with pytest.raises(ConfigError):  # a bad file is never remembered as good
+        asyncio.run(commands._check_file(str(path)))
+    path.write_text(MINIMAL)  # the bytes last found good again
+    asyncio.run(commands._check_file(str(path)))
+    assert len(parsed) == 3
+    path.write_text(MINIMAL + "# a comment\n")
+    asyncio.run(commands._check_file(str(path)))
+    assert len(parsed) == 4

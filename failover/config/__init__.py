@@ -22,7 +22,7 @@ The CLI's fast commands import none of this: `failover.agentsocket` reads the on
 from __future__ import annotations
 
 from failover.config.keys import KEY_MIN_BYTES, keys_for, load_key
-from failover.config.loader import load_config
+from failover.config.loader import config_from, load_config, read_config
 from failover.config.schema import (
     HOOK_EVENTS,
     AnnounceConfig,
@@ -60,7 +60,9 @@ __all__ = [
     "TakeoverConfig",
     "VipConfig",
     "_Section",
+    "config_from",
     "keys_for",
     "load_config",
     "load_key",
+    "read_config",
 ]

@@ -289,17 +289,28 @@ def _digest(data: LineMapping) -> bytes:
 
 def load_config(path: Path | str) -> ClusterConfig:
     """Read and validate a cluster file. Raises ConfigError, never anything else, for a bad file."""
+    return config_from(path, read_config(path))
+
+
+def read_config(path: Path | str) -> bytes:
+    """A cluster file's bytes (a regular file, at most 4 MiB); ConfigError when it cannot be read."""
     shown = os.fspath(path)
-    source = Path(path)
     try:
-        found = read_regular(source, 4 * 1024 * 1024)
+        found = read_regular(Path(path), 4 * 1024 * 1024)
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", file=shown) from None
     except ValueError as e:
         raise ConfigError(f"cannot read: {e}", file=shown) from None
     if found is None:
         raise ConfigError("not a regular file", file=shown)
-    raw = found[0]
+    return found[0]
+
+
+def config_from(path: Path | str, raw: bytes) -> ClusterConfig:
+    """The cluster file at `path` whose bytes are `raw`, validated. Its answer follows from these two
+    alone (nothing else is read or looked up), so the same bytes at the same path load the same."""
+    shown = os.fspath(path)
+    source = Path(path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:

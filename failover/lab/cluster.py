@@ -120,6 +120,7 @@ class LabCluster:
         self.config_path = self.workdir / "cluster.yaml"
         self.nginx: dict[str, Nginx] = {}
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self._compiled = False  # the CLI's modules, for move()
 
     def __enter__(self) -> LabCluster:
         try:
@@ -232,13 +233,21 @@ class LabCluster:
         return status
 
     def move(self, move: str, via: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Run `failover swap|unswap` for real (the CLI in via's namespace); returns its JSON outcome."""
+        """Run `failover swap|unswap` for real (the CLI in via's namespace, started as from a shell on that
+        host: `Lab.run_in`); returns its JSON outcome, `started` just before the spawn."""
         argv = [sys.executable, "-m", "failover", move, "-c", str(self.config_path), "--node", via, "--json"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        # Compiled modules, as an installed failover has them (pip compiles them at install), also where
+        # this process was told not to write any: compiled once per lab, beside the sources (gitignored).
+        if env.pop("PYTHONDONTWRITEBYTECODE", None) is not None and not self._compiled:
+            package = str(Path(__file__).resolve().parents[1])
+            subprocess.run([sys.executable, "-m", "compileall", "-q", package], env=env, check=False,
+                           capture_output=True, timeout=120)
+            self._compiled = True
         from failover.lab.rehearse import parse_outcome
 
         started = time.monotonic()
-        done = self.lab.run(via, argv, check=False, timeout=timeout, env=env)
+        done = self.lab.run_in(via, argv, timeout=timeout, env=env)
         return parse_outcome(done.stdout, done.stderr, done.returncode, started, time.monotonic())
 
     def holders(self) -> list[str]:
