@@ -247,3 +247,24 @@ def test_claim_release_latency(topo: Topology, vip: object, capsys: pytest.Captu
         )
     assert statistics.median(claims) < 5
     assert statistics.median(releases) < 5
+
+
+def test_dumps_at_the_same_time_on_one_link_all_answer(topo: Topology) -> None:
+    # The kernel runs one dump at a time per netlink socket and refuses another with EBUSY: a drain's
+    # end (holds) and the self-check (holds, draining) met that way in the lab.
+    a = topo["a"].netns
+
+    async def scenario() -> list[bool]:
+        link = await VipLink.open("eth0", VIP4, netns=a)
+        try:
+            await link.claim()
+            await link.start_drain()
+            asked = [link.holds() if i % 2 else link.draining() for i in range(40)]
+            answers = await asyncio.gather(*asked)
+            await link.end_drain()
+            await link.release()
+            return list(answers)
+        finally:
+            await link.close()
+
+    assert asyncio.run(scenario()) == [True] * 40
