@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
@@ -237,7 +238,7 @@ def handoff_findings(
     config: ClusterConfig, net: Path = Path("/proc/net"), sysctls: Path = sysctl.PROC
 ) -> list[Finding]:
     """Whether the connection handoff of a swap can work on this host: one line for each thing it needs."""
-    return [nft_finding(), ss_finding(), listener_finding(config, net, sysctls)]
+    return [nft_finding(), sock_diag_finding(), listener_finding(config, net, sysctls)]
 
 
 def drain_hook_finding(config: ClusterConfig) -> Finding:
@@ -299,17 +300,33 @@ def nft_finding() -> Finding:
     return Finding("nft", OK, path)
 
 
-def ss_finding() -> Finding:
-    path = shutil.which("ss")
-    if path is None:
+def _dump_tcp_listeners() -> None:
+    from failover.pyroute2_parts import DiagSocket
+
+    diag = DiagSocket()
+    try:
+        diag.bind()
+        diag.get_sock_stats(socket.AF_INET, 1 << TCP_LISTEN_STATE)
+    finally:
+        diag.close()
+
+
+TCP_LISTEN_STATE = 10
+
+
+def sock_diag_finding(dump: Callable[[], None] = _dump_tcp_listeners) -> Finding:
+    """Whether the kernel's sock_diag answers: the handoff lists this host's connections on the VIP with
+    it, the drain counts and holds them, and the leftovers are closed with its SOCK_DESTROY."""
+    try:
+        dump()
+    except OSError as err:
         return Finding(
-            "ss",
-            WARN,
-            "not found: no connection handoff (placing it lists this host's connections on the VIP and "
-            "closes its TIME_WAIT sockets with ss -K), and connections left after a drain stay open",
-            "apt-get install iproute2",
-        )
-    return Finding("ss", OK, path)
+            "sock_diag", WARN,
+            f"the kernel's socket listing does not answer ({err.strerror or err}): no connection handoff, "
+            "and a drain cannot count its connections (it ends at swap.drain_ms)",
+            "a kernel with CONFIG_INET_DIAG, CONFIG_INET_TCP_DIAG and CONFIG_INET_DIAG_DESTROY",
+        )  # fmt: skip
+    return Finding("sock_diag", OK, "TCP sockets listed by the kernel")
 
 
 def _ports(ports: list[int]) -> str:

@@ -81,29 +81,39 @@ def test_a_wildcard_listener_is_covered_and_no_listener_is_named(tmp_path: Path)
     assert nothing.level == WARN and "listen" in nothing.fix, nothing
 
 
-def test_missing_nft_and_ss_are_each_one_line_with_the_package_to_install(
+def test_missing_nft_is_one_line_with_the_package_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = config(tmp_path)
     net, sys_net = proc_net(tmp_path, ["00000000:0050"]), proc_sys(tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     found = {f.check: f for f in handoff_findings(cfg, net, sys_net)}
-    assert set(found) == {"nft", "ss", "listener"}
+    assert set(found) == {"nft", "sock_diag", "listener"}
     assert found["nft"].level == WARN and found["nft"].fix == "apt-get install nftables"
-    assert found["ss"].level == WARN and found["ss"].fix == "apt-get install iproute2"
-    assert "TIME_WAIT" in found["ss"].detail
+    assert found["sock_diag"].level == OK  # asked of this machine's kernel, which has it
     tools = tmp_path / "bin"
     tools.mkdir()
-    for tool in ("nft", "ss"):
-        (tools / tool).write_text("#!/bin/sh\n")
-        (tools / tool).chmod(0o755)
+    (tools / "nft").write_text("#!/bin/sh\n")
+    (tools / "nft").chmod(0o755)
     monkeypatch.setenv("PATH", str(tools))
     assert all(f.level == OK for f in handoff_findings(cfg, net, sys_net))
 
 
+def test_a_kernel_without_sock_diag_is_one_line() -> None:
+    from failover.check import sock_diag_finding
+
+    def refused() -> None:
+        raise OSError(93, "Protocol not supported")
+
+    finding = sock_diag_finding(refused)
+    assert finding.level == WARN and "Protocol not supported" in finding.detail
+    assert "\n" not in finding.detail and "CONFIG_INET_DIAG" in finding.fix
+
+
 def test_failover_check_prints_the_handoff_lines(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    assert {"nft", "ss", "listener"} <= {f.check for f in host_checks(cfg, cfg.node("live"))}
+    checks = {f.check for f in host_checks(cfg, cfg.node("live"))}
+    assert {"nft", "sock_diag", "listener", "connection hold"} <= checks
 
 
 def test_the_drain_hook_is_judged(tmp_path: Path) -> None:
