@@ -104,7 +104,7 @@ class ConnectionHold:
     def confirm(self) -> None:
         """Scan every process again for the owners of held sockets not yet confirmed (see above)."""
         with self._lock:
-            waiting = {inode: held.owners for inode, held in self.held.items() if not held.confirmed}
+            waiting = {i: h.owners for i, h in self.held.items() if not h.confirmed and not h.shut}
         if not waiting:
             return
         found = _owners(set(waiting))
