@@ -160,6 +160,22 @@ def wait_converged(cluster: LabCluster, timeout: float) -> tuple[str | None, flo
     return None, time.monotonic() - started
 
 
+def wait_no_move(cluster: LabCluster, timeout: float) -> tuple[list[dict[str, Any]], float]:
+    """Until neither node has a move in progress: (both statuses, seconds waited), the last statuses
+    if `timeout` passed first. A target left ready by a source that died waits out its own step
+    timeout (its READY row), so a test asks for the end of a move within that bound, not at once."""
+    started = time.monotonic()
+    statuses: list[dict[str, Any]] = []
+    for _ in range(int(timeout / 0.02) + 2):
+        statuses = [cluster.status(name) for name in ("live", "backup")]
+        if all(status["swap_in_progress"] is None for status in statuses):
+            break
+        if time.monotonic() - started >= timeout:
+            break
+        time.sleep(0.02)
+    return statuses, time.monotonic() - started
+
+
 def total_rejected(status: dict[str, Any]) -> int:
     return sum(int(v) for v in status.get("rejected", {}).values())
 

@@ -21,7 +21,7 @@ from failover.lab.client import first_served_by, summarize
 from failover.lab.cluster import LabCluster
 from tests.integration.conftest import client_load, events, failover_cli, restart_agent
 
-from .conftest import HolderSampler, figure, vip_holders, wait_converged
+from .conftest import HolderSampler, figure, vip_holders, wait_converged, wait_no_move
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 
@@ -125,8 +125,9 @@ def test_kill_at_step_converges_to_one_serving_holder(
     assert cli["ended"] - restarted_at <= budget + STRAGGLER_WINDOW_S, cli["ended"] - restarted_at
     assert waited < CONVERGE_S
     assert vip_holders(cluster) == [expected]
-    for name in ("live", "backup"):
-        status = cluster.status(name)
+    # No move left running: a target left ready by a dead source ends within its step timeout.
+    statuses, _ = wait_no_move(cluster, STEP_TIMEOUT_S + 0.5)
+    for name, status in zip(("live", "backup"), statuses, strict=True):
         assert status["holds_vip"] is (name == expected), status
         assert status["swap_in_progress"] is None, status
     after = summarize(records, since=converged_at)

@@ -24,13 +24,14 @@ from failover.lab.cluster import LabCluster
 from failover.protocol.states import ROLLBACK, SWAP_SOURCE, SWAP_TARGET, Machine, State
 from tests.integration.conftest import client_load, events, failover_cli, lab_cluster
 
-from .conftest import HolderSampler, figure, vip_holders, wait_converged
+from .conftest import HolderSampler, figure, vip_holders, wait_converged, wait_no_move
 
 pytestmark = [pytest.mark.root, pytest.mark.chaos]
 
 # After the restart: the ready window or a step timeout runs out (1 s), a probe (0.2 s), then a VIP left
 # on nobody is taken back after 2 x step_timeout + dead_after (2.25 s), then its probe; room for a busy host.
 BOUND_S = 6.0
+STEP_TIMEOUT_S = 1.0  # swap.step_timeout_ms (the default, as in the lab)
 
 # States no swap of these scenarios enters, and why; every other state of the three machines is a case.
 NOT_REACHED: dict[State, str] = {
@@ -144,8 +145,9 @@ def test_kill_in_state_ends_with_one_serving_holder(
         assert holder is not None, f"no one serving holder {BOUND_S} s after the restart: {holders}"
         assert still == [holder]
         assert sampler.doubles == [], sampler.doubles
-        for name in ("live", "backup"):
-            status = cluster.status(name)
+        # No move left running: a target left ready by a dead source ends within its step timeout.
+        statuses, _ = wait_no_move(cluster, STEP_TIMEOUT_S + 0.5)
+        for name, status in zip(("live", "backup"), statuses, strict=True):
             assert status["holds_vip"] is (name == holder), status
             assert status["swap_in_progress"] is None, status
         assert "Traceback" not in cli["out"] + cli["err"], cli
