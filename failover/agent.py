@@ -35,6 +35,7 @@ from failover.accesslog import LogFormat
 from failover.agentcontext import AgentContext
 from failover.config import ClusterConfig, ConfigError, NodeConfig, keys_for
 from failover.confirm import LogWatcher
+from failover.connectionhold import raise_descriptor_limit
 from failover.controlcommands import ControlCommands
 from failover.coresetup import node_setup
 from failover.handoffrule import HandoffRule
@@ -528,4 +529,5 @@ async def _main(config: ClusterConfig, node_name: str | None) -> None:
 
 def run_agent(config: ClusterConfig, node_name: str | None) -> None:
     """Run the agent in the foreground until SIGTERM/SIGINT. Raises AgentError when it cannot start."""
+    raise_descriptor_limit()  # a drain holds one descriptor per connection (connectionhold)
     asyncio.run(_main(config, node_name))

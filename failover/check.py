@@ -268,8 +268,20 @@ def drain_hook_finding(config: ClusterConfig) -> Finding:
 CAP_SYS_PTRACE = 19
 
 
-def hold_finding(status: Path = Path("/proc/self/status")) -> Finding:
-    """Whether a drain can hold the web server's connections (connectionhold: pidfd_getfd needs
+def _pidfd_getfd_self() -> None:
+    """pidfd_getfd of this process's own standard input: what a seccomp filter (SystemCallFilter
+    without it), a kernel before 5.6 or Yama's ptrace_scope 3 refuse."""
+    from failover.connectionhold import ConnectionHold
+
+    with open(os.devnull) as probe:
+        mine = ConnectionHold.getfd_of(os.getpid(), probe.fileno())
+    os.close(mine)
+
+
+def hold_finding(
+    status: Path = Path("/proc/self/status"), call: Callable[[], None] = _pidfd_getfd_self
+) -> Finding:
+    """Whether a drain can hold the web server's connections (connectionhold: pidfd_getfd, and
     CAP_SYS_PTRACE over a server that runs as another user). Judged for this process, as the agent's
     unit would run it: `failover check` under the same unit settings tells the truth."""
     try:
@@ -279,13 +291,21 @@ def hold_finding(status: Path = Path("/proc/self/status")) -> Finding:
         return Finding("connection hold", WARN, f"cannot read the capabilities from {status}: {err}")
     if not effective >> CAP_SYS_PTRACE & 1:
         return Finding(
-            "connection hold",
-            WARN,
+            "connection hold", WARN,
             "no CAP_SYS_PTRACE: a drain cannot hold the web server's connections, so a request that "
             "crosses its close of an idle keep-alive connection is answered with a reset",
             "run the agent as root with CAP_SYS_PTRACE (configs/failover-agent.service has it)",
-        )
-    return Finding("connection hold", OK, "CAP_SYS_PTRACE: a drain closes idle connections in order")
+        )  # fmt: skip
+    try:
+        call()
+    except OSError as err:
+        return Finding(
+            "connection hold", WARN,
+            f"pidfd_getfd refused ({err.strerror or err}): a drain cannot hold the web server's "
+            "connections, so a request that crosses its close of an idle one is answered with a reset",
+            "Linux 5.6 or later; under systemd SystemCallFilter=pidfd_getfd (the units have it)",
+        )  # fmt: skip
+    return Finding("connection hold", OK, "CAP_SYS_PTRACE, pidfd_getfd: idle connections close in order")
 
 
 def nft_finding() -> Finding:

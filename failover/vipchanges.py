@@ -15,7 +15,7 @@ import structlog
 
 from failover import handoff, protocol
 from failover.agentcontext import AgentContext
-from failover.connectionhold import ConnectionHold, HoldError, hold_while_draining
+from failover.connectionhold import ConnectionHold, HoldError, hold_limit, hold_while_draining
 from failover.connections import Count, count_while_draining
 from failover.netlink import NetlinkError, VipLink
 from failover.protocol import events
@@ -53,6 +53,7 @@ class VipChanges:
         self._counting: asyncio.Task[None] | None = None  # the drain's connection counts
         self._hold: ConnectionHold | None = None  # the drain's second reference to its connections
         self._holding: asyncio.Task[None] | None = None
+        self._hold_epoch: int | None = None
 
     def put(self, action: VipChange) -> None:
         self._vip_ops.put_nowait(action)
@@ -79,7 +80,8 @@ class VipChanges:
                     )
 
             self._stop_holding()
-            hold = self._hold = ConnectionHold(self.config.vip.ip)
+            hold = self._hold = ConnectionHold(self.config.vip.ip, limit=hold_limit())
+            self._hold_epoch = action.epoch
             self._counting = self._spawn(
                 count_while_draining(self.config.vip.ip, DRAIN_COUNT_EVERY, counted, hold.shut_inodes)
             )
@@ -139,24 +141,31 @@ class VipChanges:
         """Before the release (and so before the drain hooks): a second reference to each connection,
         so that the web server's close of an idle one is made in order (connectionhold)."""
         hold = self._hold
-        if hold is None:
-            return
+        if hold is None or self._hold_epoch != epoch:
+            return  # this drain's hold was already let go (a later StartDrain or its EndDrain)
         try:
             step = self.config.swap.step_timeout_ms / 1000
             taken = await asyncio.wait_for(asyncio.to_thread(hold.take), step)
         except (HoldError, TimeoutError) as err:
+            # A take still running in its thread holds nothing once the hold is closed.
             log.warning("connections-not-held", epoch=epoch, error=str(err) or "timed out")
+            self._stop_holding()
             return
         log.info("connections-held", epoch=epoch, held=taken, error=hold.error or None)
+        if self._hold is not hold:
+            return  # let go of while it took
+        if self._holding is not None:
+            self._holding.cancel()
         self._holding = self._spawn(hold_while_draining(hold, HOLD_EVERY, HOLD_TAKE_EVERY))
 
     def _stop_holding(self) -> None:
         if self._holding is not None:
             self._holding.cancel()  # its end closes what it held
             self._holding = None
-        elif self._hold is not None:
-            self._hold.close()
+        if self._hold is not None:
+            self._hold.close()  # idempotent; also stops a take still in its thread from holding more
         self._hold = None
+        self._hold_epoch = None
 
     async def _release(self, action: protocol.Release) -> None:
         ok, error = True, ""

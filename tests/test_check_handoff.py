@@ -142,6 +142,13 @@ def test_the_connection_hold_needs_cap_sys_ptrace(tmp_path: Path) -> None:
     without = hold_finding(status)
     assert without.level == WARN and "CAP_SYS_PTRACE" in without.detail and "reset" in without.detail
     status.write_text("Name:\tfailover\nCapEff:\t0000000000083000\n")  # and CAP_SYS_PTRACE (19)
-    assert hold_finding(status).level == OK
+    assert hold_finding(status).level == OK  # and pidfd_getfd of this test's own descriptor works
+
+    def filtered() -> None:
+        raise OSError(1, "Operation not permitted")  # what a SystemCallFilter without it answers
+
+    refused = hold_finding(status, filtered)
+    assert refused.level == WARN and "pidfd_getfd refused" in refused.detail and "\n" not in refused.detail
+    assert "SystemCallFilter=pidfd_getfd" in refused.fix
     status.write_text("Name:\tfailover\n")
     assert hold_finding(status).level == WARN

@@ -78,7 +78,8 @@ HOLD = textwrap.dedent(
     before = resets()
     kept = connect()
     seen["taken"] = hold.take()
-    hold.confirm()  # the same owner on a second look: shut as soon as that owner let go
+    time.sleep(hold.confirm_after)
+    hold.confirm()  # the same owner on a later look: shut as soon as that owner let go
     kept.sendall(b"ping")
     ask("echo 1")
     seen["held, server still has it: echo"] = kept.recv(100).decode()
@@ -87,7 +88,7 @@ HOLD = textwrap.dedent(
     time.sleep(0.05)
     ask("close 1")  # the request unread
     sure, unsure = hold.gone()
-    kept_inodes = hold.shut(sure)
+    kept_inodes = hold.shut_confirmed(sure)
     seen["held: confirmed, gone after the close"] = [len(sure), len(unsure)]
     seen["held: unread request, close"] = outcome(kept)
 
@@ -106,17 +107,30 @@ HOLD = textwrap.dedent(
     seen["read to the client's FIN"] = [hold.read_away(i) for i in kept_inodes + crossing_inodes]
     seen["bytes thrown away"] = hold.discarded
 
+    forked = connect()  # confirmed, then the server forks: the child inherits it
+    hold.take()
+    time.sleep(hold.confirm_after)
+    hold.confirm()
+    ask("fork 3")
+    ask("close 3")
+    sure, unsure = hold.gone()
+    seen["confirmed, then forked: gone to a look at its owners"] = [len(sure), len(unsure)]
+    seen["confirmed, then forked: shut"] = hold.shut_confirmed(sure)
+    seen["confirmed, then forked: gone after that"] = hold.gone()  # its owner now: the child
+
     shared = connect()
     hold.take()
-    ask("fork 3")
-    ask("close 3")  # the child still has it
+    ask("fork 4")
+    ask("close 4")  # the child still has it
     sure, unsure = hold.gone()
     seen["another process has it: gone to a look at its owners"] = [len(sure), len(unsure)]
     seen["another process has it: let go"] = hold.let_go(unsure)
     seen["another process has it: gone after that"] = hold.gone()
     shared.sendall(b"x")
+    forked.sendall(b"y")
     time.sleep(0.05)
     shared.close()
+    forked.close()
     time.sleep(0.05)
     hold.close()
     seen["resets while held"] = resets() - before
@@ -149,6 +163,9 @@ def test_a_held_connection_closes_with_a_fin_where_the_server_would_reset_it() -
         "held: request after the close": "fin",
         "read to the client's FIN": [True, True],
         "bytes thrown away": 6,  # the two requests nobody read
+        "confirmed, then forked: gone to a look at its owners": [1, 0],
+        "confirmed, then forked: shut": [],
+        "confirmed, then forked: gone after that": [[], []],
         "another process has it: gone to a look at its owners": [0, 1],
         "another process has it: let go": [],
         "another process has it: gone after that": [[], []],  # its owner now: the child
