@@ -34,7 +34,7 @@ except OSError as err:
 """
 
 
-def keepalive_across_swap(cluster: LabCluster) -> dict[str, Any]:
+def keepalive_across_swap(cluster: LabCluster, *, drained: bool = True) -> dict[str, Any]:
     # Other clients keep coming, so the access log confirms the swap within milliseconds.
     load = ClientLoad(cluster.lab, "client", VIP_IP, cluster.workdir / "load", interval_ms=20, duration_s=20)
     load.start()
@@ -56,7 +56,10 @@ def keepalive_across_swap(cluster: LabCluster) -> dict[str, Any]:
         outcome = move.result(timeout=30)
     assert outcome["exit_code"] == 0, outcome
     load.stop()
-    assert summarize(load.records()).failed == 0
+    if drained:
+        assert summarize(load.records()).failed == 0
+    # Without a drain, a new connection in flight at the release may be reset too (what drain_ms
+    # exists for: README, "Without the sysctls ... connections open at the flip may then be reset").
     return result
 
 
@@ -79,7 +82,7 @@ def test_without_drain_the_same_connection_is_reset(cluster: LabCluster) -> None
         cluster.stop_agent(name)
         cluster.start_agent(name)
     cluster.wait_ready()
-    result = keepalive_across_swap(cluster)
+    result = keepalive_across_swap(cluster, drained=False)
     assert result["first"] == "live"
     assert "second" not in result and result.get("second_error"), result
     assert not events(cluster, "backup", "handoff-installed")
