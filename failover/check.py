@@ -269,7 +269,7 @@ CAP_SYS_PTRACE = 19
 
 
 def _pidfd_getfd_self() -> None:
-    """pidfd_getfd of this process's own standard input: what a seccomp filter (SystemCallFilter
+    """pidfd_getfd of a descriptor of this process's own (/dev/null): what a seccomp filter (SystemCallFilter
     without it), a kernel before 5.6 or Yama's ptrace_scope 3 refuse."""
     from failover.connectionhold import ConnectionHold
 

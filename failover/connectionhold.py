@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from failover.connections import is_vip_address
 from failover.pyroute2_parts import DiagSocket
 
 IPAddress = IPv4Address | IPv6Address
@@ -316,13 +317,13 @@ class ConnectionHold:
         return {
             int(m["idiag_inode"])
             for m in replies
-            if m["idiag_inode"] and m["idiag_src"] in (vip, f"::ffff:{vip}")
+            if m["idiag_inode"] and is_vip_address(m["idiag_src"], vip)
         }
 
     def _duplicate(self, inode: int, owners: list[tuple[int, int]]) -> Held | None:
         for pid, fd in owners:
             try:
-                mine = self._getfd(pid, fd)
+                mine = self.getfd_of(pid, fd)
             except OSError as err:
                 if err.errno not in (errno.EBADF, errno.ESRCH):  # closed or ended meanwhile: no error
                     self._note(f"pidfd_getfd of pid {pid}: {err.strerror or err}")
@@ -335,9 +336,6 @@ class ConnectionHold:
             except OSError:
                 os.close(mine)
         return None
-
-    def _getfd(self, pid: int, fd: int) -> int:
-        return self.getfd_of(pid, fd)
 
     @staticmethod
     def getfd_of(pid: int, fd: int) -> int:

@@ -89,7 +89,7 @@ class ConnectionCounter:
         seen: dict[int, float] = {}
         orphans: dict[int, float] = {}
         for msg in replies:
-            if msg["idiag_state"] not in OPEN_STATES or not _same(msg["idiag_src"], vip):
+            if msg["idiag_state"] not in OPEN_STATES or not is_vip_address(msg["idiag_src"], vip):
                 continue
             cookie = int(msg["idiag_cookie"])
             if msg["idiag_state"] == _FIN_WAIT2 and (
@@ -108,7 +108,8 @@ class ConnectionCounter:
             self._diag = None
 
 
-def _same(address: str, vip: str) -> bool:
+def is_vip_address(address: str, vip: str) -> bool:
+    """sock_diag's local address is the VIP, or the VIP v4-mapped (a dual-stack listener's socket)."""
     return address == vip or address == f"::ffff:{vip}"
 
 
