@@ -387,6 +387,8 @@ class Agent:
                 self.watcher.stop(action.epoch)
             case protocol.Canary():
                 self._spawn(self.host_checks.canary(action))
+            case protocol.StopCanary():
+                self.host_checks.stop_canary(action)
             case protocol.HostCheck():
                 self._spawn(self.host_checks.host_check(action))
             case protocol.Started():

@@ -8,8 +8,10 @@ part it would play. What each finding says is `failover.check`'s; an HTTP check 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -20,6 +22,11 @@ from failover.netlink import NetlinkError, VipLink
 from failover.protocol import events
 
 log = structlog.get_logger("failover.agent")
+
+CANARY_GAP = 0.05  # seconds between the first confirm.requests canaries
+CANARY_RETRY_GAP = 0.1  # then between the retries, until the proof window ends or the move does
+CANARY_THREADS = 4  # canaries in flight at once; each is bounded by health.timeout_ms
+CANARY_MIN_TIMEOUT = 0.2  # seconds: a canary sent just before the window ends still gets a fair chance
 
 
 class HostChecks:
@@ -32,6 +39,7 @@ class HostChecks:
         self.link = link
         self._report = ctx.report
         self._vip_changes_done = vip_changes_done  # every netlink change asked for so far is carried out
+        self._canary_stops: dict[int, asyncio.Event] = {}
 
     async def ready_check(self, action: protocol.CheckHealth) -> None:
         ok, detail = await asyncio.to_thread(
@@ -85,13 +93,33 @@ class HostChecks:
         url = canary_url(
             self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
         )
-        timeout = self.config.health.timeout_ms / 1000
-        results = []
-        for _ in range(self.config.confirm.requests):
-            _ok, detail = await asyncio.to_thread(check_health, url, timeout)
-            results.append(detail)
-            await asyncio.sleep(0.05)
-        log.info("canary", epoch=action.epoch, url=url, results=results)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + action.within
+        stop = self._canary_stops.setdefault(action.epoch, asyncio.Event())
+        # Its own threads: a canary stuck on a lost SYN must not delay the default executor's work
+        # (state.json, health checks) during the move.
+        pool = ThreadPoolExecutor(CANARY_THREADS, thread_name_prefix="failover-canary")
+        sent: list[asyncio.Future[tuple[bool, str]]] = []
+        try:
+            while not stop.is_set() and (left := deadline - loop.time()) > 0:
+                timeout = min(self.config.health.timeout_ms / 1000, max(left, CANARY_MIN_TIMEOUT))
+                sent.append(loop.run_in_executor(pool, check_health, url, timeout))
+                # The first confirm.requests close together; later ones, if no stop came, are the
+                # retries for a lost request or a log truncated before the follower read the line.
+                gap = CANARY_GAP if len(sent) < self.config.confirm.requests else CANARY_RETRY_GAP
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(gap, max(left, 0.0)))
+        finally:
+            self._canary_stops.pop(action.epoch, None)
+            pool.shutdown(wait=False, cancel_futures=True)
+        results = [f.result()[1] for f in sent if f.done() and not f.cancelled()]
+        log.info("canary", epoch=action.epoch, url=url, sent=len(sent), stopped=stop.is_set(),
+                 results=results)
+
+    def stop_canary(self, action: protocol.StopCanary) -> None:
+        stop = self._canary_stops.get(action.epoch)
+        if stop is not None:
+            stop.set()
 
     async def self_check_loop(self, every: float) -> None:
         timeout = min(self.config.health.timeout_ms / 1000, every)

@@ -90,6 +90,8 @@ class NodePair:
         self.canary_reaches = True
         self.watching: dict[str, tuple[int, bool]] = {}
         self.canaries = 0
+        self.canary_windows: list[float] = []
+        self.canary_stops: list[int] = []
         self.tells: list[tuple[str, str, str]] = []  # (who told, ip, mac)
         self.straggler_watch: dict[str, int] = {}
         # A dry run's host checks: what each node finds on its host (default: one passing check per role).
@@ -279,6 +281,7 @@ class NodePair:
                 self.watching.pop(name, None)
             case protocol.Canary():
                 self.canaries += 1
+                self.canary_windows.append(action.within)
                 if self.canary_reaches:
                     for holder in self.vip_on:
                         self.at(self.now + 0.01, lambda h=holder: self._traffic(h, canary=True))
@@ -294,6 +297,8 @@ class NodePair:
                 self.straggler_watch[name] = action.epoch
             case protocol.UnwatchStragglers():
                 self.straggler_watch.pop(name, None)
+            case protocol.StopCanary():
+                self.canary_stops.append(action.epoch)
             case protocol.Announce():
                 self.announces[name] += 1
             case protocol.Started():

@@ -544,6 +544,8 @@ def test_canary_mode_confirms_without_clients() -> None:
     out = pair.outcome("live", cid)
     assert out is not None and out.ok and out.confirmed is True
     assert pair.canaries == 1 and pair.vip_on == {"backup"}
+    # Sent for the target's whole proof window unless stopped; stopped when the move is over.
+    assert pair.canary_windows == [1.0] and pair.canary_stops == [out.epoch]
 
 
 def test_real_clients_do_not_confirm_a_canary_move() -> None:
@@ -554,6 +556,7 @@ def test_real_clients_do_not_confirm_a_canary_move() -> None:
     out = pair.outcome("live", cid)
     assert out is not None and out.rolled_back
     assert out.reason.startswith("no canary request to 203.0.113.10 reached backup in 1000 ms"), out.reason
+    assert pair.canary_stops == [out.epoch]  # the rollback ends the canaries too
 
 
 def test_confirmation_off_reports_unconfirmed() -> None:

@@ -172,7 +172,17 @@ class Unwatch:
 
 @dataclass(frozen=True)
 class Canary:
-    """Send a few marked HTTP requests to the VIP (quiet hours: no real clients to wait for)."""
+    """Send marked HTTP requests to the VIP (quiet hours: no real clients to wait for), a few at once and
+    then more on fresh connections until `within` seconds have passed or StopCanary comes: one lost SYN or
+    a log truncated under the first few must not fail the move."""
+
+    epoch: int
+    within: float
+
+
+@dataclass(frozen=True)
+class StopCanary:
+    """The move the canaries were for is over: send no more."""
 
     epoch: int
 
@@ -255,6 +265,7 @@ Action = (
     | Watch
     | Unwatch
     | Canary
+    | StopCanary
     | HostCheck
     | Started
     | Progress

@@ -499,6 +499,9 @@ class Node(PeerWatch, HostWatch):
         if run.handoff:
             run.handoff = False
             self._actions.append(a.EndHandoff(run.epoch, after=0.0))
+        if isinstance(run, SourceRun) and run.canaries_sent:
+            run.canaries_sent = False
+            self._actions.append(a.StopCanary(run.epoch))
         if isinstance(run, SourceRun) and run.straggler_until is not None:
             run.straggler_until = None
             self._actions.append(a.UnwatchStragglers(run.epoch))

@@ -67,6 +67,7 @@ class SourceRun(Run):
     peer_drain: float = 0.0  # seconds the target drains after its hand-back release (from HandBack)
     peer_drain_max: float = 0.0
     canary: bool = False  # the proof comes from our marked requests (confirm.mode canary, or too quiet)
+    canaries_sent: bool = False  # Canary emitted: StopCanary when the run ends
     evidence: dict[str, Any] | None = None  # the target's proof facts, from its HandBack
 
     @property

@@ -299,7 +299,10 @@ class SwapSource(_Answers):
         if run.canary:
             # The drain copy of the VIP would answer our own canaries here: it goes first.
             node.end_drain("ended for canaries", now)
-            node.emit(a.Canary(run.epoch))
+            run.canaries_sent = True
+            setup = node.setup
+            within, _ = proof_deadline(setup.confirm_within, setup.confirm_requests, run.source, None, True)
+            node.emit(a.Canary(run.epoch, within=within))
         return S.AWAITING_CONFIRMATION
 
     def target_claim_failed(self, run: SourceRun, msg: wire.ClaimFailed, now: float) -> MoveState:

@@ -99,6 +99,30 @@ def test_canary_mode_confirms_without_any_client() -> None:
         assert cluster.holders() == ["backup"]
 
 
+def test_lost_canaries_are_sent_again_within_the_proof_window(cluster: LabCluster) -> None:
+    # No clients (the defaults' too-quiet case: proven by canaries), and backup's kernel drops the first
+    # three canary SYNs: their retransmits come a second later, after the 1000 ms proof window. The same
+    # loss follows from a log truncated before the follower read their lines (tests/chaos/test_trouble).
+    live = cluster.lab.host("live")
+    script = (
+        "table inet canaryloss {\n chain input {\n  type filter hook input priority -10; policy accept;\n"
+        f"  ip saddr {live.address} ip daddr {VIP_IP} tcp dport 80 tcp flags & (syn | ack) == syn"
+        " numgen inc mod 1000000 < 3 counter drop\n }\n}\n"
+    )
+    cluster.lab.run("backup", ["nft", "-f", "-"], input=script)
+    try:
+        outcome = cluster.move("swap", via="live")
+        dropped = cluster.lab.run("backup", ["nft", "list", "table", "inet", "canaryloss"]).stdout
+    finally:
+        cluster.lab.run("backup", ["nft", "delete", "table", "inet", "canaryloss"], check=False)
+    assert "packets 3 " in dropped, dropped  # the three were lost
+    assert outcome["exit_code"] == 0 and outcome["confirmed"] is True, outcome
+    assert outcome["evidence"]["clients"] == [str(live.address)]
+    canary = events(cluster, "live", "canary")
+    assert canary and canary[0]["sent"] > 3 and canary[0]["stopped"] is True, canary
+    assert cluster.holders() == ["backup"]
+
+
 def test_confirmation_off_says_not_confirmed() -> None:
     with lab_cluster({"confirm": {"mode": "none"}}) as cluster:
         done = failover_cli(cluster, "live", "swap", "-c", str(cluster.config_path), "--node", "live")
