@@ -23,10 +23,10 @@ import json
 import os
 import socket
 import stat
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing's own flag without importing typing (mypy knows the name)
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
 # $FAILOVER_CLI_CACHE names another file (the tests' own); an empty value turns the cache off.
@@ -37,7 +37,13 @@ _CACHE_VERSION = 1
 
 def default_control_socket(cluster: str) -> Path:
     """The control socket of a node whose entry in the cluster file names none."""
-    return Path(f"/run/failover/{cluster}.sock")
+    from pathlib import Path  # here: the fast commands use the path as text (pathlib costs ~3 ms to import)
+
+    return Path(_default_socket(cluster))
+
+
+def _default_socket(cluster: str) -> str:
+    return f"/run/failover/{cluster}.sock"
 
 
 class NodeSocket:
@@ -45,7 +51,7 @@ class NodeSocket:
 
     __slots__ = ("address", "control_socket", "family", "name")
 
-    def __init__(self, name: str, family: int, address: str, control_socket: Path) -> None:
+    def __init__(self, name: str, family: int, address: str, control_socket: str) -> None:
         self.name = name
         self.family = family  # socket.AF_INET or socket.AF_INET6, from the address as written
         self.address = address
@@ -61,7 +67,7 @@ class NodeSocket:
         return f"NodeSocket{self._row()!r}"
 
     def _row(self) -> tuple[str, int, str, str]:
-        return self.name, self.family, self.address, str(self.control_socket)
+        return self.name, self.family, self.address, self.control_socket
 
 
 def _family(address: str) -> int | None:
@@ -75,10 +81,11 @@ def _family(address: str) -> int | None:
     return None
 
 
-def node_sockets(path: Path) -> tuple[NodeSocket, ...] | None:
+def node_sockets(path: str | Path) -> tuple[NodeSocket, ...] | None:
     """Each node's name, address and control socket; None when the file does not plainly say."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read()
         text = raw.decode("utf-8-sig")
     except (OSError, ValueError):
         return None
@@ -117,9 +124,9 @@ def _from_yaml(text: str) -> tuple[NodeSocket, ...] | None:
             # A relative path would name a different socket in every working directory.
             if not isinstance(written, str) or not written.startswith("/"):
                 return None
-            sock = Path(written)
+            sock = written
         elif isinstance(cluster, str) and cluster:
-            sock = default_control_socket(cluster)
+            sock = _default_socket(cluster)
         else:
             return None
         found.append(NodeSocket(name, family, address, sock))
@@ -173,7 +180,7 @@ def _from_cache(entry: object, text: str) -> tuple[NodeSocket, ...] | None:
         family = _family(address)
         if family is None:
             return None
-        found.append(NodeSocket(name, family, address, Path(sock)))
+        found.append(NodeSocket(name, family, address, sock))
     return tuple(found)
 
 
@@ -182,7 +189,7 @@ def _write_cache(entries: dict[str, Any], key: str, text: str, found: tuple[Node
     if not CACHE:
         return
     entries.pop(key, None)
-    entries[key] = {"text": text, "nodes": [[n.name, n.address, str(n.control_socket)] for n in found]}
+    entries[key] = {"text": text, "nodes": [[n.name, n.address, n.control_socket] for n in found]}
     kept = dict(list(entries.items())[-_CACHE_ENTRIES:])
     data = json.dumps({"version": _CACHE_VERSION, "entries": kept}).encode()
     folder = os.path.dirname(CACHE)

@@ -21,19 +21,20 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from failover import control
 from failover.localnode import is_local, own_node
 
 TYPE_CHECKING = False  # typing's own flag without importing typing, a few ms of every start (mypy knows it)
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
 
     from failover.check import Finding
     from failover.config import ClusterConfig, NodeConfig
 
-DEFAULT_CONFIG = Path(os.environ.get("FAILOVER_CONFIG", "/etc/failover/cluster.yaml"))
+# Text, not Path: `swap|unswap|status` never import pathlib (~3 ms of their start here).
+DEFAULT_CONFIG = os.environ.get("FAILOVER_CONFIG", "/etc/failover/cluster.yaml")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 AGENT_COMMANDS = ("swap", "unswap", "status")
@@ -58,16 +59,40 @@ examples:
 """
 
 
+def _as_path(text: str) -> Path:
+    from pathlib import Path
+
+    return Path(text)
+
+
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    # argparse makes a formatter at every add_argument; left to find its width itself, it imports shutil
+    # (and with it bz2, lzma: ~2 ms of each command's start here). The width as shutil finds it.
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
+        except (OSError, ValueError):
+            columns = 80
+    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns, 1) - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _help_formatter)
+        super().__init__(**kwargs)
+
+
 def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
     """Every command; or, for a `swap|unswap|status` command line, only those (a quicker start)."""
-    p = argparse.ArgumentParser(
-        prog="failover", description="Heartbeat-style IP failover for machine swaps.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="failover", description="Heartbeat-style IP failover for machine swaps.",
+                epilog=EXAMPLES)
+    # Subparsers do not inherit formatter_class.
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                         help=f"cluster file (default {DEFAULT_CONFIG}, or $FAILOVER_CONFIG)")
         sp.add_argument("--node", help="the node this host plays (default: the one whose address is local)")
 
@@ -107,11 +132,13 @@ def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
         with_config(sp)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
     keygen = sub.add_parser("keygen", help="write a new shared key to PATH (mode 0600, never overwrites)")
-    keygen.add_argument("path", type=Path, metavar="PATH", help="the new key file (/etc/failover/web.key)")
+    keygen.add_argument("path", type=_as_path, metavar="PATH",
+                        help="the new key file (/etc/failover/web.key)")
     sub.add_parser("reference", help="print the README's reference: every command and cluster-file key")
 
     lab = sub.add_parser("lab", help="the network-namespace lab (root)")
-    labsub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND")
+    labsub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND",
+                                parser_class=_Parser)
     rehearse = labsub.add_parser(
         "rehearse", help="build a lab, swap and unswap under load, report, tear down"
     )
@@ -124,7 +151,7 @@ def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
                                "gratuitous ARP and unsolicited neighbour advertisements")
     bench = labsub.add_parser("bench", help="N swap/unswap pairs under load; prints figures")
     bench.add_argument("-n", "--pairs", type=int, default=10, help="swap/unswap pairs to run")
-    bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    bench.add_argument("--json", type=_as_path, help="also write the figures to this JSON file")
     labsub.add_parser("up", help="build a lab and leave it running")
     labsub.add_parser("down", help="tear down the lab made by `lab up`")
     ex = labsub.add_parser("exec", help="run a command in a lab host's namespace")
@@ -186,17 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Agent:
     """This node's agent as the fast commands reach it, and the full check of the cluster file they owe."""
 
-    def __init__(self, config: Path, node: str | None) -> None:
+    def __init__(self, config: str, node: str | None) -> None:
         self.config = config
         self.node = node
         self.answered = False
         self._checked: NodeConfig | None = None
         found = _fast_socket(config, node)
-        if found is None:
-            # The file is not plainly readable or names no single local node: the full loader says why.
-            self.socket = self.check_file().control_socket
-        else:
-            self.socket = found
+        # None: the file is not plainly readable or names no single local node: the full loader says why.
+        self.socket: str | Path = self.check_file().control_socket if found is None else found
 
     def check_file(self) -> NodeConfig:
         """The whole cluster file through the full loader (once); raises ConfigError for a bad one."""
@@ -212,7 +236,7 @@ class _Agent:
             yield reply
 
 
-def _fast_socket(config: Path, name: str | None) -> Path | None:
+def _fast_socket(config: str, name: str | None) -> str | None:
     from failover.agentsocket import node_sockets
 
     nodes = node_sockets(config)
@@ -495,7 +519,7 @@ def _one_shot(tool: str, config: ClusterConfig, node: NodeConfig, as_json: bool)
     # scapy is slow to import: only these two commands pay for it.
     from failover import announce, prober
 
-    mac = (Path("/sys/class/net") / node.interface / "address").read_text().strip()
+    mac = _as_path(f"/sys/class/net/{node.interface}/address").read_text().strip()
     try:
         if tool == "announce":
             announcer = announce.Announcer(node.interface, config.vip.ip, mac)

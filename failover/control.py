@@ -14,11 +14,11 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 
 TYPE_CHECKING = False  # typing's own flag without importing typing: the CLI imports this module
 if TYPE_CHECKING:
     import asyncio
+    from pathlib import Path
     from typing import Any
 
 ENDINGS = ("done", "error")
@@ -159,7 +159,7 @@ def _parse_request(line: bytes) -> dict[str, Any] | str:
     return request
 
 
-def request(path: Path, req: dict[str, Any], *, timeout: float) -> Iterator[dict[str, Any]]:
+def request(path: str | Path, req: dict[str, Any], *, timeout: float) -> Iterator[dict[str, Any]]:
     """Send one request and yield every reply line; the last one yielded is the done/error marker."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)

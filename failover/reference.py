@@ -240,7 +240,7 @@ def _help(action: argparse.Action) -> str:
 def _cli_default_config() -> Path:
     from failover.cli import DEFAULT_CONFIG
 
-    return DEFAULT_CONFIG
+    return Path(DEFAULT_CONFIG)
 
 
 def _cell(text: str) -> str:

@@ -28,7 +28,7 @@ from failover.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("failover.config", "failover.check", "failover.lab", "failover.netlink", "failover.announce",
          "failover.agent", "failover.logs", "scapy", "pyroute2", "structlog", "prometheus_client",
-         "asyncio", "dataclasses", "typing")
+         "asyncio", "dataclasses", "typing", "pathlib")
 CACHED_HEAVY = (*HEAVY, "yaml")  # once the cache knows the file
 
 BAD_HEARTBEAT = "  dead_after_ms: fast\n"  # line 9 of cluster_file()
