@@ -28,10 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from failover.lab import scenarios
+from failover.lab import own_moves
 from failover.lab.cluster import LabCluster
 
 EVENTS = ("health-check", "handoff-installed", "load-measured", "release", "claim", "announced")
+ALL_EVENTS = False  # --all-events: every agent log line, not only EVENTS
 
 
 def _wall(event: dict[str, Any]) -> float:
@@ -40,7 +41,7 @@ def _wall(event: dict[str, Any]) -> float:
 
 def split(cluster: LabCluster, workdir: Path, move: str, source: str, target: str) -> dict[str, Any]:
     marks = {h: len(cluster.agent_events(h)) for h in (source, target)}
-    result = scenarios._failover_move(cluster, workdir, move, source, target)
+    result = own_moves._failover_move(cluster, workdir, move, source, target)
     offset = time.time() - time.monotonic()
     started = float(result["action_at"])
     points: dict[str, float] = {}
@@ -48,7 +49,7 @@ def split(cluster: LabCluster, workdir: Path, move: str, source: str, target: st
         for event in cluster.agent_events(host)[marks[host]:]:
             name = str(event.get("event"))
             at = (_wall(event) - offset - started) * 1000.0
-            if name in EVENTS and -50.0 < at < 2000.0:
+            if (ALL_EVENTS or name in EVENTS) and -50.0 < at < 2000.0:
                 points.setdefault(f"{side} {name}", round(at, 1))  # the first of each
     steps = {str(s["step"]): float(s["ms"]) for s in result.get("steps", [])}
     ready = steps.get("target-ready", steps.get("healthy"))
@@ -68,7 +69,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--pairs", type=int, default=3, help="swap/unswap pairs (default 3)")
     ap.add_argument("--json", type=Path, help="write every move's points here")
+    ap.add_argument("--all-events", action="store_true", help="every agent log line of the move")
     args = ap.parse_args()
+    global ALL_EVENTS
+    ALL_EVENTS = args.all_events
     moves = []
     with tempfile.TemporaryDirectory(prefix="failover-split-") as tmp:
         workdir = Path(tmp)

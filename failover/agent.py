@@ -99,7 +99,7 @@ class Agent:
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
         self._probes: dict[int, asyncio.Task[None]] = {}  # Probe.serial -> its task, until it answers
-        self.hooks = HookRuns(self.context)
+        self.hooks = HookRuns(self.context, before_drain=lambda epoch: self.vip_changes.held(epoch))
         self.rejections = RejectionLog(log)
         self.task_failures = 0  # tasks that ended with an exception (each logged as task-failed)
         self.journal = NoticeJournal(config, node)

@@ -9,6 +9,7 @@ when is the core's.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -21,8 +22,9 @@ log = structlog.get_logger("failover.agent")
 
 
 class HookRuns:
-    def __init__(self, ctx: AgentContext) -> None:
+    def __init__(self, ctx: AgentContext, *, before_drain: Callable[[int], Awaitable[None]]) -> None:
         self.config = ctx.config
+        self._before_drain = before_drain  # the drain's connections are held: its hooks may close them
         self.node = ctx.node
         self.peer = ctx.peer
         self._report = ctx.report
@@ -48,10 +50,14 @@ class HookRuns:
                 action.event, epoch=str(action.epoch), move=action.move, source=action.source,
                 target=action.target, reason=action.reason,
             )
-            self._spawn(self._run_hooks(action.event, hooks, env))
+            self._spawn(self._run_hooks(action.event, hooks, env, action.epoch))
 
-    async def _run_hooks(self, event: str, hooks: tuple[tuple[str, ...], ...], env: dict[str, str]) -> None:
+    async def _run_hooks(
+        self, event: str, hooks: tuple[tuple[str, ...], ...], env: dict[str, str], epoch: int
+    ) -> None:
         async with self._hook_lock:
+            if event == "drain":
+                await self._before_drain(epoch)
             ok, details = await run_all(hooks, env, self.config.hooks.timeout_ms / 1000)
         log.info("hooks", hook_event=event, ok=ok, details=details)
 

@@ -54,6 +54,8 @@ class VipChanges:
         self._hold: ConnectionHold | None = None  # the drain's second reference to its connections
         self._holding: asyncio.Task[None] | None = None
         self._hold_epoch: int | None = None
+        self._taking: asyncio.Task[None] | None = None  # the hold's take, beside the release
+        self._taking_epoch: int | None = None
 
     def put(self, action: VipChange) -> None:
         self._vip_ops.put_nowait(action)
@@ -135,11 +137,21 @@ class VipChanges:
         except (NetlinkError, TimeoutError) as err:
             # The release goes on: in-flight connections may be reset, the VIP still moves.
             log.error("drain-start-failed", epoch=action.epoch, error=str(err) or "timed out")
-        await self._hold_connections(action.epoch)
+        # Beside the release, not before it: the take scans /proc (~12 ms here) and nothing closes a
+        # connection before the drain hooks, which wait for it (held()).
+        self._taking = self._spawn(self._hold_connections(action.epoch))
+        self._taking_epoch = action.epoch
+
+    async def held(self, epoch: int) -> None:
+        """The hold of `epoch`'s drain has taken its connections, or given up: the web server may now be
+        asked to close them (the drain hooks)."""
+        taking = self._taking
+        if taking is not None and self._taking_epoch == epoch and not taking.done():
+            await asyncio.wait({taking})  # its outcome is logged by the take itself
 
     async def _hold_connections(self, epoch: int) -> None:
-        """Before the release (and so before the drain hooks): a second reference to each connection,
-        so that the web server's close of an idle one is made in order (connectionhold)."""
+        """Before the drain hooks: a second reference to each connection, so that the web server's close
+        of an idle one is made in order (connectionhold)."""
         hold = self._hold
         if hold is None or self._hold_epoch != epoch:
             return  # this drain's hold was already let go (a later StartDrain or its EndDrain)
