@@ -17,7 +17,7 @@ from failover.accesslog import LogEntry, LogFormat, proof
 
 WINDOW_S: Final = 5.0  # seconds of log that tell the rate
 TAIL_BYTES: Final = 256 * 1024  # the window at a few hundred requests a second; read and parsed in ms
-MIN_SPAN_S: Final = 1.0  # a shorter log says too little to judge; its time stamps have one-second steps
+MIN_SPAN_S: Final = 1.0  # a shorter log is counted over this long; its time stamps have one-second steps
 
 
 def recent_rate(
@@ -31,6 +31,9 @@ def recent_rate(
             data = os.pread(f.fileno(), TAIL_BYTES, start)
     except OSError as err:
         return None, f"{path}: {err.strerror or err}"
+    if not data.strip():
+        # Known, not unknown: nobody was served since the log began (a quiet site, or one just rotated).
+        return 0.0, f"{path}: empty, no request since it began"
     lines = data.decode("utf-8", "replace").splitlines()
     if start > 0 and lines:
         lines = lines[1:]  # the first line of the tail is cut
@@ -40,9 +43,11 @@ def recent_rate(
         return None, f"{path}: no parsable lines in its last {len(data)} bytes"
     oldest = max(_age(e, now) for e in entries)
     span = min(WINDOW_S, oldest)
-    if span < MIN_SPAN_S:
-        return None, f"{path}: only {span:.1f} s of log"
     counted = proof(recent, vip=vip, exclude=exclude, destination_known=log_format.destination_known).counted
+    if span < MIN_SPAN_S:
+        # A log begun (or rotated) under a second ago: what it holds over a whole second. Never more than
+        # the true rate, so the new holder waits at least as long as it should (or, quiet, asks canaries).
+        return counted / MIN_SPAN_S, f"{counted} requests in {path}, begun {span:.1f} s ago: counted over 1 s"
     return counted / span, f"{counted} requests in the last {span:.1f} s of {path}"
 
 

@@ -29,12 +29,28 @@ def test_requests_per_second_over_the_last_seconds_without_the_nodes(tmp_path: P
     assert rate is not None and abs(rate - 10.0) < 2.5, (rate, detail)
 
 
-def test_a_log_too_young_or_missing_cannot_tell(tmp_path: Path) -> None:
-    log = tmp_path / "access.log"
-    log.write_text(line("203.0.113.100", NOW))
-    assert recent_rate(log, LogFormat.COMBINED, VIP, (), NOW)[0] is None
+def test_a_missing_or_unreadable_log_cannot_tell(tmp_path: Path) -> None:
     rate, detail = recent_rate(tmp_path / "nope.log", LogFormat.COMBINED, VIP, (), NOW)
     assert rate is None and "nope.log" in detail
+    log = tmp_path / "access.log"
+    log.write_text("not a log line\n" * 3)  # another format than the one configured
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, (), NOW)
+    assert rate is None and "no parsable lines" in detail
+
+
+def test_an_empty_log_is_a_quiet_site_not_an_unknown_one(tmp_path: Path) -> None:
+    # Unknown made the new holder wait confirm.within_s for clients that a quiet site may never send;
+    # 0 requests a second makes it prove the move with canaries instead.
+    log = tmp_path / "access.log"
+    log.write_text("")
+    assert recent_rate(log, LogFormat.COMBINED, VIP, (), NOW)[0] == 0.0
+
+
+def test_a_log_begun_under_a_second_ago_counts_over_a_whole_second(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(line("203.0.113.100", NOW) * 4 + line("203.0.113.12", NOW))  # and the peer's monitor
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, ("203.0.113.12",), NOW)
+    assert rate == 4.0 and "counted over 1 s" in detail, detail
 
 
 def test_with_the_server_address_only_requests_to_the_vip_count(tmp_path: Path) -> None:
