@@ -124,6 +124,10 @@ def _from_yaml(text: str) -> tuple[NodeSocket, ...] | None:
             # A relative path would name a different socket in every working directory.
             if not isinstance(written, str) or not written.startswith("/"):
                 return None
+            # As the loader's Path would spell it, or the loader says: a trailing "/", "//" or "/./"
+            # names the same socket to the agent but another file to connect().
+            if os.path.normpath(written) != written:
+                return None
             sock = written
         elif isinstance(cluster, str) and cluster:
             sock = _default_socket(cluster)
@@ -174,7 +178,7 @@ def _from_cache(entry: object, text: str) -> tuple[NodeSocket, ...] | None:
     found = []
     for row in rows:
         if not (isinstance(row, list) and len(row) == 3 and all(isinstance(v, str) for v in row)
-                and row[2].startswith("/")):
+                and row[2].startswith("/") and os.path.normpath(row[2]) == row[2]):
             return None
         name, address, sock = row
         family = _family(address)

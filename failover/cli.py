@@ -71,11 +71,13 @@ def _help_formatter(prog: str) -> argparse.HelpFormatter:
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
         try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
         except (OSError, ValueError):
-            columns = 80
-    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns, 1) - 2)
+            columns = 0
+    return argparse.RawDescriptionHelpFormatter(prog, width=(columns if columns > 0 else 80) - 2)
 
 
 class _Parser(argparse.ArgumentParser):

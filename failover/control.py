@@ -172,6 +172,8 @@ def request(path: str | Path, req: dict[str, Any], *, timeout: float) -> Iterato
             raise ControlError(f"stale agent socket at {path}: no agent is running") from None
         except PermissionError:
             raise ControlError(f"permission denied on {path}; run as root") from None
+        except OSError as err:
+            raise ControlError(f"cannot reach the agent at {path}: {err.strerror or err}") from None
         buf = b""
         try:
             sock.sendall(encode_line(req))

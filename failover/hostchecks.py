@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import structlog
 
@@ -25,7 +27,6 @@ log = structlog.get_logger("failover.agent")
 
 CANARY_GAP = 0.05  # seconds between the first confirm.requests canaries
 CANARY_RETRY_GAP = 0.1  # then between the retries, until the proof window ends or the move does
-CANARY_THREADS = 4  # canaries in flight at once; each is bounded by health.timeout_ms
 CANARY_MIN_TIMEOUT = 0.2  # seconds: a canary sent just before the window ends still gets a fair chance
 
 
@@ -88,29 +89,42 @@ class HostChecks:
             found += check.handoff_findings(cfg)
         return found
 
-    async def canary(self, action: protocol.Canary) -> None:
-        await self._vip_changes_done()  # the core ended the drain first: its copy would answer them here
+    def canary(self, action: protocol.Canary) -> Coroutine[Any, Any, None]:
+        """The canaries of `action`, to be spawned; from now on a StopCanary for its epoch is heard."""
+        stop = self._canary_stops[action.epoch] = asyncio.Event()
+        return self._send_canaries(action, stop)
+
+    async def _send_canaries(self, action: protocol.Canary, stop: asyncio.Event) -> None:
+        try:
+            await self._vip_changes_done()  # the core ended the drain first: its copy would answer here
+            await self._canaries(action, stop)
+        finally:
+            if self._canary_stops.get(action.epoch) is stop:
+                del self._canary_stops[action.epoch]
+
+    async def _canaries(self, action: protocol.Canary, stop: asyncio.Event) -> None:
         url = canary_url(
             self.peer.health_url, self.config.vip.ip, canary_token(self.config.cluster, action.epoch)
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + action.within
-        stop = self._canary_stops.setdefault(action.epoch, asyncio.Event())
-        # Its own threads: a canary stuck on a lost SYN must not delay the default executor's work
-        # (state.json, health checks) during the move.
-        pool = ThreadPoolExecutor(CANARY_THREADS, thread_name_prefix="failover-canary")
+        requests = self.config.confirm.requests
+        # A thread for every canary the window can hold: each blocks up to health.timeout_ms (a lost SYN
+        # waits for its retransmit), and a later one queued behind them would start after the window.
+        # Their own threads, too: a stuck canary must not delay the default executor's work (state.json).
+        threads = requests + math.ceil(action.within / CANARY_RETRY_GAP) + 1
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="failover-canary")
         sent: list[asyncio.Future[tuple[bool, str]]] = []
         try:
-            while not stop.is_set() and (left := deadline - loop.time()) > 0:
+            while not stop.is_set() and (left := deadline - loop.time()) > 0 and len(sent) < threads:
                 timeout = min(self.config.health.timeout_ms / 1000, max(left, CANARY_MIN_TIMEOUT))
                 sent.append(loop.run_in_executor(pool, check_health, url, timeout))
                 # The first confirm.requests close together; later ones, if no stop came, are the
                 # retries for a lost request or a log truncated before the follower read the line.
-                gap = CANARY_GAP if len(sent) < self.config.confirm.requests else CANARY_RETRY_GAP
+                gap = CANARY_GAP if len(sent) < requests else CANARY_RETRY_GAP
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), min(gap, max(left, 0.0)))
         finally:
-            self._canary_stops.pop(action.epoch, None)
             pool.shutdown(wait=False, cancel_futures=True)
         results = [f.result()[1] for f in sent if f.done() and not f.cancelled()]
         log.info("canary", epoch=action.epoch, url=url, sent=len(sent), stopped=stop.is_set(),

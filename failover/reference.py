@@ -230,17 +230,17 @@ def _usage(name: str, parser: argparse.ArgumentParser) -> str:
 
 
 def _help(action: argparse.Action) -> str:
-    text = (action.help or "").replace(str(_cli_default_config()), STANDARD_CONFIG)
+    text = (action.help or "").replace(_cli_default_config(), STANDARD_CONFIG)
     default = action.default
     if default not in (None, False, "", argparse.SUPPRESS) and "default" not in text:
         text += f" (default {show(default)})"
     return text
 
 
-def _cli_default_config() -> Path:
+def _cli_default_config() -> str:
     from failover.cli import DEFAULT_CONFIG
 
-    return Path(DEFAULT_CONFIG)
+    return DEFAULT_CONFIG  # as the help text spells it
 
 
 def _cell(text: str) -> str:

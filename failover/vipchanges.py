@@ -161,11 +161,14 @@ class VipChanges:
         except (HoldError, TimeoutError) as err:
             # A take still running in its thread holds nothing once the hold is closed.
             log.warning("connections-not-held", epoch=epoch, error=str(err) or "timed out")
-            self._stop_holding()
+            if self._hold is hold:
+                self._stop_holding()
+            else:
+                hold.close()  # a later drain's hold is not this take's to end
             return
-        log.info("connections-held", epoch=epoch, held=taken, error=hold.error or None)
         if self._hold is not hold:
-            return  # let go of while it took
+            return  # let go of while it took (its close let go of what the take got)
+        log.info("connections-held", epoch=epoch, held=taken, error=hold.error or None)
         if self._holding is not None:
             self._holding.cancel()
         self._holding = self._spawn(hold_while_draining(hold, HOLD_EVERY, HOLD_TAKE_EVERY))

@@ -150,6 +150,22 @@ def test_agent_commands_connect_with_nothing_heavy_imported(
                                                     "is `failover agent` running?"]
 
 
+@pytest.mark.parametrize("written", ["{sock}/", "{dir}//none.sock", "{dir}/./none.sock"])
+def test_a_socket_path_written_unlike_the_loaders_goes_where_the_loader_says(
+    tmp_path: Path, written: str
+) -> None:
+    # The agent binds the loader's Path, which drops a trailing "/" and collapses "//" and "/./".
+    sock = tmp_path / "none.sock"
+    config = cluster_file(tmp_path, control_socket=sock)
+    config.write_text(config.read_text().replace(str(sock), written.format(sock=sock, dir=tmp_path)))
+    assert load_config(config).node("live").control_socket == sock
+    for _ in range(2):  # unknown to the cache, then (if it kept anything) known
+        done, seen = run_cli(tmp_path, "status", "-c", str(config))
+        assert seen is not None and seen["address"] == str(sock), done.stderr
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.strip() == f"failover: no agent socket at {sock}; is `failover agent` running?"
+
+
 def test_an_edited_file_is_read_again(tmp_path: Path) -> None:
     config = cluster_file(tmp_path, control_socket=tmp_path / "one.sock")
     done, seen = run_cli(tmp_path, "status", "-c", str(config))

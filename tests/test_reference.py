@@ -153,7 +153,7 @@ def test_every_command_and_option_has_help_and_is_in_the_reference() -> None:
 
 def test_the_reference_does_not_depend_on_failover_config(monkeypatch: pytest.MonkeyPatch) -> None:
     expected = reference.render()
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG", Path("/tmp/elsewhere.yaml"))
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG", "/tmp/elsewhere.yaml")
     swap = next(p for name, _, p in reference._subcommands(cli._parser()) if name == "swap")
     config_action = next(a for a in reference._options(swap) if "--config" in a.option_strings)
     assert "/tmp/elsewhere.yaml" in (config_action.help or "")

@@ -14,7 +14,7 @@ from failover.protocol import events as e
 from failover.protocol.results import FAIL, Check, Level, Plan
 from failover.protocol.runs import DryRun
 from failover.protocol.states import DryRunState
-from failover.protocol.swap import MOVES
+from failover.protocol.swap import CANARY_PROOF, MOVES
 
 if TYPE_CHECKING:
     from failover.protocol.node import Node
@@ -188,9 +188,11 @@ class DryRuns:
                 f"{within}, else {target} releases and {source} takes the VIP back"
             )
         elif s.confirm == "canary":
+            window = f"{min(s.confirm_within, CANARY_PROOF) * 1000:.0f} ms"
             confirm = (
-                f"canary: {source} sends {s.confirm_requests} marked request(s) to the VIP; they must "
-                f"reach {target}'s access log within {within}, else {source} takes the VIP back"
+                f"canary: {source} sends marked requests to the VIP ({s.confirm_requests} at once, then one "
+                f"every 100 ms until the move is proven); {s.confirm_requests} must reach {target}'s access "
+                f"log within {window}, else {source} takes the VIP back"
             )
         else:
             confirm = "none: the move is not proven (confirm.mode: none)"

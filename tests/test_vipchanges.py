@@ -1,0 +1,141 @@
+"""The old holder's VIP changes around a drain: the connection hold is taken beside the release.
+
+VipChanges on a real event loop; the netlink link and the connection hold are stand-ins (their real
+behaviour is tests/test_netlink.py's and tests/test_connectionhold.py's), so that a take can be made to
+last, or to fail, exactly when a test needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import yaml
+
+from failover import protocol, vipchanges
+from failover.agentcontext import AgentContext
+from failover.config import load_config
+from failover.connectionhold import HoldError
+from failover.lab.cluster import cluster_document
+from failover.lab.netns import Lab
+
+
+class Link:
+    def __init__(self) -> None:
+        self.done: list[str] = []
+
+    async def start_drain(self) -> None:
+        self.done.append("start-drain")
+
+    async def release(self) -> None:
+        self.done.append("release")
+
+    async def end_drain(self) -> None:
+        self.done.append("end-drain")
+
+    async def holds(self) -> bool:
+        return False
+
+
+class Hold:
+    """ConnectionHold's stand-in: each take waits for its gate, then returns or raises as told."""
+
+    made: ClassVar[list[Hold]] = []
+
+    def __init__(self, vip: Any, limit: int) -> None:
+        self.gate = threading.Event()
+        self.fail = False
+        self.closed = False
+        self.held: dict[int, Any] = {}
+        self.discarded = 0
+        self.error = ""
+        self.shut_inodes: set[int] = set()
+        Hold.made.append(self)
+
+    def take(self) -> int:
+        self.gate.wait(10)
+        if self.fail:
+            raise HoldError("injected: the take failed")
+        return 0
+
+    def close(self) -> None:
+        self.closed = True  # like the real one: a take under way runs on, and holds nothing
+
+
+@pytest.fixture
+def changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[vipchanges.VipChanges, Link]:
+    Hold.made = []
+    monkeypatch.setattr(vipchanges, "ConnectionHold", Hold)
+    monkeypatch.setattr(vipchanges, "hold_limit", lambda: 100)
+
+    async def idle(*_: Any) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(vipchanges, "count_while_draining", idle)
+    monkeypatch.setattr(vipchanges, "hold_while_draining", idle)
+    (tmp_path / "lab.key").write_text("k" * 64)
+    (tmp_path / "lab.key").chmod(0o600)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cluster_document(Lab(), tmp_path)))
+    config = load_config(path)
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(coro)
+
+    async def durable(_: int) -> None:
+        return None
+
+    ctx = AgentContext(config, config.node("live"), report=lambda _: None, spawn=spawn,
+                       now=lambda: asyncio.get_running_loop().time())
+    link = Link()
+    return vipchanges.VipChanges(ctx, link, fault="", failed=lambda: None, durable=durable), link  # type: ignore[arg-type]
+
+
+def test_the_release_does_not_wait_for_the_take_but_the_drain_hooks_do(
+    changes: tuple[vipchanges.VipChanges, Link],
+) -> None:
+    vc, link = changes
+
+    async def scenario() -> None:
+        carrying = asyncio.get_running_loop().create_task(vc.carry_out())
+        vc.put(protocol.StartDrain(1))
+        vc.put(protocol.Release(1, "swap"))
+        await asyncio.wait_for(vc.done(), 2.0)
+        assert link.done == ["start-drain", "release"]  # while the take still runs
+        await asyncio.wait_for(vc.held(2), 0.5)  # another drain's hooks have nothing to wait for
+        waiting = asyncio.get_running_loop().create_task(vc.held(1))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        Hold.made[0].gate.set()
+        await asyncio.wait_for(waiting, 2.0)
+        carrying.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_take_of_an_earlier_drain_leaves_the_later_hold_alone(
+    changes: tuple[vipchanges.VipChanges, Link],
+) -> None:
+    vc, _ = changes
+
+    async def scenario() -> None:
+        carrying = asyncio.get_running_loop().create_task(vc.carry_out())
+        vc.put(protocol.StartDrain(1))
+        await asyncio.wait_for(vc.done(), 2.0)
+        vc.put(protocol.StartDrain(2))  # a second drain while the first one's take is still running
+        await asyncio.wait_for(vc.done(), 2.0)
+        first, second = Hold.made
+        assert first.closed and not second.closed  # the new drain let go of the old hold
+        first.fail = True
+        first.gate.set()  # the old take ends now, failing
+        await asyncio.sleep(0.2)
+        assert not second.closed  # the old take's failure is not the new drain's end
+        second.gate.set()
+        await asyncio.wait_for(vc.held(2), 2.0)
+        carrying.cancel()
+
+    asyncio.run(scenario())
