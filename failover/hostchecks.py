@@ -22,11 +22,10 @@ from failover.agentcontext import AgentContext
 from failover.health import canary_token, canary_url, check_health
 from failover.netlink import NetlinkError, VipLink
 from failover.protocol import events
+from failover.protocol.swap import CANARY_GAP, CANARY_RETRY_GAP
 
 log = structlog.get_logger("failover.agent")
 
-CANARY_GAP = 0.05  # seconds between the first confirm.requests canaries
-CANARY_RETRY_GAP = 0.1  # then between the retries, until the proof window ends or the move does
 CANARY_MIN_TIMEOUT = 0.2  # seconds: a canary sent just before the window ends still gets a fair chance
 
 

@@ -14,7 +14,7 @@ from failover.protocol import events as e
 from failover.protocol.results import FAIL, Check, Level, Plan
 from failover.protocol.runs import DryRun
 from failover.protocol.states import DryRunState
-from failover.protocol.swap import CANARY_PROOF, MOVES
+from failover.protocol.swap import CANARY_PROOF, CANARY_RETRY_GAP, MOVES
 
 if TYPE_CHECKING:
     from failover.protocol.node import Node
@@ -190,9 +190,10 @@ class DryRuns:
         elif s.confirm == "canary":
             window = f"{min(s.confirm_within, CANARY_PROOF) * 1000:.0f} ms"
             confirm = (
-                f"canary: {source} sends marked requests to the VIP ({s.confirm_requests} at once, then one "
-                f"every 100 ms until the move is proven); {s.confirm_requests} must reach {target}'s access "
-                f"log within {window}, else {source} takes the VIP back"
+                f"canary: {source} sends marked requests to the VIP ({s.confirm_requests} at once, then "
+                f"one every {CANARY_RETRY_GAP * 1000:.0f} ms until the move is proven); "
+                f"{s.confirm_requests} must reach {target}'s access log within {window}, "
+                f"else {source} takes the VIP back"
             )
         else:
             confirm = "none: the move is not proven (confirm.mode: none)"

@@ -34,6 +34,8 @@ UNKNOWN_PROBES = 3  # probes in a row that cannot tell before a rollback gives u
 PROOF_FLOOR = 0.3  # seconds, at the busiest site
 EXPECTED_ARRIVALS = 20  # mean inter-arrival times of the source's rate: missing them all is no accident
 CANARY_PROOF = 1.0  # seconds for the source's marked requests to cross and be logged
+CANARY_GAP = 0.05  # seconds between the first confirm.requests canaries
+CANARY_RETRY_GAP = 0.1  # then between the retries, until the proof window ends or the move does
 
 
 def expected_arrivals(requests: int) -> int:
