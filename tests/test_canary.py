@@ -13,13 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from failover import hostchecks, protocol
 from failover.agentcontext import AgentContext
-from failover.config import load_config
-from failover.lab.cluster import cluster_document
-from failover.lab.netns import Lab
+from tests.labconfig import lab_config
 
 
 class Requests:
@@ -42,11 +39,7 @@ class Requests:
 
 
 def host_checks(tmp_path: Path, vip_changes_done: object = None) -> hostchecks.HostChecks:
-    (tmp_path / "lab.key").write_text("k" * 64)
-    (tmp_path / "lab.key").chmod(0o600)
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(cluster_document(Lab(), tmp_path)))
-    config = load_config(path)
+    config = lab_config(tmp_path)
 
     async def done() -> None:
         return None

@@ -9,12 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-import yaml
 
 from failover.check import OK, WARN, handoff_findings, host_checks, listener_finding, tcp_listeners
-from failover.config import ClusterConfig, load_config
-from failover.lab.cluster import cluster_document
-from failover.lab.netns import Lab
+from tests.labconfig import lab_config as config
 
 HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
 # As the kernel prints them: each 32-bit word of the address in host (little-endian) order; 0A = LISTEN.
@@ -22,14 +19,6 @@ VIP4_80 = "0A7100CB:0050"  # 203.0.113.10:80
 ANY4_22 = "00000000:0016"
 VIP6_80 = "B80D0120010000000000000010000000:0050"  # [2001:db8:0:1::10]:80
 ANY6_443 = "00000000000000000000000000000000:01BB"
-
-
-def config(tmp_path: Path, ipv6: bool = False) -> ClusterConfig:
-    (tmp_path / "lab.key").write_text("k" * 64)
-    (tmp_path / "lab.key").chmod(0o600)
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(cluster_document(Lab(), tmp_path, ipv6=ipv6)))
-    return load_config(path)
 
 
 def proc_net(root: Path, tcp: Sequence[str], tcp6: Sequence[str] = (), state: str = "0A") -> Path:
@@ -126,10 +115,7 @@ def test_the_drain_hook_is_judged(tmp_path: Path) -> None:
     hook.write_text("#!/bin/sh\n")
     hook.chmod(0o755)
     assert drain_hook_finding(cfg).level == OK
-    doc = cluster_document(Lab(), tmp_path)
-    doc["hooks"] = {"drain": []}
-    (tmp_path / "none.yaml").write_text(yaml.safe_dump(doc))
-    empty = drain_hook_finding(load_config(tmp_path / "none.yaml"))
+    empty = drain_hook_finding(config(tmp_path, hooks={"drain": []}))
     assert empty.level == WARN and "swap.drain_max_ms (60000 ms)" in empty.detail
     assert "nginx, -s, reload" in empty.fix
 

@@ -11,25 +11,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from failover import protocol
 from failover.agentcontext import AgentContext
-from failover.config import load_config
 from failover.hookruns import HookRuns
-from failover.lab.cluster import cluster_document
-from failover.lab.netns import Lab
+from tests.labconfig import lab_config
 
 
 def hook_runs(tmp_path: Path, before_drain: Any) -> tuple[HookRuns, list[asyncio.Task[None]]]:
-    (tmp_path / "lab.key").write_text("k" * 64)
-    (tmp_path / "lab.key").chmod(0o600)
-    doc = cluster_document(Lab(), tmp_path)
-    doc["hooks"] = {event: [["/bin/sh", "-c", f"echo {event} >> {tmp_path / 'ran'}"]]
-                    for event in ("drain", "confirmed")}
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    config = load_config(path)
+    config = lab_config(tmp_path, hooks={event: [["/bin/sh", "-c", f"echo {event} >> {tmp_path / 'ran'}"]]
+                                         for event in ("drain", "confirmed")})
     tasks: list[asyncio.Task[None]] = []
 
     def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

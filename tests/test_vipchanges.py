@@ -14,14 +14,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 
 from failover import protocol, vipchanges
 from failover.agentcontext import AgentContext
-from failover.config import load_config
 from failover.connectionhold import HoldError
-from failover.lab.cluster import cluster_document
-from failover.lab.netns import Lab
+from tests.labconfig import lab_config
 
 
 class Link:
@@ -77,11 +74,7 @@ def changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[vipchanges
 
     monkeypatch.setattr(vipchanges, "count_while_draining", idle)
     monkeypatch.setattr(vipchanges, "hold_while_draining", idle)
-    (tmp_path / "lab.key").write_text("k" * 64)
-    (tmp_path / "lab.key").chmod(0o600)
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(cluster_document(Lab(), tmp_path)))
-    config = load_config(path)
+    config = lab_config(tmp_path)
 
     def spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(coro)
