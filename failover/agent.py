@@ -1,8 +1,11 @@
 """The agent daemon: the one place that reads the clock and wires the adapters to the protocol core.
 
-It owns the asyncio loop: a UDP endpoint for heartbeats and swap messages, one timer re-armed from
-`Node.get_timer()`, the netlink watcher, the control socket, and the tasks that carry out the core's
-actions: the one dispatch of every action (`_carry_out`). It makes no protocol decisions of its own.
+It owns the asyncio loop: the netlink watcher, the control socket, and the tasks that carry out the
+core's actions: the one dispatch of every action (`_carry_out`). It makes no protocol decisions of its
+own. Heartbeats and swap messages come in on the heartbeat socket's thread, which also waits for
+`Node.get_timer()`: it hands the datagram and the timer to the core itself (under `_core_lock`, which
+everyone holds around the core), sends what the core sends, and wakes the loop only when the core asks
+for more than datagrams (`_after_core_on_thread`): an idle agent's loop sleeps through its heartbeats.
 The adapters it wires: `vipchanges` (the VIP's netlink queue), `handoffrule`, `stragglerreports`,
 `hookruns`, `hostchecks`, `noticejournal`, `controlcommands`; the core's setup is `coresetup`'s, what
 it keeps across restarts `persisted`'s.
@@ -15,6 +18,7 @@ import contextlib
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from ipaddress import ip_address
@@ -77,7 +81,9 @@ class Agent:
         self.fault = os.environ.get(FAULT_ENV, "")
         self._fault_seen: tuple[int, str] | None = None
         self.loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
+        self._core_lock = threading.RLock()  # the core, and what the heartbeat thread shares with the loop
+        self._handed: list[protocol.Action] = []  # popped on the heartbeat thread, for the loop, in order
+        self._pump_asked = False  # a _pump is on its way to the loop for them
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._ended_by: str | None = None  # a task the agent cannot run without ended: why it stopped
@@ -158,7 +164,8 @@ class Agent:
             held_before=state.held_before,
         )
         self.commands = ControlCommands(
-            cfg, node, self.core, self.journal, now=self.now, pump=self._pump, status=self.status
+            cfg, node, self.core, self.journal, lock=self._core_lock, now=self.now, pump=self._pump,
+            status=self.status,
         )
         try:
             # Before binding anything: a second agent for this node must hear "already running".
@@ -166,7 +173,10 @@ class Agent:
         except control.ControlError as err:
             raise AgentError(str(err)) from None
         try:
-            self.transport = HeartbeatSocket.open(node.address, cfg.heartbeat.port, self.on_datagram)
+            self.transport = HeartbeatSocket.open(
+                node.address, cfg.heartbeat.port, self._heard, lock=self._core_lock,
+                deadline=self.core.get_timer, timer=self._timer_due, failed=self._heartbeats_failed,
+            )  # fmt: skip
         except OSError as err:
             where = f"{node.address}:{cfg.heartbeat.port}"
             raise AgentError(f"cannot bind heartbeat socket {where}: {err}") from None
@@ -196,6 +206,7 @@ class Agent:
             test_fault=self.fault or None,
         )
         self._pump()
+        self.transport.start()
         _trim_heap()
         # Sockets are bound and the VIP's state is known: tell systemd (Type=notify) we are up.
         sdnotify.notify(f"READY=1\nSTATUS=node {node.name}, holds VIP: {'yes' if holds else 'no'}")
@@ -211,9 +222,8 @@ class Agent:
             self.watcher.stop(None)
             self.stragglers.unwatch(None)
             await self.handoff_rule.stop()
-            if self._timer is not None:
-                self._timer.cancel()
-            self._stopping = True
+            with self._core_lock:
+                self._stopping = True  # the heartbeat thread hands the core nothing more
             server.close()  # and its socket file, unless another agent's replaced it
             self.transport.close()
             if metrics is not None:
@@ -261,22 +271,60 @@ class Agent:
 
     # --- events in ---------------------------------------------------------------------------------
 
-    def on_datagram(self, data: bytes, source: str) -> None:
+    def _heard(self, data: bytes, source: str) -> None:
+        """On the heartbeat thread (lock held): a datagram in, stamped with the time it came."""
+        if self._stopping:
+            return
         if source.partition("%")[0] != self._peer_ip:
             # Only the peer's address is worth an HMAC: a flood from anywhere else costs one comparison.
             self.rejections.drop("source", self.now())
             return
         self.core.receive_datagram(data, self.now())
-        self._pump()
+        self._after_core_on_thread()
+
+    def _timer_due(self) -> None:
+        """On the heartbeat thread: the core's deadline came."""
+        with self._core_lock:
+            if self._stopping:
+                return
+            self.core.handle_timer(self.now())
+            self._after_core_on_thread()
+
+    def _after_core_on_thread(self) -> None:
+        """On the heartbeat thread, lock held: datagrams the core sends go out from here, and only when
+        the core asks for more (any other action, a state to keep) is the loop woken, to carry out all
+        of it in the core's order."""
+        if self.fault.startswith("stop-entering:"):
+            self._stop_if_entering(self.fault.partition(":")[2])
+        actions = self.core.pop_actions()
+        sends = [a for a in actions if isinstance(a, protocol.Send)]
+        if not self._handed and len(sends) == len(actions) and not self._state_moved():
+            for send in sends:
+                self.transport.sendto(send.data, self.peer_addr)
+            return
+        self._handed += actions
+        if not self._pump_asked:
+            self._pump_asked = True
+            self.loop.call_soon_threadsafe(self._pump)
+
+    def _heartbeats_failed(self, err: BaseException) -> None:
+        """On the heartbeat thread: it stopped with an exception. The agent stops rather than run deaf."""
+        log.error("task-failed", task="heartbeats", error=f"{type(err).__name__}: {err}", exc_info=err)
+
+        def stop() -> None:
+            if not (self._stopping or self._stop.is_set()):
+                self.task_failures += 1
+                self._ended_by = f"task heartbeats ended ({type(err).__name__}: {err})"
+                log.error("agent-stopping", reason=self._ended_by)
+                self._stop.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the agent is gone already
+            self.loop.call_soon_threadsafe(stop)
 
     def _report(self, event: events.Event) -> None:
         """An adapter's result goes to the core, stamped with the time it came in."""
-        self.core.handle(event, self.now())
-        self._pump()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.core.handle_timer(self.now())
+        with self._core_lock:
+            self.core.handle(event, self.now())
         self._pump()
 
     async def _watch_vip(self) -> None:
@@ -287,7 +335,8 @@ class Agent:
             log.error("vip-watch-failed", error=str(err))
 
     async def status(self) -> dict[str, Any]:
-        status = self.core.status(self.now())
+        with self._core_lock:
+            status = self.core.status(self.now())
         try:
             status["holds_vip_netlink"] = await self.link.holds()
         except NetlinkError as err:
@@ -306,25 +355,32 @@ class Agent:
     # --- actions out ---------------------------------------------------------------------------------
 
     def _pump(self) -> None:
+        """On the loop: what the core asked for (the heartbeat thread's share first: it came first) is
+        carried out, the epochs are kept, and the thread hears of a deadline moved earlier."""
         if self._stopping:
             return  # sockets are closing; the VIP stays as it is
-        if self.fault.startswith("stop-entering:"):
-            self._stop_if_entering(self.fault.partition(":")[2])
-        for action in self.core.pop_actions():
+        with self._core_lock:
+            self._pump_asked = False
+            if self.fault.startswith("stop-entering:"):
+                self._stop_if_entering(self.fault.partition(":")[2])
+            actions, self._handed = self._handed + self.core.pop_actions(), []
+        for action in actions:
             self._carry_out(action)
+        with self._core_lock:
+            if self._state_moved():
+                core = self.core
+                state = PersistentState(core.epoch_to_keep(), core.held_epoch, core.held_before)
+                self._persisted = state
+                self.state_saver.put(state)  # off the loop; a claim waits for its epoch (VipChanges)
+            self.transport.wake_if_before(self.core.get_timer())
+
+    def _state_moved(self) -> bool:
+        """Lock held: the core's epochs differ from the ones last given to the state saver."""
         core, kept = self.core, self._persisted
-        epoch = core.epoch_to_keep()
-        # Compared field by field: a pump per datagram (a heartbeat every 10 ms) makes no state to compare.
-        if (epoch, core.held_epoch, core.held_before) != (kept.epoch, kept.held_epoch, kept.held_before):
-            state = PersistentState(epoch, core.held_epoch, core.held_before)
-            self._persisted = state
-            self.state_saver.put(state)  # off the loop; a claim waits for its epoch (VipChanges)
-        deadline = self.core.get_timer()
-        if self._timer is not None and self._timer.when() == deadline:
-            return  # most datagrams (a flood's) change no deadline: no new timer for each
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        # Compared field by field: a look per datagram (a heartbeat every 10 ms) makes no state to compare.
+        return (core.epoch_to_keep(), core.held_epoch, core.held_before) != (
+            kept.epoch, kept.held_epoch, kept.held_before
+        )  # fmt: skip
 
     def _carry_out(self, action: protocol.Action) -> None:
         if self.fault.startswith("stop-before:") and self._fault_matches(action):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ class ControlCommands:
         core: protocol.Node,
         notices: NoticeJournal,
         *,
+        lock: threading.RLock,
         now: Callable[[], float],
         pump: Callable[[], None],
         status: Callable[[], Awaitable[dict[str, Any]]],
@@ -37,6 +39,7 @@ class ControlCommands:
         self.node = node
         self.peer = config.peer_of(node.name)
         self.core = core
+        self._lock = lock  # held around every use of the core: the heartbeat thread uses it too
         self.notices = notices  # the journal: a move's operator and reason, its outcome on disk
         self.now = now
         self._pump = pump  # the agent carries out what the core asked for
@@ -69,13 +72,15 @@ class ControlCommands:
             except ConfigError as err:
                 return {"type": "error", "error": str(err), "config_error": True}
         core = self.core
-        holder = self.node.name if core.holds else self.peer.name if core.peer_holds() else None
+        with self._lock:
+            holder = self.node.name if core.holds else self.peer.name if core.peer_holds() else None
         # Where the VIP came from, as this node's journal tells it: an unswap shows what it undoes.
         came_from = None
         if move == "unswap" and holder is not None:
             with contextlib.suppress(journal.JournalError):
                 came_from = journal.came_from(self.node.journal, holder)
-        cid = core.command(move, self.now())
+        with self._lock:
+            cid = core.command(move, self.now())
         self.notices.command(cid, {
             "operator": str(request.get("operator") or "unknown")[:64],
             "operator_reason": str(request.get("reason") or "")[:500],
@@ -115,7 +120,8 @@ class ControlCommands:
 
     async def _dry_run(self, move: str) -> dict[str, Any]:
         """Every check of the move on both nodes, and its plan; changes nothing, journals nothing."""
-        cid = self.core.command(move, self.now(), dry_run=True)
+        with self._lock:
+            cid = self.core.command(move, self.now(), dry_run=True)
         async with contextlib.aclosing(self._reports(cid)) as reports:
             async for item in reports:
                 if isinstance(item, protocol.Planned):

@@ -1,19 +1,29 @@
-"""The agent's UDP socket for heartbeats and swap messages: bound, its receive buffer sized, read in batches.
+"""The agent's UDP socket for heartbeats and swap messages: bound, its receive buffer sized, read by a thread.
 
-asyncio's datagram transport reads one datagram per turn of the event loop: under a flood (a forger of the
-peer's address, tests/chaos/test_wire_fuzz.py) that turn, an epoll_wait and the loop's bookkeeping, cost
-more than the datagram itself (~17 µs of the agent's ~43 µs at 8,000/s, measured). An agent kept that busy
-is a CPU hog to the kernel's scheduler, and on a loaded host a hog can sit off the CPU for a few hundred
-milliseconds: its heartbeats stop for longer than dead_after and the peer starts a takeover. Reading every
-queued datagram (up to a bound, so timers still run between batches) on one wake-up keeps the agent well
-under its share of a core, and a task that sleeps is woken at once.
+Why a thread of its own: at 10 ms heartbeats an agent wakes ~200 times a second (a heartbeat to send, one
+heard), and through asyncio each wake-up (epoll_wait, the selector's bookkeeping, the timer heap, the ready
+queue) cost about as much again as the heartbeat's own work: a bare asyncio pair heartbeating costs
+0.8-1.0 % of a core on this machine kind, the same pair with a thread blocking in poll() 0.4-0.5 %
+(bench/asyncio_floor.py). This thread waits in poll() on the socket and a wake-up fd, with the core's next
+deadline as its timeout, and runs the agent's `receive` for each datagram and its `timer` when the
+deadline is due. The event loop sleeps through the heartbeats and wakes only when the core has something
+for it (the agent's `_pump`, called thread-safe).
+
+Reading every queued datagram (up to a bound, so the deadline is looked at between batches) on one
+wake-up keeps a flood (a forger of the peer's address, tests/chaos/test_wire_fuzz.py) cheap per datagram:
+an agent kept busy is a CPU hog to the kernel's scheduler, and on a loaded host a hog can sit off the CPU
+for a few hundred milliseconds, its heartbeats stopped for longer than dead_after.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import math
+import os
+import select
 import socket
+import threading
+import time
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 
@@ -21,16 +31,18 @@ import structlog
 
 log = structlog.get_logger("failover.agent")
 
-BATCH = 64  # datagrams read per wake-up at most: ~1.5 ms of work, then the loop's timers get their turn
-RECEIVE_BUFFER = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the loop is busy
+BATCH = 64  # datagrams read per wake-up at most: ~1.5 ms of work, then the deadline gets its look
+RECEIVE_BUFFER = 4 * 1024 * 1024  # ~1500 queued datagrams: 200 ms of a flood while the thread is busy
 MAX_READ = 65536  # any UDP payload whole: an oversized one must reach the decoder as oversized
 SO_RCVBUFFORCE = 33  # Linux <asm-generic/socket.h>; the socket module does not name it
+MAX_WAIT = 60.0  # seconds one poll() waits at most (no deadline, or one far off): then it looks again
+JOIN_TIMEOUT = 2.0  # close() waits this long for the thread (it wakes at once: the wake fd)
 
-Receiver = Callable[[bytes, str], None]  # (datagram, source address)
+Receiver = Callable[[bytes, str], None]  # (datagram, source address), called on the socket's thread
 
 
 def _size_receive_buffer(sock: socket.socket) -> None:
-    """A loop held up for a moment (a busy host) must not cost the peer's datagrams: queue more of them."""
+    """A thread held up for a moment (a busy host) must not cost the peer's datagrams: queue more of them."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)  # past rmem_max
     except OSError:
@@ -39,18 +51,52 @@ def _size_receive_buffer(sock: socket.socket) -> None:
 
 
 class HeartbeatSocket:
-    """A bound, non-blocking UDP socket; each datagram goes to `receive` as it is read."""
+    """A bound UDP socket and the thread that reads it.
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop, receive: Receiver) -> None:
+    `deadline()` says when `timer()` is next due (a time.monotonic() value); both, and `receive`, are
+    called on the thread, each under `lock` (the lock the agent holds around the core). Whoever moves the
+    deadline earlier from another thread calls `wake_if_before(deadline)` with the same lock held, so the
+    thread's wait never outlasts it. `failed` hears of an exception in any of them (on the thread): the
+    thread then stops.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        receive: Receiver,
+        *,
+        lock: threading.RLock,
+        deadline: Callable[[], float],
+        timer: Callable[[], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
         self._sock = sock
-        self._loop = loop
         self._receive = receive
+        self._lock = lock
+        self._deadline = deadline
+        self._timer = timer
+        self._failed = failed
         self._closed = False
-        loop.add_reader(sock.fileno(), self._read_ready)
+        self._waiting_until = math.inf  # the deadline the thread waits for, written under the lock
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+        self._poll.register(self._wake, select.POLLIN)
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
     @classmethod
-    def open(cls, address: IPv4Address | IPv6Address, port: int, receive: Receiver) -> HeartbeatSocket:
-        """Bound to (address, port) on the running loop; OSError when it cannot be bound."""
+    def open(
+        cls,
+        address: IPv4Address | IPv6Address,
+        port: int,
+        receive: Receiver,
+        *,
+        lock: threading.RLock,
+        deadline: Callable[[], float],
+        timer: Callable[[], None],
+        failed: Callable[[BaseException], None],
+    ) -> HeartbeatSocket:
+        """Bound to (address, port), not yet read (`start()`); OSError when it cannot be bound."""
         family, kind, proto, _, where = socket.getaddrinfo(str(address), port, type=socket.SOCK_DGRAM)[0]
         sock = socket.socket(family, kind, proto)
         try:
@@ -60,9 +106,43 @@ class HeartbeatSocket:
         except OSError:
             sock.close()
             raise
-        return cls(sock, asyncio.get_running_loop(), receive)
+        return cls(sock, receive, lock=lock, deadline=deadline, timer=timer, failed=failed)
 
-    def _read_ready(self) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake_if_before(self, deadline: float) -> None:
+        """The deadline may have moved earlier than the one the thread waits for: wake it. Lock held."""
+        if deadline < self._waiting_until:
+            self._waiting_until = deadline  # one wake-up is enough until the thread looks again
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wake, 1)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._closed:
+                        return
+                    until = self._deadline()
+                    self._waiting_until = until
+                wait = until - time.monotonic()
+                if wait <= 0:
+                    self._timer()
+                    timeout = 0  # what queued meanwhile is read before the deadline is looked at again
+                else:
+                    # poll() counts whole milliseconds: rounded up, the wait never ends before the deadline.
+                    timeout = math.ceil(min(wait, MAX_WAIT) * 1000)
+                for fd, _ in self._poll.poll(timeout):
+                    if fd == self._wake:
+                        with contextlib.suppress(BlockingIOError):
+                            os.eventfd_read(self._wake)
+                    else:
+                        self._read_batch()
+        except BaseException as err:  # the agent must hear that its heartbeats stopped
+            self._failed(err)
+
+    def _read_batch(self) -> None:
         for _ in range(BATCH):
             if self._closed:
                 return
@@ -76,7 +156,8 @@ class HeartbeatSocket:
             self._receive(data, str(addr[0]))
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        """Send now or not at all: a datagram that does not fit is one lost, which the protocol survives."""
+        """Send now or not at all: a datagram that does not fit is one lost, which the protocol survives.
+        From any thread."""
         if self._closed:
             return
         try:
@@ -88,8 +169,15 @@ class HeartbeatSocket:
         return self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        """Stops the thread (waits for it, unless called on it) and closes the socket."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(OSError):
+            os.eventfd_write(self._wake, 1)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(JOIN_TIMEOUT)
+        if not self._thread.is_alive():
+            self._sock.close()
+            os.close(self._wake)

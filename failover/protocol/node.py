@@ -55,6 +55,11 @@ from failover.protocol.swap import MOVES, Rollback, SwapSource, SwapTarget, stra
 from failover.protocol.takeover import Takeover
 from failover.protocol.timeouts import HEARTBEATS, seconds
 
+# The standby answers the holder's heartbeats (Node._answer_heartbeat): when its own is due within this
+# much of an interval, and its next is then due this many intervals on.
+ANSWER_WITHIN = 0.5
+ANSWER_NEXT = 1.25
+
 __all__ = ["Node", "Record"]
 
 _RESULT_INPUTS: dict[type[Any], Input] = {
@@ -233,6 +238,7 @@ class Node(PeerWatch, HostWatch):
         run = self.run
         if isinstance(msg, wire.Heartbeat):
             self._on_heartbeat(msg, now)
+            self._answer_heartbeat(now)
         elif isinstance(msg, wire.Drained):
             self.drainer.peer_drained(msg, now)
         elif isinstance(msg, wire.SwapRequest):
@@ -300,19 +306,8 @@ class Node(PeerWatch, HostWatch):
 
     def handle_timer(self, now: float) -> None:
         if now >= self._next_heartbeat:
-            self.send(
-                wire.Heartbeat(
-                    epoch=self.epoch,
-                    holds_vip=self.holds,
-                    held_epoch=self.held_epoch,
-                    digest=self.setup.digest,
-                    healthy=self.healthy(),
-                    keys=self._names_of_keys(),
-                )
-            )
-            self._next_heartbeat = now + self.timing.heartbeat_interval
-            for record in self.drainer.records():
-                self._heartbeat_sent(record, now)
+            answering = self._answers_heartbeats(now)
+            self._send_heartbeat(now, self.timing.heartbeat_interval * (ANSWER_NEXT if answering else 1.0))
         self._announce_if_due(now)
         self.takeover.measure_if_due(now)
         for record in self.drainer.records():
@@ -401,6 +396,40 @@ class Node(PeerWatch, HostWatch):
         if record.deadline is not None and now >= record.deadline:
             record.deadline = None
             self.dispatch(record, Input.DEADLINE, None, now)
+
+    def _send_heartbeat(self, now: float, next_in: float) -> None:
+        self.send(
+            wire.Heartbeat(
+                epoch=self.epoch,
+                holds_vip=self.holds,
+                held_epoch=self.held_epoch,
+                digest=self.setup.digest,
+                healthy=self.healthy(),
+                keys=self._names_of_keys(),
+            )
+        )
+        self._next_heartbeat = now + next_in
+        for record in self.drainer.records():
+            self._heartbeat_sent(record, now)
+
+    def _answers_heartbeats(self, now: float) -> bool:
+        """The standby of a holder it hears answers the holder's heartbeats (`_answer_heartbeat`)."""
+        return not self.holds and self.peer_holds() and self.peer_alive(now)
+
+    def _answer_heartbeat(self, now: float) -> None:
+        """The standby answers the holder's heartbeat when its own is due within ANSWER_WITHIN of an
+        interval: sent early, never late. Its next is then due ANSWER_NEXT intervals on (after one on its
+        own timer too), so the holder's next heartbeat, one interval on, comes first and is answered
+        again: from any phase the two lock in a few intervals. The standby then wakes once an interval,
+        not twice (its own timer, the holder's heartbeat), and an idle agent's CPU is mostly its
+        wake-ups. The holder keeps its own timer, so the heartbeats by whose silence the standby judges
+        a takeover keep their cadence whatever is lost; the standby's own are at most ANSWER_NEXT
+        intervals apart, that far only when one of the holder's was lost."""
+        if not self._answers_heartbeats(now):
+            return
+        interval = self.timing.heartbeat_interval
+        if self._next_heartbeat - now <= ANSWER_WITHIN * interval:
+            self._send_heartbeat(now, ANSWER_NEXT * interval)
 
     def _heartbeat_sent(self, record: Record, now: float) -> None:
         """A heartbeat went out: to the rows that listen for it, and to a timeout counted in heartbeats."""
