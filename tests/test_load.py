@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from failover import load
 from failover.accesslog import LogFormat
 from failover.load import recent_rate
 
@@ -64,3 +65,44 @@ def test_with_the_server_address_only_requests_to_the_vip_count(tmp_path: Path) 
     log.write_text("".join(rows))
     rate, detail = recent_rate(log, LogFormat.COMBINED_SERVER, VIP, (), NOW)
     assert rate is not None and abs(rate - 10.0) < 2.5, (rate, detail)
+
+
+def _busy_log(path: Path, per_second: int, seconds: int, now: datetime) -> None:
+    rows = [line("203.0.113.100", now - timedelta(seconds=i / per_second))
+            for i in range(per_second * seconds)]  # fmt: skip
+    path.write_text("".join(reversed(rows)))
+
+
+def test_a_busy_log_is_read_only_until_enough_requests_have_counted(tmp_path: Path) -> None:
+    # 200 requests a second for 10 s: ~2,000 lines in 200 KiB, read backwards across several chunks; the
+    # rate is told by the last few seconds' requests (at least ENOUGH_REQUESTS over ENOUGH_SPAN_S).
+    log = tmp_path / "access.log"
+    now = NOW + timedelta(seconds=0.5)  # the clock inside the newest second, as it always is
+    _busy_log(log, 200, 10, now)
+    assert log.stat().st_size > 4 * load.CHUNK
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, (), now)
+    assert rate is not None and abs(rate - 200.0) < 20.0, (rate, detail)
+    span = float(detail.split("last ")[1].split(" s")[0])
+    assert load.ENOUGH_SPAN_S <= span < load.WINDOW_S, detail
+
+
+def test_a_quiet_log_is_read_over_the_whole_window(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    now = NOW + timedelta(seconds=0.5)
+    _busy_log(log, 5, 60, now)  # 5 a second: fewer than ENOUGH_REQUESTS in 5 s
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, (), now)
+    assert rate is not None and abs(rate - 5.0) < 1.0, (rate, detail)
+    assert f"last {load.WINDOW_S:.1f} s" in detail, detail
+
+
+def test_a_log_longer_than_the_tail_reads_whole_lines_only(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    now = NOW + timedelta(seconds=0.5)
+    # ~350 KiB, all under ENOUGH_SPAN_S old: read to the tail's cut.
+    rows = [line("203.0.113.100", now - timedelta(seconds=1 + i / 5000)) for i in range(4000)]
+    log.write_text("".join(reversed(rows)))
+    assert log.stat().st_size > load.TAIL_BYTES
+    _, detail = recent_rate(log, LogFormat.COMBINED, VIP, (), now)
+    whole = load.TAIL_BYTES // len(rows[0])
+    counted = int(detail.split(" requests")[0])
+    assert whole - 1 <= counted <= whole, (counted, whole, detail)  # the cut first line is left out
