@@ -128,7 +128,8 @@ class HeartbeatSocket:
                     self._waiting_until = until
                 wait = until - time.monotonic()
                 if wait <= 0:
-                    self._timer()
+                    with self._lock:
+                        self._timer()
                     timeout = 0  # what queued meanwhile is read before the deadline is looked at again
                 else:
                     # poll() counts whole milliseconds: rounded up, the wait never ends before the deadline.
@@ -153,7 +154,8 @@ class HeartbeatSocket:
             except OSError as err:  # an ICMP error queued on the socket: nothing to read, nothing lost
                 log.debug("udp-error", error=str(err))
                 return
-            self._receive(data, str(addr[0]))
+            with self._lock:
+                self._receive(data, str(addr[0]))
 
     def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         """Send now or not at all: a datagram that does not fit is one lost, which the protocol survives.

@@ -146,3 +146,23 @@ def test_the_receive_buffer_is_sized_and_a_taken_port_is_an_oserror() -> None:
             _open(lambda data, source: None, port=port)
     finally:
         hb.close()
+
+
+def test_each_datagram_and_the_timer_reach_the_agent_under_its_lock() -> None:
+    lock = threading.RLock()
+    owned: list[bool] = []
+    due = [time.monotonic() + 0.02]
+
+    def timer() -> None:
+        owned.append(lock._is_owned())  # type: ignore[attr-defined]
+        due[0] = math.inf
+
+    hb = _open(lambda data, source: owned.append(lock._is_owned()),  # type: ignore[attr-defined]
+               deadline=lambda: due[0], timer=timer, lock=lock)
+    hb.start()
+    try:
+        hb.sendto(b"x", ("127.0.0.1", hb._sock.getsockname()[1]))
+        assert _wait_for(lambda: len(owned) == 2)
+    finally:
+        hb.close()
+    assert owned == [True, True]

@@ -59,6 +59,7 @@ from failover.protocol.timeouts import HEARTBEATS, seconds
 # much of an interval, and its next is then due this many intervals on.
 ANSWER_WITHIN = 0.5
 ANSWER_NEXT = 1.25
+ANSWER_MIN_DEAD_AFTER = 3  # intervals of dead_after at least, for the standby to answer
 
 __all__ = ["Node", "Record"]
 
@@ -413,7 +414,11 @@ class Node(PeerWatch, HostWatch):
             self._heartbeat_sent(record, now)
 
     def _answers_heartbeats(self, now: float) -> bool:
-        """The standby of a holder it hears answers the holder's heartbeats (`_answer_heartbeat`)."""
+        """The standby of a holder it hears answers the holder's heartbeats (`_answer_heartbeat`), unless
+        dead_after is under ANSWER_MIN_DEAD_AFTER intervals: then a lost heartbeat of the holder's and a
+        lost answer would let the holder judge the standby dead."""
+        if self.timing.dead_after < ANSWER_MIN_DEAD_AFTER * self.timing.heartbeat_interval - 1e-9:
+            return False
         return not self.holds and self.peer_holds() and self.peer_alive(now)
 
     def _answer_heartbeat(self, now: float) -> None:
