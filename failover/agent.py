@@ -30,7 +30,6 @@ from failover import (
     announce,
     bootid,
     control,
-    handoff,
     prober,
     protocol,
     sdnotify,
@@ -143,8 +142,7 @@ class Agent:
             await self.link.end_drain()
             log.info("stale-drain-removed")
         if shutil.which("nft"):
-            with contextlib.suppress(handoff.HandoffError, TimeoutError):
-                await handoff.remove(cfg.cluster, cfg.vip.family)  # left by an agent that died mid-swap
+            await self.handoff_rule.remove_stale()  # left by an agent that died mid-swap
         state = load_state(node.state_dir)
         self._persisted = state
         self.state_saver = StateSaver(

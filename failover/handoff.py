@@ -221,14 +221,18 @@ async def _run(tool: str, args: list[str], stdin: str | None = None) -> tuple[in
     return int(proc.returncode or 0), out.decode(errors="replace").strip()
 
 
-async def install(cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str) -> int:
-    """Put the handoff rule in place (replacing an older one of this cluster), then close the VIP's
-    leftover TIME_WAIT sockets here; returns how many it closed.
+async def install(
+    cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str, *, present: bool = True
+) -> int:
+    """Put the handoff rule in place (replacing an older one of this cluster, unless the caller knows
+    there is none: `present` False), then close the VIP's leftover TIME_WAIT sockets here; returns how
+    many it closed.
 
     Order matters: the record starts before the live connections are listed, so a connection accepted
     in between is in it either way, and the rule comes with the list, in one transaction.
     """
-    await remove(cluster, vip.version)
+    if present:
+        await remove(cluster, vip.version)
     await _load(ruleset(cluster, vip, old_holder, interface))
     try:
         live, over = await connections(vip)
@@ -429,6 +433,13 @@ async def remove(cluster: str, version: int) -> int:
     await _nft(["delete", "chain", family, table_name(cluster), "handoff"])
     await _nft(["delete", "table", family, table_name(cluster)])
     return handed_off
+
+
+async def absent(cluster: str, version: int) -> bool:
+    """nftables says this cluster's table is not there (any other answer: it may be)."""
+    family = "ip" if version == 4 else "ip6"
+    code, out = await _nft(["-j", "list", "table", family, table_name(cluster)])
+    return code != 0 and "No such file or directory" in out
 
 
 def _counted_packets(listing: str) -> int:

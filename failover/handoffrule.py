@@ -8,6 +8,7 @@ removed at once when the agent stops. The rule itself (nftables, ss) is `failove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -28,6 +29,22 @@ class HandoffRule:
         self.now = ctx.now
         self._handoff_end: asyncio.TimerHandle | None = None
         self._handoff_install: asyncio.Task[None] | None = None
+        # Whether this cluster's table may be in nftables: known absent once a removal succeeded, and
+        # then an install skips its own (a listing that costs the new holder 2-5 ms on its way to ready).
+        self._maybe_present = True
+
+    async def remove_stale(self) -> None:
+        """At start: a table left by an agent that died mid-swap goes."""
+        with contextlib.suppress(handoff.HandoffError, TimeoutError):
+            await handoff.remove(self.config.cluster, self.config.vip.family)
+            await self._look_again()
+
+    async def _look_again(self) -> None:
+        """After a removal (which does not say whether nftables did it): known absent only if it says so,
+        and no install under way could put it back."""
+        gone = await handoff.absent(self.config.cluster, self.config.vip.family)
+        if gone and (self._handoff_install is None or self._handoff_install.done()):
+            self._maybe_present = False
 
     def install(self, epoch: int) -> None:
         if self._handoff_end is not None:
@@ -47,9 +64,11 @@ class HandoffRule:
 
     async def _install_handoff(self, epoch: int) -> None:
         try:
+            present, self._maybe_present = self._maybe_present, True
             closed = await handoff.install(
-                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface
-            )
+                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface,
+                present=present,
+            )  # fmt: skip
         except (handoff.HandoffError, TimeoutError) as err:
             log.warning("handoff-unavailable", epoch=epoch, error=str(err))
             self._report(events.HandoffDone(epoch, False, str(err)))
@@ -71,4 +90,6 @@ class HandoffRule:
         except (handoff.HandoffError, TimeoutError) as err:
             log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
             return
+        with contextlib.suppress(handoff.HandoffError, TimeoutError):
+            await self._look_again()
         log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)
