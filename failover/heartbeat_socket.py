@@ -3,8 +3,8 @@
 Why a thread of its own: at 10 ms heartbeats an agent wakes ~200 times a second (a heartbeat to send, one
 heard), and through asyncio each wake-up (epoll_wait, the selector's bookkeeping, the timer heap, the ready
 queue) cost about as much again as the heartbeat's own work: a bare asyncio pair heartbeating costs
-0.8-1.0 % of a core on this machine kind, the same pair with a thread blocking in poll() 0.4-0.5 %
-(bench/asyncio_floor.py). This thread waits in poll() on the socket and a wake-up fd, with the core's next
+0.83-0.87 % of a core on this machine kind, the same pair with a thread waiting in poll() 0.53-0.6 %
+(`bench/asyncio_floor.py [--mode thread]`, bench/results/2026-12-02-floor-asyncio-vs-thread.json). This thread waits in poll() on the socket and a wake-up fd, with the core's next
 deadline as its timeout, and runs the agent's `receive` for each datagram and its `timer` when the
 deadline is due. The event loop sleeps through the heartbeats and wakes only when the core has something
 for it (the agent's `_pump`, called thread-safe).

@@ -52,7 +52,8 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("auth.previous_key_file", "the old key, still accepted while the keys are rotated host by host",
         "auth.previous_key_file"),
     Key("heartbeat.port", "UDP port of the heartbeats between the nodes' own addresses", "heartbeat.port"),
-    Key("heartbeat.interval_ms", "one heartbeat every this many ms", "heartbeat.interval_ms"),
+    Key("heartbeat.interval_ms", "one heartbeat every this many ms (the standby answers the holder's: "
+        "its own then at most 1.25 x apart)", "heartbeat.interval_ms"),
     Key("heartbeat.dead_after_ms", "the peer counts as silent after this long without a heartbeat "
         "(at least 2 x `interval_ms`)", "heartbeat.dead_after_ms"),
     Key("announce.schedule_ms", "gratuitous ARP / unsolicited NA rounds, ms after a claim",
