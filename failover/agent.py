@@ -84,6 +84,7 @@ class Agent:
         self._handed: list[protocol.Action] = []  # popped on the heartbeat thread, for the loop, in order
         self._pump_asked = False  # a _pump is on its way to the loop for them
         self._carrying = 0  # the loop is carrying out actions it popped (pumps nest): the thread sends none
+        self._datagram_failures = 0  # datagrams whose handling raised (counted on the heartbeat thread)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._ended_by: str | None = None  # a task the agent cannot run without ended: why it stopped
@@ -284,8 +285,10 @@ class Agent:
             self.core.receive_datagram(data, self.now())
         except Exception as err:
             # A bug the datagram found, not the datagram's fault: logged and counted, and the agent
-            # goes on hearing its peer (stopping would cost the peer a takeover's question).
-            self.task_failures += 1
+            # goes on hearing its peer (stopping would cost the peer a takeover's question). A bug in
+            # the timer's path stops the thread instead (`_heartbeats_failed`): without it no heartbeat
+            # goes out, and an agent that cannot heartbeat must not look alive.
+            self._datagram_failures += 1  # this thread's own count: task_failures is the loop's
             log.error("datagram-failed", error=f"{type(err).__name__}: {err}", exc_info=err)
         self._after_core_on_thread()
 
@@ -352,7 +355,7 @@ class Agent:
             status["holds_vip_netlink"] = None
             status["netlink_error"] = str(err)
         status["rejected"] = {**status["rejected"], **self.rejections.dropped_counts()}
-        status["task_failures"] = self.task_failures
+        status["task_failures"] = self.task_failures + self._datagram_failures
         status.update(
             cluster=self.config.cluster,
             vip=str(self.config.vip.address),

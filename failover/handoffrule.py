@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
@@ -17,6 +19,7 @@ from failover.agentcontext import AgentContext
 from failover.protocol import events
 
 log = structlog.get_logger("failover.agent")
+_T = TypeVar("_T")
 
 
 class HandoffRule:
@@ -32,19 +35,33 @@ class HandoffRule:
         # Whether this cluster's table may be in nftables: known absent once a removal succeeded, and
         # then an install skips its own (a listing that costs the new holder 2-5 ms on its way to ready).
         self._maybe_present = True
+        # An nft command that timed out may still land (its thread or process goes on): from then on the
+        # table may always be there.
+        self._unsure = False
+        # One install, or one removal and the look after it, at a time: a look never misses an install
+        # that finished while it listed, and a removal never takes away a newer install's table.
+        self._changing = asyncio.Lock()
 
     async def remove_stale(self) -> None:
         """At start: a table left by an agent that died mid-swap goes."""
-        with contextlib.suppress(handoff.HandoffError, TimeoutError):
-            await handoff.remove(self.config.cluster, self.config.vip.family)
-            await self._look_again()
+        async with self._changing:
+            with contextlib.suppress(handoff.HandoffError, TimeoutError):
+                await self._timed(handoff.remove(self.config.cluster, self.config.vip.family))
+                await self._look_again()
 
     async def _look_again(self) -> None:
-        """After a removal (which does not say whether nftables did it): known absent only if it says so,
-        and no install under way could put it back."""
-        gone = await handoff.absent(self.config.cluster, self.config.vip.family)
-        if gone and (self._handoff_install is None or self._handoff_install.done()):
+        """After a removal (which does not say whether nftables did it): known absent only if nftables
+        says so. With `_changing` held: no install runs meanwhile."""
+        gone = await self._timed(handoff.absent(self.config.cluster, self.config.vip.family))
+        if gone and not self._unsure:
             self._maybe_present = False
+
+    async def _timed(self, step: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            return await step
+        except TimeoutError:
+            self._unsure = True
+            raise
 
     def install(self, epoch: int) -> None:
         if self._handoff_end is not None:
@@ -64,11 +81,12 @@ class HandoffRule:
 
     async def _install_handoff(self, epoch: int) -> None:
         try:
-            present, self._maybe_present = self._maybe_present, True
-            closed = await handoff.install(
-                self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface,
-                present=present,
-            )  # fmt: skip
+            async with self._changing:
+                present, self._maybe_present = self._maybe_present, True
+                closed = await self._timed(handoff.install(
+                    self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface,
+                    present=present,
+                ))  # fmt: skip
         except (handoff.HandoffError, TimeoutError) as err:
             log.warning("handoff-unavailable", epoch=epoch, error=str(err))
             self._report(events.HandoffDone(epoch, False, str(err)))
@@ -85,11 +103,12 @@ class HandoffRule:
         if install is not None and not install.done():
             # Asked for at once (a failed health check): the rule must not land after its removal.
             await asyncio.wait([install])
-        try:
-            handed_off = await handoff.remove(self.config.cluster, self.config.vip.family)
-        except (handoff.HandoffError, TimeoutError) as err:
-            log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
-            return
-        with contextlib.suppress(handoff.HandoffError, TimeoutError):
-            await self._look_again()
+        async with self._changing:
+            try:
+                handed_off = await self._timed(handoff.remove(self.config.cluster, self.config.vip.family))
+            except (handoff.HandoffError, TimeoutError) as err:
+                log.warning("handoff-remove-failed", epoch=epoch, error=str(err))
+                return
+            with contextlib.suppress(handoff.HandoffError, TimeoutError):
+                await self._look_again()
         log.info("handoff-removed", epoch=epoch, at=self.now(), segments_handed_off=handed_off)

@@ -1,13 +1,14 @@
 """The agent's UDP socket for heartbeats and swap messages: bound, its receive buffer sized, read by a thread.
 
 Why a thread of its own: at 10 ms heartbeats an agent wakes ~200 times a second (a heartbeat to send, one
-heard), and through asyncio each wake-up (epoll_wait, the selector's bookkeeping, the timer heap, the ready
-queue) cost about as much again as the heartbeat's own work: a bare asyncio pair heartbeating costs
-0.83-0.87 % of a core on this machine kind, the same pair with a thread waiting in poll() 0.53-0.6 %
-(`bench/asyncio_floor.py [--mode thread]`, bench/results/2026-12-02-floor-asyncio-vs-thread.json). This thread waits in poll() on the socket and a wake-up fd, with the core's next
-deadline as its timeout, and runs the agent's `receive` for each datagram and its `timer` when the
-deadline is due. The event loop sleeps through the heartbeats and wakes only when the core has something
-for it (the agent's `_pump`, called thread-safe).
+heard), and an asyncio wake-up (epoll_wait, the selector's bookkeeping, the timer heap, the ready queue)
+costs more than a thread's return from poll(): a bare pair heartbeating costs 0.83-0.87 % of a core
+from an asyncio loop, 0.53-0.6 % from such a thread on this machine kind (`bench/asyncio_floor.py
+[--mode thread]`, bench/results/2026-12-02-floor-asyncio-vs-thread.json). This thread waits in poll()
+on the socket and a wake-up fd, with the core's next deadline as its timeout, and runs the agent's
+`receive` for each datagram and its `timer` when the deadline is due. The event loop sleeps through the
+heartbeats and wakes only when the core has something for it (the agent's `_pump`, called thread-safe);
+a busy loop no longer holds heartbeats back for longer than the interpreter's switch interval.
 
 Reading every queued datagram (up to a bound, so the deadline is looked at between batches) on one
 wake-up keeps a flood (a forger of the peer's address, tests/chaos/test_wire_fuzz.py) cheap per datagram:

@@ -21,8 +21,13 @@ MIN_SPAN_S: Final = 1.0  # a shorter log is counted over this long; its time sta
 # Enough to tell the rate: this many requests over at least this long, and reading stops (a busy site's
 # 5 s are thousands of lines, ~10 us each to parse: 20-30 ms on the source's way to its release).
 ENOUGH_REQUESTS: Final = 100
-ENOUGH_SPAN_S: Final = 2.0
+ENOUGH_SPAN_S: Final = 3.0
+# Lines are in the order they were written, not always in time order (Apache's %t is the request's
+# start: a slow one is logged after newer ones). Reading stops only after this many in a row are past
+# the span; one past it is skipped.
+PAST_IN_A_ROW: Final = 16
 CHUNK: Final = 32 * 1024  # read backwards this much at a time
+_BATCH: Final = 64  # entries counted together (`proof` has a cost per call)
 
 
 def recent_rate(
@@ -30,44 +35,52 @@ def recent_rate(
 ) -> tuple[float | None, str]:
     """(requests per second over the last WINDOW_S, how it was read); None when the log cannot tell.
 
-    The log is read from its end backwards, line by line, and reading stops at the first line older
-    than WINDOW_S, or once ENOUGH_REQUESTS have counted over at least ENOUGH_SPAN_S (then the rate is
-    theirs, over that span). A span ends at a whole second of the log's time stamps, never inside one,
-    so that no request of the span's first second is left out: the rate is never more than the true one.
+    The log is read from its end backwards, line by line. The span is WINDOW_S, or shorter once
+    ENOUGH_REQUESTS have counted over at least ENOUGH_SPAN_S: then it begins at the whole second of the
+    log's time stamps reached then, and no request of that second is left out, so the rate is never more
+    than the true one over the span. Reading stops after PAST_IN_A_ROW lines in a row past the span.
     """
     try:
         with path.open("rb") as f:
-            lines = list(_lines_backwards(f.fileno(), os.fstat(f.fileno()).st_size))
+            size = os.fstat(f.fileno()).st_size
+            lines = list(_lines_backwards(f.fileno(), size))
+            # No line with a character in it: blank, unless a line longer than the tail was cut away.
+            blank = not any(line.strip() for line in lines) and not os.pread(
+                f.fileno(), TAIL_BYTES, max(0, size - TAIL_BYTES)
+            ).strip()
     except OSError as err:
         return None, f"{path}: {err.strerror or err}"
-    if not any(line.strip() for line in lines):
+    if blank:
         # Known, not unknown: nobody was served since the log began (a quiet site, or one just rotated).
         return 0.0, f"{path}: empty, no request since it began"
-    counted, oldest, parsed, full = 0, 0.0, 0, False
-    stop_at: datetime | None = None  # the time stamp of the span's first second, once enough counted
+    counted, oldest, parsed, full, past = 0, 0.0, 0, False, 0
+    start_at: datetime | None = None  # the time stamp the span begins at, once enough counted
     batch: list[LogEntry] = []
     for raw in lines:
         entry = log_format.parse(raw.decode("utf-8", "replace"))
         if entry is None or entry.time is None:
             continue
-        if stop_at is not None and entry.time != stop_at:
-            break  # the span's first second is whole
         parsed += 1
         age = _age(entry, now)
-        if age > WINDOW_S:
-            full = True
-            break
+        if age > WINDOW_S or (start_at is not None and entry.time < start_at):
+            full = full or age > WINDOW_S
+            past += 1
+            if past >= PAST_IN_A_ROW:
+                break
+            continue
+        past = 0
         oldest = max(oldest, age)
         batch.append(entry)
-        if len(batch) == 64:
-            counted += _counted(batch, vip, exclude, log_format)
-            batch = []
-        if stop_at is None and age >= ENOUGH_SPAN_S and counted + len(batch) >= ENOUGH_REQUESTS:
-            stop_at = entry.time
+        if len(batch) < _BATCH:
+            continue
+        counted += _counted(batch, vip, exclude, log_format)
+        batch = []
+        if start_at is None and counted >= ENOUGH_REQUESTS and age >= ENOUGH_SPAN_S:
+            start_at = entry.time
     counted += _counted(batch, vip, exclude, log_format)
     if not parsed:
-        return None, f"{path}: no parsable lines in its last {min(TAIL_BYTES, sum(map(len, lines)))} bytes"
-    span = WINDOW_S if full else oldest
+        return None, f"{path}: no parsable lines in its last {min(TAIL_BYTES, size)} bytes"
+    span = oldest if start_at is not None or not full else WINDOW_S
     if span < MIN_SPAN_S:
         # A log begun (or rotated) under a second ago: what it holds over a whole second. Never more than
         # the true rate, so the new holder waits at least as long as it should (or, quiet, asks canaries).

@@ -21,11 +21,16 @@ class FakeNft:
     def __init__(self, present: bool, fail_all: bool = False) -> None:
         self.present = present
         self.fail_all = fail_all
+        self.slow_list = 0.0  # seconds a listing takes to answer, its snapshot taken as it was asked
         self.calls: list[str] = []
 
     async def __call__(self, args: list[str], stdin: str | None = None) -> tuple[int, str]:
         text = " ".join(args) if stdin is None else (stdin.splitlines()[0] if stdin else "")
         self.calls.append(text)
+        if args[:2] == ["-j", "list"] and self.slow_list:
+            was_present = self.present
+            await asyncio.sleep(self.slow_list)
+            return (0, '{"nftables": []}') if was_present else (1, "Error: No such file or directory")
         if self.fail_all:
             return 1, "Error: netlink: Operation not permitted"
         if args[:2] == ["-j", "list"]:
@@ -108,5 +113,35 @@ def test_an_install_removes_first_whenever_a_table_may_be_there(
         rule.install(2)
         await asyncio.sleep(0.05)
         assert nft.calls.count("-j list table ip failover_lab") == 4  # the start's two, and one each
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("no_sockets")
+def test_an_install_while_a_removal_looks_is_never_taken_for_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The removal's look lists nftables slowly; an install asked for meanwhile waits for it, so the look
+    # cannot find "absent" from before the install and the next install skip a table that is there.
+    nft = FakeNft(present=False)
+    monkeypatch.setattr(handoff, "_nft", nft)
+    done: list[events.Event] = []
+
+    async def main() -> None:
+        rule = _rule(tmp_path, done)
+        await rule.remove_stale()
+        rule.install(1)
+        await asyncio.sleep(0.05)
+        nft.slow_list = 0.1
+        rule.end_after(1, 0.0)
+        await asyncio.sleep(0.02)  # the removal is done, its look is listing
+        rule.install(2)
+        await asyncio.sleep(0.3)
+        assert nft.present  # the second install's table
+        nft.slow_list = 0.0
+        start = len(nft.calls)
+        rule.install(3)
+        await asyncio.sleep(0.05)
+        assert nft.calls[start].startswith("-j list"), nft.calls[start:]  # removed first, not skipped
 
     asyncio.run(main())

@@ -106,3 +106,35 @@ def test_a_log_longer_than_the_tail_reads_whole_lines_only(tmp_path: Path) -> No
     whole = load.TAIL_BYTES // len(rows[0])
     counted = int(detail.split(" requests")[0])
     assert whole - 1 <= counted <= whole, (counted, whole, detail)  # the cut first line is left out
+
+
+def test_a_line_out_of_time_order_neither_stops_the_reading_nor_counts(tmp_path: Path) -> None:
+    # Apache's %t is the request's start: a slow request started 30 s ago is logged after newer ones.
+    log = tmp_path / "access.log"
+    now = NOW + timedelta(seconds=0.5)
+    rows = [line("203.0.113.100", now - timedelta(seconds=i / 20)) for i in range(200)]  # 20 a second
+    rows.insert(50, line("203.0.113.101", now - timedelta(seconds=30)))
+    log.write_text("".join(reversed(rows)))
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, (), now)
+    assert rate is not None and abs(rate - 20.0) < 3.0, (rate, detail)
+
+
+def test_enough_means_enough_requests_that_count_not_lines(tmp_path: Path) -> None:
+    # 300 lines a second of which one in ten is a client's: the rest is the peer's monitoring.
+    log = tmp_path / "access.log"
+    now = NOW + timedelta(seconds=0.5)
+    rows = [line("203.0.113.100" if i % 10 == 0 else "203.0.113.12", now - timedelta(seconds=i / 300))
+            for i in range(300 * 8)]  # fmt: skip
+    log.write_text("".join(reversed(rows)))
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, ("203.0.113.12",), now)
+    assert rate is not None and abs(rate - 30.0) < 4.0, (rate, detail)
+    assert int(detail.split(" requests")[0]) >= load.ENOUGH_REQUESTS, detail
+
+
+def test_a_tail_with_no_whole_line_cannot_tell(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_bytes(b"x" * (load.TAIL_BYTES + 1000))  # one line longer than the tail: it is cut
+    rate, detail = recent_rate(log, LogFormat.COMBINED, VIP, (), NOW)
+    assert rate is None and "no parsable lines" in detail, detail
+    log.write_text("\n\n  \n")  # only blank lines: nobody was served
+    assert recent_rate(log, LogFormat.COMBINED, VIP, (), NOW)[0] == 0.0
