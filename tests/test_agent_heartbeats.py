@@ -58,29 +58,26 @@ def test_a_heartbeat_never_overtakes_what_the_loop_is_still_carrying_out() -> No
             agent = _agent_around(node, loop, peer)
             pumped: list[int] = []
             agent._pump = lambda: pumped.append(len(agent._handed))  # type: ignore[method-assign]
-            try:
-                # Quiet: the heartbeat goes out from the thread at once, the loop is not woken.
+
+            async def beat() -> list[str]:
+                """The core's next heartbeat, as the thread hands it on; what the peer then heard."""
                 with agent._core_lock:
                     node.handle_timer(node.get_timer())
                     agent._after_core_on_thread()
                 await asyncio.sleep(0.05)
-                quiet = _heard(peer)
+                return _heard(peer)
+
+            try:
+                # Quiet: the heartbeat goes out from the thread at once, the loop is not woken.
+                quiet = await beat()
                 assert not pumped and not agent._handed
                 # The loop is carrying out a batch it popped: the next heartbeat waits for it.
                 agent._carrying = 1
-                with agent._core_lock:
-                    node.handle_timer(node.get_timer())
-                    agent._after_core_on_thread()
-                await asyncio.sleep(0.05)
-                busy = _heard(peer)
+                busy = await beat()
                 assert pumped == [1] and [type(a) for a in agent._handed] == [protocol.Send]
                 # Something handed to the loop and not carried out yet: the next waits behind it.
                 agent._carrying = 0
-                with agent._core_lock:
-                    node.handle_timer(node.get_timer())
-                    agent._after_core_on_thread()
-                await asyncio.sleep(0.05)
-                behind = _heard(peer)
+                behind = await beat()
                 assert len(agent._handed) == 2 and pumped == [1]  # one pump asked, not one per batch
             finally:
                 agent.transport.close()

@@ -112,7 +112,7 @@ def test_an_install_removes_first_whenever_a_table_may_be_there(
         # A second install while the first's table is there (no removal between): listed again.
         rule.install(2)
         await asyncio.sleep(0.05)
-        assert nft.calls.count("-j list table ip failover_lab") == 4  # the start's two, and one each
+        assert _listings(nft) == 4  # the start's two, and one each
 
     asyncio.run(main())
 
