@@ -584,7 +584,9 @@ class Agent:
 def _trim_heap() -> None:
     """Hand back to the kernel the heap that start-up freed (scapy's vendor table above all)."""
     import ctypes
+    import gc
 
+    gc.collect()  # the import-time cycles first: the arenas they held can go back with the heap
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).malloc_trim(0)  # glibc's; elsewhere there is nothing to trim this way
 
