@@ -4,6 +4,7 @@ the agent ends with an exception unnoticed."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import socket
 import threading
 from collections.abc import Iterator
@@ -135,3 +136,36 @@ def test_a_closed_port_is_a_failed_check_naming_the_url() -> None:
         pass  # the backend is gone: nothing listens on its port now
     ok, detail = check_health(url, 1.0)
     assert not ok and detail.startswith(f"{url}: ")
+
+
+def test_an_ipv6_literal_without_a_port_is_asked_on_port_80(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int | None]] = []
+
+    class Connection:
+        def __init__(self, host: str, port: int | None, timeout: float) -> None:
+            asked.append((host, port))
+            raise OSError("no network in this test")
+
+    monkeypatch.setattr(http.client, "HTTPConnection", Connection)
+    ok, _ = check_health("http://[2001:db8::12]/", 1.0)
+    assert not ok and asked == [("2001:db8::12", 80)]
+
+
+def test_an_ipv6_loopback_backend_is_healthy() -> None:
+    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://[::1]:{port}/health"
+        assert check_health(url, 2.0) == (True, f"HTTP 200 from {url}")
+    finally:
+        thread.join(5)
+        listener.close()
