@@ -251,7 +251,7 @@ class NodePair:
                 took += self.probe_overshoot
                 self.probes.append((name, start, start + took))
                 self.windows.append(action.window)
-                host = action.peer_host and peer in self.host_up
+                host = action.peer_host and (self.alive[peer] or peer in self.host_up)
                 probe = action
                 self.at(start + took, lambda: self._probed(name, node, probe, start, host))
             case protocol.StopProbe():

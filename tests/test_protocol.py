@@ -150,7 +150,29 @@ def test_lost_claimed_does_not_make_source_reclaim_a_held_vip() -> None:
     out = pair.outcome("live", cid)
     assert out is not None and not out.ok and not out.rolled_back
     assert MACS["backup"] in out.reason and "not reclaiming" in out.reason
+    # No heartbeat of the backup's says it holds the VIP, but its kernel, answering for its own address
+    # with the MAC that answers for the VIP, does.
+    assert out.holder == "backup", out
     assert pair.vip_on == {"backup"}
+
+
+def test_failed_swap_names_no_holder_when_the_vip_answer_is_not_the_peer_host() -> None:
+    pair = settled(NodePair())
+
+    def kill_agent_and_host_once_claimed(p: NodePair) -> None:
+        # The backup's agent and host address are gone while the VIP still answers with its MAC (a
+        # stale proxy, a copy of the MAC elsewhere): nothing ties that answer to the peer's host.
+        if "backup" in p.vip_on and p.alive["backup"]:
+            p.faults.partitioned = True  # its Claimed is lost
+            p.kill("backup")  # the VIP stays in the model's answers; its host address does not
+
+    pair.checks.append(kill_agent_and_host_once_claimed)
+    cid = pair.command("live", "swap")
+    pair.run(3)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and not out.rolled_back
+    assert "not reclaiming" in out.reason
+    assert out.holder is None, out
 
 
 def test_prepare_timeout_is_exact_and_changes_nothing() -> None:

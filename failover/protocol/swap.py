@@ -312,7 +312,8 @@ class SwapSource(_Answers):
         return self.reclaim(run, f"{self.peer} could not claim the VIP: {msg.reason}", now)
 
     def probe_target(self, run: SourceRun, _: None, now: float) -> None:
-        self.node.emit(a.Probe(run.epoch))
+        # Asking for the peer's own address too: its MAC among the VIP's answers names the holder.
+        self.node.emit(a.Probe(run.epoch, peer_host=True))
 
     def target_probed(self, run: SourceRun, event: e.ProbeDone, now: float) -> MoveState:
         node = self.node
@@ -338,7 +339,10 @@ class SwapSource(_Answers):
                 f"{self.peer} did not confirm the claim, but {', '.join(event.answered_by)} "
                 "answers for the VIP: not reclaiming"
             )
-            holder = self.peer if node.peer_holds() else None  # its heartbeats say so, once it is back
+            # Its heartbeats say so once its agent is back; before that, its kernel does: the MAC that
+            # answers for the peer's own address also answers for the VIP.
+            peer_kernel = set(event.answered_by) & set(event.host_answered_by)
+            holder = self.peer if node.peer_holds() or peer_kernel else None
             node.finish(run, ok=False, now=now, holder=holder, reason=reason)
             return S.FAILED
         # Someone holds the VIP: most likely the target, whose answer was lost. Wait once more.
@@ -372,7 +376,7 @@ class SwapSource(_Answers):
 
     def confirmation_timed_out(self, run: SourceRun, _: None, now: float) -> None:
         self.node.step(run, "confirmation-timeout", now)
-        self.node.emit(a.Probe(run.epoch))
+        self.node.emit(a.Probe(run.epoch, peer_host=True))
 
     def stragglers_collected(self, run: SourceRun, _: object, now: float) -> None:
         self.node.finish(run, ok=True, reason="", now=now, **(run.done or {}))
