@@ -376,7 +376,7 @@ class SwapSource(_Answers):
 
     def confirmation_timed_out(self, run: SourceRun, _: None, now: float) -> None:
         self.node.step(run, "confirmation-timeout", now)
-        self.node.emit(a.Probe(run.epoch, peer_host=True))
+        self.probe_target(run, None, now)
 
     def stragglers_collected(self, run: SourceRun, _: object, now: float) -> None:
         self.node.finish(run, ok=True, reason="", now=now, **(run.done or {}))
