@@ -251,7 +251,7 @@ class NodePair:
                 took += self.probe_overshoot
                 self.probes.append((name, start, start + took))
                 self.windows.append(action.window)
-                host = action.peer_host and (self.alive[peer] or peer in self.host_up)
+                host = action.peer_host and self._host_answers(peer)
                 probe = action
                 self.at(start + took, lambda: self._probed(name, node, probe, start, host))
             case protocol.StopProbe():
@@ -259,7 +259,7 @@ class NodePair:
                     self.stopped_probes.add(action.serial)
             case protocol.MeasurePeer():
                 self.measures.append((name, self.now))
-                up = self.alive[peer] or peer in self.host_up
+                up = self._host_answers(peer)
                 rtt = self.peer_rtt if up else None
                 rtt = None if rtt is None or rtt >= action.timeout else rtt
                 measured = ev.PeerMeasured(rtt)
@@ -346,6 +346,10 @@ class NodePair:
         peer = "backup" if name == "live" else "live"
         hosts = (MACS[peer],) if host_up else ()
         self._answer(name, node, ev.ProbeDone(probe.epoch, macs, self.probe_unknown, hosts, probe.serial))
+
+    def _host_answers(self, name: str) -> bool:
+        """Whether name's kernel answers for its own address: while its agent runs, or its host is up."""
+        return self.alive[name] or name in self.host_up
 
     def _live(self, name: str, node: Node) -> bool:
         return self.alive[name] and self.nodes[name] is node
