@@ -101,6 +101,7 @@ class NodePair:
         self.before_release_ok: bool | None = True
         self.hook_delay = 0.01
         self.hooks: list[tuple[str, protocol.RunHooks]] = []  # (node, action), in the order asked
+        self.releases: list[tuple[str, str]] = []  # (node, why) of every Release asked for
         self.draining: set[str] = set()  # nodes with the VIP's ARP-silent copy on lo
         # The connections to the VIP each node's kernel counts while it drains (None: counting fails).
         self.connections: dict[str, int | None] = {"live": 0, "backup": 0}
@@ -225,6 +226,7 @@ class NodePair:
             case protocol.Claim():
                 self.at(self.now + self.op_delay, lambda: self._claim(name, node, action.epoch))
             case protocol.Release():
+                self.releases.append((name, action.why))
                 self.at(self.now + self.op_delay, lambda: self._release(name, node, action.epoch))
             case protocol.StartDrain():
                 self.draining.add(name)

@@ -211,6 +211,28 @@ def test_both_holding_settles_to_home_on_equal_epochs() -> None:
     assert pair.announces["live"] > announced  # the keeper re-announces
 
 
+def test_both_holding_settles_with_one_release_while_netlink_is_slow() -> None:
+    """A release that takes ten heartbeats to answer (a busy host) is asked for once, not once per
+    heartbeat of the peer that keeps the VIP; one whose answer says it failed is asked for again."""
+    pair = settled(NodePair())
+    pair.op_delay = 10 * pair.timing.heartbeat_interval  # 0.5 s
+    pair.vip_on.add("backup")
+    pair.nodes["backup"].handle(VipObserved(True), pair.now)
+    pair.run(1.0)
+    assert pair.vip_on == {"live"} and not pair.nodes["backup"].holds
+    assert pair.releases == [("backup", "settle")]
+    pair.release_misreported.add("backup")  # the VIP goes, netlink's answer says it did not
+    pair.vip_on.add("backup")
+    pair.nodes["backup"].handle(VipObserved(True), pair.now)
+    pair.run(0.3)  # the next heartbeat asked; netlink has not answered yet
+    assert pair.releases[1:] == [("backup", "settle")]
+    pair.run(0.3)  # now it has: "failed"
+    pair.release_misreported.clear()
+    pair.run(1.0)
+    assert pair.releases[1:] == [("backup", "settle")] * 2
+    assert pair.vip_on == {"live"} and not pair.nodes["backup"].holds
+
+
 def test_both_holding_settles_to_newest_epoch() -> None:
     pair = settled(NodePair())
     pair.command("live", "swap")

@@ -45,6 +45,7 @@ class HostWatch:
     start: Moves
     _actions: list[a.Action]
     _claims: dict[int, str]
+    _releases: dict[int, str]
     _draining: int | None
     _release_failed_at: float | None
     _self_swap_not_before: float
@@ -85,6 +86,7 @@ class HostWatch:
         self.dispatch(run, Input.CLAIM_DONE, event, now)
 
     def _release_done(self, event: e.ReleaseDone, now: float) -> None:
+        self._releases.pop(event.epoch, None)
         if event.ok:
             self._set_holds(False, now)
         else:

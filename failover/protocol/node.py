@@ -149,6 +149,7 @@ class Node(PeerWatch, HostWatch):
         self._release_failed_at: float | None = None
         self.vip_removed_by_hand = False  # until someone holds the VIP again
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
+        self._releases: dict[int, str] = {}  # the same for releases
         self._draining: int | None = None  # the release asked for after a StartDrain, until it is done
         if holds:
             # Whoever held the VIP before this start may not have announced it (killed mid-swap, or the
@@ -501,6 +502,7 @@ class Node(PeerWatch, HostWatch):
             # On lo first: the VIP leaves the interface, but packets already on their way are served.
             self._draining = epoch
             self._actions.append(a.StartDrain(epoch))
+        self._releases[epoch] = why
         self._actions.append(a.Release(epoch, why))
 
     def end_drain(self, how: str, now: float) -> None:

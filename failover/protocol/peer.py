@@ -39,6 +39,7 @@ class PeerWatch:
     _actions: list[a.Action]
     _signing_key: bytes
     _settle_announced: float
+    _releases: dict[int, str]
     _takeover_not_before: float
     _silence_reported: bool
     _nobody_since: float | None
@@ -81,6 +82,10 @@ class PeerWatch:
         self.takeover.host_up_reported = False  # its agent is back: a next "agent down" is news again
         self.offer(Input.PEER_HEARD, hb, now)
         if not (self.holds and hb.holds_vip) or self._changing_vip():
+            return
+        if self._releases:
+            # Already letting go: every heartbeat until netlink answers would ask again (a slow host
+            # released three times for one settle). A failed release answers too, and the next asks anew.
             return
         # Both hold the VIP: the newer holding epoch keeps it, the home node wins a tie.
         mine = (self.held_epoch, self.setup.home)
