@@ -87,6 +87,9 @@ class NodePair:
         # Clients follow the announcement to whoever holds the VIP (False: quiet hours, or a holder
         # whose web server logs nothing); canaries reach the holder's log.
         self.clients_follow = True
+        self.clients_after = 0.005  # seconds from a claim to the clients' first lines in the new holder's log
+        # A node held off the CPU until then: its timers wait (`hold_off`), as a starved agent's thread does.
+        self.held_until: dict[str, float] = {}
         self.canary_reaches = True
         self.watching: dict[str, tuple[int, bool]] = {}
         self.canaries = 0
@@ -161,7 +164,11 @@ class NodePair:
 
             self._pump()
             candidates = [self._queue[0][0]] if self._queue else []
-            candidates += [n.get_timer() for name, n in self.nodes.items() if self.alive[name]]
+            candidates += [
+                max(n.get_timer(), self.held_until.get(name, 0.0))
+                for name, n in self.nodes.items()
+                if self.alive[name]
+            ]
             nxt = min(candidates, default=end)
             if nxt > end:
                 break
@@ -171,7 +178,7 @@ class NodePair:
                 fn()
                 self._pump()
             for name, node in self.nodes.items():
-                if self.alive[name] and node.get_timer() <= self.now:
+                if self.alive[name] and max(node.get_timer(), self.held_until.get(name, 0.0)) <= self.now:
                     node.handle_timer(self.now)
                     self._pump()
         self.now = end
@@ -189,6 +196,10 @@ class NodePair:
             if f.command == cid:
                 return f.outcome
         return None
+
+    def hold_off(self, name: str, seconds: float) -> None:
+        """`name`'s timers are handled no earlier than `seconds` from now (a host that starves its agent)."""
+        self.held_until[name] = self.now + seconds
 
     def kill(self, name: str) -> None:
         """The agent dies; the VIP stays wherever it was (a killed agent leaves its address)."""
@@ -365,7 +376,7 @@ class NodePair:
         self.vip_on.add(name)
         node.handle(ev.ClaimDone(epoch, True), self.now)
         if self.clients_follow:
-            self.at(self.now + 0.005, lambda: self._traffic(name, canary=False))
+            self.at(self.now + self.clients_after, lambda: self._traffic(name, canary=False))
 
     def _traffic(self, name: str, canary: bool) -> None:
         """Three requests land in `name`'s access log, if it still holds the VIP and watches."""

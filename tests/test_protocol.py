@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from failover import protocol, wire
 from failover.protocol import Timing
 from failover.protocol.events import SelfCheckDone, StragglersSeen, VipObserved
-from failover.protocol.states import TakeoverState
+from failover.protocol.states import TakeoverState, TargetState
 from failover.protocol.swap import proof_deadline
 from tests.nodepair import KEY, MACS, LinkFaults, NodePair
 
@@ -567,6 +567,60 @@ def test_unconfirmed_swap_hands_back_and_rolls_back() -> None:
     assert target is not None and target.rolled_back and target.evidence == out.evidence
     assert out.evidence is not None and out.evidence["requests"] == 0 and out.evidence["clients"] == []
     assert out.evidence["deadline_ms"] == 300.0 and out.evidence["deadline_why"] in out.reason
+
+
+def hold_off_when_confirming(pair: NodePair, seconds: float) -> None:
+    """backup's agent is held off the CPU for `seconds` once, as soon as it waits for proof."""
+
+    def check(p: NodePair) -> None:
+        run = p.nodes["backup"].run
+        if run is not None and run.state is TargetState.CONFIRMING:
+            p.hold_off("backup", seconds)
+            p.checks.remove(check)
+
+    pair.checks.append(check)
+
+
+def test_proof_deadline_gives_back_the_time_the_new_holder_was_held_off_the_cpu() -> None:
+    """Clients 450 ms after the claim miss a 300 ms deadline; a new holder held off the CPU for 250 ms of
+    it waits that much longer, sees them and confirms."""
+    pair = settled(NodePair(confirm="traffic"))
+    pair.clients_after = 0.45
+    hold_off_when_confirming(pair, 0.25)
+    cid = pair.command("live", "swap")
+    pair.run(2)
+    out = pair.outcome("live", cid)
+    assert out is not None and out.ok and out.confirmed is True, out
+    extended = [n.detail for name, n in pair.notices if name == "backup" and n.event == "proof-extended"]
+    assert len(extended) == 1 and extended[0]["ms"] == pytest.approx(250 - 5, abs=1)  # less the slack
+    assert out.evidence is not None and out.evidence["deadline_ms"] == pytest.approx(545, abs=1)
+    assert "ms more: this host was held off the CPU" in out.evidence["deadline_why"]
+
+
+def test_same_late_clients_on_a_host_never_held_off_roll_back() -> None:
+    pair = settled(NodePair(confirm="traffic"))
+    pair.clients_after = 0.45
+    cid = pair.command("live", "swap")
+    pair.run(2)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and out.rolled_back and pair.vip_on == {"live"}
+    assert not [n for name, n in pair.notices if n.event == "proof-extended"]
+    assert out.evidence is not None and out.evidence["deadline_ms"] == 300.0
+
+
+def test_proof_extension_is_at_most_half_a_step() -> None:
+    """Held off for 450 ms with no clients: the 300 ms deadline is put off to 800 ms after the claim
+    (half of step_timeout's 1 s more), not by all 450 ms, then the hand-back."""
+    pair = settled(NodePair(confirm="traffic"))
+    pair.clients_follow = False
+    hold_off_when_confirming(pair, 0.45)
+    cid = pair.command("live", "swap")
+    pair.run(5)
+    out = pair.outcome("live", cid)
+    assert out is not None and not out.ok and out.rolled_back and pair.vip_on == {"live"}
+    assert out.evidence is not None and out.evidence["deadline_ms"] == 800.0
+    assert out.reason.startswith("no client request to 203.0.113.10 reached backup in 800 ms (")
+    assert "; 500 ms more: this host was held off the CPU that long meanwhile" in out.reason
 
 
 def test_target_side_command_reports_the_rollback_too() -> None:

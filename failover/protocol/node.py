@@ -60,6 +60,9 @@ from failover.protocol.timeouts import HEARTBEATS, seconds
 ANSWER_WITHIN = 0.5
 ANSWER_NEXT = 1.25
 ANSWER_MIN_DEAD_AFTER = 3  # intervals of dead_after at least, for the standby to answer
+# A timer handled this much later than asked is ordinary (poll()'s millisecond, a busy moment); past it,
+# the host held this agent off the CPU, and its web server and clients' packets with it.
+LATE_SLACK = 0.005
 
 __all__ = ["Node", "Record"]
 
@@ -150,6 +153,7 @@ class Node(PeerWatch, HostWatch):
         self.vip_removed_by_hand = False  # until someone holds the VIP again
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
         self._releases: dict[int, str] = {}  # the same for releases
+        self.held_off = 0.0  # seconds, in all, timers were handled later than asked, beyond LATE_SLACK
         self._draining: int | None = None  # the release asked for after a StartDrain, until it is done
         if holds:
             # Whoever held the VIP before this start may not have announced it (killed mid-swap, or the
@@ -307,6 +311,7 @@ class Node(PeerWatch, HostWatch):
                 assert_never(event)
 
     def handle_timer(self, now: float) -> None:
+        self.held_off += max(0.0, now - self.get_timer() - LATE_SLACK)
         if now >= self._next_heartbeat:
             answering = self._answers_heartbeats(now)
             self._send_heartbeat(now, self.timing.heartbeat_interval * (ANSWER_NEXT if answering else 1.0))

@@ -95,6 +95,8 @@ class TargetRun(Run):
     canary: bool = False  # only the source's canary requests count
     proof_deadline: float = 0.0  # seconds from the claim to a proof, else hand back
     proof_why: str = ""  # how that deadline was chosen, in words
+    proof_extended: float = 0.0  # seconds added to it: the time this host was held off the CPU meanwhile
+    held_off_counted: float = 0.0  # the node's `held_off` already given back (at the claim, then added)
     unparsed: int = 0  # log lines since the claim that did not parse
     # The latest running count of the proof (TrafficSeen): requests, first clients, how the destination
     # was known ("" until the log had a line).

@@ -374,7 +374,7 @@ SWAP_TARGET = Machine(
                 In.DONE: _t("source_knows", T.CONFIRMING),
                 In.RELEASED: _t("answer_again", T.CONFIRMING),
                 In.TELL_STRAGGLERS: _t("tell_stragglers", T.CONFIRMING),
-                In.DEADLINE: _t("hand_back", R.HANDING_BACK),
+                In.DEADLINE: _t("proof_due", T.CONFIRMING, R.HANDING_BACK),
             },
         ),
         T.CONFIRMED: Row(
