@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -56,6 +58,13 @@ _READ_TIMEOUT = 0.1  # s: how soon the thread notices stop(); also its idle reso
 _RESOLVE_EVERY = 0.05  # s: new MACs are looked up in batches at most this often
 _RETRY_UNRESOLVED = 1.0  # s: a MAC the neighbour table lacked is looked up again at most this often
 _JOIN_TIMEOUT = 1.0
+# The kernel's receive time of each frame (<asm-generic/socket.h>; SCM_TIMESTAMPNS has the same number):
+# a thread held off the CPU reads frames late, and a read time would make a straggler that moved when
+# told look as if it went on sending (a starved CI host: "moved": false behind a GARP-dropping router).
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+_MAX_AGE = 2.0  # s: a stamp older than this, or in the future, means the wall clock stepped: read time
 _SYNC_TIMEOUT = 5.0
 MAX_SOURCES = 4096  # distinct MACs tracked; far above a segment's worth of routers and clients
 
@@ -194,6 +203,18 @@ def resolve_ips(
     return {mac: str(ips[0]) for mac, ips in table.items() if ips}
 
 
+def arrived_at(ancillary: list[tuple[int, int, bytes]], read_at: float, wall_now: float) -> float:
+    """``time.monotonic()`` of a frame's arrival: ``read_at`` less its age by the kernel's receive stamp
+    (wall clock, ``wall_now`` read with ``read_at``); ``read_at`` itself without a usable stamp."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            age = wall_now - (seconds + nanoseconds / 1e9)
+            if 0.0 <= age <= _MAX_AGE:
+                return read_at - float(age)
+    return read_at
+
+
 class StragglerWatch:
     """Watches one interface for frames to ``vip`` at ``our_mac`` and reports their senders by MAC.
 
@@ -233,6 +254,7 @@ class StragglerWatch:
             sock = _open_packet_socket(interface, 0)
             try:
                 attach_filter(sock, program)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 sock.bind((interface, self._proto))
             except OSError as exc:
                 sock.close()
@@ -318,7 +340,7 @@ class StragglerWatch:
                 now = time.monotonic()
                 continue
             try:
-                data, addr = self._sock.recvfrom(_RECV_SIZE)
+                data, ancillary, _flags, addr = self._sock.recvmsg(_RECV_SIZE, _ANCILLARY_SIZE)
             except TimeoutError:
                 data = b""
             except OSError:
@@ -329,7 +351,7 @@ class StragglerWatch:
             if data:
                 budget -= 1
                 if addr[2] != PACKET_OUTGOING:
-                    self._record(data, now)
+                    self._record(data, arrived_at(ancillary, now, time.time()))
             if now >= next_resolve and self._resolve_due(now):
                 next_resolve = now + _RESOLVE_EVERY
 
@@ -342,7 +364,7 @@ class StragglerWatch:
             mac, src_ip = parsed
             src = self._sources.get(mac)
             if src is not None:
-                src.last_seen = now
+                src.last_seen = max(src.last_seen, now)
                 src.count += 1
             elif len(self._sources) < MAX_SOURCES:
                 self._sources[mac] = _Source(src_ip=src_ip, first_seen=now, last_seen=now, count=1)

@@ -24,9 +24,11 @@ from scapy.packet import Packet
 from failover.announce import AnnounceError, frame_source
 from failover.stragglers import (
     SNAPLEN,
+    SO_TIMESTAMPNS,
     Straggler,
     StragglerWatch,
     _in_netns,
+    arrived_at,
     attach_filter,
     bpf_program,
     resolve_ips,
@@ -241,6 +243,35 @@ def test_straggler_is_reported_then_told_and_moves(
     assert watch.stragglers(told) == []
     assert watch.frames_seen == 5
     assert watch.error is None
+
+
+@root
+def test_a_frame_read_late_is_dated_by_its_arrival(abc: Topology, watches: list[StragglerWatch]) -> None:
+    """Frames queued while the watch's thread is not reading (a starved host) keep their arrival time,
+    the kernel's receive stamp, not the time they were read."""
+    a, c = abc["a"], abc["c"]
+    ns(a.netns, "ip", "addr", "add", f"{VIP4}/24", "dev", "eth0")
+    send_udp(c, VIP4, 1)
+    assert wait_for(lambda: neigh(c.netns, VIP4)[0] == a.mac)
+    watch = StragglerWatch("eth0", ip_address(VIP4), a.mac, netns=a.netns)  # open, not yet reading
+    watches.append(watch)
+    before = time.monotonic()
+    send_udp(c, VIP4, 3)
+    sent = time.monotonic()
+    time.sleep(0.5)
+    watch.start()
+    assert wait_for(lambda: watch.frames_seen == 3)
+    seen = watch.last_seen(c.mac)
+    assert seen is not None and before - 0.01 <= seen <= sent + 0.05, (before, seen, sent)
+
+
+def test_arrival_falls_back_to_the_read_time_without_a_usable_stamp() -> None:
+    stamp = struct.pack("@qq", 1000, 500_000_000)  # 1000.5 s, wall clock
+    cmsg = [(socket.SOL_SOCKET, SO_TIMESTAMPNS, stamp)]
+    assert arrived_at(cmsg, 50.0, 1000.75) == pytest.approx(49.75)
+    assert arrived_at([], 50.0, 1000.75) == 50.0
+    assert arrived_at(cmsg, 50.0, 1000.0) == 50.0  # stamped in the future: the wall clock stepped back
+    assert arrived_at(cmsg, 50.0, 1010.0) == 50.0  # older than any queue holds: it stepped forward
 
 
 @root
