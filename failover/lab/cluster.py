@@ -28,6 +28,7 @@ from failover.lab.netns import VIP, VIP6, VIP_ROUTED, Lab, LabHost, stop_group
 from failover.lab.nginx import Nginx
 
 SERVERS = ("live", "backup")
+MOVE_MARGIN_S = 30.0  # a move's own steps on a busy host, past the drain it may wait for
 
 
 def lab_vip(ipv6: bool = False, router: str | None = None) -> IPv4Interface | IPv6Interface:
@@ -232,9 +233,14 @@ class LabCluster:
         status: dict[str, Any] = final["status"]
         return status
 
-    def move(self, move: str, via: str, timeout: float = 60.0) -> dict[str, Any]:
+    def move(self, move: str, via: str, timeout: float | None = None) -> dict[str, Any]:
         """Run `failover swap|unswap` for real (the CLI in via's namespace, started as from a shell on that
-        host: `Lab.run_in`); returns its JSON outcome, `started` just before the spawn."""
+        host: `Lab.run_in`); returns its JSON outcome, `started` just before the spawn. By default it may
+        take as long as the old holder may drain (the CLI waits for that) and `MOVE_MARGIN_S` more."""
+        if timeout is None:
+            from failover.config import load_config
+
+            timeout = load_config(self.config_path).swap.drain_max_ms / 1000 + MOVE_MARGIN_S
         argv = [sys.executable, "-m", "failover", move, "-c", str(self.config_path), "--node", via, "--json"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         # Compiled modules, as an installed failover has them (pip compiles them at install), also where
