@@ -45,7 +45,9 @@ def test_unconfirmed_swap_rolls_back_to_live_and_clients_stay_served() -> None:
         # The deadline follows live's load over its last seconds of log, not confirm.within_s (10 s).
         found = re.fullmatch(
             r"no client request to 203\.0\.113\.10 reached backup in (\d+) ms \(live served \d+ req/s before "
-            r"the move: 20 arrivals take \d+ ms(, at least 300 ms)?\); rolled back to live in \d+ ms",
+            r"the move: 20 arrivals take \d+ ms(, at least 300 ms)?"
+            r"(; \d+ ms more: this host was held off the CPU that long meanwhile)?\); "
+            r"rolled back to live in \d+ ms",
             outcome["reason"],
         )
         assert found is not None and 300 <= int(found.group(1)) < 2000, outcome["reason"]
