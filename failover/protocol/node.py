@@ -154,6 +154,7 @@ class Node(PeerWatch, HostWatch):
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
         self._releases: dict[int, str] = {}  # the same for releases
         self.held_off = 0.0  # seconds, in all, timers were handled later than asked, beyond LATE_SLACK
+        self._timer_said: float | None = None  # get_timer()'s last answer, until handle_timer comes
         self._draining: int | None = None  # the release asked for after a StartDrain, until it is done
         if holds:
             # Whoever held the VIP before this start may not have announced it (killed mid-swap, or the
@@ -181,7 +182,9 @@ class Node(PeerWatch, HostWatch):
             records.append(self.run)
         for record in records:
             deadlines += [t for t in (record.resend_at, record.deadline) if t is not None]
-        return min(deadlines)
+        due = min(deadlines)
+        self._timer_said = due  # what handle_timer's lateness is measured from, without asking again
+        return due
 
     # --- queries -----------------------------------------------------------------------------------
 
@@ -311,7 +314,9 @@ class Node(PeerWatch, HostWatch):
                 assert_never(event)
 
     def handle_timer(self, now: float) -> None:
-        self.held_off += max(0.0, now - self.get_timer() - LATE_SLACK)
+        said, self._timer_said = self._timer_said, None
+        if said is not None:  # the adapter waits for get_timer()'s answer, and is woken when it moves
+            self.held_off += max(0.0, now - said - LATE_SLACK)
         if now >= self._next_heartbeat:
             answering = self._answers_heartbeats(now)
             self._send_heartbeat(now, self.timing.heartbeat_interval * (ANSWER_NEXT if answering else 1.0))
