@@ -45,7 +45,7 @@ class HostWatch:
     start: Moves
     _actions: list[a.Action]
     _claims: dict[int, str]
-    _releases: dict[int, str]
+    _releases: set[int]
     _draining: int | None
     _release_failed_at: float | None
     _self_swap_not_before: float
@@ -86,7 +86,7 @@ class HostWatch:
         self.dispatch(run, Input.CLAIM_DONE, event, now)
 
     def _release_done(self, event: e.ReleaseDone, now: float) -> None:
-        self._releases.pop(event.epoch, None)
+        self._releases.discard(event.epoch)
         if event.ok:
             self._set_holds(False, now)
         else:

@@ -152,7 +152,7 @@ class Node(PeerWatch, HostWatch):
         self._release_failed_at: float | None = None
         self.vip_removed_by_hand = False  # until someone holds the VIP again
         self._claims: dict[int, str] = {}  # epoch -> why, for the claims netlink has not answered yet
-        self._releases: dict[int, str] = {}  # the same for releases
+        self._releases: set[int] = set()  # epochs of the releases netlink has not answered yet
         self.held_off = 0.0  # seconds, in all, timers were handled later than asked, beyond LATE_SLACK
         self._timer_said: float | None = None  # get_timer()'s last answer, until handle_timer comes
         self._draining: int | None = None  # the release asked for after a StartDrain, until it is done
@@ -512,7 +512,7 @@ class Node(PeerWatch, HostWatch):
             # On lo first: the VIP leaves the interface, but packets already on their way are served.
             self._draining = epoch
             self._actions.append(a.StartDrain(epoch))
-        self._releases[epoch] = why
+        self._releases.add(epoch)
         self._actions.append(a.Release(epoch, why))
 
     def end_drain(self, how: str, now: float) -> None:

@@ -39,7 +39,7 @@ class PeerWatch:
     _actions: list[a.Action]
     _signing_key: bytes
     _settle_announced: float
-    _releases: dict[int, str]
+    _releases: set[int]
     _takeover_not_before: float
     _silence_reported: bool
     _nobody_since: float | None
