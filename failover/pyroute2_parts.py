@@ -24,6 +24,8 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from failover import lean
+
 PACKAGE = "pyroute2"
 
 
@@ -52,13 +54,15 @@ def defer_package_init(name: str) -> None:
 
 def _import() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
     defer_package_init(PACKAGE)
-    importlib.import_module("pyroute2.config.log")
-    return (
-        importlib.import_module("pyroute2.iproute.linux"),
-        importlib.import_module("pyroute2.netlink.exceptions"),
-        importlib.import_module("pyroute2.netlink.rtnl"),
-        importlib.import_module("pyroute2.netlink.diag"),
-    )
+    # What pyroute2 imports but the agent never calls on (ssl, unittest.mock): `failover.lean`.
+    with lean.pyroute2_stand_ins():
+        importlib.import_module("pyroute2.config.log")
+        return (
+            importlib.import_module("pyroute2.iproute.linux"),
+            importlib.import_module("pyroute2.netlink.exceptions"),
+            importlib.import_module("pyroute2.netlink.rtnl"),
+            importlib.import_module("pyroute2.netlink.diag"),
+        )
 
 
 _linux, _exceptions, _rtnl, _diag = _import()

@@ -22,3 +22,88 @@ def test_scapys_vendor_and_bluetooth_tables_are_not_kept() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def _lean_run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_an_agent_whose_health_urls_are_http_runs_without_ssl_and_unittest() -> None:
+    out = _lean_run("""
+        import sys
+        from failover import lean
+        lean.lean_agent(["http://203.0.113.11/health", "http://203.0.113.12/health"])
+        import asyncio, http.client
+        import failover.agent
+        from failover.health import check_health
+        from failover.pyroute2_parts import AsyncIPRoute
+        assert sys.modules["ssl"] is None and "unittest" not in sys.modules, sorted(sys.modules)
+        maps = open("/proc/self/maps").read()
+        assert "libssl" not in maps and "_ssl." not in maps
+        assert not hasattr(http.client, "HTTPSConnection")
+        try:
+            import ssl
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("ssl imported")
+        # A URL made https later is refused with a reason, not a crash.
+        ok, why = check_health("https://203.0.113.11/health", 0.2)
+        assert not ok and "needs ssl" in why and "restart" in why, why
+
+        async def loopback_addresses():
+            async with AsyncIPRoute() as ipr:
+                return [m.get("IFA_ADDRESS") async for m in await ipr.addr("dump")]
+        assert "127.0.0.1" in asyncio.run(loopback_addresses())  # real netlink, read only
+        # pyroute2's synchronous socket takes the stand-in sink where it had a Mock.
+        from pyroute2.netlink.rtnl.iprsocket import IPRSocket
+        IPRSocket().close()
+        import unittest.mock  # the real one, for whoever asks later
+        assert hasattr(unittest.mock.Mock(), "assert_called_once")
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_an_https_health_url_keeps_ssl() -> None:
+    out = _lean_run("""
+        import sys
+        from failover import lean
+        lean.lean_agent(["http://203.0.113.11/health", " HTTPS://203.0.113.12/health"])
+        import http.client
+        import failover.agent
+        import ssl
+        assert sys.modules["ssl"] is ssl and hasattr(ssl, "SSLContext")
+        assert hasattr(http.client, "HTTPSConnection")
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_test_or_tool_importing_the_agent_keeps_every_module() -> None:
+    out = _lean_run("""
+        import sys
+        import failover.agent
+        import ssl
+        assert hasattr(ssl, "SSLContext") and sys.modules["unittest.mock"].Mock.__module__ == "unittest.mock"
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_stand_ins_leave_sys_modules_as_they_were_when_an_import_fails() -> None:
+    out = _lean_run("""
+        import sys
+        from failover import lean
+        lean.lean_agent([])
+        try:
+            with lean.pyroute2_stand_ins():
+                assert sys.modules["ssl"] is not None and "unittest.mock" in sys.modules
+                import no_such_module_here
+        except ImportError:
+            pass
+        assert sys.modules["ssl"] is None and "unittest" not in sys.modules and "unittest.mock" not in sys.modules
+        print("ok")
+    """)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -144,6 +144,11 @@ def test_swap_issued_on_the_target(cluster: LabCluster) -> None:
     assert client_mac(cluster) == mac_of(cluster, "backup")
     # The source reports once its straggler window has closed, a moment after the target.
     assert cluster.lab.wait_until(lambda: (cluster.status("live")["last_move"] or {}).get("ok") is True, 3.0)
+    # The agents that did it (health checks, netlink, the handoff rule, frames) run without the TLS
+    # libraries: the lab's health URLs are http:// (failover.lean).
+    for name, proc in cluster.agents.items():
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "libssl" not in maps and "_ssl." not in maps, name
 
 
 # --- refusals: nothing moves ------------------------------------------------------------------------
