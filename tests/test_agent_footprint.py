@@ -103,7 +103,8 @@ def test_stand_ins_leave_sys_modules_as_they_were_when_an_import_fails() -> None
                 import no_such_module_here
         except ImportError:
             pass
-        assert sys.modules["ssl"] is None and "unittest" not in sys.modules and "unittest.mock" not in sys.modules
+        assert sys.modules["ssl"] is None
+        assert "unittest" not in sys.modules and "unittest.mock" not in sys.modules
         print("ok")
     """)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
