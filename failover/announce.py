@@ -25,7 +25,10 @@ from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
-import scapy.data
+from failover import lean
+
+with lean.scapy_without_vendor_tables():
+    import scapy.data
 from scapy.layers.l2 import ARP, Ether
 
 if TYPE_CHECKING:
@@ -33,7 +36,8 @@ if TYPE_CHECKING:
 
 # scapy.data reads Wireshark's vendor table when scapy is imported: about 50,000 MAC prefixes, some 10 MiB
 # that would stay resident in every agent. scapy consults it only to print a MAC with its vendor's name,
-# which nothing here does, so the table is dropped as soon as the layers are in.
+# which nothing here does: it is not built (failover.lean), and where it was (scapy imported before us,
+# or Wireshark's manuf file read) it is dropped as soon as the layers are in.
 scapy.data.MANUFDB = scapy.data.ManufDA(_name="scapy/manufdb")
 # Likewise Bluetooth's company identifiers (~4,000 names, ~0.5 MiB), read for scapy's Bluetooth layers only.
 scapy.data.BLUETOOTH_CORE_COMPANY_IDENTIFIERS = {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def test_the_agent_trims_its_heap_after_start_wherever_it_runs() -> None:
@@ -108,3 +110,25 @@ def test_stand_ins_leave_sys_modules_as_they_were_when_an_import_fails() -> None
         print("ok")
     """)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_scapys_vendor_tables_are_never_built_and_its_cache_is_left_alone(tmp_path: Path) -> None:
+    # scapy keeps its tables pickled under $XDG_CACHE_HOME/scapy: a file that is there must not be read
+    # (scapy deletes one it cannot unpickle), and none may be written (another scapy user would read ours).
+    cache = tmp_path / "scapy"
+    cache.mkdir()
+    (cache / "manufdb.pickle").write_bytes(b"not a pickle")
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        import failover.announce
+        import scapy.data, scapy.main
+        assert len(scapy.data.MANUFDB) == 0 and scapy.data.BLUETOOTH_CORE_COMPANY_IDENTIFIERS == {}
+        assert "scapy.libs.manuf" not in sys.modules and "scapy.libs.bluetoothids" not in sys.modules
+        assert scapy.main.SCAPY_CACHE_FOLDER is not None  # as scapy found it, for whoever asks later
+        from scapy.libs.manuf import DATA  # the real table, for whoever asks for it
+        assert len(DATA) > 100_000
+        print("ok")
+    """)], capture_output=True, text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert sorted(p.name for p in cache.iterdir()) == ["manufdb.pickle"]
+    assert (cache / "manufdb.pickle").read_bytes() == b"not a pickle"
