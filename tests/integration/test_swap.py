@@ -148,6 +148,7 @@ def test_swap_issued_on_the_target(cluster: LabCluster) -> None:
     # libraries: the lab's health URLs are http:// (failover.lean).
     for name, proc in cluster.agents.items():
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "python" in maps, name  # the agent's interpreter itself, not a wrapper
         assert "libssl" not in maps and "_ssl." not in maps, name
 
 
