@@ -270,7 +270,7 @@ def _agent(config: ClusterConfig, args: argparse.Namespace) -> int:
     from failover import lean
 
     # Before the agent's modules: what they import and never use stays out of its memory.
-    lean.lean_agent(node.health_url for node in config.nodes)
+    lean.lean_agent((node.health_url for node in config.nodes), metrics=config.metrics.listen is not None)
     from failover import logs
     from failover.agent import AgentError, run_agent
 

@@ -14,7 +14,7 @@ import http.client
 import urllib.parse
 from typing import Any
 
-from failover import __version__
+from failover import __version__, lean
 
 USER_AGENT = f"failover/{__version__}"
 CANARY_PARAM = "failover-canary"
@@ -46,10 +46,8 @@ def _get(url: str, timeout: float) -> int | str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http:// or https:// URL: {url!r}")
-    if parts.scheme == "https" and not hasattr(http.client, "HTTPSConnection"):
-        # An agent started without ssl (failover.lean: no health URL was https then).
-        raise ValueError(f"{url!r}: https needs ssl, which this agent started without; restart it")
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    # https: also in an agent started without ssl (no health URL was https), as when a redirect leads there.
+    kind = lean.https_connection() if parts.scheme == "https" else http.client.HTTPConnection
     # The port always given: without one, http.client reads an IPv6 literal's last group as the port.
     conn = kind(parts.hostname, service_port(url), timeout=timeout)
     try:

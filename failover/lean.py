@@ -1,50 +1,82 @@
 """What the agent's libraries import but the agent never uses, kept out of its memory (issue 15).
 
-Measured on this machine kind (VmRSS of a bare interpreter, then the import): ``ssl`` is ~4.4 MiB of
-what ``import asyncio`` costs (10.8 MiB with it, 6.4 without: OpenSSL's libraries mapped and set up), and
-pyroute2's ``iprsocket`` imports ``unittest.mock`` (with ``unittest``, ~1.6 MiB) for one class attribute
-of its synchronous socket: a ``Mock()`` used as a sink that swallows every call.
+Measured on this machine kind (VmRSS before and after the import, in a bare interpreter): ``ssl`` is
+~3.2 MiB on top of hashlib (which maps libcrypto already), and pyroute2's ``iprsocket`` imports
+``unittest.mock`` (with ``unittest``, ~1.6 MiB) for one class attribute of its synchronous socket: a
+``Mock()`` used as a sink that swallows every call. In the agent's own imports both together are
+1.3 MiB (39.2 -> 37.9 MiB), in the lab's running agents 41.0 / 41.2 -> 39.7 / 39.7 MiB.
 
 - ``withhold_tls``: asyncio and http.client are written for a Python without ssl (each imports it in a
   ``try`` and does without), so with ``None`` in ``sys.modules["ssl"]`` they import as they would there.
-  The agent speaks TLS only for an ``https://`` health URL, so the agent command withholds ssl only when
-  no node's health URL is one. Nothing here is needed for correctness: an agent that keeps ssl works the
-  same, it is only larger.
+  The agent command withholds it when no node's health URL is ``https://`` and metrics are off
+  (prometheus_client imports ssl, and urllib.request's HTTPS handler, which it imports, exists only if
+  http.client was imported with ssl). A health check that an http:// URL redirects to https:// gets
+  TLS all the same (``https_connection``): ssl is imported then, in that agent only, and what was
+  imported without it stays as it was.
 - ``pyroute2_stand_ins``: while pyroute2 is imported (``failover.pyroute2_parts``), the names it
   imports but never calls on our path get stand-ins: ``ssl`` if it is withheld (``probe_msg`` imports it
   for the network probe command, which the agent never sends), and ``unittest.mock`` in an agent whose
   imports are lean. Afterwards ``sys.modules`` is as it was, so a later ``import unittest.mock`` (a
   test, a tool) gets the real module; only the modules pyroute2 already bound keep the stand-ins.
-
-Measured in the lab (``bench/agent_cost.py``, both agents): 41.0 / 41.2 MiB VmRSS before, 39.5 / 39.7
-with both left out.
+- ``scapy_without_vendor_tables``: while scapy.data is imported (``failover.announce``), tables nothing
+  here reads are not built.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import sys
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import http.client
 
 # Set by `lean_agent`: the stand-ins are for an agent process only, never for a test or tool that
 # imports the agent's modules.
 _LEAN = {"on": False}
 
 
-def withhold_tls(health_urls: Iterable[str]) -> bool:
-    """Make ``import ssl`` fail, as on a Python built without it, unless a URL needs TLS or ssl is
-    already in. True if withheld."""
-    if "ssl" in sys.modules or any(url.strip().lower().startswith("https:") for url in health_urls):
+def withhold_tls(health_urls: Iterable[str], *, metrics: bool) -> bool:
+    """Make ``import ssl`` fail, as on a Python built without it, unless a URL or the metrics server
+    needs TLS or ssl is already in. True if withheld."""
+    if metrics or "ssl" in sys.modules or any(u.strip().lower().startswith("https:") for u in health_urls):
         return False
     sys.modules["ssl"] = None  # type: ignore[assignment]  # the import system's own "not available"
     return True
 
 
-def lean_agent(health_urls: Iterable[str]) -> None:
+def _allow_tls() -> None:
+    """From now on ``import ssl`` works again."""
+    if "ssl" in sys.modules and sys.modules["ssl"] is None:
+        del sys.modules["ssl"]
+
+
+_HTTPS: dict[str, type[http.client.HTTPConnection]] = {}
+
+
+def https_connection() -> type[http.client.HTTPConnection]:
+    """http.client's HTTPSConnection, also where http.client was imported with ssl withheld (it then has
+    none): ssl is imported, and a second copy of http.client, run with it, gives the class."""
+    import http.client  # here: imported at the top, it would import ssl before `withhold_tls`
+
+    found = getattr(http.client, "HTTPSConnection", None) or _HTTPS.get("class")
+    if found is not None:
+        return found
+    _allow_tls()
+    spec = importlib.util.find_spec("http.client")
+    assert spec is not None and spec.loader is not None
+    client = importlib.util.module_from_spec(spec)  # not in sys.modules: http.client stays as it is
+    spec.loader.exec_module(client)
+    _HTTPS["class"] = client.HTTPSConnection
+    return _HTTPS["class"]
+
+
+def lean_agent(health_urls: Iterable[str], *, metrics: bool = False) -> None:
     """Called once by `failover agent`, before the agent's modules are imported."""
-    withhold_tls(health_urls)
+    withhold_tls(health_urls, metrics=metrics)
     _LEAN["on"] = True
 
 
@@ -62,12 +94,11 @@ class _Sink:
 
 
 class _Unavailable(ModuleType):
-    """A module imported but withheld: any use of it says so."""
+    """A module imported but withheld: any use of it says so (AttributeError, so ``hasattr`` and
+    ``getattr(m, name, default)`` answer as for a name the module lacks)."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        raise ImportError(f"{self.__name__} is withheld from this agent (failover.lean): no {name}")
+        raise AttributeError(f"{self.__name__} is withheld from this agent (failover.lean): no {name}")
 
 
 def _pyroute2_stand_ins() -> dict[str, ModuleType]:

@@ -54,6 +54,8 @@ def defer_package_init(name: str) -> None:
 
 def _import() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
     defer_package_init(PACKAGE)
+    # Before the stand-ins: asyncio must see a withheld ssl as missing, not as the stand-in.
+    importlib.import_module("asyncio")
     # What pyroute2 imports but the agent never calls on (ssl, unittest.mock): `failover.lean`.
     with lean.pyroute2_stand_ins():
         importlib.import_module("pyroute2.config.log")
