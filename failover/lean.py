@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -55,23 +56,30 @@ def _allow_tls() -> None:
 
 
 _HTTPS: dict[str, type[http.client.HTTPConnection]] = {}
+_HTTPS_LOCK = threading.Lock()  # health checks run in threads: one copy of http.client, made once
 
 
 def https_connection() -> type[http.client.HTTPConnection]:
     """http.client's HTTPSConnection, also where http.client was imported with ssl withheld (it then has
-    none): ssl is imported, and a second copy of http.client, run with it, gives the class."""
+    none): ssl is imported, and a second copy of http.client, run with it, gives the class. ValueError
+    on a Python built without ssl."""
     import http.client  # here: imported at the top, it would import ssl before `withhold_tls`
 
-    found = getattr(http.client, "HTTPSConnection", None) or _HTTPS.get("class")
+    found: type[http.client.HTTPConnection] | None = getattr(http.client, "HTTPSConnection", None)
     if found is not None:
         return found
-    _allow_tls()
-    spec = importlib.util.find_spec("http.client")
-    assert spec is not None and spec.loader is not None
-    client = importlib.util.module_from_spec(spec)  # not in sys.modules: http.client stays as it is
-    spec.loader.exec_module(client)
-    _HTTPS["class"] = client.HTTPSConnection
-    return _HTTPS["class"]
+    with _HTTPS_LOCK:
+        if "class" not in _HTTPS:
+            _allow_tls()
+            spec = importlib.util.find_spec("http.client")
+            assert spec is not None and spec.loader is not None
+            client = importlib.util.module_from_spec(spec)  # not in sys.modules: http.client stays as is
+            spec.loader.exec_module(client)
+            https = getattr(client, "HTTPSConnection", None)
+            if https is None:
+                raise ValueError("https:// needs Python's ssl module, which this Python lacks")
+            _HTTPS["class"] = https
+        return _HTTPS["class"]
 
 
 def lean_agent(health_urls: Iterable[str], *, metrics: bool = False) -> None:
