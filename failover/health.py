@@ -26,19 +26,26 @@ REDIRECTS = (301, 302, 303, 307, 308)
 
 def check_health(url: str, timeout: float) -> tuple[bool, str]:
     """GET a health URL; healthy means a 2xx answer (after redirects). Blocking: run it in a thread."""
+    asked = url  # the URL asked last: a redirect's target, once there was one
     try:
         status = _get(url, timeout)
         for _ in range(MAX_REDIRECTS):
             if not isinstance(status, str):
                 break
+            asked = status
             status = _get(status, timeout)
     except (OSError, ValueError) as err:
-        return False, f"{url}: {err}"
+        return False, f"{url}{_via(url, asked)}: {err}"
     except Exception as err:  # BadStatusLine, too many headers, ...: a backend that answers garbage
-        return False, " ".join(f"{url}: {type(err).__name__}: {err}".split())[:300]
+        return False, " ".join(f"{url}{_via(url, asked)}: {type(err).__name__}: {err}".split())[:300]
     if isinstance(status, str):
         return False, f"{url}: more than {MAX_REDIRECTS} redirects (the last to {status})"
-    return (200 <= status < 300), f"HTTP {status} from {url}"
+    return (200 <= status < 300), f"HTTP {status} from {url}{_via(url, asked)}"
+
+
+def _via(url: str, asked: str) -> str:
+    """Where the answer came from, when a redirect led away from the URL configured."""
+    return "" if asked == url else f" (redirected to {asked})"
 
 
 def _get(url: str, timeout: float) -> int | str:

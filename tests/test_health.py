@@ -118,17 +118,26 @@ def test_a_redirect_is_followed_to_the_answer_it_leads_to() -> None:
     with backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as target:
         moved = f"HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode()
         with backend(moved) as url:
-            assert check_health(url, 2.0) == (True, f"HTTP 200 from {url}")
+            assert check_health(url, 2.0) == (True, f"HTTP 200 from {url} (redirected to {target})")
 
 
 def test_a_redirect_to_a_failing_page_or_in_a_loop_is_unhealthy() -> None:
     with backend(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n") as target:
         moved = f"HTTP/1.1 301 Moved\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode()
         with backend(moved) as url:
-            assert check_health(url, 2.0) == (False, f"HTTP 503 from {url}")
+            assert check_health(url, 2.0) == (False, f"HTTP 503 from {url} (redirected to {target})")
     with backend(b"HTTP/1.1 302 Found\r\nLocation: /health\r\nContent-Length: 0\r\n\r\n") as url:
         ok, detail = check_health(url, 2.0)
     assert not ok and "redirects" in detail
+
+
+def test_a_redirect_to_a_closed_port_names_both_urls() -> None:
+    with backend(b"") as target:
+        pass  # nothing listens on its port now
+    moved = f"HTTP/1.1 301 Moved\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n".encode()
+    with backend(moved) as url:
+        ok, detail = check_health(url, 1.0)
+    assert not ok and detail.startswith(f"{url} (redirected to {target}): "), detail
 
 
 def test_a_closed_port_is_a_failed_check_naming_the_url() -> None:
