@@ -49,9 +49,13 @@ def withhold_tls(health_urls: Iterable[str], *, metrics: bool) -> bool:
     return True
 
 
+def _tls_withheld() -> bool:
+    return "ssl" in sys.modules and sys.modules["ssl"] is None
+
+
 def _allow_tls() -> None:
     """From now on ``import ssl`` works again."""
-    if "ssl" in sys.modules and sys.modules["ssl"] is None:
+    if _tls_withheld():
         del sys.modules["ssl"]
 
 
@@ -111,7 +115,7 @@ class _Unavailable(ModuleType):
 
 def _pyroute2_stand_ins() -> dict[str, ModuleType]:
     found: dict[str, ModuleType] = {}
-    if "ssl" in sys.modules and sys.modules["ssl"] is None:
+    if _tls_withheld():
         found["ssl"] = _Unavailable("ssl")
     if _LEAN["on"] and "unittest" not in sys.modules:
         mock = ModuleType("unittest.mock")
