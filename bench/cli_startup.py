@@ -43,8 +43,9 @@ from failover.lab.netns import Lab
 # What each command exits with when the agent answers {"type": "error"}: the CLI's documented codes.
 EXPECTED_EXIT = {"status": 3, "swap": 1, "unswap": 1}
 REPLY = b'{"type":"error","error":"bench: stand-in agent"}\n'
-FLOOR = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{}\\n'); "
-         "s.recv(4096); sys.exit(3)")
+# _socket, the C module `socket` wraps: what the CLI itself connects with (failover.controlclient).
+FLOOR = ("import _socket,sys; s=_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM); "
+         "s.connect(sys.argv[1]); s.sendall(b'{}\\n'); s.recv(4096); sys.exit(3)")
 TIMEOUT_S = 10.0
 
 
@@ -130,7 +131,7 @@ def main() -> int:
         config = _cluster_file(workdir, sock_path)
         base = {k: v for k, v in os.environ.items()
                 if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")}
-        base["FAILOVER_CLI_CACHE"] = str(workdir / "cli-cache.json")
+        base["FAILOVER_CLI_CACHE"] = str(workdir / "cli-cache")
         pyc = {**base, "PYTHONPYCACHEPREFIX": str(workdir / "pyc")}
         modes = {"pyc": pyc, "pyc, no cache": {**pyc, "FAILOVER_CLI_CACHE": ""},
                  "source": {**base, "PYTHONDONTWRITEBYTECODE": "1"}}

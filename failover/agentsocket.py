@@ -10,6 +10,12 @@ Importing PyYAML alone takes about as long as Python's own start (~14 ms here: i
 expressions at import), so what was read is remembered in a small cache (`CACHE`, root's, in /run): the
 exact bytes of the file and the sockets they name. A file whose bytes differ in any way is read again;
 a cache that is not plainly ours (owner, mode) or not plainly readable is ignored, never trusted.
+The cache is in `marshal`'s format, built into the interpreter: JSON would cost `json` and `re` (~4 ms)
+before the request is sent. marshal is no parser for others' data, and it reads none: only a file of
+ours, in a folder of ours, that nobody else can write.
+
+Nothing here imports `socket` (its enum classes: ~4 ms): `_socket`, the C module it wraps, has what this
+needs.
 
 This module judges nothing: whatever it cannot read plainly it returns as unknown (None), and the full
 loader, the one authority on the file, says what is wrong. The one rule it shares with the loader, where
@@ -18,10 +24,9 @@ the socket is when the file does not say, lives here and the loader uses it.
 
 from __future__ import annotations
 
-import contextlib
-import json
+import _socket
+import marshal
 import os
-import socket
 import stat
 
 TYPE_CHECKING = False  # typing's own flag without importing typing (mypy knows the name)
@@ -30,9 +35,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 # $FAILOVER_CLI_CACHE names another file (the tests' own); an empty value turns the cache off.
-CACHE = os.environ.get("FAILOVER_CLI_CACHE", "/run/failover/cli-cache.json")
+CACHE = os.environ.get("FAILOVER_CLI_CACHE", "/run/failover/cli-cache.marshal")
 _CACHE_ENTRIES = 16  # cluster files remembered; the oldest is forgotten first
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 1 was JSON, at another path
 
 
 def default_control_socket(cluster: str) -> Path:
@@ -53,7 +58,7 @@ class NodeSocket:
 
     def __init__(self, name: str, family: int, address: str, control_socket: str) -> None:
         self.name = name
-        self.family = family  # socket.AF_INET or socket.AF_INET6, from the address as written
+        self.family = family  # AF_INET or AF_INET6, from the address as written
         self.address = address
         self.control_socket = control_socket
 
@@ -72,9 +77,9 @@ class NodeSocket:
 
 def _family(address: str) -> int | None:
     # inet_pton, not bind() or getaddrinfo(): a name in the address field must never reach a resolver.
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in (_socket.AF_INET, _socket.AF_INET6):
         try:
-            socket.inet_pton(family, address)
+            _socket.inet_pton(family, address)
         except OSError:
             continue
         return family
@@ -157,8 +162,8 @@ def _read_cache() -> dict[str, Any]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or not _ours(st) or not _ours(os.stat(os.path.dirname(CACHE))):
             return {}
-        doc = json.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError):
+        doc = marshal.loads(os.read(fd, 1 << 20))
+    except (OSError, ValueError, EOFError, TypeError):
         return {}
     finally:
         os.close(fd)
@@ -195,7 +200,7 @@ def _write_cache(entries: dict[str, Any], key: str, text: str, found: tuple[Node
     entries.pop(key, None)
     entries[key] = {"text": text, "nodes": [[n.name, n.address, n.control_socket] for n in found]}
     kept = dict(list(entries.items())[-_CACHE_ENTRIES:])
-    data = json.dumps({"version": _CACHE_VERSION, "entries": kept}).encode()
+    data = marshal.dumps({"version": _CACHE_VERSION, "entries": kept})
     folder = os.path.dirname(CACHE)
     tmp = f"{CACHE}.{os.getpid()}.tmp"
     try:
@@ -211,5 +216,7 @@ def _write_cache(entries: dict[str, Any], key: str, text: str, found: tuple[Node
             os.close(fd)
         os.replace(tmp, CACHE)  # readers see the old cache or the new one, never half of one
     except OSError:
+        import contextlib  # here: a cache written is a file read with PyYAML, this is nothing beside it
+
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -1,6 +1,6 @@
 """Operator commands: `failover agent|swap|unswap|status|check|history|announce|probe|keygen|reference|lab`.
 
-Owns their arguments, human and `--json` output, and exit codes.
+Owns their human and `--json` output and exit codes; their grammar is argparse's, in `failover.cliparser`.
 
 Exit codes: 0 done; 1 the move failed or was refused (the VIP is left on a working holder and the
 reason is printed); 2 bad usage or a bad cluster file; 3 the local agent could not be reached.
@@ -10,23 +10,23 @@ find its socket with `failover.agentsocket` and leave the whole cluster file to 
 the agent cannot be reached (a bad file is reported first, exit 2, as always) or after `status` and dry
 runs answered (exit 2 on a bad file, nothing else printed), and in the agent, which has the loader
 loaded, before a move: a bad file refuses the move with nothing changed, exit 2. Never imported on that
-path: the full loader, the host checks, the lab, netlink (pyroute2), frames (scapy), structlog.
+path: the full loader, the host checks, the lab, netlink (pyroute2), frames (scapy), structlog; and until
+the request is sent, not even argparse, `socket` or `json` (a plain line is read by
+`agent_command_line`, the request written by `failover.controlclient`): ~4 ms of every start each here.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
-from collections.abc import Iterator, Sequence
 
-from failover import control
+from failover import controlclient as control
 from failover.localnode import is_local, own_node
 
 TYPE_CHECKING = False  # typing's own flag without importing typing, a few ms of every start (mypy knows it)
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -38,136 +38,101 @@ DEFAULT_CONFIG = os.environ.get("FAILOVER_CONFIG", "/etc/failover/cluster.yaml")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 AGENT_COMMANDS = ("swap", "unswap", "status")
-
-EXAMPLES = """\
-examples:
-  failover agent -c /etc/failover/cluster.yaml          run the agent (systemd runs this)
-  failover status                                       both nodes, who holds the VIP
-  failover swap                                         move the VIP to the peer, prove it moved
-  failover unswap                                       move it back home once home is healthy
-  failover swap --json                                  the same, as one JSON document
-  failover swap --reason "kernel upgrade on web1"       the reason goes to this node's journal
-  failover swap --dry-run                               checks on both hosts and the plan; changes nothing
-  failover unswap --dry-run --json                      the same for the way home, as JSON
-  failover check -c /etc/failover/cluster.yaml          key, interface, access log, sysctls: each fix
-  failover history -n 5                                 the last five moves and takeovers
-  failover announce                                     send the gratuitous ARP/NA burst for the VIP now
-  failover probe                                        who answers ARP/ND for the VIP right now
-  failover keygen /etc/failover/web.key                 a new shared key, mode 0600; copy it to the peer
-  failover reference                                    every command and cluster-file key, as markdown
-  failover lab rehearse                                 rehearse swap + unswap in a namespace lab (root)
-"""
+MOVES = ("swap", "unswap")
 
 
-def _as_path(text: str) -> Path:
-    from pathlib import Path
+class AgentCommandLine:
+    """A `swap|unswap|status` command line, read: what `_to_agent` needs of it."""
 
-    return Path(text)
+    __slots__ = ("command", "config", "dry_run", "json", "node", "reason", "timeout", "wait_drained")
+
+    def __init__(self, command: str) -> None:
+        # argparse's defaults (failover.cliparser): one set of them, checked by tests/test_cli_line.py.
+        self.command = command
+        self.config = DEFAULT_CONFIG
+        self.node: str | None = None
+        self.json = False
+        self.timeout = 60.0
+        self.reason = ""
+        self.wait_drained = True
+        self.dry_run = False
+
+    def fields(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> AgentCommandLine:
+        line = cls(args.command)
+        for name in cls.__slots__:
+            if hasattr(args, name):
+                setattr(line, name, getattr(args, name))
+        return line
 
 
-def _help_formatter(prog: str) -> argparse.HelpFormatter:
-    # argparse makes a formatter at every add_argument; left to find its width itself, it imports shutil
-    # (and with it bz2, lzma: ~2 ms of each command's start here). The width as shutil finds it.
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
-        except (OSError, ValueError):
-            columns = 0
-    return argparse.RawDescriptionHelpFormatter(prog, width=(columns if columns > 0 else 80) - 2)
+# What the quick reader takes: option -> attribute, and whether a value follows (else: the flag's value).
+_VALUED = {"-c": "config", "--config": "config", "--node": "node"}
+_MOVE_VALUED = {"--timeout": "timeout", "--reason": "reason"}
+_FLAGS: dict[str, tuple[str, bool]] = {"--json": ("json", True)}
+_MOVE_FLAGS = {"--wait-drained": ("wait_drained", True), "--no-wait-drained": ("wait_drained", False),
+               "--dry-run": ("dry_run", True)}
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _help_formatter)
-        super().__init__(**kwargs)
+def agent_command_line(words: Sequence[str]) -> AgentCommandLine | None:
+    """A plain `swap|unswap|status` line read as argparse reads it, without importing argparse (~4 ms with
+    `re` and `gettext`); None for any line it is not sure of (help, abbreviations, attached short
+    values, a value that starts with "-", a bad number, anything unknown), which argparse then reads and,
+    where it must, refuses with its usual message."""
+    if not words or words[0] not in AGENT_COMMANDS:
+        return None
+    line = AgentCommandLine(words[0])
+    move = words[0] in MOVES
+    valued = {**_VALUED, **_MOVE_VALUED} if move else _VALUED
+    flags = {**_FLAGS, **_MOVE_FLAGS} if move else _FLAGS
+    rest = list(words[1:])
+    while rest:
+        word = rest.pop(0)
+        if word in flags:
+            name, value = flags[word]
+            setattr(line, name, value)
+            continue
+        option, equals, attached = word.partition("=")
+        if not option.startswith("--"):
+            equals = ""  # `-c=x`: argparse's value would be "=x"; not read here
+            option = word
+        if option not in valued:
+            return None
+        if equals:
+            text = attached
+        elif rest and not rest[0].startswith("-"):
+            text = rest.pop(0)
+        else:
+            return None
+        name = valued[option]
+        if name == "timeout":
+            try:
+                setattr(line, name, float(text))  # argparse's type=float
+            except ValueError:
+                return None
+        else:
+            setattr(line, name, text)
+    return line
 
 
 def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
-    """Every command; or, for a `swap|unswap|status` command line, only those (a quicker start)."""
-    p = _Parser(prog="failover", description="Heartbeat-style IP failover for machine swaps.",
-                epilog=EXAMPLES)
-    # Subparsers do not inherit formatter_class.
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    from failover.cliparser import parser
 
-    def with_config(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                        help=f"cluster file (default {DEFAULT_CONFIG}, or $FAILOVER_CONFIG)")
-        sp.add_argument("--node", help="the node this host plays (default: the one whose address is local)")
-
-    if not agent_commands_only:
-        agent = sub.add_parser("agent", help="run the agent daemon in the foreground")
-        with_config(agent)
-        agent.add_argument("--log-json", action=argparse.BooleanOptionalAction, default=None,
-                           help="JSON log lines (default: when stdout is not a terminal)")
-    for move, text in (("swap", "move the VIP from its holder to the peer"),
-                       ("unswap", "move the VIP back to its home node")):
-        sp = sub.add_parser(move, help=text)
-        with_config(sp)
-        sp.add_argument("--json", action="store_true", help="print one JSON document")
-        sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
-        sp.add_argument("--reason", default="", help="why, in words: written to the journal")
-        sp.add_argument("--wait-drained", action=argparse.BooleanOptionalAction, default=True,
-                        help="return once the old holder's connections to the VIP have ended (its drain), "
-                             "so that it may go down (default); --no-wait-drained: once the move is done")
-        sp.add_argument("--dry-run", action="store_true",
-                        help="run every check on both hosts for real and print the plan; change nothing "
-                             "(exit 0: all pass, 1: a check failed)")
-    status = sub.add_parser("status", help="both nodes, who holds the VIP, heartbeat age, last move")
-    with_config(status)
-    status.add_argument("--json", action="store_true", help="print one JSON document")
-    if agent_commands_only:
-        return p
-    checks = sub.add_parser("check", help="check the cluster file and this host's settings; 1 on a problem")
-    with_config(checks)
-    checks.add_argument("--json", action="store_true", help="print one JSON document")
-    history = sub.add_parser("history", help="the journal of swaps, unswaps and takeovers on this node")
-    with_config(history)
-    history.add_argument("--json", action="store_true", help="the entries as one JSON list")
-    history.add_argument("-n", type=int, default=20, help="how many of the newest entries (default 20)")
-    for tool, text in (("announce", "send one burst of gratuitous ARP / unsolicited NA for the VIP now"),
-                       ("probe", "ask who answers for the VIP (ARP / ND probe): MACs and times")):
-        sp = sub.add_parser(tool, help=text)
-        with_config(sp)
-        sp.add_argument("--json", action="store_true", help="print one JSON document")
-    keygen = sub.add_parser("keygen", help="write a new shared key to PATH (mode 0600, never overwrites)")
-    keygen.add_argument("path", type=_as_path, metavar="PATH",
-                        help="the new key file (/etc/failover/web.key)")
-    sub.add_parser("reference", help="print the README's reference: every command and cluster-file key")
-
-    lab = sub.add_parser("lab", help="the network-namespace lab (root)")
-    labsub = lab.add_subparsers(dest="lab_command", required=True, metavar="LAB_COMMAND",
-                                parser_class=_Parser)
-    rehearse = labsub.add_parser(
-        "rehearse", help="build a lab, swap and unswap under load, report, tear down"
-    )
-    rehearse.add_argument("--json", action="store_true", help="print the report as JSON")
-    rehearse.add_argument("--keep-workdir", action="store_true", help="keep logs and configs afterwards")
-    rehearse.add_argument("--ipv6", action="store_true",
-                          help="an IPv6 VIP, agents and client load over IPv6 (2001:db8::/32)")
-    rehearse.add_argument("--router", choices=("plain", "drop-garp"),
-                          help="put the client behind a router namespace; drop-garp: one that ignores "
-                               "gratuitous ARP and unsolicited neighbour advertisements")
-    bench = labsub.add_parser("bench", help="N swap/unswap pairs under load; prints figures")
-    bench.add_argument("-n", "--pairs", type=int, default=10, help="swap/unswap pairs to run")
-    bench.add_argument("--json", type=_as_path, help="also write the figures to this JSON file")
-    labsub.add_parser("up", help="build a lab and leave it running")
-    labsub.add_parser("down", help="tear down the lab made by `lab up`")
-    ex = labsub.add_parser("exec", help="run a command in a lab host's namespace")
-    ex.add_argument("host", help="live, backup or client")
-    ex.add_argument("argv", nargs=argparse.REMAINDER, help="the command and its arguments")
-    return p
+    return parser(agent_commands_only=agent_commands_only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    line = agent_command_line(words)
+    if line is not None:
+        return _run_agent_command(line)
     args = _parser(agent_commands_only=bool(words) and words[0] in AGENT_COMMANDS).parse_args(words)
+    if args.command in AGENT_COMMANDS:
+        return _run_agent_command(AgentCommandLine.of(args))
     try:
-        if args.command in AGENT_COMMANDS:
-            return _to_agent(args)
         if args.command == "lab":
             from failover.lab.commands import run
 
@@ -198,7 +163,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as err:
-        # Here, not at the top: importing the full loader is what the fast commands avoid.
         from failover.config import ConfigError
 
         if not isinstance(err, ConfigError):
@@ -208,6 +172,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             # `check` reports a bad file like every other finding, in the format asked for.
             return _report([check.Finding("cluster file", check.FAIL, str(err))], args.json)
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run_agent_command(line: AgentCommandLine) -> int:
+    try:
+        return _to_agent(line)
+    except control.ControlError as err:
+        print(f"failover: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:
+        # Here, not at the top: importing the full loader is what the fast commands avoid.
+        from failover.config import ConfigError
+
+        if not isinstance(err, ConfigError):
+            raise
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -250,7 +232,7 @@ def _fast_socket(config: str, name: str | None) -> str | None:
     return local[0].control_socket if len(local) == 1 else None
 
 
-def _to_agent(args: argparse.Namespace) -> int:
+def _to_agent(args: AgentCommandLine) -> int:
     agent = _Agent(args.config, args.node)
     read_only = args.command == "status" or args.dry_run
     try:
@@ -288,6 +270,7 @@ def _status(agent: _Agent, as_json: bool) -> int:
     agent.check_file()  # a bad cluster file: exit 2 and nothing else, as if the agent had not been asked
     st = final["status"]
     if as_json:
+        import json  # after the request: see failover.controlclient
         print(json.dumps(st, indent=2))
         return EXIT_OK
     peer = st["peer"]
@@ -364,6 +347,7 @@ def _move(
     outcome = final["outcome"]
     came_from = final.get("came_from")
     if as_json:
+        import json  # after the request: see failover.controlclient
         print(json.dumps({**outcome, "came_from": came_from} if move == "unswap" else outcome, indent=2))
         return EXIT_OK if outcome["ok"] else EXIT_FAILED
     if came_from:
@@ -440,6 +424,7 @@ def _dry_run(move: str, agent: _Agent, as_json: bool, timeout: float) -> int:
     agent.check_file()  # as for status: a bad cluster file is exit 2 and nothing else
     plan = final["plan"]
     if as_json:
+        import json  # after the request: see failover.controlclient
         print(json.dumps(plan, indent=2))
         return EXIT_OK if plan["ok"] else EXIT_FAILED
     source, target = plan["source"] or "?", plan["target"] or "?"
@@ -464,6 +449,7 @@ def _dry_run(move: str, agent: _Agent, as_json: bool, timeout: float) -> int:
 def _when(at: object) -> str:
     if not isinstance(at, int | float):
         return "?"
+    import time
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
@@ -486,6 +472,7 @@ def _report(found: list[Finding], as_json: bool) -> int:
 
     bad = check.failed(found)
     if as_json:
+        import json
         print(json.dumps({"ok": not bad, "findings": [f.to_json() for f in found]}, indent=2))
     else:
         for f in found:
@@ -506,6 +493,7 @@ def _history(node: NodeConfig, as_json: bool, last: int) -> int:
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_FAILED
     if as_json:
+        import json
         print(json.dumps(entries, indent=2))
         return EXIT_OK
     if not entries:
@@ -523,9 +511,12 @@ def _history(node: NodeConfig, as_json: bool, last: int) -> int:
 
 def _one_shot(tool: str, config: ClusterConfig, node: NodeConfig, as_json: bool) -> int:
     # scapy is slow to import: only these two commands pay for it.
+    import json
+    from pathlib import Path
+
     from failover import announce, prober
 
-    mac = _as_path(f"/sys/class/net/{node.interface}/address").read_text().strip()
+    mac = Path(f"/sys/class/net/{node.interface}/address").read_text().strip()
     try:
         if tool == "announce":
             announcer = announce.Announcer(node.interface, config.vip.ip, mac)
@@ -537,6 +528,7 @@ def _one_shot(tool: str, config: ClusterConfig, node: NodeConfig, as_json: bool)
                                       "mac": mac, "frames_sent": sent}
             text = f"sent {sent} gratuitous frames for {config.vip.ip} from {mac} on {node.interface}"
         else:
+            import time
             started = time.monotonic()
             t = config.takeover
             macs = prober.probe(node.interface, config.vip.ip, mac, count=t.probe_count,

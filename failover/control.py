@@ -13,7 +13,11 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
+
+# The CLI's end, here too for the agent, the lab and the tests: one protocol.
+from failover.controlclient import ControlError as ControlError
+from failover.controlclient import request as request
 
 TYPE_CHECKING = False  # typing's own flag without importing typing: the CLI imports this module
 if TYPE_CHECKING:
@@ -21,17 +25,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-ENDINGS = ("done", "error")
 MAX_REQUEST = 4096
 REQUEST_TIMEOUT = 5.0  # a client that connects and never speaks is dropped after this
 
 if TYPE_CHECKING:
     Reply = Callable[[dict[str, Any]], Awaitable[None]]
     Handler = Callable[[dict[str, Any], Reply], Awaitable[dict[str, Any]]]
-
-
-class ControlError(Exception):
-    """The agent could not be reached or answered with an error; the message is one line."""
 
 
 def encode_line(obj: dict[str, Any]) -> bytes:
@@ -157,43 +156,3 @@ def _parse_request(line: bytes) -> dict[str, Any] | str:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return "request must be a JSON object with a string 'cmd'"
     return request
-
-
-def request(path: str | Path, req: dict[str, Any], *, timeout: float) -> Iterator[dict[str, Any]]:
-    """Send one request and yield every reply line; the last one yielded is the done/error marker."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        try:
-            sock.connect(str(path))
-        except FileNotFoundError:
-            raise ControlError(f"no agent socket at {path}; is `failover agent` running?") from None
-        except ConnectionRefusedError:
-            raise ControlError(f"stale agent socket at {path}: no agent is running") from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}; run as root") from None
-        except OSError as err:
-            raise ControlError(f"cannot reach the agent at {path}: {err.strerror or err}") from None
-        buf = b""
-        try:
-            sock.sendall(encode_line(req))
-        except OSError as err:
-            raise ControlError(f"the agent closed the connection: {err}") from None
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                raise ControlError(f"the agent did not answer within {timeout:.0f} s") from None
-            except OSError as err:
-                raise ControlError(f"the agent closed the connection: {err}") from None
-            if not chunk:
-                raise ControlError("the agent closed the connection without an answer")
-            buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                obj = json.loads(line)
-                yield obj
-                if obj.get("type") in ENDINGS:
-                    return
-    finally:
-        sock.close()
