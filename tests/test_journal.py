@@ -157,3 +157,19 @@ def test_an_entry_that_cannot_be_written_is_reported_and_the_next_one_written(tm
     asyncio.run(main())
     assert len(errors) == 1 and str(path) in errors[0] and "ValueError" in errors[0], errors
     assert [e["epoch"] for e in journal.read(path)] == [2]
+
+
+def test_came_from_looks_back_as_far_as_the_answer_and_no_further(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal.append(path, {"kind": "swap", "epoch": 1, "ok": True, "holder": "backup"})
+    for epoch in range(2, 252):  # 250 entries after it that brought the VIP nowhere new
+        journal.append(path, {"kind": "swap", "epoch": epoch, "ok": False, "holder": "live"})
+    with path.open("ab") as f:
+        f.write(b'{"torn": \n\n[1, 2]\n')  # a torn line, a blank one, a line that is no entry: not counted
+    assert journal.came_from(path, "backup") is None  # 201 entries back: past the 200 looked at
+    found = journal.came_from(path, "backup", within=251)
+    assert found is not None and found["epoch"] == 1
+    assert journal.came_from(path, "live") is None  # none of them succeeded
+    journal.append(path, {"kind": "unswap", "epoch": 252, "ok": True, "holder": "live"})
+    found = journal.came_from(path, "live", within=1)
+    assert found is not None and found["epoch"] == 252
