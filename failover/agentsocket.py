@@ -10,9 +10,8 @@ Importing PyYAML alone takes about as long as Python's own start (~14 ms here: i
 expressions at import), so what was read is remembered in a small cache (`CACHE`, root's, in /run): the
 exact bytes of the file and the sockets they name. A file whose bytes differ in any way is read again;
 a cache that is not plainly ours (owner, mode) or not plainly readable is ignored, never trusted.
-The cache is in `marshal`'s format, built into the interpreter: JSON would cost `json` and `re` (~4 ms)
-before the request is sent. marshal is no parser for others' data, and it reads none: only a file of
-ours, in a folder of ours, that nobody else can write.
+The cache is NUL-separated text, read with a split: JSON would cost `json` and `re` (~4 ms) before
+the request is sent.
 
 Nothing here imports `socket` (its enum classes: ~4 ms): `_socket`, the C module it wraps, has what this
 needs.
@@ -25,7 +24,6 @@ the socket is when the file does not say, lives here and the loader uses it.
 from __future__ import annotations
 
 import _socket
-import marshal
 import os
 import stat
 
@@ -35,9 +33,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 # $FAILOVER_CLI_CACHE names another file (the tests' own); an empty value turns the cache off.
-CACHE = os.environ.get("FAILOVER_CLI_CACHE", "/run/failover/cli-cache.marshal")
+CACHE = os.environ.get("FAILOVER_CLI_CACHE", "/run/failover/cli-cache.v2")
 _CACHE_ENTRIES = 16  # cluster files remembered; the oldest is forgotten first
-_CACHE_VERSION = 2  # 1 was JSON, at another path
+_CACHE_FORMAT = b"failover cli cache 2"  # 1 was JSON, at another path
+_CACHE_FIELDS = 8
+_CACHE_MAX = 1 << 20  # bytes read of it at most
 
 
 def default_control_socket(cluster: str) -> Path:
@@ -162,15 +162,41 @@ def _read_cache() -> dict[str, Any]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or not _ours(st) or not _ours(os.stat(os.path.dirname(CACHE))):
             return {}
-        doc = marshal.loads(os.read(fd, 1 << 20))
-    except (OSError, ValueError, EOFError, TypeError):
+        data = os.read(fd, _CACHE_MAX)
+    except OSError:
         return {}
     finally:
         os.close(fd)
-    if not isinstance(doc, dict) or doc.get("version") != _CACHE_VERSION:
+    return _decoded(data)
+
+
+def _decoded(data: bytes) -> dict[str, Any]:
+    """The entries a cache file holds: NUL-separated fields after a first one naming the format, each
+    entry a path, the file's text and the two nodes' name, address and socket; empty if any of it is
+    not so. (No parser is imported for it: `json` would bring `re`, ~4 ms; `marshal` sizes its lists by
+    what the file says, so a damaged file could ask for gigabytes.)"""
+    fields = data.split(b"\0")
+    if fields[0] != _CACHE_FORMAT or fields[-1] != b"" or (len(fields) - 2) % _CACHE_FIELDS:
         return {}
-    entries = doc.get("entries")
-    return entries if isinstance(entries, dict) else {}
+    try:
+        words = [raw.decode("utf-8", "surrogateescape") for raw in fields[1:-1]]
+    except UnicodeDecodeError:
+        return {}
+    entries: dict[str, Any] = {}
+    for at in range(0, len(words), _CACHE_FIELDS):
+        path, text, *nodes = words[at:at + _CACHE_FIELDS]
+        entries[path] = {"text": text, "nodes": [nodes[:3], nodes[3:]]}
+    return entries
+
+
+def _encoded(entries: dict[str, Any]) -> bytes | None:
+    """What `_decoded` reads back as `entries`; None when a field holds a NUL (no cache then)."""
+    words: list[str] = []
+    for path, entry in entries.items():
+        words += [path, entry["text"], *entry["nodes"][0], *entry["nodes"][1]]
+    if any("\0" in word for word in words):
+        return None
+    return b"\0".join([_CACHE_FORMAT, *(w.encode("utf-8", "surrogateescape") for w in words), b""])
 
 
 def _from_cache(entry: object, text: str) -> tuple[NodeSocket, ...] | None:
@@ -200,7 +226,9 @@ def _write_cache(entries: dict[str, Any], key: str, text: str, found: tuple[Node
     entries.pop(key, None)
     entries[key] = {"text": text, "nodes": [[n.name, n.address, n.control_socket] for n in found]}
     kept = dict(list(entries.items())[-_CACHE_ENTRIES:])
-    data = marshal.dumps({"version": _CACHE_VERSION, "entries": kept})
+    data = _encoded(kept)
+    if data is None or len(data) > _CACHE_MAX:
+        return
     folder = os.path.dirname(CACHE)
     tmp = f"{CACHE}.{os.getpid()}.tmp"
     try:

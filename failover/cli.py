@@ -97,7 +97,7 @@ def agent_command_line(words: Sequence[str]) -> AgentCommandLine | None:
             continue
         option, equals, attached = word.partition("=")
         if not option.startswith("--"):
-            equals = ""  # `-c=x`: argparse's value would be "=x"; not read here
+            equals = ""  # `-c=x`, `-cx`: a short option's attached value is left to argparse
             option = word
         if option not in valued:
             return None

@@ -12,18 +12,18 @@ tests/integration/test_cli.py.
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from failover import agentsocket
 from failover.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,10 +192,12 @@ def test_a_cache_others_could_write_is_never_trusted(tmp_path: Path, forged_mode
     config = cluster_file(tmp_path, control_socket=tmp_path / "agent.sock")
     run_cli(tmp_path, "status", "-c", str(config))
     cache = tmp_path / "cache" / "cli.cache"
-    doc = marshal.loads(cache.read_bytes())
-    for row in doc["entries"][str(config)]["nodes"]:
+    entries = agentsocket._decoded(cache.read_bytes())
+    for row in entries[str(config)]["nodes"]:
         row[-1] = str(tmp_path / "elsewhere.sock")
-    cache.write_bytes(marshal.dumps(doc))
+    forged = agentsocket._encoded(entries)
+    assert forged is not None
+    cache.write_bytes(forged)
     cache.chmod(forged_mode)
     done, seen = run_cli(tmp_path, "status", "-c", str(config))
     assert seen is not None, done.stderr
@@ -205,21 +207,34 @@ def test_a_cache_others_could_write_is_never_trusted(tmp_path: Path, forged_mode
     assert ("yaml" in seen["modules"]) is not trusted
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"{not marshal", marshal.dumps({"version": 2, "entries": []}), marshal.dumps({"version": 99}),
-    marshal.dumps({"version": 2, "entries": {"x": 1}})[:-3],  # cut short
-    marshal.dumps([1, 2]), b'{"version": 1, "entries": {}}',  # the JSON cache of before
-])
-def test_a_broken_cache_is_read_past(tmp_path: Path, content: bytes) -> None:
+def _good_cache(config: Path) -> bytes:
+    nodes = [["live", "127.0.0.1", "/x.sock"], ["backup", "203.0.113.12", "/x.sock"]]
+    entry = {"text": config.read_text(), "nodes": nodes}
+    data = agentsocket._encoded({str(config): entry})
+    assert data is not None
+    return data
+
+
+@pytest.mark.parametrize("damage", [
+    lambda good: b"", lambda good: b"garbage", lambda good: good[:-1], lambda good: good[: len(good) // 2],
+    lambda good: good.replace(b"cache 2", b"cache 9"), lambda good: good.replace(b"live", b"\xff\xfe"),
+    lambda good: good + b"one\0more\0", lambda good: b'{"version": 1, "entries": {}}',  # the JSON of before
+    # A marshal cache (the format for a while) that asks for 2**31 list items: read as what it is, no cache.
+    lambda good: b"\xfb\xda\x07version[" + (0x7FFFFFFF).to_bytes(4, "little"),
+], ids=["empty", "garbage", "no-end", "half", "format", "not-utf8", "extra", "json", "marshal"])
+def test_a_broken_cache_is_read_past(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
     config = cluster_file(tmp_path, control_socket=tmp_path / "agent.sock")
     cache = tmp_path / "cache" / "cli.cache"
     cache.parent.mkdir(mode=0o700)
+    content = damage(_good_cache(config))
     cache.write_bytes(content)
     cache.chmod(0o600)
     done, seen = run_cli(tmp_path, "status", "-c", str(config))
     assert seen is not None and seen["address"] == str(tmp_path / "agent.sock"), done.stderr
     assert done.returncode == 3
-    assert marshal.loads(cache.read_bytes())["version"] == 2  # replaced by a good one
+    # Replaced by a good one, naming the socket the file names.
+    rewritten = agentsocket._decoded(cache.read_bytes())
+    assert rewritten[str(config)]["nodes"][0][2] == str(tmp_path / "agent.sock")
 
 
 def test_no_cache_when_turned_off(tmp_path: Path) -> None:
@@ -278,3 +293,17 @@ def test_a_good_file_moves_quietly(tmp_path: Path, stand_in_agent: tuple[Path, l
     done, _ = run_cli(tmp_path, "swap", "-c", str(config))
     assert done.returncode == 1
     assert done.stderr.splitlines() == ["swap FAILED: peer not alive; VIP on live"]
+
+
+def test_the_cache_reads_back_what_was_written_and_refuses_what_it_cannot_hold() -> None:
+    entries = {
+        "/etc/failover/cluster.yaml": {"text": "cluster: web\n# ünïcode ✓\n", "nodes": [
+            ["web1", "203.0.113.11", "/run/failover/web.sock"], ["web2", "2001:db8::12", "/run/b.sock"]]},
+        "/srv/\udcff-not-utf8.yaml": {"text": "", "nodes": [["a", "::1", "/a"], ["b", "127.0.0.1", "/b"]]},
+    }
+    data = agentsocket._encoded(entries)
+    assert data is not None
+    assert agentsocket._decoded(data) == entries
+    # A NUL would split a field in two: such a file is not cached (read with PyYAML each time).
+    entries["/etc/failover/cluster.yaml"]["text"] = "cluster: web\0\n"
+    assert agentsocket._encoded(entries) is None

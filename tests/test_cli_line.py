@@ -42,7 +42,8 @@ PLAIN = [
     ["swap", "--reason", "a", "--reason", "b"], ["swap", "--timeout", "1e3"], ["swap", "--timeout", " 7 "],
     ["swap", "--reason", "naïve \"quoted\" \\ back"], ["swap", "--reason", "x=y"], ["swap", "--config", ""],
 ]
-# Corners where the reader must decline (argparse reads or refuses them).
+# Corners of argparse's grammar: the reader declines them (argparse reads or refuses them), or reads them
+# exactly as argparse does (a timeout of nan or inf, say).
 CORNERS = [
     [], ["agent"], ["check"], ["swap", "-h"], ["swap", "--help"], ["status", "--help"], ["swap", "--jso"],
     ["swap", "--js"], ["swap", "--dry"], ["swap", "-cX"], ["swap", "-c=X"], ["swap", "-c"],
