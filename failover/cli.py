@@ -69,7 +69,8 @@ class AgentCommandLine:
         return line
 
 
-# What the quick reader takes: option -> attribute, and whether a value follows (else: the flag's value).
+# What the quick reader takes: options that a value follows, by the attribute they set; flags, by the
+# attribute and the value they set. Those of the moves only for swap and unswap, as in failover.cliparser.
 _VALUED = {"-c": "config", "--config": "config", "--node": "node"}
 _MOVE_VALUED = {"--timeout": "timeout", "--reason": "reason"}
 _FLAGS: dict[str, tuple[str, bool]] = {"--json": ("json", True)}

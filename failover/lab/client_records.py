@@ -51,6 +51,7 @@ class LoadSummary:
     stalled_over_1s: int
     max_gap_ms: float
     served_by: dict[str, int]
+    max_gap_from: float | None = None  # the response end (monotonic) the largest gap began at
 
 
 def summarize(
@@ -62,13 +63,15 @@ def summarize(
     ]
     ok = [r for r in window if r.ok]
     ends = sorted(r.end for r in ok)
-    max_gap = max((b - a for a, b in itertools.pairwise(ends)), default=0.0)
+    gap_from, max_gap = max(((a, b - a) for a, b in itertools.pairwise(ends)), key=lambda g: g[1],
+                            default=(None, 0.0))
     return LoadSummary(
         requests=len(window),
         failed=len(window) - len(ok),
         stalled_over_1s=sum(1 for r in ok if r.end - r.start >= 1.0),
         max_gap_ms=max_gap * 1000.0,
         served_by=dict(Counter(r.served_by for r in ok)),
+        max_gap_from=gap_from,
     )
 
 

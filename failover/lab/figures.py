@@ -60,6 +60,9 @@ def move_figures(
         "failed": total.failed,
         "stalled_over_1s": total.stalled_over_1s,
         "max_gap_ms": round(total.max_gap_ms, 3),
+        # Where in the run the largest gap began, from the action: a move's, or something else's.
+        "max_gap_from_ms": None if total.max_gap_from is None else round(
+            (total.max_gap_from - action_at) * 1000.0, 1),
         "first_response_ms": None if first is None else round((first.end - action_at) * 1000.0, 3),
         "keepalive_resets": int(keepalive.get("resets", 0)),
         "keepalive_requests": int(keepalive.get("requests", 0)),

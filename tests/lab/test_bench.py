@@ -61,6 +61,7 @@ def test_move_figures_from_one_loads_records() -> None:
     assert fig["stalled_over_1s"] == 1
     assert fig["first_response_ms"] == pytest.approx(30.0)
     assert fig["max_gap_ms"] == pytest.approx(1059.0)
+    assert fig["max_gap_from_ms"] == pytest.approx(41.0)  # it began at the end of the last quick answer
     assert fig["keepalive_resets"] == 1
     assert fig["served_before"] == 1  # the one ending at t-0.009 started after t-0.05
     assert fig["served_by"] == {"live": 2, "backup": 3}
@@ -68,6 +69,7 @@ def test_move_figures_from_one_loads_records() -> None:
 
 def test_move_figures_without_an_answer_from_the_target() -> None:
     fig = bench.move_figures([req(1.0, 1.001)], {}, 2.0, "backup")
+    assert fig["max_gap_from_ms"] is None  # one answer: no gap between two
     assert fig["first_response_ms"] is None
     assert fig["keepalive_resets"] == 0
 
