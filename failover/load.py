@@ -41,24 +41,28 @@ def recent_rate(
     than the true one over the span. Reading stops after PAST_IN_A_ROW lines in a row past the span.
     """
     try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            lines = list(_lines_backwards(f.fileno(), size))
-            # No line with a character in it: blank, unless a line longer than the tail was cut away.
-            blank = not any(line.strip() for line in lines) and not os.pread(
-                f.fileno(), TAIL_BYTES, max(0, size - TAIL_BYTES)
-            ).strip()
+        f = path.open("rb")
     except OSError as err:
         return None, f"{path}: {err.strerror or err}"
-    if blank:
-        # Known, not unknown: nobody was served since the log began (a quiet site, or one just rotated).
-        return 0.0, f"{path}: empty, no request since it began"
-    counted, oldest, parsed, full, past = 0, 0.0, 0, False, 0
+    with f:
+        try:
+            return _rate(f.fileno(), path, log_format, vip, exclude, now)
+        except OSError as err:
+            return None, f"{path}: {err.strerror or err}"
+
+
+def _rate(
+    fd: int, path: Path, log_format: LogFormat, vip: str, exclude: Collection[str], now: datetime
+) -> tuple[float | None, str]:
+    size = os.fstat(fd).st_size
+    counted, oldest, parsed, full, past, any_text = 0, 0.0, 0, False, 0, False
     start_at: datetime | None = None  # the time stamp the span begins at, once enough counted
     batch: list[LogEntry] = []
-    for raw in lines:
+    # Read as it is parsed: at 200 requests a second the span is met in the last ~70 KiB of the tail.
+    for raw in _lines_backwards(fd, size):
         entry = log_format.parse(raw.decode("utf-8", "replace"))
         if entry is None or entry.time is None:
+            any_text = any_text or bool(raw.strip())
             continue
         parsed += 1
         age = _age(entry, now)
@@ -79,6 +83,11 @@ def recent_rate(
             start_at = entry.time
     counted += _counted(batch, vip, exclude, log_format)
     if not parsed:
+        # Nothing parsed, so every line was read: no line with a character in it is a blank log, unless a
+        # line longer than the tail was cut away.
+        if not any_text and not os.pread(fd, TAIL_BYTES, max(0, size - TAIL_BYTES)).strip():
+            # Known, not unknown: nobody was served since the log began (a quiet site, or one just rotated).
+            return 0.0, f"{path}: empty, no request since it began"
         return None, f"{path}: no parsable lines in its last {min(TAIL_BYTES, size)} bytes"
     span = oldest if start_at is not None or not full else WINDOW_S
     if span < MIN_SPAN_S:
