@@ -41,14 +41,10 @@ def recent_rate(
     than the true one over the span. Reading stops after PAST_IN_A_ROW lines in a row past the span.
     """
     try:
-        f = path.open("rb")
+        with path.open("rb") as f:
+            return _rate(f.fileno(), path, log_format, vip, exclude, now)
     except OSError as err:
         return None, f"{path}: {err.strerror or err}"
-    with f:
-        try:
-            return _rate(f.fileno(), path, log_format, vip, exclude, now)
-        except OSError as err:
-            return None, f"{path}: {err.strerror or err}"
 
 
 def _rate(
@@ -81,7 +77,8 @@ def _rate(
         batch = []
         if start_at is None and counted >= ENOUGH_REQUESTS and age >= ENOUGH_SPAN_S:
             start_at = entry.time
-    counted += _counted(batch, vip, exclude, log_format)
+    if batch:
+        counted += _counted(batch, vip, exclude, log_format)
     if not parsed:
         # Nothing parsed, so every line was read: no line with a character in it is a blank log, unless a
         # line longer than the tail was cut away.

@@ -160,16 +160,26 @@ def test_an_entry_that_cannot_be_written_is_reported_and_the_next_one_written(tm
 
 
 def test_came_from_looks_back_as_far_as_the_answer_and_no_further(tmp_path: Path) -> None:
-    path = tmp_path / "journal.jsonl"
-    journal.append(path, {"kind": "swap", "epoch": 1, "ok": True, "holder": "backup"})
-    for epoch in range(2, 252):  # 250 entries after it that brought the VIP nowhere new
-        journal.append(path, {"kind": "swap", "epoch": epoch, "ok": False, "holder": "live"})
+    path, pad = tmp_path / "journal.jsonl", "x" * 800  # entries of a real journal's size
+    journal.append(path, {"kind": "swap", "epoch": 1, "ok": True, "holder": "backup", "pad": pad})
+    for epoch in range(2, 201):  # 199 entries after it that brought the VIP nowhere new: it is the 200th
+        journal.append(path, {"kind": "swap", "epoch": epoch, "ok": False, "holder": "live", "pad": pad})
     with path.open("ab") as f:
         f.write(b'{"torn": \n\n[1, 2]\n')  # a torn line, a blank one, a line that is no entry: not counted
-    assert journal.came_from(path, "backup") is None  # 201 entries back: past the 200 looked at
-    found = journal.came_from(path, "backup", within=251)
+    assert path.stat().st_size > 2 * journal.TAIL_CHUNK  # read back across chunks
+    found = journal.came_from(path, "backup")
+    assert found is not None and found["epoch"] == 1
+    journal.append(path, {"kind": "swap", "epoch": 201, "ok": False, "holder": "live"})
+    assert journal.came_from(path, "backup") is None  # now the 201st: past the 200 looked at
+    found = journal.came_from(path, "backup", within=201)
     assert found is not None and found["epoch"] == 1
     assert journal.came_from(path, "live") is None  # none of them succeeded
-    journal.append(path, {"kind": "unswap", "epoch": 252, "ok": True, "holder": "live"})
+    journal.append(path, {"kind": "unswap", "epoch": 202, "ok": True, "holder": "live"})
     found = journal.came_from(path, "live", within=1)
-    assert found is not None and found["epoch"] == 252
+    assert found is not None and found["epoch"] == 202
+
+
+def test_came_from_an_unreadable_journal_says_so(tmp_path: Path) -> None:
+    (tmp_path / "journal.jsonl").mkdir()  # a directory where the file should be: open() fails
+    with pytest.raises(journal.JournalError, match="cannot read"):
+        journal.came_from(tmp_path / "journal.jsonl", "live")
