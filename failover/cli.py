@@ -110,13 +110,26 @@ def agent_command_line(words: Sequence[str]) -> AgentCommandLine | None:
             return None
         name = valued[option]
         if name == "timeout":
-            try:
-                setattr(line, name, float(text))  # argparse's type=float
-            except ValueError:
+            seconds = timeout_seconds(text)  # as argparse's type= reads it (failover.cliparser)
+            if seconds is None:
                 return None
+            setattr(line, name, seconds)
         else:
             setattr(line, name, text)
     return line
+
+
+MAX_TIMEOUT_S = 1e9  # what a socket's timeout can hold here (1e10 overflows time_t's conversion)
+
+
+def timeout_seconds(text: str) -> float | None:
+    """`--timeout`'s value: a number of seconds above 0 and at most MAX_TIMEOUT_S, or None (a usage
+    error: before, -1, nan or inf got as far as the socket and ended in a traceback)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_TIMEOUT_S else None  # nan compares false: refused too
 
 
 def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:

@@ -35,6 +35,18 @@ examples:
 """
 
 
+def _timeout(text: str) -> float:
+    seconds = cli.timeout_seconds(text)
+    if seconds is None:
+        try:
+            float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None  # as type=float said
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {cli.MAX_TIMEOUT_S:.0e}: {text!r}")
+    return seconds
+
+
 def _as_path(text: str) -> Path:
     return Path(text)
 
@@ -84,7 +96,7 @@ def parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(move, help=text)
         with_config(sp)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
-        sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the outcome")
+        sp.add_argument("--timeout", type=_timeout, default=60.0, help="seconds to wait for the outcome")
         sp.add_argument("--reason", default="", help="why, in words: written to the journal")
         sp.add_argument("--wait-drained", action=argparse.BooleanOptionalAction, default=True,
                         help="return once the old holder's connections to the VIP have ended (its drain), "

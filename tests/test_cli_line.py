@@ -93,6 +93,20 @@ def test_a_declined_line_still_gets_argparse_s_answer(capsys: pytest.CaptureFixt
     assert "argument --timeout: invalid float value: 'soon'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["-1", "0", "-0.0", "nan", "inf", "-inf", "1e10"])
+def test_a_timeout_no_socket_can_wait_is_a_usage_error(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, these reached settimeout and ended in a traceback, exit 1.
+    assert cli.agent_command_line(["swap", "--timeout", value]) is None
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["swap", f"--timeout={value}"])
+    assert exit_.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    expected = f"argument --timeout: must be a number of seconds above 0 and at most 1e+09: '{value}'"
+    assert err.endswith(expected)
+
+
 @pytest.mark.parametrize("text", ["", "plain", 'a "quote"', "back\\slash", "new\nline\ttab\x00\x1f\x7f",
                                   "naïve \u2013 ünïcode ✓ 𝄞", "\udcff lone surrogate", "</script>"])
 def test_the_request_line_is_json_s(text: str) -> None:
