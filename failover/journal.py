@@ -10,6 +10,7 @@ the one way a small state file is replaced (temporary file, fsync, rename, fsync
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -124,13 +125,11 @@ def _lines_from_end(path: Path) -> Iterator[bytes]:
         yield rest
 
 
-def read(path: Path, last: int | None = None) -> list[dict[str, Any]]:
-    """The newest `last` entries (all when None), oldest first; [] when there is no journal yet."""
-    entries: list[dict[str, Any]] = []
+def _entries_from_end(path: Path) -> Iterator[dict[str, Any]]:
+    """The journal's entries, newest first, read as they are asked for; none when there is no journal
+    yet, JournalError when it cannot be read."""
     try:
         for raw in _lines_from_end(path):
-            if last is not None and len(entries) >= last:
-                break
             if not raw.strip():
                 continue
             try:
@@ -138,11 +137,16 @@ def read(path: Path, last: int | None = None) -> list[dict[str, Any]]:
             except ValueError:
                 continue  # a line torn by a crash mid-write
             if isinstance(entry, dict):
-                entries.append(entry)
+                yield entry
     except FileNotFoundError:
-        return []
+        return
     except OSError as err:
         raise JournalError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def read(path: Path, last: int | None = None) -> list[dict[str, Any]]:
+    """The newest `last` entries (all when None), oldest first; [] when there is no journal yet."""
+    entries = list(itertools.islice(_entries_from_end(path), last))
     entries.reverse()
     return entries
 
@@ -151,25 +155,7 @@ def came_from(path: Path, holder: str, *, within: int = 200) -> dict[str, Any] |
     """The newest journalled move or takeover that brought the VIP to `holder`, if any, among the newest
     `within` entries. Read from the end and only as far as the answer: an unswap asks before it starts,
     and parsing the whole 200 (~1 KB each) took 5-7 ms here where the newest entry is most often it."""
-    seen = 0
-    try:
-        for raw in _lines_from_end(path):
-            if seen >= within:
-                break
-            if not raw.strip():
-                continue
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue  # a line torn by a crash mid-write
-            if not isinstance(entry, dict):
-                continue
-            seen += 1
-            if entry.get("ok") and entry.get("holder") == holder:
-                found: dict[str, Any] = entry
-                return found
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise JournalError(f"{path}: cannot read: {err.strerror or err}") from None
+    for entry in itertools.islice(_entries_from_end(path), within):
+        if entry.get("ok") and entry.get("holder") == holder:
+            return entry
     return None
