@@ -141,58 +141,16 @@ def _parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     line = agent_command_line(words)
-    if line is not None:
-        return _run_agent_command(line)
-    args = _parser(agent_commands_only=bool(words) and words[0] in AGENT_COMMANDS).parse_args(words)
-    if args.command in AGENT_COMMANDS:
-        return _run_agent_command(AgentCommandLine.of(args))
+    args = None
+    if line is None:
+        args = _parser(agent_commands_only=bool(words) and words[0] in AGENT_COMMANDS).parse_args(words)
+        if args.command in AGENT_COMMANDS:
+            line = AgentCommandLine.of(args)
     try:
-        if args.command == "lab":
-            from failover.lab.commands import run
-
-            return run(args)
-        if args.command == "keygen":
-            from failover.keygen import run as keygen
-
-            return keygen(args.path)
-        if args.command == "reference":
-            from failover.reference import render
-
-            print(render(), end="")
-            return EXIT_OK
-        from failover.config import load_config
-
-        config = load_config(args.config)
-        if args.command == "agent":
-            return _agent(config, args)
-        node = own_node(config, args.node)
-        if args.command == "check":
-            return _check(config, node, args.json)
-        if args.command == "history":
-            return _history(node, args.json, args.n)
-        return _one_shot(args.command, config, node, args.json)
-    except control.ControlError as err:
-        print(f"failover: {err}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except KeyboardInterrupt:
-        return 130
-    except Exception as err:
-        from failover.config import ConfigError
-
-        if not isinstance(err, ConfigError):
-            raise
-        if args.command == "check":
-            from failover import check
-
-            # `check` reports a bad file like every other finding, in the format asked for.
-            return _report([check.Finding("cluster file", check.FAIL, str(err))], args.json)
-        print(f"failover: {err}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _run_agent_command(line: AgentCommandLine) -> int:
-    try:
-        return _to_agent(line)
+        if line is not None:
+            return _to_agent(line)
+        assert args is not None
+        return _other_command(args)
     except control.ControlError as err:
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -204,8 +162,40 @@ def _run_agent_command(line: AgentCommandLine) -> int:
 
         if not isinstance(err, ConfigError):
             raise
+        if args is not None and args.command == "check":
+            from failover import check
+
+            # `check` reports a bad file like every other finding, in the format asked for.
+            return _report([check.Finding("cluster file", check.FAIL, str(err))], args.json)
         print(f"failover: {err}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _other_command(args: argparse.Namespace) -> int:
+    if args.command == "lab":
+        from failover.lab.commands import run
+
+        return run(args)
+    if args.command == "keygen":
+        from failover.keygen import run as keygen
+
+        return keygen(args.path)
+    if args.command == "reference":
+        from failover.reference import render
+
+        print(render(), end="")
+        return EXIT_OK
+    from failover.config import load_config
+
+    config = load_config(args.config)
+    if args.command == "agent":
+        return _agent(config, args)
+    node = own_node(config, args.node)
+    if args.command == "check":
+        return _check(config, node, args.json)
+    if args.command == "history":
+        return _history(node, args.json, args.n)
+    return _one_shot(args.command, config, node, args.json)
 
 
 class _Agent:
