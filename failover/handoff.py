@@ -412,6 +412,11 @@ def _read_dump(nl: socket.socket) -> list[_Socket]:
             if length < 16:
                 raise OSError(f"sock_diag: a message of {length} bytes")
             if kind == _NLMSG_DONE:
+                # A dump that failed once begun (no tcp_diag, say) says so here, not in an NLMSG_ERROR:
+                # read as "no sockets", the fallback would never run and the record would miss some.
+                (done,) = struct.unpack_from("=i", data, offset + 16) if length >= 20 else (0,)
+                if done < 0:
+                    raise OSError(-done, f"sock_diag: {os.strerror(-done)}")
                 return found
             if kind == _NLMSG_ERROR:
                 (error,) = struct.unpack_from("=i", data, offset + 16)

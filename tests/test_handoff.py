@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import struct
 from ipaddress import IPv6Address, ip_address
 
 import pytest
 
+from failover import handoff
 from failover.handoff import HandoffError, _address, _nft_command, handoff_rule, ruleset
 from tests import nsutil
 
@@ -154,3 +157,43 @@ def test_libnftables_is_given_what_nft_would_have_run() -> None:
     assert _nft_command(["-j", "list", "table", "ip", "t"], None) == (True, "list table ip t")
     delete = ["delete", "chain", "ip", "t", "handoff"]
     assert _nft_command(delete, None) == (False, "delete chain ip t handoff")
+
+
+class _KernelSaying:
+    """Stands in for a netlink socket on a kernel this machine is not (one without TCPDIAG_GETSOCK, or
+    without tcp_diag): answers each request with the next reply given, recording what was asked."""
+
+    def __init__(self, *replies: bytes) -> None:
+        self.replies, self.sent = list(replies), list[int]()
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(struct.unpack_from("=H", data, 4)[0])  # the message type asked
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        return self.replies.pop(0)
+
+
+def _done(errno_: int = 0) -> bytes:
+    return struct.pack("=IHHIIi", 20, 3, 2, 0, 0, -errno_)  # NLMSG_DONE carrying the dump's outcome
+
+
+def _error(errno_: int) -> bytes:
+    return struct.pack("=IHHIIi", 36, 2, 0, 0, 0, -errno_) + bytes(16)  # NLMSG_ERROR
+
+
+def test_a_dump_that_failed_is_an_error_not_an_empty_list() -> None:
+    vip = ip_address("203.0.113.10")
+    with pytest.raises(OSError) as err:
+        handoff._read_dump(_KernelSaying(_done(errno.ENOENT)))  # type: ignore[arg-type]
+    assert err.value.errno == errno.ENOENT
+    assert handoff._read_dump(_KernelSaying(_done())) == []  # type: ignore[arg-type]  # ended well
+    # Refused at once (EINVAL) or failed once begun (ENOENT): a walk per family, then their answers.
+    for refusal in (_error(errno.EINVAL), _done(errno.ENOENT)):
+        nl = _KernelSaying(refusal, _done(), _done())
+        assert handoff._tcp_sockets(vip, handoff._CONNECTED, nl) == []  # type: ignore[arg-type]
+        assert nl.sent == [18, 20, 20]
+    nl = _KernelSaying(_done(errno.ENOENT), _done(errno.ENOENT))  # no tcp_diag at all: said, not hidden
+    with pytest.raises(OSError) as err:
+        handoff._tcp_sockets(vip, handoff._CONNECTED, nl)  # type: ignore[arg-type]
+    assert err.value.errno == errno.ENOENT and nl.sent == [18, 20]
