@@ -47,7 +47,7 @@ class AgentCommandLine:
     __slots__ = ("command", "config", "dry_run", "json", "node", "reason", "timeout", "wait_drained")
 
     def __init__(self, command: str) -> None:
-        # argparse's defaults (failover.cliparser): one set of them, checked by tests/test_cli_line.py.
+        # Also argparse's defaults (failover.cliparser takes them from here).
         self.command = command
         self.config = DEFAULT_CONFIG
         self.node: str | None = None

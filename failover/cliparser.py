@@ -80,6 +80,8 @@ def parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     default_config = cli.DEFAULT_CONFIG  # read now: $FAILOVER_CONFIG, or a test's
+    # The agent commands' defaults are the quick reader's (cli.AgentCommandLine): one set of them.
+    defaults = cli.AgentCommandLine("swap")
 
     def with_config(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("-c", "--config", default=default_config,
@@ -96,9 +98,11 @@ def parser(*, agent_commands_only: bool = False) -> argparse.ArgumentParser:
         sp = sub.add_parser(move, help=text)
         with_config(sp)
         sp.add_argument("--json", action="store_true", help="print one JSON document")
-        sp.add_argument("--timeout", type=_timeout, default=60.0, help="seconds to wait for the outcome")
-        sp.add_argument("--reason", default="", help="why, in words: written to the journal")
-        sp.add_argument("--wait-drained", action=argparse.BooleanOptionalAction, default=True,
+        sp.add_argument("--timeout", type=_timeout, default=defaults.timeout,
+                        help="seconds to wait for the outcome")
+        sp.add_argument("--reason", default=defaults.reason, help="why, in words: written to the journal")
+        sp.add_argument("--wait-drained", action=argparse.BooleanOptionalAction,
+                        default=defaults.wait_drained,
                         help="return once the old holder's connections to the VIP have ended (its drain), "
                              "so that it may go down (default); --no-wait-drained: once the move is done")
         sp.add_argument("--dry-run", action="store_true",
