@@ -1,4 +1,5 @@
-"""The old holder's VIP changes around a drain: the connection hold is taken beside the release.
+"""The old holder's VIP changes around a drain: the connection hold is taken, and its connections
+counted, once the release is done and reported, not beside the netlink changes.
 
 VipChanges on a real event loop; the netlink link and the connection hold are stand-ins (their real
 behaviour is tests/test_netlink.py's and tests/test_connectionhold.py's), so that a take can be made to
@@ -20,10 +21,12 @@ from failover.agentcontext import AgentContext
 from failover.connectionhold import HoldError
 from tests.labconfig import lab_config
 
+TRACE: list[str] = []  # what the link, the report, the counts and the take did, in order
+
 
 class Link:
     def __init__(self) -> None:
-        self.done: list[str] = []
+        self.done = TRACE
 
     async def start_drain(self) -> None:
         self.done.append("start-drain")
@@ -54,6 +57,7 @@ class Hold:
         Hold.made.append(self)
 
     def take(self) -> int:
+        TRACE.append("take")
         self.gate.wait(10)
         if self.fail:
             raise HoldError("injected: the take failed")
@@ -66,13 +70,21 @@ class Hold:
 @pytest.fixture
 def changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[vipchanges.VipChanges, Link]:
     Hold.made = []
+    TRACE.clear()
     monkeypatch.setattr(vipchanges, "ConnectionHold", Hold)
     monkeypatch.setattr(vipchanges, "hold_limit", lambda: 100)
 
     async def idle(*_: Any) -> None:
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(vipchanges, "count_while_draining", idle)
+    async def count(*_: Any) -> None:
+        TRACE.append("count")
+        await asyncio.Event().wait()
+
+    def report(event: Any) -> None:
+        TRACE.append(f"reported {type(event).__name__}")
+
+    monkeypatch.setattr(vipchanges, "count_while_draining", count)
     monkeypatch.setattr(vipchanges, "hold_while_draining", idle)
     config = lab_config(tmp_path)
 
@@ -82,7 +94,7 @@ def changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[vipchanges
     async def durable(_: int) -> None:
         return None
 
-    ctx = AgentContext(config, config.node("live"), report=lambda _: None, spawn=spawn,
+    ctx = AgentContext(config, config.node("live"), report=report, spawn=spawn,
                        now=lambda: asyncio.get_running_loop().time())
     link = Link()
     return vipchanges.VipChanges(ctx, link, fault="", failed=lambda: None, durable=durable), link  # type: ignore[arg-type]
@@ -98,7 +110,7 @@ def test_the_release_does_not_wait_for_the_take_but_the_drain_hooks_do(
         vc.put(protocol.StartDrain(1))
         vc.put(protocol.Release(1, "swap"))
         await asyncio.wait_for(vc.done(), 2.0)
-        assert link.done == ["start-drain", "release"]  # while the take still runs
+        assert link.done[:3] == ["start-drain", "release", "reported ReleaseDone"]  # the take still runs
         await asyncio.wait_for(vc.held(2), 0.5)  # another drain's hooks have nothing to wait for
         waiting = asyncio.get_running_loop().create_task(vc.held(1))
         await asyncio.sleep(0.2)
@@ -118,8 +130,10 @@ def test_a_failed_take_of_an_earlier_drain_leaves_the_later_hold_alone(
     async def scenario() -> None:
         carrying = asyncio.get_running_loop().create_task(vc.carry_out())
         vc.put(protocol.StartDrain(1))
+        vc.put(protocol.Release(1, "swap"))
         await asyncio.wait_for(vc.done(), 2.0)
         vc.put(protocol.StartDrain(2))  # a second drain while the first one's take is still running
+        vc.put(protocol.Release(2, "swap"))
         await asyncio.wait_for(vc.done(), 2.0)
         first, second = Hold.made
         assert first.closed and not second.closed  # the new drain let go of the old hold
@@ -129,6 +143,51 @@ def test_a_failed_take_of_an_earlier_drain_leaves_the_later_hold_alone(
         assert not second.closed  # the old take's failure is not the new drain's end
         second.gate.set()
         await asyncio.wait_for(vc.held(2), 2.0)
+        carrying.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_drain_is_counted_and_held_only_once_its_release_is_reported(
+    changes: tuple[vipchanges.VipChanges, Link],
+) -> None:
+    """Both are threads: beside the netlink changes they held the loop up (the GIL) on the way to the
+    Released, which the report sends."""
+    vc, _ = changes
+
+    async def scenario() -> None:
+        carrying = asyncio.get_running_loop().create_task(vc.carry_out())
+        vc.put(protocol.StartDrain(1))
+        vc.put(protocol.Release(1, "swap"))
+        await asyncio.wait_for(vc.done(), 2.0)
+        for _ in range(100):
+            if "take" in TRACE:
+                break
+            await asyncio.sleep(0.01)
+        assert TRACE[:3] == ["start-drain", "release", "reported ReleaseDone"]
+        assert sorted(TRACE[3:]) == ["count", "take"]
+        Hold.made[0].gate.set()
+        await asyncio.wait_for(vc.held(1), 2.0)
+        carrying.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_drain_ended_before_its_release_is_carried_out_is_neither_counted_nor_held(
+    changes: tuple[vipchanges.VipChanges, Link],
+) -> None:
+    vc, _ = changes
+
+    async def scenario() -> None:
+        carrying = asyncio.get_running_loop().create_task(vc.carry_out())
+        vc.put(protocol.StartDrain(1))
+        vc.put(protocol.Release(1, "swap"))
+        vc.put(protocol.EndDrain(1))  # the core ended it at once (a claim seen here, say)
+        await asyncio.wait_for(vc.done(), 2.0)
+        await asyncio.sleep(0.1)
+        assert TRACE == ["start-drain", "release", "reported ReleaseDone", "end-drain"]
+        assert Hold.made[0].closed
+        await asyncio.wait_for(vc.held(1), 0.5)  # its hooks have no take to wait for
         carrying.cancel()
 
     asyncio.run(scenario())
