@@ -91,7 +91,8 @@ def node_sockets(path: str | Path) -> tuple[NodeSocket, ...] | None:
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        text = raw.decode("utf-8-sig")
+        # utf-8-sig's reading, without importing its codec (~1 ms of a CLI start here).
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode()
     except (OSError, ValueError):
         return None
     key = os.path.abspath(path)

@@ -32,7 +32,8 @@ HEAVY = ("failover.config", "failover.check", "failover.lab", "failover.netlink"
          "asyncio", "dataclasses", "typing", "pathlib", "argparse", "failover.cliparser")
 # Once the cache knows the file: not PyYAML either, nor the stdlib's slower starts (~4 ms each here, PyYAML
 # needs re): those come once the request is sent, if at all.
-CACHED_HEAVY = (*HEAVY, "yaml", "socket", "json", "re", "enum", "contextlib", "failover.control")
+CACHED_HEAVY = (*HEAVY, "yaml", "socket", "json", "re", "enum", "contextlib", "failover.control",
+                "encodings.utf_8_sig")
 
 BAD_HEARTBEAT = "  dead_after_ms: fast\n"  # line 9 of cluster_file()
 
@@ -169,6 +170,17 @@ def test_a_socket_path_written_unlike_the_loaders_goes_where_the_loader_says(
         assert seen is not None and seen["address"] == str(sock), done.stderr
         assert done.returncode == 3, done.stderr
         assert done.stderr.strip() == f"failover: no agent socket at {sock}; is `failover agent` running?"
+
+
+def test_a_file_that_begins_with_a_byte_order_mark_is_read_as_the_loader_reads_it(tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+    config = cluster_file(tmp_path, control_socket=sock)
+    config.write_bytes(b"\xef\xbb\xbf" + config.read_bytes())
+    assert load_config(config).node("live").control_socket == sock
+    for _ in range(2):  # unknown to the cache, then known
+        done, seen = run_cli(tmp_path, "status", "-c", str(config))
+        assert seen is not None and seen["address"] == str(sock), done.stderr
+        assert done.returncode == 3, done.stderr
 
 
 def test_an_edited_file_is_read_again(tmp_path: Path) -> None:
