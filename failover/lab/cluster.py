@@ -99,6 +99,18 @@ def cluster_document(
     return doc
 
 
+def cli_command() -> list[str]:
+    """How an operator starts the CLI: the `failover` script that installing the project put beside this
+    interpreter (what the README has them type), or `python -m failover` where there is none of ours."""
+    script = Path(sys.executable).with_name("failover")
+    try:
+        with open(script, "rb") as f:
+            ours = f.readline().strip() == b"#!" + os.fsencode(sys.executable)
+    except OSError:
+        ours = False
+    return [str(script)] if ours else [sys.executable, "-m", "failover"]
+
+
 class LabCluster:
     def __init__(
         self,
@@ -241,7 +253,7 @@ class LabCluster:
             from failover.config import load_config
 
             timeout = load_config(self.config_path).swap.drain_max_ms / 1000 + MOVE_MARGIN_S
-        argv = [sys.executable, "-m", "failover", move, "-c", str(self.config_path), "--node", via, "--json"]
+        argv = [*cli_command(), move, "-c", str(self.config_path), "--node", via, "--json"]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         # Compiled modules, as an installed failover has them (pip compiles them at install), also where
         # this process was told not to write any: compiled once per lab, beside the sources (gitignored).
