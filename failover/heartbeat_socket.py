@@ -131,10 +131,16 @@ class HeartbeatSocket:
                 if wait <= 0:
                     with self._lock:
                         self._timer()
-                    timeout = 0  # what queued meanwhile is read before the deadline is looked at again
-                else:
-                    # poll() counts whole milliseconds: rounded up, the wait never ends before the deadline.
-                    timeout = math.ceil(min(wait, MAX_WAIT) * 1000)
+                        # The next deadline now, not at another turn of the loop: a wake-up costs each
+                        # look at the core and each poll() again (an idle holder's wake-ups are its timer).
+                        if self._closed:
+                            return
+                        until = self._deadline()
+                        self._waiting_until = until
+                    wait = until - time.monotonic()
+                # What queued meanwhile is read before a deadline that is due already is handled.
+                # poll() counts whole milliseconds: rounded up, the wait never ends before the deadline.
+                timeout = 0 if wait <= 0 else math.ceil(min(wait, MAX_WAIT) * 1000)
                 for fd, _ in self._poll.poll(timeout):
                     if fd == self._wake:
                         with contextlib.suppress(BlockingIOError):

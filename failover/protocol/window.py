@@ -74,8 +74,12 @@ class AnswerTimes:
         self._sample: deque[float] = deque(maxlen=SAMPLE_SIZE)
         self.measured = 0  # measurements reported since start
         self.unanswered = 0  # of which got no answer
+        # window() of the sample as it is: asked at every look at the timer (each heartbeat a standby hears),
+        # and a new figure comes only every probe.measure_every_ms.
+        self._window: ProbeWindow | None = None
 
     def add(self, rtt: float | None) -> None:
+        self._window = None
         self.measured += 1
         if rtt is None or rtt >= self.configured.wait:
             self.unanswered += 1 if rtt is None else 0
@@ -95,6 +99,11 @@ class AnswerTimes:
 
     def window(self) -> ProbeWindow:
         """The takeover probe's window now."""
+        if self._window is None:
+            self._window = self._window_of_sample()
+        return self._window
+
+    def _window_of_sample(self) -> ProbeWindow:
         rtt, spread = self.rtt(), self.spread()
         wait = self.configured.wait
         if not self.enough or rtt is None or spread is None or wait <= 0:
