@@ -52,10 +52,12 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("auth.previous_key_file", "the old key, still accepted while the keys are rotated host by host",
         "auth.previous_key_file"),
     Key("heartbeat.port", "UDP port of the heartbeats between the nodes' own addresses", "heartbeat.port"),
-    Key("heartbeat.interval_ms", "one heartbeat every this many ms (the standby answers the holder's: "
-        "its own then at most 1.25 x apart)", "heartbeat.interval_ms"),
+    Key("heartbeat.interval_ms", "the holder sends a heartbeat every this many ms; the standby answers "
+        "the holder's, and while no move or drain runs only one in round(50 / `interval_ms`) of them "
+        "(5 at 10 ms; every one at 50 ms or more), saying so in each", "heartbeat.interval_ms"),
     Key("heartbeat.dead_after_ms", "the peer counts as silent after this long without a heartbeat "
-        "(at least 2 x `interval_ms`)", "heartbeat.dead_after_ms"),
+        "(at least 2 x `interval_ms`); for the holder, a standby that sends one in N only after "
+        "(N + 0.25) x this", "heartbeat.dead_after_ms"),
     Key("announce.schedule_ms", "gratuitous ARP / unsolicited NA rounds, ms after a claim",
         "announce.schedule_ms"),
     Key("swap.step_timeout_ms", "each step of a swap; also the rollback timer", "swap.step_timeout_ms"),

@@ -49,6 +49,10 @@ class Heartbeat(Message):
     digest: str
     healthy: bool = True
     keys: str = ""  # fingerprints of the keys this sender accepts, comma-separated (key rotation)
+    # The longest the sender means to wait for its next heartbeat, in ms: a standby of a holder it hears
+    # sends less often than the holder (Node._standby_beats), and says so. 0: an agent older than this,
+    # which sends every heartbeat_interval_ms and judges its peer by dead_after_ms alone.
+    every_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from failover.protocol.runs import (
     TakeoverRun,
     TargetRun,
 )  # fmt: skip
-from failover.protocol.setup import NodeSetup
+from failover.protocol.setup import ANSWER_NEXT, NodeSetup
 from failover.protocol.states import (
     DRAIN,
     DRAIN_WAIT,
@@ -56,9 +56,8 @@ from failover.protocol.takeover import Takeover
 from failover.protocol.timeouts import HEARTBEATS, seconds
 
 # The standby answers the holder's heartbeats (Node._answer_heartbeat): when its own is due within this
-# much of an interval, and its next is then due this many intervals on.
+# much of an interval (and its next is then due setup.ANSWER_NEXT intervals on, or more when idle).
 ANSWER_WITHIN = 0.5
-ANSWER_NEXT = 1.25
 ANSWER_MIN_DEAD_AFTER = 3  # intervals of dead_after at least, for the standby to answer
 # A timer handled this much later than asked is ordinary (poll()'s millisecond, a busy moment); past it,
 # the host held this agent off the CPU, and its web server and clients' packets with it.
@@ -216,9 +215,14 @@ class Node(PeerWatch, HostWatch):
             self.start.dry_run(move, now, cid)
         else:
             self.start.command(move, now, cid)
+        self._keep_cadence(now)
         return cid
 
     def receive_datagram(self, data: bytes, now: float) -> None:
+        self._receive_datagram(data, now)
+        self._keep_cadence(now)
+
+    def _receive_datagram(self, data: bytes, now: float) -> None:
         try:
             env = wire.decode(data, self.setup.keys)
         except wire.WireError as err:
@@ -277,6 +281,10 @@ class Node(PeerWatch, HostWatch):
 
     def handle(self, event: e.Event, now: float) -> None:
         """An adapter's answer to an action, or what it saw on the host."""
+        self._handle(event, now)
+        self._keep_cadence(now)
+
+    def _handle(self, event: e.Event, now: float) -> None:
         match event:
             case e.ClaimDone():
                 self._claim_done(event, now)
@@ -314,12 +322,15 @@ class Node(PeerWatch, HostWatch):
                 assert_never(event)
 
     def handle_timer(self, now: float) -> None:
+        self._handle_timer(now)
+        self._keep_cadence(now)
+
+    def _handle_timer(self, now: float) -> None:
         said, self._timer_said = self._timer_said, None
         if said is not None:  # the adapter waits for get_timer()'s answer, and is woken when it moves
             self.held_off += max(0.0, now - said - LATE_SLACK)
         if now >= self._next_heartbeat:
-            answering = self._answers_heartbeats(now)
-            self._send_heartbeat(now, self.timing.heartbeat_interval * (ANSWER_NEXT if answering else 1.0))
+            self._send_heartbeat(now, self._heartbeat_gap(now))
         self._announce_if_due(now)
         self.takeover.measure_if_due(now)
         for record in self.drainer.records():
@@ -418,6 +429,7 @@ class Node(PeerWatch, HostWatch):
                 digest=self.setup.digest,
                 healthy=self.healthy(),
                 keys=self._names_of_keys(),
+                every_ms=round(next_in * 1000, 3),
             )
         )
         self._next_heartbeat = now + next_in
@@ -443,9 +455,35 @@ class Node(PeerWatch, HostWatch):
         intervals apart, that far only when one of the holder's was lost."""
         if not self._answers_heartbeats(now):
             return
+        if self._next_heartbeat - now <= ANSWER_WITHIN * self.timing.heartbeat_interval:
+            self._send_heartbeat(now, self._heartbeat_gap(now))
+
+    def _heartbeat_gap(self, now: float) -> float:
+        """Seconds from a heartbeat of ours to the next: an interval; a standby that answers the holder's
+        sends its next ANSWER_NEXT intervals on, the answer to the holder's beat before that; an idle one
+        whose holder judges by every_ms, _standby_beats() - 1 intervals more."""
         interval = self.timing.heartbeat_interval
-        if self._next_heartbeat - now <= ANSWER_WITHIN * interval:
-            self._send_heartbeat(now, ANSWER_NEXT * interval)
+        if not self._answers_heartbeats(now):
+            return interval
+        return interval * (self._standby_beats() - 1 + ANSWER_NEXT)
+
+    def _standby_beats(self) -> int:
+        """One heartbeat of ours in this many of the holder's: more than one only for an idle standby
+        (no move, no drain: their messages ride on heartbeats, and the peer's view of us must be fresh
+        then) whose holder sends every_ms, and so judges us by ours."""
+        hb = self.peer_heartbeat
+        if hb is None or hb.every_ms <= 0 or self.busy() or self.drainer.records():
+            return 1
+        return self.timing.standby_beats
+
+    def _keep_cadence(self, now: float) -> None:
+        """A standby no longer idle (a move, a drain, a silent or releasing holder) heartbeats every
+        interval again from now on, not after the long gap its last heartbeat announced."""
+        interval = self.timing.heartbeat_interval
+        if self._next_heartbeat - now > ANSWER_NEXT * interval + 1e-9 and self._heartbeat_gap(now) <= (
+            ANSWER_NEXT * interval + 1e-9
+        ):
+            self._next_heartbeat = now
 
     def _heartbeat_sent(self, record: Record, now: float) -> None:
         """A heartbeat went out: to the rows that listen for it, and to a timeout counted in heartbeats."""

@@ -57,7 +57,18 @@ class PeerWatch:
         def _changing_vip(self) -> bool: ...
 
     def peer_alive(self, now: float) -> bool:
-        return self.peer_seen is not None and now - self.peer_seen <= self.timing.dead_after
+        return self.peer_seen is not None and now - self.peer_seen <= self.peer_dead_after()
+
+    def peer_dead_after(self) -> float:
+        """How long the peer may be silent and still be alive: dead_after, for a peer heartbeating every
+        interval; for a standby that announces a longer gap (every_ms, at most an idle standby's of this
+        cluster's timing), as many of its gaps as dead_after has intervals. Never longer for a peer that
+        holds the VIP: by its silence a takeover is judged."""
+        hb, timing = self.peer_heartbeat, self.timing
+        if hb is None or hb.holds_vip or hb.every_ms <= timing.heartbeat_interval * 1000:
+            return timing.dead_after
+        gap = min(hb.every_ms / 1000, timing.longest_standby_gap)
+        return timing.dead_after * gap / timing.heartbeat_interval
 
     def peer_holds(self) -> bool:
         return self.peer_heartbeat is not None and self.peer_heartbeat.holds_vip

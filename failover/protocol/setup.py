@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 
 from failover.protocol.window import ProbeWindow
 
+# A standby that answers the holder's heartbeats (Node._answer_heartbeat) sends its next this many
+# intervals on: the holder's next heartbeat, one interval on, comes first and is answered.
+ANSWER_NEXT = 1.25
+# An idle standby of a holder it hears sends its heartbeats about this often, in whole intervals, not every
+# interval: nothing waits for them but the holder's judgement of its liveness, which follows the gap each
+# heartbeat announces (Heartbeat.every_ms). The holder keeps its own cadence: by its silence the standby
+# judges a takeover. Each heartbeat costs both agents CPU (the sender encodes and signs it, the receiver
+# wakes, checks and decodes it): at 10 ms intervals the standby sends one in five.
+STANDBY_CADENCE = 0.05  # seconds
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -18,6 +28,16 @@ class Timing:
     def retransmit(self) -> float:
         # Swap messages are resent faster than heartbeats: a lost datagram should cost milliseconds.
         return min(0.02, self.heartbeat_interval)
+
+    @property
+    def standby_beats(self) -> int:
+        """An idle standby sends one heartbeat in this many of the holder's."""
+        return max(1, round(STANDBY_CADENCE / self.heartbeat_interval))
+
+    @property
+    def longest_standby_gap(self) -> float:
+        """Seconds at most between two heartbeats of an idle standby, a holder's heartbeat lost between."""
+        return self.heartbeat_interval * (self.standby_beats - 1 + ANSWER_NEXT)
 
 
 @dataclass(frozen=True)
