@@ -78,7 +78,8 @@ def families(status: dict[str, Any]) -> Iterator[Metric]:
     yield from _gauge("failover_epoch", "the newest move epoch this node knows", status["epoch"])
     yield from _gauge("failover_held_epoch", "the epoch in which this node last claimed the VIP",
                       status["held_epoch"])
-    yield from _gauge("failover_peer_alive", "1 when the peer's heartbeats arrive within dead_after_ms",
+    yield from _gauge("failover_peer_alive", "1 when the peer's heartbeats arrive within dead_after_ms "
+                      "(for the holder, an idle standby's longer window: heartbeat.dead_after_ms)",
                       peer["alive"])
     age = peer["heartbeat_age_ms"]
     yield from _gauge("failover_peer_heartbeat_age_ms", "time since the peer was last heard (NaN: never)",

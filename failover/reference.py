@@ -56,8 +56,8 @@ KEYS: Final[tuple[Key, ...]] = (
         "the holder's, and while no move or drain runs only one in round(50 / `interval_ms`) of them "
         "(5 at 10 ms; every one at 50 ms or more), saying so in each", "heartbeat.interval_ms"),
     Key("heartbeat.dead_after_ms", "the peer counts as silent after this long without a heartbeat "
-        "(at least 2 x `interval_ms`); for the holder, a standby that sends one in N only after "
-        "(N + 0.25) x this", "heartbeat.dead_after_ms"),
+        "(at least 2 x `interval_ms`); the holder gives a standby that may send one in N "
+        "(N + 0.25) x this, at most this plus 3 x (N + 0.25) intervals", "heartbeat.dead_after_ms"),
     Key("announce.schedule_ms", "gratuitous ARP / unsolicited NA rounds, ms after a claim",
         "announce.schedule_ms"),
     Key("swap.step_timeout_ms", "each step of a swap; also the rollback timer", "swap.step_timeout_ms"),

@@ -71,7 +71,7 @@ class VipChanges:
         if isinstance(action, protocol.EndDrain | protocol.StartDrain) and self._counting is not None:
             self._counting.cancel()
             self._counting = None
-        if isinstance(action, protocol.EndDrain):
+        if isinstance(action, protocol.EndDrain):  # the core's always names the newest drain (node.end_drain)
             self._watch_after_release = None
         if isinstance(action, protocol.StartDrain):
             self._stop_holding()
@@ -199,9 +199,10 @@ class VipChanges:
         except (NetlinkError, TimeoutError) as err:
             ok, error = False, str(err) or "netlink delete timed out"
         done_at = self.now()
-        # Spawned first, so the drain hooks the report may fire find the take; run only after this step,
-        # once the report has sent the Released.
-        self._watch_drain(action.epoch)
+        if ok:
+            # Spawned first, so the drain hooks the report may fire find the take; run only after this
+            # step, once the report has sent the Released.
+            self._watch_drain(action.epoch)
         self._report(events.ReleaseDone(action.epoch, ok, error))
         log.info("release", epoch=action.epoch, why=action.why, ok=ok, error=error or None, at=done_at)
 

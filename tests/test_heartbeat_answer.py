@@ -121,6 +121,10 @@ def test_a_peer_is_never_given_more_than_an_idle_standbys_gap_nor_a_holder_more_
     assert held is not None and held.holds_vip
     backup.peer_heartbeat = dataclasses.replace(held, every_ms=3_600_000.0)
     assert backup.peer_dead_after() == TIMING.dead_after  # by the holder's silence a takeover is judged
+    # A long dead_after at short intervals: three of the standby's gaps more, not 5.25 times as long.
+    patient = NodePair(timing=Timing(heartbeat_interval=INTERVAL, dead_after=5.0))
+    patient.run(1.0)
+    assert patient.nodes["live"].peer_dead_after() == 5.0 + 3 * patient.timing.longest_standby_gap
 
 
 def test_during_a_move_the_standby_heartbeats_every_interval_and_after_it_the_new_standby_slows() -> None:
@@ -171,3 +175,42 @@ def test_a_lossy_jittery_link_keeps_the_holders_cadence_and_bounds_the_standbys_
     assert answered_early > 0  # it does answer on this link too
     assert pair.vip_on == {"live"}, pair.vip_on  # nobody took over
     assert pair.nodes["live"].holds and not pair.nodes["backup"].holds
+
+
+def test_after_a_drained_move_the_new_standby_slows_once_the_drain_is_over() -> None:
+    # The drain's records stay listed once ended: only one under way keeps the standby at every interval.
+    pair = NodePair(timing=TIMING, drain=0.2, drain_max=1.0)
+    pair.run(1.0)
+    sent = _record_heartbeats(pair)
+    cid = pair.command("live", "swap")
+    pair.run(3.0)
+    outcome = pair.outcome("live", cid)
+    assert outcome is not None and outcome.ok, outcome
+    assert pair.nodes["live"].drainer.records()  # ended, and still there
+    mark = pair.now
+    pair.run(2.0)
+    late = [t for t in sent["live"] if t >= mark]
+    assert abs(len(late) - 2.0 / INTERVAL / BEATS) <= 2, len(late)
+
+
+def test_a_lost_first_long_gap_heartbeat_does_not_make_the_holder_judge_the_standby_dead() -> None:
+    pair = NodePair(timing=TIMING)
+    transmit = pair._transmit
+    dropped: list[float] = []
+
+    def losing_the_first_long_gap(to: str, data: bytes) -> None:
+        msg = wire.decode(data, (KEY,)).message
+        if to == "live" and not dropped and isinstance(msg, wire.Heartbeat) and msg.every_ms > 20:
+            dropped.append(pair.now)  # the one that says "my next in 52.5 ms"
+            return
+        transmit(to, data)
+
+    pair._transmit = losing_the_first_long_gap  # type: ignore[method-assign]
+    live = pair.nodes["live"]
+    judged_dead = []
+    for _ in range(500):
+        pair.run(0.001)
+        if live.peer_seen is not None and not live.peer_alive(pair.now):
+            judged_dead.append(pair.now)
+    assert dropped, "no long-gap heartbeat was sent"
+    assert judged_dead == []

@@ -191,3 +191,26 @@ def test_a_drain_ended_before_its_release_is_carried_out_is_neither_counted_nor_
         carrying.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_failed_release_starts_neither_counts_nor_a_take(
+    changes: tuple[vipchanges.VipChanges, Link], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vc, link = changes
+
+    async def refused() -> None:
+        TRACE.append("release")
+        raise vipchanges.NetlinkError("injected: netlink delete refused")
+
+    monkeypatch.setattr(link, "release", refused)
+
+    async def scenario() -> None:
+        carrying = asyncio.get_running_loop().create_task(vc.carry_out())
+        vc.put(protocol.StartDrain(1))
+        vc.put(protocol.Release(1, "swap"))
+        await asyncio.wait_for(vc.done(), 2.0)
+        await asyncio.sleep(0.1)
+        assert TRACE == ["start-drain", "release", "reported ReleaseDone"]
+        carrying.cancel()
+
+    asyncio.run(scenario())

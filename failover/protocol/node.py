@@ -472,8 +472,10 @@ class Node(PeerWatch, HostWatch):
         (no move, no drain: their messages ride on heartbeats, and the peer's view of us must be fresh
         then) whose holder sends every_ms, and so judges us by ours."""
         hb = self.peer_heartbeat
-        if hb is None or hb.every_ms <= 0 or self.busy() or self.drainer.records():
+        if hb is None or hb.every_ms <= 0 or self.busy():
             return 1
+        if any(not row(record.state).terminal for record in self.drainer.records()):
+            return 1  # a drain, a kept handoff, Drained's copies: under way (ended ones stay listed)
         return self.timing.standby_beats
 
     def _keep_cadence(self, now: float) -> None:

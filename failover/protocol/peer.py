@@ -61,18 +61,18 @@ class PeerWatch:
 
     def peer_dead_after(self) -> float:
         """How long the peer may be silent and still be alive: dead_after, for a peer heartbeating every
-        interval; for a standby that announces a longer gap (every_ms, at most an idle standby's of this
-        cluster's timing), as many of its gaps as dead_after has intervals. Never longer for a peer that
-        holds the VIP: by its silence a takeover is judged."""
+        interval. A peer that does not hold the VIP and announces its gaps (every_ms) may be an idle standby
+        or become one at its next heartbeat, which a lost datagram would not tell us of: it gets as many
+        of an idle standby's longest gaps as dead_after has intervals, at most three of them more than
+        dead_after. Never longer for a peer that holds the VIP: by its silence a takeover is judged."""
         hb, timing = self.peer_heartbeat, self.timing
-        if hb is None or hb.holds_vip or hb.every_ms <= timing.heartbeat_interval * 1000:
+        if hb is None or hb.holds_vip or hb.every_ms <= 0:
             return timing.dead_after
-        gap = min(hb.every_ms / 1000, timing.longest_standby_gap)
-        return timing.dead_after * gap / timing.heartbeat_interval
+        gap = timing.longest_standby_gap
+        return min(timing.dead_after * gap / timing.heartbeat_interval, timing.dead_after + 3 * gap)
 
     def peer_holds(self) -> bool:
         return self.peer_heartbeat is not None and self.peer_heartbeat.holds_vip
-
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] += 1
