@@ -54,7 +54,7 @@ class VipChanges:
         self._hold: ConnectionHold | None = None  # the drain's second reference to its connections
         self._holding: asyncio.Task[None] | None = None
         self._hold_epoch: int | None = None
-        self._taking: asyncio.Task[None] | None = None  # the hold's take, beside the release
+        self._taking: asyncio.Task[None] | None = None  # the hold's take, once its release is done
         self._taking_epoch: int | None = None
         self._watch_after_release: int | None = None  # the drain whose counts and take wait for its release
 
@@ -81,7 +81,7 @@ class VipChanges:
 
     def _watch_drain(self, epoch: int) -> None:
         """The drain's counts and its hold's take, begun once its release is done: both are threads
-        (sock_diag, /proc), and beside the netlink changes they held the loop up for the GIL (3-6 ms
+        (sock_diag, /proc), and beside the netlink changes they held the loop up for the GIL (4-8 ms
         between the target's Prepared and our Released, where the changes take 0.4 ms)."""
         hold = self._hold
         if self._watch_after_release != epoch or hold is None:

@@ -447,12 +447,13 @@ class Node(PeerWatch, HostWatch):
     def _answer_heartbeat(self, now: float) -> None:
         """The standby answers the holder's heartbeat when its own is due within ANSWER_WITHIN of an
         interval: sent early, never late. Its next is then due ANSWER_NEXT intervals on (after one on its
-        own timer too), so the holder's next heartbeat, one interval on, comes first and is answered
-        again: from any phase the two lock in a few intervals. The standby then wakes once an interval,
-        not twice (its own timer, the holder's heartbeat), and an idle agent's CPU is mostly its
-        wake-ups. The holder keeps its own timer, so the heartbeats by whose silence the standby judges
-        a takeover keep their cadence whatever is lost; the standby's own are at most ANSWER_NEXT
-        intervals apart, that far only when one of the holder's was lost."""
+        own timer too; an idle standby's, _standby_beats() - 1 intervals more), so the holder's heartbeat
+        that is due just before comes first and is answered again: from any phase the two lock in a few
+        intervals. The standby then wakes only for the holder's heartbeats, not for a timer of its own
+        too, and an idle agent's CPU is mostly its wake-ups. The holder keeps its own timer, so the
+        heartbeats by whose silence the standby judges a takeover keep their cadence whatever is lost;
+        the standby's own are at most _heartbeat_gap() apart, that far only when one of the holder's
+        was lost."""
         if not self._answers_heartbeats(now):
             return
         if self._next_heartbeat - now <= ANSWER_WITHIN * self.timing.heartbeat_interval:
@@ -481,10 +482,8 @@ class Node(PeerWatch, HostWatch):
     def _keep_cadence(self, now: float) -> None:
         """A standby no longer idle (a move, a drain, a silent or releasing holder) heartbeats every
         interval again from now on, not after the long gap its last heartbeat announced."""
-        interval = self.timing.heartbeat_interval
-        if self._next_heartbeat - now > ANSWER_NEXT * interval + 1e-9 and self._heartbeat_gap(now) <= (
-            ANSWER_NEXT * interval + 1e-9
-        ):
+        short = ANSWER_NEXT * self.timing.heartbeat_interval + 1e-9  # the longest gap of a standby not idle
+        if self._next_heartbeat - now > short and self._heartbeat_gap(now) <= short:
             self._next_heartbeat = now
 
     def _heartbeat_sent(self, record: Record, now: float) -> None:
