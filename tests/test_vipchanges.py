@@ -100,6 +100,13 @@ def changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[vipchanges
     return vipchanges.VipChanges(ctx, link, fault="", failed=lambda: None, durable=durable), link  # type: ignore[arg-type]
 
 
+async def _drain_and_release(vc: vipchanges.VipChanges, epoch: int) -> None:
+    """As the core asks for a release with a drain: the lo copy, then the release; until both are done."""
+    vc.put(protocol.StartDrain(epoch))
+    vc.put(protocol.Release(epoch, "swap"))
+    await asyncio.wait_for(vc.done(), 2.0)
+
+
 def test_the_release_does_not_wait_for_the_take_but_the_drain_hooks_do(
     changes: tuple[vipchanges.VipChanges, Link],
 ) -> None:
@@ -107,9 +114,7 @@ def test_the_release_does_not_wait_for_the_take_but_the_drain_hooks_do(
 
     async def scenario() -> None:
         carrying = asyncio.get_running_loop().create_task(vc.carry_out())
-        vc.put(protocol.StartDrain(1))
-        vc.put(protocol.Release(1, "swap"))
-        await asyncio.wait_for(vc.done(), 2.0)
+        await _drain_and_release(vc, 1)
         assert link.done[:3] == ["start-drain", "release", "reported ReleaseDone"]  # the take still runs
         await asyncio.wait_for(vc.held(2), 0.5)  # another drain's hooks have nothing to wait for
         waiting = asyncio.get_running_loop().create_task(vc.held(1))
@@ -129,12 +134,8 @@ def test_a_failed_take_of_an_earlier_drain_leaves_the_later_hold_alone(
 
     async def scenario() -> None:
         carrying = asyncio.get_running_loop().create_task(vc.carry_out())
-        vc.put(protocol.StartDrain(1))
-        vc.put(protocol.Release(1, "swap"))
-        await asyncio.wait_for(vc.done(), 2.0)
-        vc.put(protocol.StartDrain(2))  # a second drain while the first one's take is still running
-        vc.put(protocol.Release(2, "swap"))
-        await asyncio.wait_for(vc.done(), 2.0)
+        await _drain_and_release(vc, 1)
+        await _drain_and_release(vc, 2)  # a second drain while the first one's take is still running
         first, second = Hold.made
         assert first.closed and not second.closed  # the new drain let go of the old hold
         first.fail = True
@@ -157,9 +158,7 @@ def test_the_drain_is_counted_and_held_only_once_its_release_is_reported(
 
     async def scenario() -> None:
         carrying = asyncio.get_running_loop().create_task(vc.carry_out())
-        vc.put(protocol.StartDrain(1))
-        vc.put(protocol.Release(1, "swap"))
-        await asyncio.wait_for(vc.done(), 2.0)
+        await _drain_and_release(vc, 1)
         for _ in range(100):
             if "take" in TRACE:
                 break
@@ -206,9 +205,7 @@ def test_a_failed_release_starts_neither_counts_nor_a_take(
 
     async def scenario() -> None:
         carrying = asyncio.get_running_loop().create_task(vc.carry_out())
-        vc.put(protocol.StartDrain(1))
-        vc.put(protocol.Release(1, "swap"))
-        await asyncio.wait_for(vc.done(), 2.0)
+        await _drain_and_release(vc, 1)
         await asyncio.sleep(0.1)
         assert TRACE == ["start-drain", "release", "reported ReleaseDone"]
         carrying.cancel()
