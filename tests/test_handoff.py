@@ -197,3 +197,69 @@ def test_a_dump_that_failed_is_an_error_not_an_empty_list() -> None:
     with pytest.raises(OSError) as err:
         handoff._tcp_sockets(vip, handoff._CONNECTED, nl)  # type: ignore[arg-type]
     assert err.value.errno == errno.ENOENT and nl.sent == [18, 20]
+
+
+def _install_steps(monkeypatch: pytest.MonkeyPatch, *, vip_here: bool) -> list[str]:
+    """What install asks of nftables and sock_diag, in order: each load's lines, and "list" for the list."""
+    import asyncio
+
+    steps: list[str] = []
+
+    async def fake_nft(args: list[str], stdin: str | None = None) -> tuple[int, str]:
+        steps.append(stdin if stdin is not None else " ".join(args))
+        return 0, ""
+
+    async def fake_connections(vip: object) -> tuple[list[handoff.Connection], int]:
+        steps.append("list")
+        return [(ip_address("203.0.113.100"), 40000, 80)], 0
+
+    monkeypatch.setattr(handoff, "_nft", fake_nft)
+    monkeypatch.setattr(handoff, "connections", fake_connections)
+    asyncio.run(handoff.install("lab", VIP, OLD, "eth0", present=False, vip_here=vip_here))
+    return steps
+
+
+def test_where_the_vip_may_be_here_the_record_starts_before_the_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection accepted while the list is read is in the record either way.
+    record, listed, rule = _install_steps(monkeypatch, vip_here=True)
+    assert record == ruleset("lab", VIP, OLD, "eth0")
+    assert listed == "list"
+    assert rule == handoff_rule("lab", VIP, OLD, "eth0", [(ip_address("203.0.113.100"), 40000, 80)])
+
+
+def test_where_the_vip_is_on_no_interface_here_list_record_and_rule_are_one_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listed, load = _install_steps(monkeypatch, vip_here=False)
+    assert listed == "list"
+    live = [(ip_address("203.0.113.100"), 40000, 80)]
+    assert load == ruleset("lab", VIP, OLD, "eth0") + handoff_rule("lab", VIP, OLD, "eth0", live)
+
+
+_BOTH_WAYS = """
+import asyncio, json, socket
+from ipaddress import ip_address
+from failover import handoff
+vip, old = ip_address("203.0.113.10"), ip_address("203.0.113.11")
+listed = {}
+for vip_here in (True, False):
+    asyncio.run(handoff.install("lab", vip, old, "lo", present=vip_here is False, vip_here=vip_here))
+    code, out = asyncio.run(handoff._nft(["list", "table", "ip", "failover_lab"]))
+    listed[str(vip_here)] = [code, out]
+print(json.dumps(listed))
+"""
+
+
+def test_both_ways_of_installing_load_the_same_table() -> None:
+    # The one-load way (no VIP here) must leave nftables exactly as the two-step way does.
+    if not nsutil.is_root():
+        pytest.skip(nsutil.NEEDS_ROOT_REASON)
+    with nsutil.topology(("server",)) as topo:
+        netns = topo["server"].netns
+        nsutil.ns(netns, "ip", "link", "set", "lo", "up")
+        result = nsutil.py_in(netns, _BOTH_WAYS)
+    assert isinstance(result, dict)
+    (code_two, two_steps), (code_one, one_load) = result["True"], result["False"]
+    assert code_two == code_one == 0
+    assert "dup to 203.0.113.11" in one_load and "add @own" in one_load
+    assert one_load == two_steps
