@@ -102,8 +102,7 @@ class Agent:
             now=self.now,
         )
         self.context = AgentContext(config, node, report=self._report, spawn=self._spawn, now=self.now)
-        # vip_changes is made in run(), before any action: asked for only then.
-        self.handoff_rule = HandoffRule(self.context, vip_changes_done=lambda: self.vip_changes.done())
+        self.handoff_rule = HandoffRule(self.context)
         self.announced = 0
         self._measuring = False  # a MeasurePeer is under way
         self._probes: dict[int, asyncio.Task[None]] = {}  # Probe.serial -> its task, until it answers
@@ -441,7 +440,7 @@ class Agent:
             case protocol.Fence():
                 self._spawn(self.hooks.fence(action))
             case protocol.Handoff():
-                self.handoff_rule.install(action.epoch, vip_here=action.vip_here)
+                self.handoff_rule.install(action.epoch)
             case protocol.EndHandoff():
                 self.handoff_rule.end_after(action.epoch, action.after)
             case protocol.WatchStragglers():

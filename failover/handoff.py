@@ -222,27 +222,17 @@ async def _run(tool: str, args: list[str], stdin: str | None = None) -> tuple[in
 
 
 async def install(
-    cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str, *, present: bool = True,
-    vip_here: bool = True,
+    cluster: str, vip: IPAddress, old_holder: IPAddress, interface: str, *, present: bool = True
 ) -> int:
     """Put the handoff rule in place (replacing an older one of this cluster, unless the caller knows
     there is none: `present` False), then close the VIP's leftover TIME_WAIT sockets here; returns how
     many it closed.
 
-    Order matters where the VIP is on an interface here (`vip_here`): the record starts before the live
-    connections are listed, so a connection accepted in between is in it either way, and the rule comes
-    with the list, in one transaction. Where it is on none (the caller knows: an idle standby), no
-    connection on it can begin here until we claim it, so the list comes first and the record, the list
-    and the rule go in as one transaction: one nft command and one thread's hop less on the new holder's
-    way to ready (~1-3 ms here).
+    Order matters: the record starts before the live connections are listed, so a connection accepted
+    in between is in it either way, and the rule comes with the list, in one transaction.
     """
     if present:
         await remove(cluster, vip.version)
-    if not vip_here:
-        live, over = await connections(vip)
-        await _load(ruleset(cluster, vip, old_holder, interface)
-                    + handoff_rule(cluster, vip, old_holder, interface, live))
-        return await close_time_wait(vip) if over else 0
     await _load(ruleset(cluster, vip, old_holder, interface))
     try:
         live, over = await connections(vip)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -23,14 +23,13 @@ _T = TypeVar("_T")
 
 
 class HandoffRule:
-    def __init__(self, ctx: AgentContext, *, vip_changes_done: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, ctx: AgentContext) -> None:
         self.config = ctx.config
         self.node = ctx.node
         self.peer = ctx.peer
         self._report = ctx.report
         self._spawn = ctx.spawn
         self.now = ctx.now
-        self._vip_changes_done = vip_changes_done  # every netlink change asked for so far is carried out
         self._handoff_end: asyncio.TimerHandle | None = None
         self._handoff_install: asyncio.Task[None] | None = None
         # Whether this cluster's table may be in nftables: known absent once a removal succeeded, and
@@ -64,10 +63,10 @@ class HandoffRule:
             self._unsure = True
             raise
 
-    def install(self, epoch: int, *, vip_here: bool = True) -> None:
+    def install(self, epoch: int) -> None:
         if self._handoff_end is not None:
             self._handoff_end.cancel()
-        self._handoff_install = self._spawn(self._install_handoff(epoch, vip_here))
+        self._handoff_install = self._spawn(self._install_handoff(epoch))
 
     def end_after(self, epoch: int, after: float) -> None:
         self._handoff_end = asyncio.get_running_loop().call_later(
@@ -80,17 +79,13 @@ class HandoffRule:
             self._handoff_end.cancel()
             await self._remove_handoff(-1)
 
-    async def _install_handoff(self, epoch: int, vip_here: bool) -> None:
+    async def _install_handoff(self, epoch: int) -> None:
         try:
             async with self._changing:
-                if not vip_here:
-                    # The core knows of no VIP here, but a drain copy's removal it asked for may still be
-                    # on its way to netlink: the list that comes first must not see the copy.
-                    await self._vip_changes_done()
                 present, self._maybe_present = self._maybe_present, True
                 closed = await self._timed(handoff.install(
                     self.config.cluster, self.config.vip.ip, self.peer.address, self.node.interface,
-                    present=present, vip_here=vip_here,
+                    present=present,
                 ))  # fmt: skip
         except (handoff.HandoffError, TimeoutError) as err:
             log.warning("handoff-unavailable", epoch=epoch, error=str(err))

@@ -113,8 +113,6 @@ class NodePair:
         self.handoff_fails = ""  # non-empty: the handoff rule cannot be put in place, for this reason
         self.drain_reports: dict[str, list[protocol.DrainReported]] = {"live": [], "backup": []}
         self.handoffs: dict[str, int] = {}  # node -> epoch of the handoff rule in place
-        # Each Handoff asked for: (node, its vip_here, whether the VIP or its lo copy is on that node then).
-        self.handoff_asks: list[tuple[str, bool, bool]] = []
         self.started: dict[str, list[protocol.Started]] = {"live": [], "backup": []}
 
     def _make(self, name: str, peer: str, boot: int = 1, state: Node | None = None) -> Node:
@@ -284,7 +282,6 @@ class NodePair:
                 fenced = ev.FenceDone(action.epoch, self.fence_ok, "exit 0" if self.fence_ok else "exit 1")
                 self.at(self.now + 0.01, lambda: self._answer(name, node, fenced))
             case protocol.Handoff():
-                self.handoff_asks.append((name, action.vip_here, name in self.vip_on | self.draining))
                 self.handoffs[name] = action.epoch
                 placed = ev.HandoffDone(action.epoch, not self.handoff_fails, self.handoff_fails)
                 self.at(self.now + self.op_delay, lambda: self._answer(name, node, placed))

@@ -382,29 +382,3 @@ def test_the_drained_copies_ride_exactly_the_next_heartbeats() -> None:
 
 def test_the_copies_timeout_is_named_by_its_count() -> None:
     assert str(Timeout.COPIES) == f"{DRAINED_COPIES} heartbeats"
-
-
-def test_the_handoff_takes_the_quick_way_only_where_the_vip_is_on_no_interface() -> None:
-    # An idle standby has no VIP here: its list of connections may come before the record (one nft load
-    # less). Taking the VIP back while it still drains, it has the copy on lo: the record must come first.
-    pair = settled(NodePair(drain=0.5))
-    pair.connections["live"] = 3
-    pair.command("live", "swap")
-    pair.run(1.2)
-    assert "live" in pair.draining
-    pair.command("live", "unswap")
-    pair.run(1.5)
-    assert pair.vip_on == {"live"}
-    assert pair.handoff_asks == [("backup", False, False), ("live", True, True)]
-
-
-def test_no_handoff_takes_the_quick_way_while_the_vip_or_its_copy_is_on_its_node() -> None:
-    for seed in range(20):
-        pair = settled(NodePair(seed=seed, drain=0.3, drain_max=0.6))
-        pair.connections["live"] = 1
-        for i, move in enumerate(("swap", "unswap", "swap", "unswap")):
-            pair.command("live", move)
-            pair.run(0.2 + 0.15 * ((seed + i) % 5))  # some moves begin while the last one still drains
-        pair.run(2.0)
-        assert pair.handoff_asks, seed
-        assert all(vip_here for _, vip_here, there in pair.handoff_asks if there), (seed, pair.handoff_asks)

@@ -42,16 +42,12 @@ class FakeNft:
         return 0, ""
 
 
-async def _nothing_pending() -> None:
-    pass  # no netlink change asked for here
-
-
 def _rule(tmp_path: Path, done: list[events.Event]) -> HandoffRule:
     config = lab_config(tmp_path)
     ctx = AgentContext(config, config.node("backup"), report=done.append,
                        spawn=lambda c: asyncio.get_running_loop().create_task(c),
                        now=lambda: asyncio.get_running_loop().time())
-    return HandoffRule(ctx, vip_changes_done=_nothing_pending)
+    return HandoffRule(ctx)
 
 
 @pytest.fixture

@@ -131,9 +131,6 @@ class Handoff:
     """Pass segments of connections we do not own to the draining old holder; answer HandoffDone."""
 
     epoch: int
-    # The VIP may be on an interface here (held, or a drain's copy on lo not ended): a connection may
-    # begin on it while the rule goes in. False: none can until we claim it, so the rule goes in faster.
-    vip_here: bool = True
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ class Drain:
         if kept is not None and kept.state is HO.KEPT:
             self.node.dispatch(kept, Input.HANDOFF_PLACED, None, now)
         run.handoff = True
-        self.node.emit(a.Handoff(run.epoch, vip_here=self.node.vip_may_be_here()))
+        self.node.emit(a.Handoff(run.epoch))
 
     def peer_drained_final(self, kept: KeptHandoff, msg: wire.Drained, now: float) -> None:
         self.node.emit(a.EndHandoff(msg.epoch, after=0.0))

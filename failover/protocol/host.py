@@ -143,14 +143,6 @@ class HostWatch:
     def _changing_vip(self) -> bool:
         return self.run is not None and row(self.run.state).changes_vip
 
-    def vip_may_be_here(self) -> bool:
-        """The VIP is on an interface here, or may be: held, a claim or release not answered yet, or a
-        drain's copy on lo (one asked for, or one whose drain has not ended). A copy whose EndDrain was
-        asked for may still be on lo: the agent waits for the netlink changes asked for so far."""
-        drain = self.drainer.run
-        return (self.holds or bool(self._claims) or bool(self._releases) or self._draining is not None
-                or (drain is not None and drain.state is not DrainState.DRAINED))
-
     def _set_holds(self, holds: bool, now: float) -> None:
         self.held_before = self.held_before or holds
         self.vip_removed_by_hand = self.vip_removed_by_hand and not holds
