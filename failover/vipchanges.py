@@ -63,7 +63,8 @@ class VipChanges:
         self._count_connections(action)
 
     async def done(self) -> None:
-        """Every change asked for so far is carried out (or failed)."""
+        """Every change asked for so far is carried out (or failed), and any asked for meanwhile: it
+        returns once the queue is empty."""
         await self._vip_ops.join()
 
     def _count_connections(self, action: VipChange) -> None:

@@ -197,3 +197,25 @@ def test_a_dump_that_failed_is_an_error_not_an_empty_list() -> None:
     with pytest.raises(OSError) as err:
         handoff._tcp_sockets(vip, handoff._CONNECTED, nl)  # type: ignore[arg-type]
     assert err.value.errno == errno.ENOENT and nl.sent == [18, 20]
+
+
+def test_the_record_starts_before_the_list_it_is_completed_with(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection accepted while the list is read is in the record either way; then the list and the
+    # rule go in together.
+    import asyncio
+
+    steps: list[str] = []
+    live = [(ip_address("203.0.113.100"), 40000, 80)]
+
+    async def fake_nft(args: list[str], stdin: str | None = None) -> tuple[int, str]:
+        steps.append(stdin if stdin is not None else " ".join(args))
+        return 0, ""
+
+    async def fake_connections(vip: object) -> tuple[list[handoff.Connection], int]:
+        steps.append("list")
+        return live, 0
+
+    monkeypatch.setattr(handoff, "_nft", fake_nft)
+    monkeypatch.setattr(handoff, "connections", fake_connections)
+    asyncio.run(handoff.install("lab", VIP, OLD, "eth0", present=False))
+    assert steps == [ruleset("lab", VIP, OLD, "eth0"), "list", handoff_rule("lab", VIP, OLD, "eth0", live)]
