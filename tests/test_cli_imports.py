@@ -182,8 +182,11 @@ def test_the_installed_failover_command_is_the_launcher() -> None:
     if not installed.exists():
         pytest.skip("no failover script beside this interpreter (not installed with pip)")
     first, _, rest = installed.read_text().partition("\n")
-    # pip put this interpreter in the first line and kept the rest: what the test above ran.
-    assert first == f"#!{sys.executable}"
+    # pip put this venv's interpreter in the first line (`python` or `python3`, whichever ran pip) and
+    # kept the rest: what the test above ran.
+    named = Path(first.removeprefix("#!"))
+    assert first.startswith("#!") and named.parent == Path(sys.executable).parent
+    assert named.samefile(sys.executable)
     assert rest == LAUNCHER.read_text().partition("\n")[2]
 
 

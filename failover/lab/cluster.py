@@ -105,7 +105,10 @@ def cli_command() -> list[str]:
     script = Path(sys.executable).with_name("failover")
     try:
         with open(script, "rb") as f:
-            ours = f.readline().strip() == b"#!" + os.fsencode(sys.executable)
+            first = f.readline().strip()
+        # This venv's interpreter, by whichever name ran pip (`python` or `python3`).
+        named = Path(os.fsdecode(first.removeprefix(b"#!")))
+        ours = first.startswith(b"#!") and named.parent == script.parent and named.samefile(sys.executable)
     except OSError:
         ours = False
     return [str(script)] if ours else [sys.executable, "-m", "failover"]
